@@ -1,0 +1,3 @@
+"""data (stub: filled in by the foundation issue)."""
+
+__all__: list[str] = []

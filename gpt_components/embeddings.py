@@ -1,0 +1,3 @@
+"""embeddings (stub: filled in by the foundation issue)."""
+
+__all__: list[str] = []
