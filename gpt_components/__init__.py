@@ -9,16 +9,57 @@ generation -> training -> finetuning. Everything listed in ``__all__`` is the pu
 True
 """
 
-from . import attention, data, embeddings, fundamentals, resources, tokenizers
+from . import (
+    attention,
+    bpe,
+    checkpoint,
+    corpus,
+    data,
+    embeddings,
+    fundamentals,
+    generation,
+    kv_cache,
+    model,
+    resources,
+    tokenizers,
+    training,
+    transformer,
+    weights,
+)
 from .attention import *
+from .bpe import *
+from .checkpoint import *
+from .corpus import *
 from .data import *
 from .embeddings import *
 from .fundamentals import *
+from .generation import *
+from .kv_cache import *
+from .model import *
 from .resources import *
 from .tokenizers import *
+from .training import *
+from .transformer import *
+from .weights import *
 
 __version__ = "0.1.0"
 
-_MODULES = (fundamentals, resources, tokenizers, data, embeddings, attention)
+_MODULES = (
+    fundamentals,
+    resources,
+    tokenizers,
+    bpe,
+    data,
+    embeddings,
+    attention,
+    transformer,
+    model,
+    kv_cache,
+    generation,
+    weights,
+    corpus,
+    checkpoint,
+    training,
+)
 
 __all__ = ["__version__", *(name for module in _MODULES for name in module.__all__)]

@@ -1,4 +1,4 @@
-"""Attention mechanisms (chapter 3), from weightless self-attention to multi-head causal attention."""
+"""Attention mechanisms (chapter 3): from weightless self-attention to multi-head attention."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ __all__ = ["MultiHeadAttention"]
 
 
 class MultiHeadAttention(nn.Module):
-    """Causal multi-head self-attention with the book's projections ``W_query``/``W_key``/``W_value``."""
+    """Causal multi-head self-attention with the book's ``W_query``, ``W_key``, ``W_value``."""
 
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
                  num_heads: int, qkv_bias: bool = False) -> None:

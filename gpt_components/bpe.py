@@ -1,0 +1,3 @@
+"""bpe (stub: filled in by its issue)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""corpus (stub: filled in by its issue)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""kv_cache (stub: filled in by its issue)."""
+
+__all__: list[str] = []

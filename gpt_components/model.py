@@ -1,0 +1,3 @@
+"""model (stub: filled in by its issue)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""training (stub: filled in by its issue)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""transformer (stub: filled in by its issue)."""
+
+__all__: list[str] = []

@@ -1,0 +1,3 @@
+"""weights (stub: filled in by its issue)."""
+
+__all__: list[str] = []
