@@ -16,6 +16,7 @@ from . import (
     corpus,
     data,
     embeddings,
+    finetune,
     fundamentals,
     generation,
     kv_cache,
@@ -32,6 +33,7 @@ from .checkpoint import *
 from .corpus import *
 from .data import *
 from .embeddings import *
+from .finetune import *
 from .fundamentals import *
 from .generation import *
 from .kv_cache import *
@@ -60,6 +62,7 @@ _MODULES = (
     corpus,
     checkpoint,
     training,
+    finetune,
 )
 
 __all__ = ["__version__", *(name for module in _MODULES for name in module.__all__)]

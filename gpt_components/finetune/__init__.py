@@ -1,0 +1,13 @@
+"""Finetuning (chapters 6, 7 and appendix E): a spam classifier, instruction following, LoRA.
+
+>>> from gpt_components import finetune
+>>> isinstance(finetune.__all__, list)
+True
+"""
+
+from . import classification, instructions, lora
+from .classification import *
+from .instructions import *
+from .lora import *
+
+__all__ = [*classification.__all__, *instructions.__all__, *lora.__all__]

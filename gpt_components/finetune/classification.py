@@ -1,0 +1,3 @@
+"""classification finetuning (stub: filled in by the finetuning issue)."""
+
+__all__: list[str] = []
