@@ -1,3 +1,489 @@
-"""bpe (stub: filled in by its issue)."""
+"""Byte-pair encoding from scratch (chapter 2's BPE, opened up): ``BPETokenizer``.
 
-__all__: list[str] = []
+A byte-level BPE tokenizer that learns its own merges from a corpus, or loads GPT-2's, in which
+case it encodes every text exactly as ``tiktoken``'s ``gpt2`` encoding does. It has tiktoken's
+call shapes (``encode(text, allowed_special=...)``, ``decode(ids)``, ``n_vocab``, ``eot_token``),
+so it plugs in wherever the project takes a tokenizer.
+
+- ``BPETokenizer.train(text, vocab_size)``: 256 byte tokens, GPT-2's pre-tokenization, then the
+  most frequent adjacent pair is merged into a new token until the vocabulary is full.
+- ``BPETokenizer.gpt2()``: GPT-2's 50,257 tokens from the bundled ``encoder.json``/``vocab.bpe``.
+- ``save(directory)`` / ``BPETokenizer.load(directory)``: GPT-2's own two-file format.
+
+>>> from gpt_components.resources import load_text
+>>> tok = BPETokenizer.train(load_text("the-verdict.txt"), vocab_size=300)
+>>> tok.n_vocab, tok.eot_token
+(300, 299)
+>>> tok.decode(tok.encode("Jack Gisburn's <|endoftext|>", allowed_special="all"))
+"Jack Gisburn's <|endoftext|>"
+>>> BPETokenizer.gpt2().encode("Hello, world")
+[15496, 11, 995]
+"""
+
+from __future__ import annotations
+
+import functools
+import heapq
+import itertools
+import json
+import os
+from collections import Counter, defaultdict
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Literal
+
+import regex
+
+from .resources import resource_path
+from .tokenizers import ENDOFTEXT, GPT2_PATTERN, gpt2_byte_decoder
+
+__all__ = ["BPETokenizer"]
+
+_GPT2_PRETOKENIZER = regex.compile(GPT2_PATTERN)
+_MERGES_HEADER = "#version: 0.2"
+
+
+class _ChunkCache(dict):
+    """Pre-token string -> token ids; a miss runs the merge loop once and remembers the answer."""
+
+    def __init__(self, encode_chunk):
+        super().__init__()
+        self._encode_chunk = encode_chunk
+
+    def __missing__(self, chunk: str) -> list[int]:
+        ids = self[chunk] = self._encode_chunk(chunk.encode("utf-8"))
+        return ids
+
+
+class BPETokenizer:
+    """Byte-level BPE with GPT-2's pre-tokenization and tiktoken's encoding rule.
+
+    ``mergeable_ranks`` maps every ordinary token's bytes to its id, which is also its merge
+    priority (lower merges first); it holds all 256 single bytes. ``merges`` lists the learned
+    pairs in order (only needed to write GPT-2's ``vocab.bpe``); ``special_tokens`` maps names
+    such as ``"<|endoftext|>"`` to ids. Together the ids must be exactly ``0 .. n_vocab - 1``.
+    """
+
+    def __init__(
+        self,
+        mergeable_ranks: Mapping[bytes, int],
+        merges: Sequence[tuple[bytes, bytes]],
+        special_tokens: Mapping[str, int] | None = None,
+    ) -> None:
+        special_tokens = dict(special_tokens or {})
+        self._ranks = dict(mergeable_ranks)
+        self._merges = tuple(merges)
+        self._special_tokens = special_tokens
+        _check_vocabulary(self._ranks, self._merges, special_tokens)
+        self._decoder: list[bytes] = [b""] * (len(self._ranks) + len(special_tokens))
+        for token, rank in self._ranks.items():
+            self._decoder[rank] = token
+        for name, rank in special_tokens.items():
+            self._decoder[rank] = name.encode("utf-8")
+        self._cache = _ChunkCache(self._encode_chunk)
+
+    # -- construction ---------------------------------------------------------------------------
+
+    @classmethod
+    def train(
+        cls,
+        text: str,
+        vocab_size: int,
+        special_tokens: Sequence[str] = (ENDOFTEXT,),
+        *,
+        min_frequency: int = 2,
+    ) -> BPETokenizer:
+        """Learn merges from ``text`` until the vocabulary has ``vocab_size`` entries.
+
+        Ids 0-255 are the bytes, each learned merge takes the next id and the special tokens take
+        the last ids. Each step merges the pair of adjacent tokens that occurs most often inside
+        pre-tokens (overlapping occurrences such as ``aaa`` count twice); ties go to the smallest
+        pair of ids ``(left, right)``. Training stops early, with fewer than ``vocab_size``
+        entries, once no pair occurs ``min_frequency`` times. Special tokens found in ``text``
+        are cut out of it: no merge spans or enters them.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        specials = _check_special_names(special_tokens)
+        _check_int("min_frequency", min_frequency, 1)
+        _check_int("vocab_size", vocab_size, 256 + len(specials))
+        pieces = _split_on_specials(text, specials)
+        chunk_counts = Counter(itertools.chain.from_iterable(map(_pretokenize, pieces)))
+        vocab, merges = _learn_merges(chunk_counts, vocab_size - len(specials), min_frequency)
+        ranks = {token: rank for rank, token in enumerate(vocab)}
+        special_ids = {name: len(vocab) + i for i, name in enumerate(specials)}
+        return cls(ranks, [(vocab[a], vocab[b]) for a, b in merges], special_ids)
+
+    @classmethod
+    def gpt2(cls) -> BPETokenizer:
+        """GPT-2's tokenizer (50,257 tokens, ``<|endoftext|>`` = 50256) from the bundled files.
+
+        Each call returns a new tokenizer with an empty chunk cache; the parsed files are shared.
+        """
+        return cls(*_bundled_gpt2_files())
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> BPETokenizer:
+        """Read ``encoder.json`` and ``vocab.bpe`` (GPT-2's format) from ``directory``."""
+        directory = Path(directory)
+        return cls(*_read_gpt2_files(directory / "encoder.json", directory / "vocab.bpe"))
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``encoder.json`` and ``vocab.bpe`` in GPT-2's format; returns the directory.
+
+        GPT-2 writes each byte as a printable character (see ``gpt2_byte_decoder``) so that
+        tokens are JSON strings and merges are space-separated pairs.
+        """
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        char_of = {byte: char for char, byte in gpt2_byte_decoder().items()}
+
+        def printable(token: bytes) -> str:
+            return "".join(char_of[byte] for byte in token)
+
+        encoder = {printable(token): rank for token, rank in self._ranks.items()}
+        encoder.update(self._special_tokens)
+        encoder = dict(sorted(encoder.items(), key=lambda item: item[1]))
+        with open(directory / "encoder.json", "w", encoding="utf-8") as f:
+            json.dump(encoder, f)
+        lines = [_MERGES_HEADER, *(f"{printable(a)} {printable(b)}" for a, b in self._merges)]
+        (directory / "vocab.bpe").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return directory
+
+    # -- what the tokenizer knows ---------------------------------------------------------------
+
+    @property
+    def n_vocab(self) -> int:
+        """Number of token ids, ordinary and special."""
+        return len(self._decoder)
+
+    @property
+    def max_token_value(self) -> int:
+        return len(self._decoder) - 1
+
+    @property
+    def eot_token(self) -> int:
+        """Id of ``<|endoftext|>``; an AttributeError when the tokenizer has no such special."""
+        if ENDOFTEXT not in self._special_tokens:
+            raise AttributeError(f"this tokenizer has no {ENDOFTEXT} special token")
+        return self._special_tokens[ENDOFTEXT]
+
+    @property
+    def special_tokens_set(self) -> set[str]:
+        return set(self._special_tokens)
+
+    @property
+    def special_tokens(self) -> dict[str, int]:
+        return dict(self._special_tokens)
+
+    @property
+    def mergeable_ranks(self) -> dict[bytes, int]:
+        """Every ordinary token's bytes and its id (= merge priority), as tiktoken takes them."""
+        return dict(self._ranks)
+
+    @property
+    def merges(self) -> tuple[tuple[bytes, bytes], ...]:
+        """The learned pairs, in the order they were merged."""
+        return self._merges
+
+    def __repr__(self) -> str:
+        return (f"BPETokenizer(n_vocab={self.n_vocab}, merges={len(self._merges)}, "
+                f"special_tokens={sorted(self._special_tokens)})")
+
+    # -- encoding -------------------------------------------------------------------------------
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Token ids of ``text``, reading special-token names as ordinary text."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        return self._encode_ordinary(_without_surrogates(text))
+
+    def encode(
+        self,
+        text: str,
+        *,
+        allowed_special: Literal["all"] | Collection[str] = frozenset(),
+        disallowed_special: Literal["all"] | Collection[str] = "all",
+    ) -> list[int]:
+        """Token ids of ``text``, with tiktoken's rules for special tokens.
+
+        A special token named in ``allowed_special`` becomes its own id and is never split; one
+        named in ``disallowed_special`` (by default every special not allowed) raises ValueError;
+        any other is encoded as ordinary text.
+        """
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        allowed = self._special_subset("allowed_special", allowed_special)
+        if disallowed_special == "all":
+            disallowed = self.special_tokens_set - allowed
+        else:
+            disallowed = self._special_subset("disallowed_special", disallowed_special)
+        text = _without_surrogates(text)
+        if disallowed and (found := _special_regex(frozenset(disallowed)).search(text)):
+            raise ValueError(
+                f"text contains the special token {found.group()!r}, which is disallowed: pass "
+                f"it in allowed_special to encode it as a special token, or "
+                f"disallowed_special=() to encode it as ordinary text"
+            )
+        if not allowed:
+            return self._encode_ordinary(text)
+        ids: list[int] = []
+        start = 0
+        for found in _special_regex(frozenset(allowed)).finditer(text):
+            ids += self._encode_ordinary(text[start:found.start()])
+            ids.append(self._special_tokens[found.group()])
+            start = found.end()
+        ids += self._encode_ordinary(text[start:])
+        return ids
+
+    def _encode_ordinary(self, text: str) -> list[int]:
+        # Cache hits (nearly every chunk of real text) stay inside C: findall, dict lookups, chain.
+        chunks = _GPT2_PRETOKENIZER.findall(text)
+        return list(itertools.chain.from_iterable(map(self._cache.__getitem__, chunks)))
+
+    def _encode_chunk(self, piece: bytes) -> list[int]:
+        """tiktoken's merge rule: join the adjacent pair whose joined bytes have the lowest rank
+        (the leftmost one on a tie) until no joined pair is a token."""
+        ranks = self._ranks
+        whole = ranks.get(piece)
+        if whole is not None:
+            return [whole]
+        parts = [piece[i:i + 1] for i in range(len(piece))]
+        # pair_ranks[i]: rank of parts[i] + parts[i + 1], or None when that is not a token.
+        pair_ranks = [ranks.get(piece[i:i + 2]) for i in range(len(piece) - 1)]
+        while True:
+            best, best_rank = -1, None
+            for i, rank in enumerate(pair_ranks):
+                if rank is not None and (best_rank is None or rank < best_rank):
+                    best, best_rank = i, rank
+            if best < 0:
+                return [ranks[part] for part in parts]
+            parts[best:best + 2] = [parts[best] + parts[best + 1]]
+            del pair_ranks[best]
+            if best > 0:
+                pair_ranks[best - 1] = ranks.get(parts[best - 1] + parts[best])
+            if best < len(parts) - 1:
+                pair_ranks[best] = ranks.get(parts[best] + parts[best + 1])
+
+    def _special_subset(self, name: str, value: object) -> set[str]:
+        if value == "all":
+            return self.special_tokens_set
+        if isinstance(value, str) or not isinstance(value, Iterable):
+            raise TypeError(f"{name} must be 'all' or a collection of special-token names, "
+                            f"got {value!r}")
+        chosen = set(value)
+        unknown = sorted(map(repr, chosen - self.special_tokens_set))
+        if unknown:
+            raise ValueError(f"{name} names unknown special tokens {', '.join(unknown)}; this "
+                             f"tokenizer's are {sorted(self._special_tokens)}")
+        return chosen
+
+    # -- decoding -------------------------------------------------------------------------------
+
+    def decode_bytes(self, ids: Iterable[int]) -> bytes:
+        """The bytes the ids stand for, joined."""
+        ids = self._check_ids(ids)
+        try:
+            return b"".join(map(self._decoder.__getitem__, ids))
+        except TypeError:
+            bad = next(t for t in ids if not hasattr(t, "__index__"))
+            raise TypeError(f"ids must hold ints, got {bad!r}") from None
+
+    def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
+        """Text of the ids; byte sequences that are not UTF-8 become U+FFFD, as in tiktoken."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def decode_single_token_bytes(self, token: int) -> bytes:
+        return self.decode_bytes([token])
+
+    def _check_ids(self, ids: Iterable[int]) -> list[int]:
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise TypeError(f"ids must be an iterable of ints, got {type(ids).__name__}")
+        ids = list(ids)
+        try:
+            in_range = not ids or (min(ids) >= 0 and max(ids) < self.n_vocab)
+        except TypeError:
+            in_range = False
+        if not in_range:
+            for token in ids:
+                if not hasattr(token, "__index__"):
+                    raise TypeError(f"ids must hold ints, got {token!r}")
+                if not 0 <= token < self.n_vocab:
+                    raise ValueError(f"ids must lie in [0, {self.n_vocab}), got id {int(token)}")
+        return ids
+
+
+# -- training ------------------------------------------------------------------------------------
+
+
+def _learn_merges(
+    chunk_counts: Mapping[str, int], n_ordinary: int, min_frequency: int
+) -> tuple[list[bytes], list[tuple[int, int]]]:
+    """Byte-level BPE training over unique chunks weighted by their counts.
+
+    Pair counts are updated incrementally: a merge only revisits the chunks that hold the merged
+    pair (found through ``where``), and a max-heap keyed by ``(-count, left, right)`` finds the
+    next pair. Heap entries can go stale; a popped entry whose count no longer matches is
+    re-pushed with the current count. Old pairs only lose counts, and every pair that gains is
+    pushed again, so the first up-to-date entry popped is the true maximum.
+    """
+    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
+    counts = list(chunk_counts.values())
+    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
+    where: dict[tuple[int, int], set[int]] = defaultdict(set)
+    for w, (word, count) in enumerate(zip(words, counts, strict=True)):
+        for pair in itertools.pairwise(word):
+            pair_counts[pair] += count
+            where[pair].add(w)
+    heap = [(-count, *pair) for pair, count in pair_counts.items()]
+    heapq.heapify(heap)
+    vocab = [bytes([byte]) for byte in range(256)]
+    id_of = {token: rank for rank, token in enumerate(vocab)}
+    merges: list[tuple[int, int]] = []
+    while len(vocab) < n_ordinary and heap:
+        negative, left, right = heapq.heappop(heap)
+        count = pair_counts.get((left, right), 0)
+        if count != -negative:
+            if 0 < count < -negative:
+                heapq.heappush(heap, (-count, left, right))
+            continue
+        if count < min_frequency:
+            break
+        joined = vocab[left] + vocab[right]
+        if joined not in id_of:
+            # The same bytes can come from two different pairs; they share one token.
+            id_of[joined] = len(vocab)
+            vocab.append(joined)
+        merges.append((left, right))
+        _apply_merge((left, right), id_of[joined], words, counts, pair_counts, where, heap)
+    return vocab, merges
+
+
+def _apply_merge(pair, new_id, words, counts, pair_counts, where, heap) -> None:
+    deltas: dict[tuple[int, int], int] = defaultdict(int)
+    for w in where.pop(pair):
+        word = words[w]
+        merged = _merge_word(word, pair, new_id)
+        if len(merged) == len(word):
+            continue  # a stale index entry: an earlier merge already consumed this pair here
+        count = counts[w]
+        for old in itertools.pairwise(word):
+            deltas[old] -= count
+        for new in itertools.pairwise(merged):
+            deltas[new] += count
+            where[new].add(w)
+        words[w] = merged
+    for changed, delta in deltas.items():
+        total = pair_counts[changed] + delta
+        if total:
+            pair_counts[changed] = total
+        else:
+            del pair_counts[changed]
+        if delta > 0:
+            heapq.heappush(heap, (-total, *changed))
+
+
+def _merge_word(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
+    """Replace each occurrence of ``pair``, left to right and without overlap, by ``new_id``."""
+    left, right = pair
+    merged = []
+    i = 0
+    while i < len(word):
+        if word[i] == left and i + 1 < len(word) and word[i + 1] == right:
+            merged.append(new_id)
+            i += 2
+        else:
+            merged.append(word[i])
+            i += 1
+    return merged
+
+
+# -- helpers -------------------------------------------------------------------------------------
+
+
+def _pretokenize(text: str) -> list[str]:
+    return _GPT2_PRETOKENIZER.findall(text)
+
+
+@functools.lru_cache(maxsize=64)
+def _special_regex(names: frozenset[str]) -> regex.Pattern:
+    # Longest first, so a name that extends another wins where both match.
+    return regex.compile("|".join(regex.escape(n) for n in sorted(names, key=(lambda n: -len(n)))))
+
+
+def _split_on_specials(text: str, specials: Sequence[str]) -> list[str]:
+    return _special_regex(frozenset(specials)).split(text) if specials else [text]
+
+
+def _without_surrogates(text: str) -> str:
+    """tiktoken's repair for strings that UTF-8 cannot encode: lone surrogates become U+FFFD."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    return text
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _check_special_names(special_tokens: object) -> list[str]:
+    if isinstance(special_tokens, str) or not isinstance(special_tokens, Iterable):
+        raise TypeError(f"special_tokens must be a sequence of strings, got {special_tokens!r}")
+    names = list(special_tokens)
+    for name in names:
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"special_tokens must hold non-empty strings, got {name!r}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"special_tokens must not repeat a name, got {names}")
+    return names
+
+
+def _check_vocabulary(ranks, merges, special_tokens) -> None:
+    ids = sorted(itertools.chain(ranks.values(), special_tokens.values()))
+    if ids != list(range(len(ids))):
+        raise ValueError("mergeable_ranks and special_tokens must use each id in "
+                         f"0 .. {len(ids) - 1} exactly once")
+    missing = [byte for byte in range(256) if bytes([byte]) not in ranks]
+    if missing:
+        raise ValueError(f"mergeable_ranks must hold all 256 single bytes; missing {missing[:5]}")
+    for left, right in merges:
+        if left not in ranks or right not in ranks or left + right not in ranks:
+            raise ValueError(f"merges holds ({left!r}, {right!r}), whose parts or result are "
+                             "not in mergeable_ranks")
+
+
+@functools.cache
+def _bundled_gpt2_files():
+    return _read_gpt2_files(resource_path("gpt2/encoder.json"), resource_path("gpt2/vocab.bpe"))
+
+
+def _read_gpt2_files(encoder_path: Path, merges_path: Path):
+    """Ranks, merges and specials from GPT-2's files: an ``encoder.json`` entry is ordinary when
+    it is a single byte or the result of a merge in ``vocab.bpe``, and special otherwise."""
+    byte_of = gpt2_byte_decoder()
+    with open(encoder_path, encoding="utf-8") as f:
+        encoder: dict[str, int] = json.load(f)
+    lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
+    if lines and lines[0].startswith("#version"):
+        lines = lines[1:]
+    pairs = [tuple(line.split(" ")) for line in lines if line]
+    if any(len(pair) != 2 for pair in pairs):
+        raise ValueError(f"{merges_path} must hold one space-separated pair per line")
+    ordinary = set(byte_of) | {left + right for left, right in pairs}
+
+    def to_bytes(token: str) -> bytes:
+        try:
+            return bytes(byte_of[char] for char in token)
+        except KeyError as error:
+            raise ValueError(f"{merges_path} holds {token!r}, which has a character outside "
+                             "GPT-2's printable byte alphabet") from error
+
+    ranks = {to_bytes(token): rank for token, rank in encoder.items() if token in ordinary}
+    specials = {token: rank for token, rank in encoder.items() if token not in ordinary}
+    merges = [(to_bytes(left), to_bytes(right)) for left, right in pairs]
+    return ranks, merges, specials
