@@ -1,0 +1,1 @@
+"""Benchmarks (pytest-benchmark), mirroring the package's modules; see benchmarks/README.md."""
