@@ -1,3 +1,217 @@
-"""instructions finetuning (stub: filled in by the finetuning issue)."""
+"""Instruction finetuning (chapter 7): Alpaca-style prompts, batches that teach only the answer.
 
-__all__: list[str] = []
+Exports ``load_instruction_data`` (the bundled 1,100 records or a JSON file of your own),
+``format_input`` (the Alpaca prompt), ``instruction_splits`` (85/5/10 with a fixed seed),
+``InstructionDataset``, ``InstructionExample``, ``instruction_collate`` (pad, shift, mask),
+``instruction_loss``, ``generate_responses``, ``extract_response`` and ``write_responses``.
+
+>>> entry = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
+>>> print(format_input(entry))  # doctest: +ELLIPSIS
+Below is an instruction that describes a task. Write a response that ...
+<BLANKLINE>
+### Instruction:
+Name a colour.
+>>> inputs, targets = instruction_collate([[1, 2, 3], [4, 5]])
+>>> inputs.tolist()
+[[1, 2, 3], [4, 5, 50256]]
+>>> targets.tolist()  # the first end-of-text is a target; later padding is ignored
+[[2, 3, 50256], [5, 50256, -100]]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from ..resources import resource_path
+from ..tokenizers import gpt2_tokenizer
+from .classification import Splits, split_records
+
+__all__ = [
+    "load_instruction_data",
+    "format_input",
+    "format_response",
+    "instruction_splits",
+    "InstructionExample",
+    "InstructionDataset",
+    "instruction_collate",
+    "instruction_loss",
+    "extract_response",
+]
+
+ENDOFTEXT_ID = 50256
+IGNORE_INDEX = -100
+
+_PREAMBLE = (
+    "Below is an instruction that describes a task. "
+    "Write a response that appropriately completes the request."
+)
+
+
+def _check_entry(entry: Any, where: str = "entry") -> None:
+    if not isinstance(entry, Mapping):
+        raise TypeError(f"{where} must be a mapping with 'instruction' and 'output', got {entry!r}")
+    for key in ("instruction", "output"):
+        if key not in entry:
+            raise ValueError(f"{where} has no {key!r} field: {dict(entry)!r}")
+    for key in ("instruction", "input", "output"):
+        if key in entry and not isinstance(entry[key], str):
+            raise TypeError(f"{where}[{key!r}] must be a string, got {entry[key]!r}")
+
+
+def load_instruction_data(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """Instruction records from a JSON list; the bundled ``instruction-data.json`` by default.
+
+    Every record needs ``instruction`` and ``output`` strings; ``input`` is optional ("" if absent).
+    """
+    path = resource_path("instruction-data.json") if path is None else path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no instruction file at {os.fspath(path)!r}")
+    with open(path, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"path: {os.fspath(path)!r} is not valid JSON ({error})") from None
+    if not isinstance(data, list):
+        raise ValueError(f"path: {os.fspath(path)!r} must hold a JSON list of records")
+    if not data:
+        raise ValueError(f"path: {os.fspath(path)!r} holds no records (an empty list)")
+    for i, entry in enumerate(data):
+        _check_entry(entry, f"record {i} of {os.fspath(path)!r}")
+    return [{"input": "", **entry} for entry in data]
+
+
+def format_input(entry: Mapping[str, str]) -> str:
+    """The Alpaca prompt: preamble, ``### Instruction:``, and ``### Input:`` when there is one."""
+    _check_entry(entry)
+    text = f"{_PREAMBLE}\n\n### Instruction:\n{entry['instruction']}"
+    if entry.get("input"):
+        text += f"\n\n### Input:\n{entry['input']}"
+    return text
+
+
+def format_response(entry: Mapping[str, str]) -> str:
+    """What follows the prompt in training: ``### Response:`` and the expected output."""
+    _check_entry(entry)
+    return f"\n\n### Response:\n{entry['output']}"
+
+
+def instruction_splits(
+    data: Sequence[Mapping[str, str]] | None = None, seed: int = 123
+) -> Splits:
+    """Shuffle with ``seed`` and split 85% train, 5% validation, 10% test."""
+    data = load_instruction_data() if data is None else list(data)
+    if not data:
+        raise ValueError("data must hold at least one record, got an empty sequence")
+    for i, entry in enumerate(data):
+        _check_entry(entry, f"data[{i}]")
+    return split_records(data, fractions=(0.85, 0.05, 0.10), seed=seed)
+
+
+class InstructionExample(NamedTuple):
+    """One tokenized record: the prompt and response ids, and how many ids are prompt."""
+
+    token_ids: list[int]
+    prompt_length: int
+
+
+class InstructionDataset(Dataset):
+    """Records tokenized once as prompt + response; items are ``InstructionExample``."""
+
+    def __init__(self, data: Sequence[Mapping[str, str]], tokenizer=None) -> None:
+        tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+        self.data = list(data)
+        self.examples: list[InstructionExample] = []
+        for i, entry in enumerate(self.data):
+            _check_entry(entry, f"data[{i}]")
+            prompt = tokenizer.encode(format_input(entry))
+            response = tokenizer.encode(format_response(entry))
+            self.examples.append(InstructionExample(prompt + response, len(prompt)))
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> InstructionExample:
+        return self.examples[index]
+
+
+def instruction_collate(
+    batch: Sequence[InstructionExample | Sequence[int]],
+    pad_token_id: int = ENDOFTEXT_ID,
+    ignore_index: int = IGNORE_INDEX,
+    allowed_max_length: int | None = None,
+    mask_prompt: bool = False,
+    device: str | torch.device = "cpu",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pad a batch to its longest sequence; targets are the inputs shifted left by one.
+
+    Each target row keeps the first ``pad_token_id`` after its sequence (the model must learn to
+    stop) and sets every later padding position to ``ignore_index``. With ``mask_prompt`` the
+    targets that are prompt tokens are ``ignore_index`` too. Rows are cut to
+    ``allowed_max_length``. Items are ``InstructionExample``s or plain lists of token ids.
+    Returns ``(inputs, targets)``, both (batch, length) int64.
+    """
+    if len(batch) == 0:
+        raise ValueError("batch must hold at least one sequence, got an empty batch")
+    if allowed_max_length is not None and allowed_max_length < 1:
+        raise ValueError(f"allowed_max_length must be >= 1 or None, got {allowed_max_length}")
+    examples = [_as_example(item, mask_prompt) for item in batch]
+    width = max(len(e.token_ids) for e in examples)  # the longest row gets no padding input
+    inputs = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
+    targets = torch.full((len(examples), width), ignore_index, dtype=torch.long)
+    for row, (ids, prompt_length) in enumerate(examples):
+        n = len(ids)
+        inputs[row, :n] = torch.tensor(ids, dtype=torch.long)
+        targets[row, : n - 1] = inputs[row, 1:n]
+        targets[row, n - 1] = pad_token_id  # the end-of-text the model should emit
+        if mask_prompt:
+            # target i is token i + 1: the prompt's tokens 1 .. prompt_length - 1
+            targets[row, : max(prompt_length - 1, 0)] = ignore_index
+    if allowed_max_length is not None:
+        inputs, targets = inputs[:, :allowed_max_length], targets[:, :allowed_max_length]
+    return inputs.to(device), targets.to(device)
+
+
+def _as_example(item: InstructionExample | Sequence[int], mask_prompt: bool) -> InstructionExample:
+    if isinstance(item, InstructionExample):
+        example = item
+    elif isinstance(item, (torch.Tensor, Sequence)) and not isinstance(item, (str, bytes)):
+        if mask_prompt:
+            raise TypeError("batch items must be InstructionExample when mask_prompt is True")
+        ids = item.tolist() if isinstance(item, torch.Tensor) else list(item)
+        example = InstructionExample(ids, 0)
+    else:
+        raise TypeError(f"batch items must be token id lists or InstructionExample, got {item!r}")
+    if len(example.token_ids) == 0:
+        raise ValueError("batch items must hold at least one token id, got an empty sequence")
+    if not 0 <= example.prompt_length <= len(example.token_ids):
+        raise ValueError(
+            f"prompt_length must be in [0, {len(example.token_ids)}], got {example.prompt_length}"
+        )
+    return example
+
+
+def instruction_loss(
+    model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Mean next-token cross-entropy over the targets that are not ``ignore_index``."""
+    logits = model(inputs)  # (B, T, V)
+    return nn.functional.cross_entropy(
+        logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index
+    )
+
+
+def extract_response(generated_text: str, prompt: str | None = None) -> str:
+    """The answer part of a generated text: what follows ``### Response:``, stripped."""
+    if prompt is not None and generated_text.startswith(prompt):
+        generated_text = generated_text[len(prompt):]
+    marker = "### Response:"
+    if marker in generated_text:
+        generated_text = generated_text.split(marker, 1)[1]
+    return generated_text.replace("<|endoftext|>", "").strip()
