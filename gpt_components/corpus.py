@@ -1,3 +1,204 @@
-"""corpus (stub: filled in by its issue)."""
+"""Training corpora (chapter 5): text of any size as a flat array of token ids.
 
-__all__: list[str] = []
+A corpus is a ``.txt`` file or a directory of them (read in sorted order, documents joined by
+the tokenizer's end-of-text token). ``prepare_corpus`` tokenizes it once, chunk by chunk, into a
+memory-mapped token file (``uint16`` when the vocabulary fits, else ``uint32``) plus a small JSON
+file (tokenizer, token count, source hash); later runs with the same source and tokenizer reuse
+it. ``TokenWindows`` reads the book's input/target windows straight from that array, so a corpus
+larger than RAM trains with flat memory.
+
+Exports: ``TokenCorpus``, ``TokenWindows``, ``prepare_corpus``, ``encode_text``.
+
+>>> from gpt_components.tokenizers import gpt2_tokenizer
+>>> corpus = TokenCorpus.from_text("Every effort moves you forward.", gpt2_tokenizer())
+>>> len(corpus), corpus.tokens[:3].tolist()
+(6, [6109, 3626, 6100])
+>>> windows = TokenWindows(corpus.tokens, context_length=4, stride=1)
+>>> x, y = windows[0]
+>>> x.tolist(), y.tolist()
+([6109, 3626, 6100, 345], [3626, 6100, 345, 2651])
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+__all__ = ["TokenCorpus", "TokenWindows", "prepare_corpus", "encode_text"]
+
+FORMAT_VERSION = 1
+# A chunk boundary is safe where GPT-2's pre-tokenizer always splits: right after a lone "\n"
+# that sits between two non-space characters. Tokenizing at such points changes nothing.
+_SAFE_SPLIT = re.compile(r"(?<=\S\n)(?=\S)")
+
+
+def encode_text(text: str, tokenizer: Any) -> list[int]:
+    """Token ids of ``text``, with ``<|endoftext|>`` allowed as the special token it is."""
+    try:
+        return list(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
+    except TypeError:  # a tokenizer without tiktoken's keyword
+        return list(tokenizer.encode(text))
+
+
+def _chunks(text: str, chunk_chars: int) -> Iterator[str]:
+    """Pieces of about ``chunk_chars`` characters, cut only at safe split points."""
+    start = 0
+    while len(text) - start > chunk_chars:
+        cut = _SAFE_SPLIT.search(text, start + chunk_chars)
+        if cut is None:
+            break
+        yield text[start : cut.start()]
+        start = cut.start()
+    yield text[start:]
+
+
+def _source_files(source: Path) -> list[Path]:
+    if source.is_file():
+        return [source]
+    if source.is_dir():
+        files = sorted(p for p in source.rglob("*.txt") if p.is_file())
+        if files:
+            return files
+        raise ValueError(f"source must contain .txt files, got the empty directory {str(source)!r}")
+    raise FileNotFoundError(f"source must be a .txt file or a directory, got {str(source)!r}")
+
+
+def _source_hash(files: list[Path], root: Path) -> str:
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(root)).encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _dtype_for(n_vocab: int) -> np.dtype:
+    return np.dtype(np.uint16) if n_vocab <= 2**16 else np.dtype(np.uint32)
+
+
+@dataclass
+class TokenCorpus:
+    """A corpus as one 1-D array of token ids (in memory, or a read-only memory map)."""
+
+    tokens: np.ndarray
+    metadata: dict
+
+    @classmethod
+    def from_text(cls, text: str, tokenizer: Any) -> TokenCorpus:
+        """Tokenize ``text`` in memory: the reference path the memory map must reproduce."""
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        ids = np.asarray(encode_text(text, tokenizer), dtype=_dtype_for(tokenizer.n_vocab))
+        return cls(ids, {"token_count": len(ids), "tokenizer": getattr(tokenizer, "name", "")})
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+        """(train, validation) token arrays: the last ``val_fraction`` of tokens is held out."""
+        if not 0.0 < val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        cut = int(round(len(self.tokens) * (1.0 - val_fraction)))
+        return self.tokens[:cut], self.tokens[cut:]
+
+
+def prepare_corpus(
+    source: str | os.PathLike,
+    tokenizer: Any,
+    cache_dir: str | os.PathLike,
+    *,
+    tokenizer_name: str = "gpt2",
+    chunk_chars: int = 1 << 20,
+) -> TokenCorpus:
+    """Tokenize ``source`` into ``cache_dir`` once (reused while source and tokenizer match).
+
+    Memory stays flat: text is read file by file and encoded in ``chunk_chars`` pieces that are
+    cut only where the pre-tokenizer splits anyway, so the ids equal ``encode_text`` of the
+    whole text. The token file is written under a temporary name and renamed when complete.
+    """
+    if chunk_chars < 1:
+        raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars!r}")
+    source = Path(source)
+    files = _source_files(source)
+    root = source if source.is_dir() else source.parent
+    source_hash = _source_hash(files, root)
+    dtype = _dtype_for(tokenizer.n_vocab)
+    cache = Path(cache_dir)
+    cache.mkdir(parents=True, exist_ok=True)
+    safe_name = re.sub(r"[^A-Za-z0-9_.-]", "_", tokenizer_name)[-40:]
+    stem = f"{source.stem}-{source_hash[:16]}-{safe_name}"
+    token_path, meta_path = cache / f"{stem}.tok", cache / f"{stem}.json"
+    expected = {"format": FORMAT_VERSION, "tokenizer": tokenizer_name, "source_hash": source_hash,
+                "dtype": dtype.name, "n_vocab": tokenizer.n_vocab}
+    if meta_path.exists() and token_path.exists():
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        if all(metadata.get(k) == v for k, v in expected.items()):
+            return _open(token_path, metadata)
+    eot = getattr(tokenizer, "eot_token", None)
+    count = 0
+    partial = token_path.with_suffix(".tok.partial")
+    with open(partial, "wb") as out:
+        for index, path in enumerate(files):
+            if index and eot is not None:
+                out.write(np.asarray([eot], dtype=dtype).tobytes())
+                count += 1
+            for piece in _chunks(path.read_text(encoding="utf-8"), chunk_chars):
+                ids = np.asarray(encode_text(piece, tokenizer), dtype=dtype)
+                out.write(ids.tobytes())
+                count += len(ids)
+    os.replace(partial, token_path)
+    metadata = {**expected, "token_count": count, "source": str(source.resolve()),
+                "files": len(files)}
+    meta_path.write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    return _open(token_path, metadata)
+
+
+def _open(token_path: Path, metadata: dict) -> TokenCorpus:
+    count = metadata["token_count"]
+    if count == 0:
+        return TokenCorpus(np.zeros(0, dtype=metadata["dtype"]), metadata)
+    tokens = np.memmap(token_path, dtype=metadata["dtype"], mode="r", shape=(count,))
+    return TokenCorpus(tokens, metadata)
+
+
+class TokenWindows(torch.utils.data.Dataset):
+    """The book's sliding windows over a token array: input ``[t, t+L)``, target shifted by one.
+
+    Window ``i`` starts at ``i * stride``; as in ``GPTDatasetV1`` there are
+    ``ceil((n - L) / stride)`` of them. Windows are copied out of the array on demand.
+    """
+
+    def __init__(self, tokens: np.ndarray, context_length: int, stride: int | None = None):
+        if not isinstance(context_length, int) or context_length < 1:
+            raise ValueError(f"context_length must be an int >= 1, got {context_length!r}")
+        stride = context_length if stride is None else stride
+        if not isinstance(stride, int) or stride < 1:
+            raise ValueError(f"stride must be an int >= 1, got {stride!r}")
+        self.tokens, self.context_length, self.stride = tokens, context_length, stride
+
+    def __len__(self) -> int:
+        span = len(self.tokens) - self.context_length
+        return max(0, -(-span // self.stride))
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if not 0 <= index < len(self):
+            raise IndexError(f"index must be in [0, {len(self)}), got {index}")
+        start = index * self.stride
+        chunk = np.asarray(self.tokens[start : start + self.context_length + 1], dtype=np.int64)
+        chunk = torch.from_numpy(chunk)
+        return chunk[:-1], chunk[1:]  # (L,), (L,)
+
+    def batch(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Stack the windows at ``indices``: inputs and targets, each (len(indices), L)."""
+        pairs = [self[i] for i in indices]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])

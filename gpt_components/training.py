@@ -1,3 +1,431 @@
-"""training (stub: filled in by its issue)."""
+"""Pretraining (chapter 5 and appendix D): losses, the schedule, the optimizer and the loop.
 
-__all__: list[str] = []
+- ``calc_loss_batch``, ``calc_loss_loader``, ``evaluate``, ``perplexity``: the book's helpers.
+- ``lr_at``: linear warm-up to the peak rate, then cosine decay to a minimum rate.
+- ``configure_optimizer``: AdamW decaying matrices only (not biases, norms or embeddings).
+- ``train_step``: gradient accumulation over micro-batches, clipping, one optimizer step.
+- ``train``: the loop. Everything random is a function of the seed and the step: the window
+  order of epoch ``e`` is a permutation drawn from ``seed`` and ``e``, and dropout reseeds from
+  ``(seed, step, rank)`` before each step. A checkpoint therefore needs only the weights, the
+  optimizer state and the step to resume a run bit for bit, on one process or under
+  ``torchrun`` (each rank reads its own slice of every global batch; only rank 0 writes).
+
+>>> import torch
+>>> lr_at(0, peak_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=100)
+0.00019
+>>> lr_at(9, peak_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=100)
+0.001
+>>> lr_at(99, peak_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=100)
+0.0001
+>>> round(perplexity(torch.tensor(2.0)), 4)
+7.3891
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .corpus import TokenWindows
+
+__all__ = [
+    "calc_loss_batch",
+    "calc_loss_loader",
+    "evaluate",
+    "perplexity",
+    "lr_at",
+    "configure_optimizer",
+    "train_step",
+    "train",
+    "TrainConfig",
+    "TrainingDivergedError",
+    "read_metrics",
+    "plot_losses",
+]
+
+
+class TrainingDivergedError(RuntimeError):
+    """The loss became NaN or infinite; the message names the step."""
+
+
+def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
+                    device: torch.device | str) -> torch.Tensor:
+    """Mean next-token cross-entropy of one batch (inputs and targets: (B, T) token ids)."""
+    input_batch, target_batch = input_batch.to(device), target_batch.to(device)
+    logits = model(input_batch)  # (B, T, V)
+    return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten())
+
+
+def calc_loss_loader(data_loader: Any, model: nn.Module, device: torch.device | str,
+                     num_batches: int | None = None) -> float:
+    """Average batch loss over the first ``num_batches`` batches (all if None; NaN if empty)."""
+    if num_batches is not None and num_batches < 1:
+        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches!r}")
+    if len(data_loader) == 0:
+        return float("nan")
+    num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
+    total = 0.0
+    for i, (input_batch, target_batch) in enumerate(data_loader):
+        if i >= num_batches:
+            break
+        total += calc_loss_batch(input_batch, target_batch, model, device).item()
+    return total / num_batches
+
+
+def evaluate(model: nn.Module, train_loader: Any, val_loader: Any, device: torch.device | str,
+             eval_iter: int) -> tuple[float, float]:
+    """(train loss, validation loss) over ``eval_iter`` batches each, in eval mode, no grad."""
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        train_loss = calc_loss_loader(train_loader, model, device, num_batches=eval_iter)
+        val_loss = calc_loss_loader(val_loader, model, device, num_batches=eval_iter)
+    model.train(was_training)
+    return train_loss, val_loss
+
+
+def perplexity(loss: float | torch.Tensor) -> float:
+    """exp(cross-entropy): the effective number of equally likely next tokens."""
+    return math.exp(float(loss))
+
+
+def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int,
+          total_steps: int) -> float:
+    """Learning rate of optimizer step ``step`` (0-based).
+
+    Linear warm-up reaches ``peak_lr`` at step ``warmup_steps - 1``; cosine decay then ends at
+    ``min_lr`` on the last step, ``total_steps - 1``; never below ``min_lr``.
+    """
+    if not 0.0 <= min_lr <= peak_lr:
+        raise ValueError(f"min_lr must be in [0, peak_lr={peak_lr}], got {min_lr!r}")
+    if warmup_steps < 0 or total_steps < 1:
+        raise ValueError(f"warmup_steps must be >= 0 and total_steps >= 1, got "
+                         f"{warmup_steps!r} and {total_steps!r}")
+    if step < warmup_steps:
+        return min_lr + (peak_lr - min_lr) * (step + 1) / warmup_steps
+    decay_steps = total_steps - 1 - warmup_steps
+    progress = 1.0 if decay_steps <= 0 else min(1.0, (step - warmup_steps) / decay_steps)
+    return min_lr + 0.5 * (peak_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def configure_optimizer(model: nn.Module, lr: float, weight_decay: float,
+                        betas: tuple[float, float] = (0.9, 0.999)) -> torch.optim.AdamW:
+    """AdamW with ``weight_decay`` on weight matrices only; biases, norms, embeddings: none.
+
+    A tied output head is the embedding's own parameter, so it is not decayed either.
+    """
+    if lr <= 0 or weight_decay < 0:
+        raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {lr!r}, {weight_decay!r}")
+    embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
+                 for p in m.parameters(recurse=False)}
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 and id(p) not in embedding else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(groups, lr=lr, betas=betas)
+
+
+def _is_ddp(model: nn.Module) -> bool:
+    return isinstance(model, nn.parallel.DistributedDataParallel)
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
+               micro_batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str,
+               *, grad_clip: float | None = None, autocast_dtype: torch.dtype | None = None,
+               step: int = 0) -> tuple[float, float]:
+    """One optimizer step over ``k`` micro-batches: returns (mean loss, global grad norm).
+
+    Each micro-batch contributes ``loss / k``, so k micro-batches of B windows give the
+    gradient of one batch of k*B. The norm is taken before clipping to ``grad_clip``. A
+    non-finite loss raises ``TrainingDivergedError`` before the weights change.
+    """
+    if not micro_batches:
+        raise ValueError("micro_batches must hold at least one (inputs, targets) pair")
+    device = torch.device(device)
+    optimizer.zero_grad(set_to_none=True)
+    total = torch.zeros((), device=device)
+    for i, (x, y) in enumerate(micro_batches):
+        last = i == len(micro_batches) - 1
+        sync = contextlib.nullcontext() if last or not _is_ddp(model) else model.no_sync()
+        cast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
+                else contextlib.nullcontext())
+        with sync:
+            with cast:
+                loss = calc_loss_batch(x, y, model, device)
+            (loss / len(micro_batches)).backward()
+        total += loss.detach()
+    mean = total / len(micro_batches)
+    if dist.is_initialized():
+        dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+    loss_value = mean.item()
+    if not math.isfinite(loss_value):
+        raise TrainingDivergedError(f"loss became {loss_value} at step {step}; stopping "
+                                    "(the last checkpoint is left as it was)")
+    params = [p for p in model.parameters() if p.grad is not None]
+    limit = grad_clip if grad_clip is not None else float("inf")
+    norm = torch.nn.utils.clip_grad_norm_(params, limit).item()
+    optimizer.step()
+    return loss_value, norm
+
+
+@dataclass
+class TrainConfig:
+    """How to train; model shape lives in the model's own config."""
+
+    batch_size: int = 8  # windows per process per micro-batch
+    grad_accum: int = 1  # micro-batches per optimizer step
+    epochs: int = 1  # used when max_steps is None
+    max_steps: int | None = None  # optimizer steps in the whole run
+    lr: float = 1e-3  # peak learning rate
+    min_lr: float = 1e-4  # the cosine ends here
+    warmup_steps: int = 0
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float | None = 1.0
+    val_fraction: float = 0.1  # the corpus' last tokens, held out
+    stride: int | None = None  # between training windows; None = context length
+    eval_interval: int = 50
+    eval_iters: int = 5  # batches per evaluation
+    checkpoint_interval: int = 100
+    keep_checkpoints: int = 2
+    seed: int = 123
+    compile: bool = False
+    bf16: bool = False  # autocast to bfloat16: CUDA only (slow emulation on most CPUs)
+    sample_prompt: str = "Every effort moves you"
+    sample_tokens: int = 20
+    extra: dict = field(default_factory=dict)  # recorded in checkpoints (model config, ...)
+
+    def validate(self) -> None:
+        for name in ("batch_size", "grad_accum", "epochs", "eval_interval", "eval_iters",
+                     "checkpoint_interval", "keep_checkpoints"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.max_steps is not None and (not isinstance(self.max_steps, int)
+                                           or self.max_steps < 1):
+            raise ValueError(f"max_steps must be an int >= 1 or None, got {self.max_steps!r}")
+        if self.grad_clip is not None and not self.grad_clip > 0:
+            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        lr_at(0, peak_lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
+              total_steps=1)
+
+
+def _seed_for(seed: int, *parts: int) -> int:
+    value = seed
+    for part in parts:
+        value = (value * 1_000_003 + part) % (2**63 - 1)
+    return value
+
+
+class _Schedule:
+    """Which windows each rank reads at each step: a fixed function of (seed, step, rank)."""
+
+    def __init__(self, n_windows: int, cfg: TrainConfig, world: int):
+        self.n, self.cfg, self.world = n_windows, cfg, world
+        self.global_batch = cfg.batch_size * cfg.grad_accum * world
+        self.steps_per_epoch = n_windows // self.global_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the training split has {n_windows} windows, fewer than one global "
+                             f"batch of {self.global_batch}: use a smaller batch_size or "
+                             "context length, or a larger corpus")
+        self._perm: tuple[int, torch.Tensor] | None = None
+
+    def total_steps(self) -> int:
+        return self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+
+    def position(self, step: int) -> dict[str, int]:
+        return {"epoch": step // self.steps_per_epoch, "batch": step % self.steps_per_epoch}
+
+    def indices(self, step: int, micro: int, rank: int) -> list[int]:
+        epoch, batch = divmod(step, self.steps_per_epoch)
+        if self._perm is None or self._perm[0] != epoch:
+            gen = torch.Generator().manual_seed(_seed_for(self.cfg.seed, epoch))
+            self._perm = (epoch, torch.randperm(self.n, generator=gen))
+        b = self.cfg.batch_size
+        start = batch * self.global_batch + (micro * self.world + rank) * b
+        return self._perm[1][start : start + b].tolist()
+
+
+def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
+    """The records of ``metrics.jsonl`` (a half-written last line is skipped)."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    records = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return records
+
+
+def _truncate_metrics(run_dir: Path, step: int) -> None:
+    kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
+    text = "".join(json.dumps(r) + "\n" for r in kept)
+    (run_dir / "metrics.jsonl").write_text(text, encoding="utf-8")
+
+
+def plot_losses(records: Iterable[dict], path: str | os.PathLike) -> None:
+    """Draw training and validation loss against tokens seen into ``path`` (PNG, Agg)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    records = list(records)
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "val_loss" in r]
+    fig = Figure(figsize=(6, 4))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.plot([r["tokens_seen"] for r in steps], [r["loss"] for r in steps], label="train (step)")
+    ax.plot([r["tokens_seen"] for r in evals], [r["val_loss"] for r in evals], "o-",
+            label="validation")
+    ax.set_xlabel("tokens seen")
+    ax.set_ylabel("cross-entropy loss")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def _sample(model: nn.Module, tokenizer: Any, prompt: str, n: int, context: int,
+            device: torch.device) -> str:
+    from .generation import generate
+
+    idx = torch.tensor([tokenizer.encode(prompt)], device=device)
+    out = generate(model, idx, max_new_tokens=n, context_size=context)
+    return tokenizer.decode(out[0].tolist())
+
+
+def train(
+    model: nn.Module,
+    train_tokens: np.ndarray,
+    val_tokens: np.ndarray,
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike,
+    *,
+    context_length: int,
+    device: torch.device | str = "cpu",
+    tokenizer: Any = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train ``model`` on windows of ``train_tokens``; returns the records of ``metrics.jsonl``.
+
+    Writes checkpoints every ``cfg.checkpoint_interval`` steps and at the end, one metrics
+    record per step (``step``, ``tokens_seen``, ``loss``, ``lr``, ``grad_norm``) and one per
+    evaluation (``val_loss``, ``train_eval_loss``, ``sample`` when a tokenizer is given), and
+    ``loss.png``. ``resume=True`` continues from the run's latest checkpoint. Under an
+    initialised ``torch.distributed`` group the model is wrapped in DDP.
+    """
+    cfg.validate()
+    device = torch.device(device)
+    if cfg.bf16 and device.type != "cuda":
+        raise ValueError(f"bf16 must be False on device {device.type!r}: bf16 autocast is for "
+                         "CUDA only (CPU emulation is far slower than float32)")
+    run_dir = Path(run_dir)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    windows = TokenWindows(train_tokens, context_length, cfg.stride)
+    val_windows = TokenWindows(val_tokens, context_length, context_length)
+    schedule = _Schedule(len(windows), cfg, world)
+    total_steps = schedule.total_steps()
+    model.to(device)
+    optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
+    step = 0
+    if resume:
+        ckpt = load_checkpoint(run_dir, map_location=str(device))
+        model.load_state_dict(ckpt.weights)
+        optimizer.load_state_dict(ckpt.state["optimizer"])
+        step = ckpt.meta["step"]
+        if rank == 0:
+            _truncate_metrics(run_dir, step)
+    elif rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+    raw_model = model
+    if cfg.compile:
+        model = torch.compile(model)
+    if world > 1:
+        model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None)
+    eval_loaders = [torch.utils.data.DataLoader(w, batch_size=cfg.batch_size) for w in
+                    (windows, val_windows)]
+    autocast_dtype = torch.bfloat16 if cfg.bf16 else None
+    tokens_per_step = schedule.global_batch * context_length
+    bar = None
+    if progress and rank == 0:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=fork_devices):
+        model.train()
+        while step < total_steps:
+            started = time.perf_counter()
+            lr = lr_at(step, peak_lr=cfg.lr, min_lr=cfg.min_lr, warmup_steps=cfg.warmup_steps,
+                       total_steps=total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            torch.manual_seed(_seed_for(cfg.seed, step, rank))  # dropout masks of this step
+            micro = [windows.batch(schedule.indices(step, m, rank)) for m in range(cfg.grad_accum)]
+            loss, norm = train_step(model, optimizer, micro, device, grad_clip=cfg.grad_clip,
+                                    autocast_dtype=autocast_dtype, step=step + 1)
+            step += 1
+            record = {"step": step, "tokens_seen": step * tokens_per_step, "loss": loss,
+                      "lr": lr, "grad_norm": norm}
+            records = [record]
+            if rank == 0 and (step % cfg.eval_interval == 0 or step == total_steps):
+                train_eval, val_loss = evaluate(raw_model, *eval_loaders, device, cfg.eval_iters)
+                evaluation = {"step": step, "tokens_seen": record["tokens_seen"],
+                              "train_eval_loss": train_eval, "val_loss": val_loss}
+                if tokenizer is not None and cfg.sample_tokens > 0:
+                    raw_model.eval()
+                    evaluation["sample"] = _sample(raw_model, tokenizer, cfg.sample_prompt,
+                                                   cfg.sample_tokens, context_length, device)
+                    raw_model.train()
+                records.append(evaluation)
+            if rank == 0:
+                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+                    f.write("".join(json.dumps(r) + "\n" for r in records))
+                if step % cfg.checkpoint_interval == 0 or step == total_steps:
+                    meta = {"step": step, "data_position": schedule.position(step),
+                            "tokens_seen": record["tokens_seen"], "seed": cfg.seed,
+                            "world_size": world, "train_config": asdict(cfg)}
+                    save_checkpoint(run_dir, model=raw_model,
+                                    state={"optimizer": optimizer.state_dict()}, meta=meta,
+                                    keep=cfg.keep_checkpoints)
+            if bar is not None:
+                rate = tokens_per_step / max(time.perf_counter() - started, 1e-9)
+                bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
+                bar.update(1)
+                if len(records) > 1:
+                    e = records[1]
+                    bar.write(f"step {step}: train {e['train_eval_loss']:.3f}, "
+                              f"val {e['val_loss']:.3f}" +
+                              (f" | {e['sample']!r}" if "sample" in e else ""))
+            if on_step is not None:
+                on_step(record)
+    if bar is not None:
+        bar.close()
+    records = read_metrics(run_dir) if rank == 0 else []
+    if rank == 0:
+        plot_losses(records, run_dir / "loss.png")
+    return records
