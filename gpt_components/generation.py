@@ -1,3 +1,213 @@
-"""generation (stub: filled in by its issue)."""
+"""Text generation (chapters 4 and 5): greedy decoding, sampling, streaming, a KV cache.
 
-__all__: list[str] = []
+Exports ``generate_text_simple`` (the book's greedy loop), ``generate`` (temperature, top-k,
+nucleus/top-p, per-row ``eos_id``, a KV cache), ``generate_stream`` (the same, yielding each
+step's tokens), ``sample_next_token`` and the tokenizer helpers ``text_to_token_ids`` /
+``token_ids_to_text``.
+
+Sampling order: top-k, then top-p (on the top-k distribution), then temperature, then a draw
+from the given ``torch.Generator``; ``temperature=0`` is greedy. Past the context length the
+model sees the last ``context_size`` tokens (a sliding window). With the cache, a full window
+rebuilds the cache from those tokens, because GPT-2's absolute position embeddings make shifted
+keys wrong: cached and uncached decoding compute the same function.
+
+>>> import torch
+>>> from gpt_components.model import GPTConfig, GPTModel
+>>> model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=50)).eval()
+>>> out = generate(model, torch.tensor([[1, 2]]), max_new_tokens=3, temperature=1.0, top_k=5,
+...                generator=torch.Generator().manual_seed(0))
+>>> out.shape
+torch.Size([1, 5])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch import nn
+
+from .model import GPTModel, check_token_ids
+from .tokenizers import ENDOFTEXT, gpt2_tokenizer
+
+__all__ = [
+    "generate_text_simple",
+    "generate",
+    "generate_stream",
+    "sample_next_token",
+    "text_to_token_ids",
+    "token_ids_to_text",
+]
+
+
+def text_to_token_ids(text: str, tokenizer: Any = None) -> torch.Tensor:
+    """Encode ``text`` to a [1, tokens] tensor (GPT-2 BPE by default; ``<|endoftext|>`` allowed)."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+    return torch.tensor(tokenizer.encode(text, allowed_special={ENDOFTEXT})).unsqueeze(0)
+
+
+def token_ids_to_text(token_ids: torch.Tensor | list[int], tokenizer: Any = None) -> str:
+    """Decode one sequence of ids, a [tokens] or [1, tokens] tensor or a list."""
+    if isinstance(token_ids, torch.Tensor):
+        if token_ids.dim() == 2 and token_ids.shape[0] == 1:
+            token_ids = token_ids.squeeze(0)
+        if token_ids.dim() != 1:
+            raise ValueError(f"token_ids must be [tokens] or [1, tokens], got shape "
+                             f"{tuple(token_ids.shape)}")
+        token_ids = token_ids.tolist()
+    tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+    return tokenizer.decode(list(token_ids))
+
+
+def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
+                         context_size: int) -> torch.Tensor:
+    """The book's greedy loop: crop to ``context_size``, take the argmax, append, repeat."""
+    _check_count(max_new_tokens, "max_new_tokens", 0)
+    _check_count(context_size, "context_size", 1)
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(idx[:, -context_size:])[:, -1, :]  # (B, vocab)
+        idx = torch.cat([idx, logits.argmax(dim=-1, keepdim=True)], dim=1)
+    return idx
+
+
+def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
+                      top_p: float | None = None,
+                      generator: torch.Generator | None = None) -> torch.Tensor:
+    """One token id per row of ``logits`` [batch, vocab], as a [batch, 1] tensor."""
+    _check_sampling(temperature, top_k, top_p, generator)
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise ValueError(f"logits must be a 2-D [batch, vocab] tensor, got "
+                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+    if temperature == 0:
+        return logits.argmax(dim=-1, keepdim=True)
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_probs, order = torch.sort(torch.softmax(logits, dim=-1), dim=-1, descending=True)
+        # Drop a token once the more probable ones already reach top_p; the first always stays.
+        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        drop = drop_sorted.scatter(-1, order, drop_sorted)
+        logits = logits.masked_fill(drop, float("-inf"))
+    # Subtract the max first: a small temperature must not overflow to inf - inf.
+    scaled = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
+    return torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator)
+
+
+def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int,
+             context_size: int | None = None, temperature: float = 0.0,
+             top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+             use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``idx`` [batch, tokens] followed by up to ``max_new_tokens`` generated tokens per row.
+
+    A row that produces ``eos_id`` is finished: later positions are padded with ``eos_id``, and
+    generation stops early once every row has finished. Call ``model.eval()`` first.
+    """
+    steps = generate_stream(model, idx, max_new_tokens, context_size, temperature, top_k,
+                            top_p, eos_id, use_cache, generator)
+    return torch.cat([idx, *steps], dim=1)
+
+
+def generate_stream(model: GPTModel, idx: torch.Tensor, max_new_tokens: int,
+                    context_size: int | None = None, temperature: float = 0.0,
+                    top_k: int | None = None, top_p: float | None = None,
+                    eos_id: int | None = None, use_cache: bool = True,
+                    generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+    """Like ``generate``, but yields each step's new tokens ([batch, 1]) as they are made.
+
+    Arguments are checked on the call, before the first token.
+    """
+    if not isinstance(model, GPTModel):
+        raise TypeError(f"model must be a GPTModel, got {type(model).__name__}")
+    cfg = model.cfg
+    check_token_ids(idx, cfg.vocab_size)
+    _check_count(max_new_tokens, "max_new_tokens", 0)
+    context_size = cfg.context_length if context_size is None else context_size
+    _check_count(context_size, "context_size", 1)
+    if context_size > cfg.context_length:
+        raise ValueError(f"context_size must be <= the model's context_length="
+                         f"{cfg.context_length}, got {context_size}")
+    _check_sampling(temperature, top_k, top_p, generator)
+    if eos_id is not None:
+        _check_count(eos_id, "eos_id", 0)
+        if eos_id >= cfg.vocab_size:
+            raise ValueError(f"eos_id must be in [0, vocab_size={cfg.vocab_size}), got {eos_id}")
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be a bool, got {use_cache!r}")
+    window = _Window(model, context_size, idx.shape[0] if use_cache else None)
+    return _stream(window, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator)
+
+
+def _stream(window: _Window, idx: torch.Tensor, max_new_tokens: int, temperature: float,
+            top_k: int | None, top_p: float | None, eos_id: int | None,
+            generator: torch.Generator | None) -> Iterator[torch.Tensor]:
+    finished = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
+    for _ in range(max_new_tokens):
+        # Grad mode is switched per step, never held across a yield into the caller's code.
+        with torch.no_grad():
+            logits = window.next_logits(idx)
+            next_ids = sample_next_token(logits, temperature, top_k, top_p, generator)
+            if eos_id is not None:
+                next_ids = next_ids.masked_fill(finished.unsqueeze(1), eos_id)
+                finished |= next_ids.squeeze(1) == eos_id
+            idx = torch.cat([idx, next_ids], dim=1)
+        yield next_ids
+        if eos_id is not None and bool(finished.all()):
+            return
+
+
+class _Window:
+    """Last-position logits of the last ``context_size`` tokens, with or without a KV cache.
+
+    The cache holds the window's tokens at positions ``0 .. length - 1``. While it has room, a
+    step feeds only the newest token. Once full, the window slides: every position changes, so
+    the cache is refilled from the last ``context_size`` tokens, exactly as without a cache.
+    """
+
+    def __init__(self, model: GPTModel, context_size: int, batch_size: int | None) -> None:
+        self.model = model
+        self.context_size = context_size
+        self.cache = None if batch_size is None else model.new_kv_cache(batch_size, context_size)
+        self.covered = 0  # tokens of the sequence seen by the cache so far
+
+    def next_logits(self, idx: torch.Tensor) -> torch.Tensor:
+        if self.cache is None:
+            return self.model(idx[:, -self.context_size:])[:, -1, :]
+        n = idx.shape[1]
+        if self.cache.length > 0 and n == self.covered + 1 and self.cache.remaining > 0:
+            logits = self.model(idx[:, -1:], kv_cache=self.cache)
+        else:
+            self.cache.reset()
+            logits = self.model(idx[:, -self.context_size:], kv_cache=self.cache)
+        self.covered = n
+        return logits[:, -1, :]  # (B, vocab)
+
+
+def _check_count(value: Any, name: str, minimum: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+
+
+def _check_sampling(temperature: float, top_k: int | None, top_p: float | None,
+                    generator: torch.Generator | None) -> None:
+    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
+        raise TypeError(f"temperature must be a float, got {temperature!r}")
+    if not (temperature >= 0 and math.isfinite(temperature)):
+        raise ValueError(f"temperature must be a finite float >= 0, got {temperature}")
+    if top_k is not None:
+        _check_count(top_k, "top_k", 1)
+    if top_p is not None:
+        if not isinstance(top_p, (int, float)) or isinstance(top_p, bool):
+            raise TypeError(f"top_p must be a float in (0, 1], got {top_p!r}")
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None, got "
+                        f"{type(generator).__name__}")

@@ -1,3 +1,205 @@
-"""model (stub: filled in by its issue)."""
+"""The GPT model (chapter 4): configuration presets, ``GPTModel`` and its size.
 
-__all__: list[str] = []
+Exports ``GPTConfig`` (a dataclass with named presets: ``GPTConfig.from_name("gpt2-small")``,
+the four published GPT-2 sizes and small ones that train on a laptop CPU), ``GPTModel``
+(token and position embeddings, ``n_layers`` transformer blocks, a final norm and the output
+head), ``count_parameters`` and ``memory_footprint_mb``.
+
+>>> import torch
+>>> cfg = GPTConfig.from_name("gpt-nano", vocab_size=100)
+>>> model = GPTModel(cfg)
+>>> model(torch.tensor([[1, 2, 3]])).shape
+torch.Size([1, 3, 100])
+>>> with torch.device("meta"):
+...     big = GPTModel(GPTConfig.from_name("gpt2-small"))
+>>> count_parameters(big)
+163009536
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .kv_cache import KVCache
+from .transformer import ATTENTION_KERNELS, LayerNorm, TransformerBlock
+
+__all__ = ["GPTConfig", "GPTModel", "MODEL_PRESETS", "count_parameters", "memory_footprint_mb"]
+
+
+@dataclass(frozen=True)
+class GPTConfig:
+    """Hyperparameters of a ``GPTModel``; the defaults are the book's GPT-2 small (124M)."""
+
+    vocab_size: int = 50257  # GPT-2's BPE: 50,000 merges + 256 bytes + <|endoftext|>
+    context_length: int = 1024  # the most tokens the position embedding can place
+    emb_dim: int = 768  # width of every token's vector through the whole network
+    n_heads: int = 12  # attention heads per layer; each sees emb_dim / n_heads dimensions
+    n_layers: int = 12  # transformer blocks stacked
+    drop_rate: float = 0.1  # dropout on embeddings, attention weights and residual branches
+    qkv_bias: bool = False  # biases on W_query/W_key/W_value (OpenAI's GPT-2 has them)
+    tie_weights: bool = False  # output head shares the token embedding matrix (as GPT-2 does)
+    attn_kernel: str = "sdpa"  # "sdpa" (fused, fast) or "textbook" (chapter 3's explicit math)
+
+    def __post_init__(self) -> None:
+        for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if self.emb_dim % self.n_heads != 0:
+            raise ValueError(
+                f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})"
+            )
+        if not 0.0 <= self.drop_rate < 1.0:
+            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        if self.attn_kernel not in ATTENTION_KERNELS:
+            raise ValueError(
+                f"attn_kernel must be one of {ATTENTION_KERNELS}, got {self.attn_kernel!r}"
+            )
+
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
+        """A named preset (see ``MODEL_PRESETS``), with any field overridden by keyword."""
+        if name not in MODEL_PRESETS:
+            raise ValueError(f"name must be one of {sorted(MODEL_PRESETS)}, got {name!r}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(overrides) - fields)
+        if unknown:
+            raise TypeError(f"overrides must be GPTConfig fields {sorted(fields)}, got {unknown}")
+        return dataclasses.replace(MODEL_PRESETS[name], **overrides)
+
+    def __getitem__(self, key: str) -> Any:
+        """Read a field the book's way, ``cfg["emb_dim"]``."""
+        return getattr(self, key)
+
+    @property
+    def head_dim(self) -> int:
+        return self.emb_dim // self.n_heads
+
+
+MODEL_PRESETS: dict[str, GPTConfig] = {
+    # The published GPT-2 sizes, configured as the book does (no qkv bias, separate head).
+    "gpt2-small": GPTConfig(emb_dim=768, n_layers=12, n_heads=12),
+    "gpt2-medium": GPTConfig(emb_dim=1024, n_layers=24, n_heads=16),
+    "gpt2-large": GPTConfig(emb_dim=1280, n_layers=36, n_heads=20),
+    "gpt2-xl": GPTConfig(emb_dim=1600, n_layers=48, n_heads=25),
+    # Small models for a laptop CPU (after minGPT's presets): minutes of training, not days.
+    "gpt-mini": GPTConfig(context_length=256, emb_dim=192, n_layers=6, n_heads=6),
+    "gpt-micro": GPTConfig(context_length=128, emb_dim=128, n_layers=4, n_heads=4),
+    "gpt-nano": GPTConfig(context_length=64, emb_dim=48, n_layers=3, n_heads=3),
+}
+
+
+def _as_config(cfg: GPTConfig | dict[str, Any]) -> GPTConfig:
+    if isinstance(cfg, GPTConfig):
+        return cfg
+    if isinstance(cfg, dict):
+        return GPTConfig(**cfg)
+    raise TypeError(f"cfg must be a GPTConfig or a dict of its fields, got {type(cfg).__name__}")
+
+
+def check_token_ids(idx: Any, vocab_size: int, name: str = "idx") -> None:
+    """Raise unless ``idx`` is a 2-D integer tensor of ids in ``[0, vocab_size)``."""
+    if not isinstance(idx, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of token ids, got {type(idx).__name__}")
+    if idx.dtype.is_floating_point or idx.dtype.is_complex or idx.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {idx.dtype}")
+    if idx.dim() != 2:
+        raise ValueError(
+            f"{name} must be 2-D [batch, tokens], got shape {tuple(idx.shape)}"
+        )
+    if idx.shape[1] < 1:
+        raise ValueError(f"{name} must hold at least one token per row, got shape "
+                         f"{tuple(idx.shape)}")
+    low, high = int(idx.min()), int(idx.max())
+    if low < 0 or high >= vocab_size:
+        bad = low if low < 0 else high
+        raise ValueError(f"{name} holds token id {bad}, outside [0, vocab_size={vocab_size})")
+
+
+class GPTModel(nn.Module):
+    """GPT-2: embeddings, ``n_layers`` transformer blocks, final norm, output head."""
+
+    def __init__(self, cfg: GPTConfig | dict[str, Any]) -> None:
+        super().__init__()
+        cfg = _as_config(cfg)
+        self.cfg = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
+        self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
+        self.drop_emb = nn.Dropout(cfg.drop_rate)
+        self.trf_blocks = nn.Sequential(*(TransformerBlock(cfg) for _ in range(cfg.n_layers)))
+        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
+        if cfg.tie_weights:
+            self.out_head.weight = self.tok_emb.weight
+
+    def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
+        """Logits [batch, tokens, vocab] for token ids ``idx`` [batch, tokens].
+
+        With ``kv_cache`` (from ``new_kv_cache``), ``idx`` continues the cached tokens: its
+        first token sits at position ``kv_cache.length``, and the cache grows by its length.
+        """
+        check_token_ids(idx, self.cfg.vocab_size)
+        b, t = idx.shape
+        start = 0
+        if kv_cache is not None:
+            if kv_cache.batch_size != b:
+                raise ValueError(f"kv_cache was made for batch_size={kv_cache.batch_size}, "
+                                 f"idx has {b} rows")
+            start = kv_cache.length
+            if start + t > kv_cache.max_tokens:
+                raise ValueError(f"idx adds {t} tokens to a kv_cache holding {start} of "
+                                 f"max_tokens={kv_cache.max_tokens}")
+        elif t > self.cfg.context_length:
+            raise ValueError(f"idx has {t} tokens, more than context_length="
+                             f"{self.cfg.context_length}")
+        positions = torch.arange(start, start + t, device=idx.device)
+        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, emb)
+        for layer, block in enumerate(self.trf_blocks):
+            x = block(x, kv_cache=kv_cache, layer=layer)
+        if kv_cache is not None:
+            kv_cache.advance(t)
+        return self.out_head(self.final_norm(x))  # (B, T, vocab)
+
+    def new_kv_cache(self, batch_size: int, max_tokens: int | None = None) -> KVCache:
+        """An empty cache for this model, on its device and dtype."""
+        max_tokens = self.cfg.context_length if max_tokens is None else max_tokens
+        if not isinstance(max_tokens, int) or not 1 <= max_tokens <= self.cfg.context_length:
+            raise ValueError(f"max_tokens must be an int in [1, context_length="
+                             f"{self.cfg.context_length}], got {max_tokens!r}")
+        weight = self.tok_emb.weight
+        return KVCache(self.cfg.n_layers, batch_size, self.cfg.n_heads, self.cfg.head_dim,
+                       max_tokens, device=weight.device, dtype=weight.dtype)
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path, **overrides: Any) -> GPTModel:
+        """GPT-2 weights in Hugging Face's layout; see ``gpt_components.weights``."""
+        from .weights import load_pretrained
+
+        return load_pretrained(name_or_path, **overrides)
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of distinct parameters: a tied output head is counted once, with the embedding."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    # Module.parameters() yields a shared Parameter only once.
+    return sum(p.numel() for p in model.parameters())
+
+
+def memory_footprint_mb(model: nn.Module, dtype: torch.dtype | None = None) -> float:
+    """Memory of the parameters in MB (2**20 bytes), in ``dtype`` or their own dtypes."""
+    if dtype is not None and not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype or None, got {dtype!r}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    total = sum(
+        p.numel() * (p.element_size() if dtype is None else dtype.itemsize)
+        for p in model.parameters()
+    )
+    return total / 2**20

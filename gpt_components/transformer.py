@@ -1,3 +1,171 @@
-"""transformer (stub: filled in by its issue)."""
+"""The transformer block (chapter 4): layer norm, GELU, feed-forward, causal self-attention.
 
-__all__: list[str] = []
+Exports ``LayerNorm``, ``GELU``, ``FeedForward``, ``CausalSelfAttention`` (the chapter-3
+``MultiHeadAttention`` with a choice of kernel and a KV-cache path) and ``TransformerBlock``
+(pre-norm; attention and feed-forward each inside a residual connection). ``cfg`` is a
+``GPTConfig`` or the book's dict with the same keys.
+
+>>> import torch
+>>> cfg = {"emb_dim": 8, "context_length": 4, "n_heads": 2, "drop_rate": 0.0, "qkv_bias": False}
+>>> block = TransformerBlock(cfg)
+>>> block(torch.zeros(2, 3, 8)).shape
+torch.Size([2, 3, 8])
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .attention import MultiHeadAttention
+
+__all__ = [
+    "ATTENTION_KERNELS",
+    "LayerNorm",
+    "GELU",
+    "FeedForward",
+    "CausalSelfAttention",
+    "TransformerBlock",
+]
+
+ATTENTION_KERNELS = ("sdpa", "textbook")
+
+
+def _cfg(cfg: Any, key: str, default: Any = None) -> Any:
+    """One field of a ``GPTConfig`` or of the book's plain dict."""
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
+class LayerNorm(nn.Module):
+    """Normalize the last dimension to mean 0 and (biased) variance 1, then ``scale``/``shift``."""
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        if not isinstance(emb_dim, int) or emb_dim < 1:
+            raise ValueError(f"emb_dim must be a positive int, got {emb_dim!r}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps!r}")
+        self.eps = eps
+        self.scale = nn.Parameter(torch.ones(emb_dim))
+        self.shift = nn.Parameter(torch.zeros(emb_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=-1, keepdim=True)
+        # Biased variance (divide by n), as GPT-2 and torch.nn.LayerNorm do.
+        var = x.var(dim=-1, keepdim=True, unbiased=False)
+        return self.scale * (x - mean) / torch.sqrt(var + self.eps) + self.shift
+
+
+class GELU(nn.Module):
+    """GELU in the tanh approximation GPT-2 was trained with."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+class FeedForward(nn.Module):
+    """Position-wise MLP: ``emb_dim -> 4 * emb_dim -> emb_dim`` with a GELU between."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        emb_dim = _cfg(cfg, "emb_dim")
+        self.layers = nn.Sequential(
+            nn.Linear(emb_dim, 4 * emb_dim),
+            GELU(),
+            nn.Linear(4 * emb_dim, emb_dim),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)
+
+
+class CausalSelfAttention(MultiHeadAttention):
+    """``MultiHeadAttention`` with a selectable kernel and an optional KV cache.
+
+    ``kernel="sdpa"`` calls ``torch.nn.functional.scaled_dot_product_attention`` (flash or
+    memory-efficient kernels on CUDA); ``kernel="textbook"`` is chapter 3's explicit softmax of
+    masked scores. Both compute the same function; the spec checks it.
+    """
+
+    def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
+                 num_heads: int, qkv_bias: bool = False, kernel: str = "sdpa") -> None:
+        super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}")
+        self.kernel = kernel
+
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b, t, _ = x.shape
+        # (B, T, d_out) -> (B, nh, T, hd)
+        q = self.W_query(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.W_key(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        return q, k, v
+
+    def forward(self, x: torch.Tensor, kv_cache: Any = None, layer: int = 0) -> torch.Tensor:
+        """Attend over ``x`` (B, T, d_in), after the cached tokens when ``kv_cache`` is given.
+
+        With a cache, the new keys and values are written to ``kv_cache`` at
+        ``kv_cache.length`` (for ``layer``) and the queries attend to every cached token.
+        """
+        if kv_cache is None and self.kernel == "textbook":
+            return super().forward(x)
+        b, t, _ = x.shape
+        q, k, v = self._heads(x)
+        start = 0
+        if kv_cache is not None:
+            start = kv_cache.length
+            k, v = kv_cache.store(layer, k, v)  # (B, nh, start + T, hd)
+        # Query i sits at absolute position start + i: it sees keys 0 .. start + i.
+        future = self.mask[start:start + t, :start + t]
+        if self.kernel == "textbook":
+            scores = q @ k.transpose(2, 3)  # (B, nh, T, start + T)
+            scores = scores.masked_fill(future, float("-inf"))
+            weights = self.dropout(torch.softmax(scores / self.head_dim**0.5, dim=-1))
+            context = weights @ v  # (B, nh, T, hd)
+        else:
+            dropout_p = self.dropout.p if self.training else 0.0
+            if start == 0:
+                context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p,
+                                                         is_causal=True)
+            elif t == 1:
+                # One new token may see everything cached: no mask needed.
+                context = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
+            else:
+                context = F.scaled_dot_product_attention(q, k, v, attn_mask=~future,
+                                                         dropout_p=dropout_p)
+        context = context.transpose(1, 2).reshape(b, t, self.d_out)  # (B, T, d_out)
+        return self.out_proj(context)
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm block: ``x + drop(att(norm1(x)))``, then ``x + drop(ff(norm2(x)))``."""
+
+    def __init__(self, cfg: Any) -> None:
+        super().__init__()
+        emb_dim = _cfg(cfg, "emb_dim")
+        drop_rate = _cfg(cfg, "drop_rate", 0.0)
+        self.att = CausalSelfAttention(
+            d_in=emb_dim,
+            d_out=emb_dim,
+            context_length=_cfg(cfg, "context_length"),
+            dropout=drop_rate,
+            num_heads=_cfg(cfg, "n_heads"),
+            qkv_bias=_cfg(cfg, "qkv_bias", False),
+            kernel=_cfg(cfg, "attn_kernel", "sdpa"),
+        )
+        self.ff = FeedForward(cfg)
+        self.norm1 = LayerNorm(emb_dim)
+        self.norm2 = LayerNorm(emb_dim)
+        self.drop_shortcut = nn.Dropout(drop_rate)
+
+    def forward(self, x: torch.Tensor, kv_cache: Any = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache=kv_cache, layer=layer))
+        return x + self.drop_shortcut(self.ff(self.norm2(x)))
