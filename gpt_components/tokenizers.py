@@ -1,12 +1,22 @@
 """Tokenizers (chapter 2): from a regex word splitter to GPT-2's byte-pair encoding.
 
+``split_words`` is the book's regex split; ``build_vocab`` numbers its sorted unique words (then
+any special tokens); ``SimpleTokenizerV1`` maps words to ids and back, and ``SimpleTokenizerV2``
+adds ``<|unk|>`` for unknown words and keeps ``<|endoftext|>`` whole between documents.
 ``gpt2_tokenizer()`` builds tiktoken's ``gpt2`` encoding from the BPE files shipped in the
 package, so it works with no network.
 
->>> tok = gpt2_tokenizer()
->>> tok.encode("Hello, world")
+>>> split_words("Hello, world. Is this-- a test?")
+['Hello', ',', 'world', '.', 'Is', 'this', '--', 'a', 'test', '?']
+>>> tok = SimpleTokenizerV2(build_vocab("the cat sat.", special_tokens=[ENDOFTEXT, UNK]))
+>>> tok.encode("the dog sat. <|endoftext|> the cat")
+[3, 5, 2, 0, 4, 3, 1]
+>>> tok.decode([3, 5, 2, 0])
+'the <|unk|> sat.'
+>>> gpt2 = gpt2_tokenizer()
+>>> gpt2.encode("Hello, world")
 [15496, 11, 995]
->>> tok.decode([15496, 11, 995])
+>>> gpt2.decode([15496, 11, 995])
 'Hello, world'
 """
 
@@ -14,14 +24,34 @@ from __future__ import annotations
 
 import functools
 import json
+import operator
+import re
+from collections.abc import Iterable, Mapping
 
 import tiktoken
 
 from .resources import resource_path
 
-__all__ = ["gpt2_tokenizer", "gpt2_byte_decoder", "GPT2_PATTERN", "ENDOFTEXT"]
+__all__ = [
+    "split_words",
+    "build_vocab",
+    "SimpleTokenizerV1",
+    "SimpleTokenizerV2",
+    "gpt2_tokenizer",
+    "gpt2_byte_decoder",
+    "GPT2_PATTERN",
+    "ENDOFTEXT",
+    "UNK",
+]
 
 ENDOFTEXT = "<|endoftext|>"
+UNK = "<|unk|>"
+
+# The book's split: these punctuation marks and "--" become words of their own; whitespace
+# separates words and is then dropped.
+_SPLIT = re.compile(r'([,.:;?_!"()\']|--|\s)')
+# Decoding joins words with single spaces, then removes the space before these marks.
+_SPACE_BEFORE_PUNCTUATION = re.compile(r'\s+([,.:;?!"()\'])')
 
 # GPT-2's pre-tokenization, in tiktoken's spelling: contractions, letter runs, digit runs, other
 # symbol runs, each optionally after one space; then whitespace (a run before a word leaves its
@@ -73,3 +103,114 @@ def gpt2_tokenizer() -> tiktoken.Encoding:
         special_tokens={ENDOFTEXT: 50256},
         explicit_n_vocab=50257,
     )
+
+
+def split_words(text: str) -> list[str]:
+    """Split ``text`` into words and punctuation; ``--`` stays whole, whitespace is dropped."""
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return [item for item in _SPLIT.split(text) if item and not item.isspace()]
+
+
+def build_vocab(text: str, special_tokens: Iterable[str] = ()) -> dict[str, int]:
+    """Number the sorted unique words of ``text``, then the ``special_tokens`` not yet present.
+
+    The book's chapter 2 vocabulary is ``build_vocab(text, special_tokens=[ENDOFTEXT, UNK])``.
+    """
+    if isinstance(special_tokens, str) or not isinstance(special_tokens, Iterable):
+        raise TypeError(
+            f"special_tokens must be an iterable of str, got {type(special_tokens).__name__}"
+        )
+    special_tokens = list(special_tokens)
+    for special in special_tokens:
+        if not isinstance(special, str):
+            raise TypeError(f"special_tokens must hold only str, got {special!r}")
+    words = sorted(set(split_words(text)))
+    known = set(words)
+    for special in special_tokens:
+        if special not in known:
+            words.append(special)
+            known.add(special)
+    return {word: index for index, word in enumerate(words)}
+
+
+class SimpleTokenizerV1:
+    """Words to ids through a fixed vocabulary; an unknown word is an error.
+
+    ``decode`` joins the words with single spaces, then removes the space before
+    ``, . : ; ? ! " ( ) '``: so ``decode(encode(text))`` is ``text`` with its whitespace normalised
+    that way (``"It's"`` comes back as ``"It' s"``).
+    """
+
+    def __init__(self, vocab: Mapping[str, int]) -> None:
+        if not isinstance(vocab, Mapping):
+            raise TypeError(f"vocab must be a mapping from str to int, got {type(vocab).__name__}")
+        for word, index in vocab.items():
+            if not isinstance(word, str) or not isinstance(index, int) or isinstance(index, bool):
+                raise TypeError(f"vocab must map str to int, got the entry {word!r}: {index!r}")
+            if index < 0:
+                raise ValueError(f"vocab ids must be >= 0, got {word!r}: {index}")
+        self.str_to_int = dict(vocab)
+        self.int_to_str = {index: word for word, index in vocab.items()}
+        if len(self.int_to_str) != len(self.str_to_int):
+            raise ValueError("vocab must give every word its own id, got repeated ids")
+
+    def _words(self, text: str) -> list[str]:
+        return split_words(text)
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of the words of ``text``; a word not in the vocabulary raises ``ValueError``."""
+        ids = []
+        for word in self._words(text):
+            if word not in self.str_to_int:
+                raise ValueError(f"text contains the word {word!r}, which is not in the vocabulary")
+            ids.append(self.str_to_int[word])
+        return ids
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """The words of ``ids`` joined by spaces, without the space before punctuation."""
+        words = []
+        for token_id in ids:
+            try:
+                token_id = operator.index(token_id)
+            except TypeError as err:
+                raise TypeError(f"ids must hold integers, got {token_id!r}") from err
+            if token_id not in self.int_to_str:
+                raise ValueError(
+                    f"ids contains {token_id}, not an id of the vocabulary (ids "
+                    f"{min(self.int_to_str, default=0)}..{max(self.int_to_str, default=-1)})"
+                )
+            words.append(self.int_to_str[token_id])
+        return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(words))
+
+
+class SimpleTokenizerV2(SimpleTokenizerV1):
+    """``SimpleTokenizerV1`` that never fails: unknown words become ``<|unk|>``.
+
+    Special tokens of the vocabulary (``<|...|>`` entries such as ``<|endoftext|>``) are cut out
+    of the text before splitting, so documents joined with ``<|endoftext|>`` keep it whole even
+    without spaces around it.
+    """
+
+    def __init__(self, vocab: Mapping[str, int]) -> None:
+        super().__init__(vocab)
+        if UNK not in self.str_to_int:
+            raise ValueError(f"vocab must contain the unknown-word token {UNK!r}")
+        specials = sorted(
+            (w for w in self.str_to_int if re.fullmatch(r"<\|[^|]*\|>", w)), key=len, reverse=True
+        )
+        self._specials = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
+
+    def _words(self, text: str) -> list[str]:
+        if not isinstance(text, str):
+            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        words = []
+        for index, piece in enumerate(self._specials.split(text)):
+            # re.split puts the captured special tokens at the odd positions.
+            words.extend([piece] if index % 2 else split_words(piece))
+        return words
+
+    def encode(self, text: str) -> list[int]:
+        """The ids of the words of ``text``, with ``<|unk|>``'s id for every unknown word."""
+        unk = self.str_to_int[UNK]
+        return [self.str_to_int.get(word, unk) for word in self._words(text)]
