@@ -152,7 +152,7 @@ def prepare_corpus(
             if index and eot is not None:
                 out.write(np.asarray([eot], dtype=dtype).tobytes())
                 count += 1
-            for piece in _chunks(path.read_text(encoding="utf-8"), chunk_chars):
+            for piece in _chunks(path.read_bytes().decode("utf-8"), chunk_chars):
                 ids = np.asarray(encode_text(piece, tokenizer), dtype=dtype)
                 out.write(ids.tobytes())
                 count += len(ids)
