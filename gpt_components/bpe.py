@@ -142,6 +142,10 @@ class BPETokenizer:
             return "".join(char_of[byte] for byte in token)
 
         encoder = {printable(token): rank for token, rank in self._ranks.items()}
+        clashes = sorted(set(encoder) & set(self._special_tokens))
+        if clashes:
+            raise ValueError(f"special tokens {clashes} are spelled like ordinary tokens in "
+                             "GPT-2's printable alphabet, so encoder.json cannot hold both")
         encoder.update(self._special_tokens)
         encoder = dict(sorted(encoder.items(), key=lambda item: item[1]))
         with open(directory / "encoder.json", "w", encoding="utf-8") as f:
@@ -455,6 +459,11 @@ def _check_vocabulary(ranks, merges, special_tokens) -> None:
         if left not in ranks or right not in ranks or left + right not in ranks:
             raise ValueError(f"merges holds ({left!r}, {right!r}), whose parts or result are "
                              "not in mergeable_ranks")
+    # GPT-2's files tell ordinary tokens from specials by the merges, so every one needs its merge.
+    unmade = {token for token in ranks if len(token) > 1} - {a + b for a, b in merges}
+    if unmade:
+        raise ValueError(f"merges must produce every multi-byte token of mergeable_ranks; none "
+                         f"makes {sorted(unmade)[:3]}")
 
 
 @functools.cache
