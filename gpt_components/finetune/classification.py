@@ -18,12 +18,15 @@ True
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple, TypeVar
 
 import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
 
 from ..resources import resource_path
+from ..tokenizers import gpt2_tokenizer
 
 __all__ = [
     "SPAM_LABELS",
@@ -33,9 +36,18 @@ __all__ = [
     "balance_classes",
     "split_records",
     "spam_splits",
+    "SpamDataset",
+    "make_classifier",
+    "classifier_logits",
+    "classification_loss",
+    "classification_loss_loader",
+    "classification_accuracy",
+    "train_classifier",
+    "classify",
 ]
 
 SPAM_LABELS = ("ham", "spam")
+ENDOFTEXT_ID = 50256
 
 T = TypeVar("T")
 
@@ -132,3 +144,265 @@ def spam_splits(
     if balance:
         records = balance_classes(records, seed=seed)
     return split_records(records, (0.7, 0.1, 0.2), seed=seed)
+
+
+class SpamDataset(Dataset):
+    """Texts tokenized, cut to ``max_length`` and padded to it with ``pad_token_id``.
+
+    ``max_length`` defaults to the longest text. Items are ``(input_ids, label, length)``:
+    ``length`` counts the real tokens, so the classifier can read the last one.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[tuple[str, int]],
+        tokenizer=None,
+        max_length: int | None = None,
+        pad_token_id: int = ENDOFTEXT_ID,
+        num_classes: int = len(SPAM_LABELS),
+    ) -> None:
+        if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
+            raise ValueError(f"max_length must be an int >= 1 or None, got {max_length!r}")
+        tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+        encoded, labels = [], []
+        for i, (text, label) in enumerate(records):
+            if isinstance(label, bool) or not isinstance(label, int):
+                raise TypeError(f"label of record {i} must be an int class index, got {label!r}")
+            if not 0 <= label < num_classes:
+                raise ValueError(
+                    f"label of record {i} must be in [0, {num_classes}), got {label}"
+                )
+            ids = tokenizer.encode(text)
+            if not ids:
+                raise ValueError(f"text of record {i} must hold at least one token, got {text!r}")
+            encoded.append(ids)
+            labels.append(label)
+        if not encoded:
+            raise ValueError("records must hold at least one record, got none")
+        self.max_length = max(map(len, encoded)) if max_length is None else max_length
+        self.lengths = torch.tensor([min(len(ids), self.max_length) for ids in encoded])
+        self.input_ids = torch.full((len(encoded), self.max_length), pad_token_id)
+        for row, ids in enumerate(encoded):
+            ids = ids[: self.max_length]
+            self.input_ids[row, : len(ids)] = torch.tensor(ids)
+        self.labels = torch.tensor(labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return self.input_ids[index], self.labels[index], self.lengths[index]
+
+
+def make_classifier(
+    model: nn.Module,
+    num_classes: int = len(SPAM_LABELS),
+    trainable_blocks: int | None = 1,
+    generator: torch.Generator | None = None,
+) -> nn.Module:
+    """Turn a ``GPTModel`` into a classifier, in place; returns ``model``.
+
+    ``out_head`` becomes a fresh ``nn.Linear(emb_dim, num_classes)``. Only the last
+    ``trainable_blocks`` transformer blocks, ``final_norm`` and the new head keep
+    ``requires_grad`` (the book's choice: one block); ``trainable_blocks=None`` trains everything.
+    """
+    for name in ("out_head", "trf_blocks", "final_norm"):
+        if not hasattr(model, name):
+            raise TypeError(f"model must be a GPTModel with {name!r}, got {type(model).__name__}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    n_blocks = len(model.trf_blocks)
+    if trainable_blocks is not None and not 0 <= trainable_blocks <= n_blocks:
+        raise ValueError(
+            f"trainable_blocks must be in [0, {n_blocks}] or None, got {trainable_blocks}"
+        )
+    old = model.out_head
+    head = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
+    bound = 1 / old.in_features**0.5  # nn.Linear's own initial range, drawn from ``generator``
+    with torch.no_grad():
+        for p in head.parameters():
+            p.uniform_(-bound, bound, generator=generator)
+    model.out_head = head
+    if trainable_blocks is None:
+        model.requires_grad_(True)
+        return model
+    model.requires_grad_(False)
+    for block in list(model.trf_blocks)[n_blocks - trainable_blocks:]:
+        block.requires_grad_(True)
+    model.final_norm.requires_grad_(True)
+    model.out_head.requires_grad_(True)
+    return model
+
+
+def classifier_logits(
+    model: nn.Module, input_ids: torch.Tensor, lengths: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Class scores (batch, num_classes) read at each row's last real token.
+
+    ``lengths`` counts the real tokens per row; without it every position is taken as real.
+    """
+    if input_ids.ndim != 2:
+        raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
+    logits = model(input_ids)  # (B, T, num_classes)
+    if lengths is None:
+        return logits[:, -1, :]
+    lengths = torch.as_tensor(lengths, device=logits.device)
+    width = input_ids.shape[1]
+    in_range = bool(((lengths >= 1) & (lengths <= width)).all())
+    if lengths.shape != input_ids.shape[:1] or not in_range:
+        raise ValueError(
+            f"lengths must be {input_ids.shape[0]} values in [1, {width}], got {lengths.tolist()}"
+        )
+    rows = torch.arange(input_ids.shape[0], device=logits.device)
+    return logits[rows, lengths - 1]  # (B, num_classes)
+
+
+def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+    if labels.numel() and not bool(((labels >= 0) & (labels < num_classes)).all()):
+        raise ValueError(
+            f"labels must be class indices in [0, {num_classes}), got {labels.tolist()}"
+        )
+
+
+def classification_loss(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    labels: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean cross-entropy of the scores at the last real token against ``labels``."""
+    logits = classifier_logits(model, input_ids, lengths)
+    _check_labels(labels, logits.shape[-1])
+    return nn.functional.cross_entropy(logits, labels.to(logits.device))
+
+
+def _unpack(batch, device):
+    input_ids, labels, *rest = batch
+    lengths = rest[0].to(device) if rest else None
+    return input_ids.to(device), labels.to(device), lengths
+
+
+def classification_loss_loader(
+    loader: DataLoader,
+    model: nn.Module,
+    device: str | torch.device = "cpu",
+    num_batches: int | None = None,
+) -> float:
+    """Mean batch loss over the first ``num_batches`` batches of ``loader`` (all by default)."""
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if num_batches is not None and i >= num_batches:
+                break
+            total += classification_loss(model, *_unpack(batch, device)).item()
+            count += 1
+    return total / count if count else float("nan")
+
+
+def classification_accuracy(
+    loader: DataLoader,
+    model: nn.Module,
+    device: str | torch.device = "cpu",
+    num_batches: int | None = None,
+) -> float:
+    """Share of texts whose highest score is their label, over the first ``num_batches``."""
+    correct, seen = 0, 0
+    with torch.no_grad():
+        for i, batch in enumerate(loader):
+            if num_batches is not None and i >= num_batches:
+                break
+            input_ids, labels, lengths = _unpack(batch, device)
+            predicted = classifier_logits(model, input_ids, lengths).argmax(dim=-1)
+            correct += int((predicted == labels).sum())
+            seen += len(labels)
+    return correct / seen if seen else float("nan")
+
+
+def train_classifier(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: str | torch.device = "cpu",
+    num_epochs: int = 5,
+    eval_freq: int = 50,
+    eval_iter: int = 5,
+    grad_clip: float | None = None,
+    seed: int | None = None,
+    on_record: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """The book's classifier loop: one optimizer step per batch, evaluations along the way.
+
+    Returns one record per step (``epoch``, ``step``, ``examples_seen``, ``loss``); every
+    ``eval_freq`` steps and at each epoch's end the record also holds ``train_loss``,
+    ``val_loss``, ``train_accuracy`` and ``val_accuracy`` over ``eval_iter`` batches. With
+    ``seed``, dropout draws from a generator seeded with it (torch's global state is restored).
+    """
+    for name, value in (("num_epochs", num_epochs), ("eval_freq", eval_freq),
+                        ("eval_iter", eval_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    records: list[dict] = []
+    step, examples_seen = 0, 0
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for epoch in range(num_epochs):
+            for i, batch in enumerate(train_loader):
+                model.train()
+                input_ids, labels, lengths = _unpack(batch, device)
+                optimizer.zero_grad(set_to_none=True)
+                loss = classification_loss(model, input_ids, labels, lengths)
+                loss.backward()
+                if grad_clip is not None:
+                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+                optimizer.step()
+                step += 1
+                examples_seen += len(labels)
+                record = {"epoch": epoch + 1, "step": step, "examples_seen": examples_seen,
+                          "loss": loss.item()}
+                if step % eval_freq == 0 or i == len(train_loader) - 1:
+                    record |= _evaluate(model, train_loader, val_loader, device, eval_iter)
+                records.append(record)
+                if on_record is not None:
+                    on_record(record)
+    return records
+
+
+def _evaluate(model, train_loader, val_loader, device, eval_iter) -> dict[str, float]:
+    was_training = model.training
+    model.eval()
+    result = {
+        "train_loss": classification_loss_loader(train_loader, model, device, eval_iter),
+        "val_loss": classification_loss_loader(val_loader, model, device, eval_iter),
+        "train_accuracy": classification_accuracy(train_loader, model, device, eval_iter),
+        "val_accuracy": classification_accuracy(val_loader, model, device, eval_iter),
+    }
+    model.train(was_training)
+    return result
+
+
+def classify(
+    text: str,
+    model: nn.Module,
+    tokenizer=None,
+    labels: Sequence[str] = SPAM_LABELS,
+    max_length: int | None = None,
+) -> str:
+    """The label the classifier gives ``text``, cut to ``max_length`` (the context by default)."""
+    if not isinstance(text, str) or not text:
+        raise ValueError(f"text must be a non-empty string, got {text!r}")
+    tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+    num_classes = model.out_head.out_features
+    if len(labels) != num_classes:
+        raise ValueError(f"labels must name the model's {num_classes} classes, got {tuple(labels)}")
+    context = model.pos_emb.num_embeddings
+    max_length = context if max_length is None else min(max_length, context)
+    ids = tokenizer.encode(text)[:max_length]
+    device = model.out_head.weight.device
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        scores = classifier_logits(model, torch.tensor([ids], device=device))
+    model.train(was_training)
+    return labels[int(scores.argmax(dim=-1))]

@@ -1,0 +1,238 @@
+"""Classification finetuning (chapter 6): balanced splits, padded batches, the last real token."""
+
+from __future__ import annotations
+
+import functools
+from collections import Counter
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+from gpt_components.finetune.classification import (
+    SPAM_LABELS,
+    LabeledText,
+    SpamDataset,
+    balance_classes,
+    classification_accuracy,
+    classification_loss,
+    classifier_logits,
+    classify,
+    load_sms_spam,
+    make_classifier,
+    spam_splits,
+    split_records,
+    train_classifier,
+)
+from gpt_components.model import GPTConfig, GPTModel
+from gpt_components.tokenizers import gpt2_tokenizer
+from spec.strategies import generator, seeds
+
+pytestmark = pytest.mark.ch06
+
+EOT = 50256
+PAD = 63  # the padding id of the 64-token models: the classifier never reads it
+
+
+def tiny_gpt(seed: int, n_layers: int = 2, context_length: int = 24, vocab_size: int = 64,
+             dtype: torch.dtype = torch.float32) -> GPTModel:
+    """A few-thousand-parameter GPT whose weights are drawn from ``seed``, dropout off."""
+    cfg = GPTConfig(vocab_size=vocab_size, context_length=context_length, emb_dim=8, n_heads=2,
+                    n_layers=n_layers, drop_rate=0.0)
+    with torch.random.fork_rng(devices=[]):  # construction draws from the global RNG: isolate it
+        model = GPTModel(cfg).to(dtype)
+    g = generator(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=dtype))
+    return model
+
+
+@functools.cache
+def _sms() -> list[LabeledText]:
+    return load_sms_spam()
+
+
+labelled = st.lists(st.integers(0, 2), min_size=1, max_size=60).map(
+    lambda labels: [LabeledText(f"message {i}", label) for i, label in enumerate(labels)]
+)
+
+
+@given(labelled, seeds)
+def test_balancing_keeps_every_class_at_the_size_of_the_smallest(records, seed):
+    balanced = balance_classes(records, seed=seed)
+    counts = Counter(r.label for r in records)
+    assert Counter(r.label for r in balanced) == {label: min(counts.values()) for label in counts}
+    assert len(set(balanced)) == len(balanced)
+    assert set(balanced) <= set(records)
+
+
+@given(labelled, seeds)
+def test_splits_are_disjoint_and_cover_the_data_70_10_20(records, seed):
+    train, validation, test = split_records(records, (0.7, 0.1, 0.2), seed=seed)
+    n = len(records)
+    assert (len(train), len(validation)) == (int(0.7 * n), int(0.1 * n))
+    assert Counter(train + validation + test) == Counter(records)
+    assert split_records(records, (0.7, 0.1, 0.2), seed=seed) == (train, validation, test)
+
+
+def test_bundled_spam_splits_balance_747_messages_per_class():
+    splits = spam_splits(seed=123)
+    combined = splits.train + splits.validation + splits.test
+    assert [len(part) for part in splits] == [1045, 149, 300]
+    assert Counter(r.label for r in combined) == {0: 747, 1: 747}
+    assert Counter(r.label for r in _sms()) == {0: 4827, 1: 747}
+    assert all(r in set(_sms()) for r in combined)
+
+
+texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=40)
+
+
+@given(st.lists(st.tuples(texts, st.integers(0, 1)), min_size=1, max_size=6),
+       st.none() | st.integers(1, 12))
+def test_dataset_pads_with_end_of_text_and_counts_the_real_tokens(records, max_length):
+    tok = gpt2_tokenizer()
+    encoded = [tok.encode(text) for text, _ in records]
+    if any(not ids for ids in encoded):
+        with pytest.raises(ValueError, match="text of record"):
+            SpamDataset(records, max_length=max_length)
+        return
+    dataset = SpamDataset(records, max_length=max_length)
+    width = max(map(len, encoded)) if max_length is None else max_length
+    assert len(dataset) == len(records)
+    for (_text, label), ids, (row, target, length) in zip(records, encoded, dataset, strict=True):
+        kept = ids[:width]
+        assert row.tolist() == kept + [EOT] * (width - len(kept))
+        assert (int(target), int(length)) == (label, len(kept))
+
+
+@given(seeds, st.lists(st.lists(st.integers(0, PAD), min_size=1, max_size=10),
+                       min_size=1, max_size=4), st.integers(0, 6))
+def test_padding_never_changes_a_classification(seed, sequences, extra):
+    model = make_classifier(tiny_gpt(seed, dtype=torch.float64), num_classes=3,
+                            generator=generator(seed + 1))
+    width = max(map(len, sequences)) + extra
+    padded = torch.full((len(sequences), width), PAD)
+    for row, ids in enumerate(sequences):
+        padded[row, : len(ids)] = torch.tensor(ids)
+    lengths = torch.tensor([len(ids) for ids in sequences])
+    scores = classifier_logits(model, padded, lengths)
+    for row, ids in enumerate(sequences):
+        alone = model(torch.tensor([ids]))[0, -1]  # unpadded: the last position is the last token
+        torch.testing.assert_close(scores[row], alone, rtol=1e-9, atol=1e-9)
+
+
+@given(st.integers(1, 4), st.none() | st.integers(0, 4), st.integers(1, 5), seeds)
+def test_only_the_chosen_parameters_require_grad(n_layers, trainable_blocks, num_classes, seed):
+    model = tiny_gpt(seed, n_layers=n_layers)
+    if trainable_blocks is not None and trainable_blocks > n_layers:
+        with pytest.raises(ValueError, match="trainable_blocks"):
+            make_classifier(model, num_classes, trainable_blocks)
+        return
+    make_classifier(model, num_classes, trainable_blocks)
+    assert (model.out_head.in_features, model.out_head.out_features) == (8, num_classes)
+    first_trained = 0 if trainable_blocks is None else n_layers - trainable_blocks
+    prefixes = ["final_norm.", "out_head."] + [f"trf_blocks.{i}." for i in
+                                                range(first_trained, n_layers)]
+    for name, p in model.named_parameters():
+        wanted = trainable_blocks is None or any(name.startswith(pre) for pre in prefixes)
+        assert p.requires_grad == wanted, name
+
+
+def test_the_default_trains_the_last_block_final_norm_and_head():
+    model = make_classifier(tiny_gpt(0, n_layers=3))
+    trained = {name.split(".")[0] + ("." + name.split(".")[1] if name.startswith("trf") else "")
+               for name, p in model.named_parameters() if p.requires_grad}
+    assert trained == {"trf_blocks.2", "final_norm", "out_head"}
+
+
+@given(seeds, st.integers(2, 4), st.lists(st.integers(1, 8), min_size=1, max_size=5))
+def test_loss_and_accuracy_match_a_float64_recomputation(seed, num_classes, lengths):
+    g = generator(seed)
+    model = make_classifier(tiny_gpt(seed), num_classes, generator=g)
+    ids = torch.randint(0, 64, (len(lengths), 8), generator=g)
+    labels = torch.randint(0, num_classes, (len(lengths),), generator=g)
+    lengths_t = torch.tensor(lengths)
+    logits = torch.stack([model(ids[i : i + 1, :n])[0, -1] for i, n in enumerate(lengths)])
+    logits = logits.double()
+    expected = (logits.logsumexp(-1) - logits[torch.arange(len(lengths)), labels]).mean()
+    loss = classification_loss(model, ids, labels, lengths_t)
+    torch.testing.assert_close(loss.double(), expected, rtol=1e-5, atol=1e-6)
+    loader = DataLoader(list(zip(ids, labels, lengths_t, strict=True)), batch_size=2)
+    accuracy = classification_accuracy(loader, model)
+    assert accuracy == pytest.approx(float((logits.argmax(-1) == labels).double().mean()))
+
+
+def test_classify_returns_the_label_of_the_highest_score():
+    tok = gpt2_tokenizer()
+    model = make_classifier(tiny_gpt(3, vocab_size=50257), generator=generator(4))
+    for text in ["You won a FREE prize, call now", "see you at lunch", "ok"]:
+        ids = torch.tensor([tok.encode(text)])
+        expected = SPAM_LABELS[int(model(ids)[0, -1].argmax())]
+        assert classify(text, model, tok) == expected
+    with pytest.raises(ValueError, match="labels"):
+        classify("hello", model, tok, labels=("a", "b", "c"))
+    with pytest.raises(ValueError, match="text"):
+        classify("", model, tok)
+
+
+def test_classify_cuts_texts_longer_than_the_context():
+    model = make_classifier(tiny_gpt(5, context_length=8, vocab_size=50257))
+    assert classify("word " * 50, model) in SPAM_LABELS
+
+
+@given(st.integers(2, 3), st.integers(0, 1))
+@example(num_classes=2, offset=0)
+def test_labels_outside_the_classes_are_rejected(num_classes, offset):
+    bad = num_classes + offset
+    with pytest.raises(ValueError, match=f"label of record 1 must be in \\[0, {num_classes}\\)"):
+        SpamDataset([("hi", 0), ("there", bad)], num_classes=num_classes)
+    with pytest.raises(ValueError, match="labels must be class indices"):
+        model = make_classifier(tiny_gpt(0), num_classes)
+        classification_loss(model, torch.tensor([[1, 2]]), torch.tensor([bad]))
+    with pytest.raises(ValueError, match="labels must be class indices"):
+        classification_loss(model, torch.tensor([[1, 2]]), torch.tensor([-1]))
+
+
+def test_a_file_label_outside_the_classes_is_rejected(tmp_path):
+    path = tmp_path / "sms.tsv"
+    path.write_text("ham\thello\nmaybe\tfree money\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="label on line 2 .* got 'maybe'"):
+        load_sms_spam(path)
+    with pytest.raises(FileNotFoundError, match="path"):
+        load_sms_spam(tmp_path / "missing.tsv")
+
+
+def test_bad_arguments_name_themselves():
+    with pytest.raises(ValueError, match="max_length"):
+        SpamDataset([("hi", 0)], max_length=0)
+    with pytest.raises(ValueError, match="num_classes"):
+        make_classifier(tiny_gpt(0), num_classes=0)
+    with pytest.raises(TypeError, match="model"):
+        make_classifier(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="lengths"):
+        classifier_logits(make_classifier(tiny_gpt(0)), torch.tensor([[1, 2]]), torch.tensor([3]))
+    with pytest.raises(ValueError, match="fractions"):
+        split_records([1, 2], (0.5, 0.5, 0.5))
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_training_steps_lower_the_loss_on_a_tiny_model(seed):
+    g = generator(seed)
+    spam = [LabeledText(f"WIN a FREE prize {i}! Call now", 1) for i in range(8)]
+    ham = [LabeledText(f"see you at {i} for lunch", 0) for i in range(8)]
+    data = SpamDataset(spam + ham)
+    loader = DataLoader(data, batch_size=8, shuffle=True, generator=g)
+    model = make_classifier(tiny_gpt(seed, vocab_size=50257), generator=g)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    everything = DataLoader(data, batch_size=len(data))
+    before = classification_loss(model, *next(iter(everything))).item()
+    records = train_classifier(model, loader, everything, optimizer, num_epochs=5, eval_freq=4,
+                               eval_iter=1, seed=seed)
+    after = classification_loss(model, *next(iter(everything))).item()
+    assert after < before
+    assert [r["step"] for r in records] == list(range(1, 11))
+    assert records[-1]["examples_seen"] == 5 * len(data)
+    assert "val_accuracy" in records[-1]
