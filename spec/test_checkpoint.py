@@ -1,0 +1,154 @@
+"""Properties of checkpoints: exact round trip, atomic writes, no pickle execution, clear errors."""
+
+import os
+import pickle
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpt_components import checkpoint as ckpt_module
+from gpt_components.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from spec.helpers import TinyLM
+from spec.strategies import generator, seeds
+
+pytestmark = pytest.mark.ch05
+
+# Every example writes and fsyncs a checkpoint directory (~30 ms): 20 examples keep the file
+# within its time budget while still drawing tied/untied models, steps and corruptions.
+file_writing = settings(max_examples=20)
+
+
+def _model(seed: int, tied: bool = False) -> TinyLM:
+    model = TinyLM(vocab_size=11, emb_dim=4)
+    gen = generator(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen))
+        if tied:
+            model.out_head.weight = model.tok_emb.weight
+    return model
+
+
+@file_writing
+@given(seed=seeds, step=st.integers(0, 10**6), tied=st.booleans())
+def test_a_saved_checkpoint_loads_back_bit_for_bit(seed, step, tied):
+    model = _model(seed, tied)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    optimizer.step()
+    meta = {"step": step, "data_position": {"epoch": 1, "batch": 2}, "config": {"emb_dim": 4}}
+    with tempfile.TemporaryDirectory() as run:
+        save_checkpoint(run, model=model, state={"optimizer": optimizer.state_dict()}, meta=meta)
+        loaded = load_checkpoint(run)
+    assert loaded.meta == meta
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(loaded.weights[name], tensor)
+    restored = torch.optim.AdamW(_model(seed + 1, tied).parameters(), lr=1e-3)
+    restored.load_state_dict(loaded.state["optimizer"])
+    for a, b in zip(optimizer.state.values(), restored.state.values(), strict=True):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+@file_writing
+@given(steps=st.lists(st.integers(0, 99), min_size=1, max_size=6, unique=True),
+       keep=st.integers(1, 3))
+def test_latest_points_at_the_newest_save_and_only_keep_are_kept(steps, keep):
+    with tempfile.TemporaryDirectory() as run:
+        steps = sorted(steps)
+        for step in steps:
+            save_checkpoint(run, model=_model(step), state={}, meta={"step": step}, keep=keep)
+        assert load_checkpoint(run).meta["step"] == steps[-1]
+        kept = sorted(p.name for p in (Path(run) / "checkpoints").glob("step-*"))
+        assert kept == [f"step-{s:08d}" for s in steps[-keep:]]
+
+
+@given(fail_at=st.integers(1, 3))
+def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(fail_at):
+    # A crash at any os.replace (checkpoint dir, then the latest.json pointer) is a kill at
+    # that instant: the run must still load the earlier step, with its weights.
+    with tempfile.TemporaryDirectory() as run:
+        first = _model(1)
+        save_checkpoint(run, model=first, state={}, meta={"step": 1})
+        calls = {"n": 0}
+        real_replace = os.replace
+
+        def crashing_replace(src, dst):
+            calls["n"] += 1
+            if calls["n"] == fail_at:
+                raise KeyboardInterrupt("killed")
+            real_replace(src, dst)
+
+        ckpt_module.os.replace = crashing_replace
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                save_checkpoint(run, model=_model(2), state={}, meta={"step": 2})
+                raise KeyboardInterrupt("the save got past its renames")  # fail_at == 3
+        finally:
+            ckpt_module.os.replace = real_replace
+        loaded = load_checkpoint(run)
+        expected = 1 if fail_at <= 2 else 2
+        assert loaded.meta["step"] == expected
+        if expected == 1:
+            assert all(torch.equal(loaded.weights[k], v) for k, v in first.state_dict().items())
+
+
+class _Payload:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
+
+
+def test_a_crafted_pickle_is_refused_and_its_code_never_runs(tmp_path):
+    path = save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 0})
+    marker = tmp_path / "code-ran"
+    with open(path / "state.pt", "wb") as f:
+        pickle.dump({"optimizer": _Payload(str(marker))}, f, protocol=2)
+    # sanity: an ordinary unpickler would run it
+    with open(path / "state.pt", "rb") as f:
+        pickle.load(f)
+    assert marker.exists()
+    marker.unlink()
+    with pytest.raises(CheckpointError, match="state.pt"):
+        load_checkpoint(tmp_path)
+    assert not marker.exists()
+
+
+@file_writing
+@given(which=st.sampled_from(["model.safetensors", "state.pt", "meta.json"]),
+       keep_fraction=st.floats(0.0, 0.95), garbage=st.booleans())
+def test_a_truncated_or_corrupted_file_gives_a_clear_error(which, keep_fraction, garbage):
+    with tempfile.TemporaryDirectory() as run:
+        model = _model(0)
+        opt = torch.optim.AdamW(model.parameters())
+        path = save_checkpoint(run, model=model, state={"optimizer": opt.state_dict()},
+                               meta={"step": 5})
+        data = (path / which).read_bytes()
+        cut = data[: int(len(data) * keep_fraction)]
+        (path / which).write_bytes(b"\x00\xffnot a checkpoint" * 3 if garbage else cut)
+        with pytest.raises(CheckpointError, match=which.replace(".", r"\.")):
+            load_checkpoint(run)
+
+
+def test_missing_checkpoints_and_bad_arguments_are_named(tmp_path):
+    with pytest.raises(CheckpointError, match="path"):
+        load_checkpoint(tmp_path)
+    assert latest_checkpoint(tmp_path) is None
+    with pytest.raises(ValueError, match="step"):
+        save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": -1})
+    with pytest.raises(ValueError, match="keep"):
+        save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 1}, keep=0)
+    path = save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 1})
+    (path / "state.pt").unlink()
+    with pytest.raises(CheckpointError, match="missing state.pt"):
+        load_checkpoint(path)
