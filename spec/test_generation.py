@@ -1,0 +1,259 @@
+"""Spec of text generation (chapter 5): greedy, sampling, end of text, KV cache, streaming."""
+
+import pytest
+import torch
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from gpt_components.generation import (
+    generate,
+    generate_stream,
+    generate_text_simple,
+    sample_next_token,
+    text_to_token_ids,
+    token_ids_to_text,
+)
+from gpt_components.model import GPTConfig, GPTModel
+from gpt_components.tokenizers import gpt2_tokenizer
+from spec.strategies import generator, random_gpt_model, seeds, tiny_gpt_configs
+
+pytestmark = pytest.mark.ch05
+
+
+def token_ids(cfg, seed, batch, tokens):
+    return torch.randint(0, cfg.vocab_size, (batch, tokens), generator=generator(seed))
+
+
+def drawn_logits(seed, batch, vocab):
+    """Logits spread wide enough that sampling has real choices; float64 to avoid ties."""
+    return torch.randn(batch, vocab, generator=generator(seed), dtype=torch.float64) * 2
+
+
+@st.composite
+def runs(draw, **fixed):
+    """A drawn model, prompt and length; runs often cross the context length."""
+    cfg = draw(tiny_gpt_configs(**fixed))
+    seed = draw(seeds)
+    prompt = draw(st.integers(1, cfg.context_length + 4))
+    batch = draw(st.integers(1, 2))
+    return (random_gpt_model(cfg, seed), token_ids(cfg, seed + 1, batch, prompt),
+            draw(st.integers(0, cfg.context_length + 4)),
+            draw(st.integers(1, cfg.context_length)))
+
+
+def greedy_reference(model, idx, max_new_tokens, context_size):
+    """The plainest loop: full forward over the window, argmax of the last position."""
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -context_size:])
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@given(run=runs(), use_cache=st.booleans())
+def test_temperature_zero_is_the_argmax_of_the_window_at_every_step(run, use_cache):
+    model, idx, max_new_tokens, context_size = run
+    expected = greedy_reference(model, idx, max_new_tokens, context_size)
+    out = generate(model, idx, max_new_tokens, context_size, use_cache=use_cache)
+    assert torch.equal(out, expected)
+    assert torch.equal(generate_text_simple(model, idx, max_new_tokens, context_size), expected)
+
+
+@given(run=runs())
+def test_cached_and_uncached_greedy_decoding_give_identical_tokens(run):
+    model, idx, max_new_tokens, context_size = run
+    cached = generate(model, idx, max_new_tokens, context_size, use_cache=True)
+    uncached = generate(model, idx, max_new_tokens, context_size, use_cache=False)
+    assert torch.equal(cached, uncached)
+
+
+@given(run=runs(), seed=seeds, temperature=st.floats(0.3, 3.0),
+       top_k=st.none() | st.integers(1, 20), top_p=st.none() | st.floats(0.05, 1.0))
+def test_cached_and_uncached_sampling_draw_the_same_tokens_from_the_same_seed(
+        run, seed, temperature, top_k, top_p):
+    model, idx, max_new_tokens, context_size = run
+    kwargs = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    cached = generate(model, idx, max_new_tokens, context_size, use_cache=True,
+                      generator=generator(seed), **kwargs)
+    uncached = generate(model, idx, max_new_tokens, context_size, use_cache=False,
+                        generator=generator(seed), **kwargs)
+    assert torch.equal(cached, uncached)
+
+
+@given(run=runs(), extra=st.integers(1, 6))
+def test_a_prompt_longer_than_the_context_is_cropped_to_its_last_tokens(run, extra):
+    model, idx, max_new_tokens, context_size = run
+    longer = torch.cat([torch.zeros(idx.shape[0], extra, dtype=idx.dtype), idx], dim=1)
+    cropped = longer[:, -context_size:]
+    out = generate(model, longer, max_new_tokens, context_size)
+    expected = generate(model, cropped, max_new_tokens, context_size)
+    assert torch.equal(out[:, longer.shape[1]:], expected[:, cropped.shape[1]:])
+    assert torch.equal(out[:, :longer.shape[1]], longer)
+
+
+@given(seed=seeds, batch=st.integers(1, 4), vocab=st.integers(2, 60), draws=st.integers(1, 5))
+def test_temperature_zero_returns_the_argmax_whatever_top_k_and_top_p(seed, batch, vocab, draws):
+    logits = drawn_logits(seed, batch, vocab)
+    out = sample_next_token(logits, 0.0, top_k=draws, top_p=0.5)
+    assert torch.equal(out.squeeze(1), logits.argmax(-1))
+
+
+@given(seed=seeds, batch=st.integers(1, 4), vocab=st.integers(2, 60), data=st.data(),
+       temperature=st.floats(0.1, 10.0))
+def test_every_sampled_token_is_among_the_top_k_logits(seed, batch, vocab, data, temperature):
+    top_k = data.draw(st.integers(1, vocab))
+    logits = drawn_logits(seed, batch, vocab)
+    kth = torch.topk(logits, top_k, dim=-1).values[:, -1]
+    g = generator(seed + 1)
+    for _ in range(5):
+        token = sample_next_token(logits, temperature, top_k=top_k, generator=g).squeeze(1)
+        assert bool((logits.gather(1, token[:, None]).squeeze(1) >= kth).all())
+
+
+def more_probable_mass(probs, token):
+    """Probability of the tokens strictly more probable than ``token``, per row (float64)."""
+    chosen = probs.gather(1, token[:, None])
+    return torch.where(probs > chosen, probs, 0).sum(-1)
+
+
+@given(seed=seeds, batch=st.integers(1, 4), vocab=st.integers(2, 60),
+       top_p=st.floats(0.01, 1.0), temperature=st.floats(0.1, 10.0),
+       top_k=st.none() | st.integers(1, 60))
+@example(seed=0, batch=1, vocab=10, top_p=1.0, temperature=1.0, top_k=None)
+def test_every_sampled_token_lies_in_the_smallest_set_reaching_top_p(
+        seed, batch, vocab, top_p, temperature, top_k):
+    logits = drawn_logits(seed, batch, vocab)
+    if top_k is not None and top_k < vocab:  # top-p applies to the top-k distribution
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]
+        probs = torch.softmax(logits.masked_fill(logits < kth, float("-inf")), -1)
+    else:
+        probs = torch.softmax(logits, -1)
+    g = generator(seed + 1)
+    for _ in range(5):
+        token = sample_next_token(logits, temperature, top_k=top_k, top_p=top_p,
+                                  generator=g).squeeze(1)
+        # The token is in the nucleus iff the mass strictly above it has not yet reached top_p.
+        assert bool((more_probable_mass(probs, token) < top_p + 1e-12).all())
+        assert bool((probs.gather(1, token[:, None]) > 0).all())
+
+
+@given(seed=seeds, batch=st.integers(1, 3), vocab=st.integers(2, 30),
+       temperature=st.floats(0.1, 5.0))
+def test_the_same_generator_seed_gives_the_same_tokens(seed, batch, vocab, temperature):
+    logits = drawn_logits(seed, batch, vocab)
+    first = [sample_next_token(logits, temperature, generator=g) for g in [generator(seed)] * 4]
+    second = [sample_next_token(logits, temperature, generator=g) for g in [generator(seed)] * 4]
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
+
+
+@given(seed=seeds, vocab=st.integers(2, 6))
+def test_sampling_follows_the_softmax_of_logits_over_temperature(seed, vocab):
+    logits = drawn_logits(seed, 1, vocab) / 2
+    n = 4000
+    draws = sample_next_token(logits.expand(n, vocab), 2.0, generator=generator(seed))
+    freq = torch.bincount(draws.squeeze(1), minlength=vocab).double() / n
+    expected = torch.softmax(logits[0] / 2.0, -1)
+    # Five standard errors of a frequency out of n draws.
+    assert bool(((freq - expected).abs() <= 5 * (expected * (1 - expected) / n).sqrt() + 1e-3)
+                .all())
+
+
+@given(cfg=tiny_gpt_configs(), seed=seeds, batch=st.integers(1, 3), data=st.data())
+def test_each_row_stops_at_its_own_eos_and_is_padded_with_it(cfg, seed, batch, data):
+    model = random_gpt_model(cfg, seed)
+    idx = token_ids(cfg, seed + 1, batch, data.draw(st.integers(1, cfg.context_length)))
+    max_new_tokens = data.draw(st.integers(1, 2 * cfg.context_length))
+    free = generate(model, idx, max_new_tokens)[:, idx.shape[1]:]
+    # An eos that row 0 certainly produces, so at least one row finishes.
+    eos_id = int(free[0, data.draw(st.integers(0, max_new_tokens - 1))])
+    out = generate(model, idx, max_new_tokens, eos_id=eos_id, use_cache=data.draw(st.booleans()))
+    new = out[:, idx.shape[1]:]
+    assert torch.equal(out[:, :idx.shape[1]], idx)
+    ends = []
+    for row in range(batch):
+        hits = (free[row] == eos_id).nonzero()
+        end = int(hits[0]) + 1 if len(hits) else max_new_tokens
+        ends.append(end)
+        # Each row is the row's own free run up to and including its first eos...
+        assert torch.equal(new[row, :end], free[row, :end])
+        # ...then eos padding.
+        assert bool((new[row, end:] == eos_id).all())
+    # Generation stops as soon as every row has finished.
+    assert new.shape[1] == max(ends)
+
+
+@given(run=runs(), seed=seeds)
+def test_streaming_yields_each_steps_tokens_as_generate_returns_them(run, seed):
+    model, idx, max_new_tokens, context_size = run
+    steps = list(generate_stream(model, idx, max_new_tokens, context_size, temperature=1.0,
+                                 generator=generator(seed)))
+    assert len(steps) == max_new_tokens
+    assert all(step.shape == (idx.shape[0], 1) for step in steps)
+    out = generate(model, idx, max_new_tokens, context_size, temperature=1.0,
+                   generator=generator(seed))
+    assert torch.equal(torch.cat([idx, *steps], dim=1), out)
+
+
+def test_streaming_leaves_grad_mode_and_the_models_mode_to_the_caller():
+    model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=50)).train()
+    for _ in generate_stream(model, torch.tensor([[1, 2]]), 3):
+        assert torch.is_grad_enabled()
+    assert model.training
+
+
+@given(text=st.text(max_size=40))
+@example(text="Hello, world <|endoftext|> again")
+def test_text_to_token_ids_and_back_is_the_identity(text):
+    ids = text_to_token_ids(text)
+    assert ids.shape == (1, len(gpt2_tokenizer().encode(text, allowed_special="all")))
+    assert token_ids_to_text(ids) == text
+    assert token_ids_to_text(ids[0]) == token_ids_to_text(ids[0].tolist()) == text
+
+
+def test_the_books_example_tokens():
+    ids = text_to_token_ids("Every effort moves you")
+    assert ids.tolist() == [[6109, 3626, 6100, 345]]
+
+
+BAD_GENERATE_ARGUMENTS = [
+    ({"idx": [[1, 2]]}, TypeError, "idx"),
+    ({"idx": torch.tensor([[1.0]])}, TypeError, "idx"),
+    ({"idx": torch.tensor([1, 2])}, ValueError, "idx"),
+    ({"idx": torch.tensor([[1, 50]])}, ValueError, "vocab_size"),
+    ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
+    ({"max_new_tokens": 2.0}, TypeError, "max_new_tokens"),
+    ({"context_size": 65}, ValueError, "context_size"),
+    ({"context_size": 0}, ValueError, "context_size"),
+    ({"temperature": -0.5}, ValueError, "temperature"),
+    ({"temperature": float("inf")}, ValueError, "temperature"),
+    ({"temperature": "hot"}, TypeError, "temperature"),
+    ({"top_k": 0}, ValueError, "top_k"),
+    ({"top_p": 0.0}, ValueError, "top_p"),
+    ({"top_p": 1.5}, ValueError, "top_p"),
+    ({"eos_id": 50}, ValueError, "eos_id"),
+    ({"eos_id": -1}, ValueError, "eos_id"),
+    ({"generator": 42}, TypeError, "generator"),
+    ({"use_cache": "yes"}, TypeError, "use_cache"),
+]
+
+
+@pytest.mark.parametrize(("override", "error", "match"), BAD_GENERATE_ARGUMENTS)
+@pytest.mark.parametrize("function", [generate, generate_stream])
+def test_bad_generation_arguments_are_refused_naming_the_parameter(
+        function, override, error, match):
+    model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=50)).eval()
+    kwargs = {"idx": torch.tensor([[1, 2]]), "max_new_tokens": 2, **override}
+    with pytest.raises(error, match=match):
+        function(model, **kwargs)
+
+
+def test_other_bad_inputs_are_refused_naming_the_parameter():
+    with pytest.raises(TypeError, match="model"):
+        generate(torch.nn.Linear(2, 2), torch.tensor([[1]]), 1)
+    with pytest.raises(ValueError, match="logits"):
+        sample_next_token(torch.zeros(3), 1.0)
+    with pytest.raises(TypeError, match="text"):
+        text_to_token_ids(b"bytes")
+    with pytest.raises(ValueError, match="token_ids"):
+        token_ids_to_text(torch.zeros(2, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="context_size"):
+        generate_text_simple(torch.nn.Identity(), torch.tensor([[1]]), 1, 0)
