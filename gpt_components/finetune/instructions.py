@@ -3,7 +3,8 @@
 Exports ``load_instruction_data`` (the bundled 1,100 records or a JSON file of your own),
 ``format_input`` (the Alpaca prompt), ``instruction_splits`` (85/5/10 with a fixed seed),
 ``InstructionDataset``, ``InstructionExample``, ``instruction_collate`` (pad, shift, mask),
-``instruction_loss``, ``generate_responses``, ``extract_response`` and ``write_responses``.
+``instruction_loss``, ``train_instructions``, ``generate_responses``, ``extract_response``
+and ``write_responses``.
 
 >>> entry = {"instruction": "Name a colour.", "input": "", "output": "Blue."}
 >>> print(format_input(entry))  # doctest: +ELLIPSIS
@@ -22,15 +23,17 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
 from torch import nn
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
+from ..generation import generate
 from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
+from ..training import evaluate, train_step
 from .classification import Splits, split_records
 
 __all__ = [
@@ -42,7 +45,10 @@ __all__ = [
     "InstructionDataset",
     "instruction_collate",
     "instruction_loss",
+    "train_instructions",
     "extract_response",
+    "generate_responses",
+    "write_responses",
 ]
 
 ENDOFTEXT_ID = 50256
@@ -215,3 +221,91 @@ def extract_response(generated_text: str, prompt: str | None = None) -> str:
     if marker in generated_text:
         generated_text = generated_text.split(marker, 1)[1]
     return generated_text.replace("<|endoftext|>", "").strip()
+
+
+def train_instructions(
+    model: nn.Module,
+    train_loader: DataLoader,
+    val_loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    device: str | torch.device = "cpu",
+    num_epochs: int = 2,
+    eval_freq: int = 5,
+    eval_iter: int = 5,
+    grad_clip: float | None = 1.0,
+    seed: int | None = None,
+    on_record: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """The book's instruction loop, built on the training module's ``train_step``/``evaluate``.
+
+    Batches are ``(inputs, targets)`` from ``instruction_collate``; ``-100`` targets carry no
+    loss. Returns one record per step (``epoch``, ``step``, ``tokens_seen``, ``loss``); every
+    ``eval_freq`` steps and at each epoch's end it also holds ``train_loss`` and ``val_loss``
+    over ``eval_iter`` batches. With ``seed``, dropout draws from a generator seeded with it.
+    """
+    for name, value in (("num_epochs", num_epochs), ("eval_freq", eval_freq),
+                        ("eval_iter", eval_iter)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    records: list[dict] = []
+    step, tokens_seen = 0, 0
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for epoch in range(num_epochs):
+            for i, (inputs, targets) in enumerate(train_loader):
+                model.train()
+                loss, _ = train_step(model, optimizer, [(inputs, targets)], device,
+                                     grad_clip=grad_clip, step=step + 1)
+                step += 1
+                tokens_seen += inputs.numel()
+                record = {"epoch": epoch + 1, "step": step, "tokens_seen": tokens_seen,
+                          "loss": loss}
+                if step % eval_freq == 0 or i == len(train_loader) - 1:
+                    train_loss, val_loss = evaluate(model, train_loader, val_loader, device,
+                                                    eval_iter)
+                    record |= {"train_loss": train_loss, "val_loss": val_loss}
+                records.append(record)
+                if on_record is not None:
+                    on_record(record)
+    return records
+
+
+def generate_responses(
+    model: nn.Module,
+    data: Sequence[Mapping[str, str]],
+    tokenizer=None,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+    progress: Callable[[int, dict], None] | None = None,
+) -> list[dict[str, str]]:
+    """Each record with a ``model_response``: the model's answer to its prompt.
+
+    Decoding is greedy by default and stops at ``<|endoftext|>``; prompts longer than the
+    context keep their last tokens. ``progress(i, record)`` is called after each record.
+    """
+    tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+    device = next(model.parameters()).device
+    context = model.pos_emb.num_embeddings
+    was_training = model.training
+    model.eval()
+    results = []
+    for i, entry in enumerate(data):
+        _check_entry(entry, f"data[{i}]")
+        ids = tokenizer.encode(format_input(entry))[-context:]
+        out = generate(model, torch.tensor([ids], device=device), max_new_tokens,
+                       temperature=temperature, eos_id=ENDOFTEXT_ID, generator=generator)
+        new = [t for t in out[0, len(ids):].tolist() if t != ENDOFTEXT_ID]
+        results.append({**entry, "model_response": extract_response(tokenizer.decode(new))})
+        if progress is not None:
+            progress(i, results[-1])
+    model.train(was_training)
+    return results
+
+
+def write_responses(path: str | os.PathLike, records: Sequence[Mapping[str, str]]) -> None:
+    """Write records (instruction, input, expected ``output``, ``model_response``) as JSON."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump([dict(r) for r in records], f, indent=2, ensure_ascii=False)
+        f.write("\n")
