@@ -284,6 +284,18 @@ def test_the_verdict_trains_to_exactly_1000_tokens_and_round_trips():
     assert ids == tiktoken_twin(tok).encode(text)
 
 
+@pytest.mark.parametrize("text", ["abcd", " abcd", "abcdabcd", "abc", "bcd"])
+def test_a_pre_token_that_is_itself_a_token_is_one_id_as_in_tiktoken(text):
+    # Merging a, b, c, d by rank gets stuck at a + bc + d, yet abcd is a token: tiktoken looks the
+    # whole pre-token up first.
+    ranks = {bytes([b]): b for b in range(256)}
+    merges = [(b"b", b"c"), (b"a", b"b"), (b"c", b"d"), (b"ab", b"cd")]
+    ranks.update({left + right: 256 + i for i, (left, right) in enumerate(merges)})
+    tok = BPETokenizer(ranks, merges)
+    assert tok.encode(text) == tiktoken_twin(tok).encode(text)
+    assert tok.encode("abcd") == [259]
+
+
 # -- bad input -----------------------------------------------------------------------------------
 
 
@@ -352,3 +364,4 @@ def test_inconsistent_vocabularies_are_refused():
         BPETokenizer(ranks, [], {ENDOFTEXT: 300})
     with pytest.raises(ValueError, match="merges"):
         BPETokenizer({**ranks, b"ab": 256}, [])
+
