@@ -6,10 +6,11 @@ import copy
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 from torch import nn
 
+from gpt_components.finetune.classification import make_classifier
 from gpt_components.finetune.lora import (
     LinearWithLoRA,
     LoRALayer,
@@ -20,6 +21,7 @@ from gpt_components.finetune.lora import (
     replace_linear_with_lora,
     save_lora,
 )
+from gpt_components.model import GPTConfig, GPTModel
 from spec.strategies import generator, seeds
 
 pytestmark = pytest.mark.appendix_e
@@ -163,3 +165,60 @@ def test_a_rank_that_is_not_an_int_is_rejected(rank):
 def test_alpha_must_be_a_finite_number():
     with pytest.raises(TypeError, match="alpha"):
         LoRALayer(4, 4, 2, float("nan"))
+
+
+def _tiny_gpt(seed: int, n_layers: int, qkv_bias: bool) -> GPTModel:
+    cfg = GPTConfig(vocab_size=32, context_length=8, emb_dim=8, n_heads=2, n_layers=n_layers,
+                    drop_rate=0.0, qkv_bias=qkv_bias)
+    with torch.random.fork_rng(devices=[]):  # construction draws from the global RNG: isolate it
+        model = GPTModel(cfg).double()
+    g = generator(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=torch.float64))
+    return model
+
+
+@given(seeds, st.integers(1, 3), st.booleans(), ranks, alphas)
+def test_a_lora_gpt_starts_as_the_base_gpt_and_merges_back_exactly(seed, n_layers, bias, rank,
+                                                                   alpha):
+    g = generator(seed)
+    base = _tiny_gpt(seed, n_layers, bias)
+    idx = torch.randint(0, 32, (2, 8), generator=g)
+    expected = base(idx)
+    adapted = replace_linear_with_lora(base, rank, alpha, generator=g)
+    assert torch.equal(adapted(idx), expected)
+    assert all(p.requires_grad == (".lora." in name) for name, p in adapted.named_parameters())
+    _randomise_adapters(adapted, g)
+    moved = adapted(idx)
+    torch.testing.assert_close(merge_lora(adapted)(idx), moved, rtol=1e-9, atol=1e-9)
+
+
+def _closed_form(cfg: GPTConfig, num_classes: int, rank: int) -> int:
+    """rank * (in + out) for every linear layer: per block W_query, W_key, W_value and out_proj
+    (d -> d each) and the feed-forward pair (d -> 4d -> d), then the class head (d -> C)."""
+    d = cfg.emb_dim
+    per_block = 4 * (d + d) + (d + 4 * d) + (4 * d + d)
+    return rank * (cfg.n_layers * per_block + d + num_classes)
+
+
+heads = st.integers(1, 4)
+
+
+@given(heads, st.integers(1, 16), st.integers(1, 3), st.integers(1, 5), ranks, st.booleans())
+@example(n_heads=12, head_dim=64, n_layers=12, num_classes=2, rank=16, qkv_bias=True)
+def test_trainable_parameters_match_the_closed_form(n_heads, head_dim, n_layers, num_classes,
+                                                    rank, qkv_bias):
+    cfg = GPTConfig(vocab_size=64, context_length=16, emb_dim=n_heads * head_dim,
+                    n_heads=n_heads, n_layers=n_layers, qkv_bias=qkv_bias)
+    with torch.device("meta"):  # shapes only: no memory, no arithmetic
+        model = make_classifier(GPTModel(cfg), num_classes)
+        replace_linear_with_lora(model, rank, alpha=16)
+    assert count_trainable_parameters(model) == _closed_form(cfg, num_classes, rank)
+
+
+def test_rank_16_on_gpt2_small_with_a_2_class_head_trains_2_666_528_parameters():
+    with torch.device("meta"):
+        model = make_classifier(GPTModel(GPTConfig.from_name("gpt2-small")), num_classes=2)
+        replace_linear_with_lora(model, rank=16, alpha=16)
+    assert count_trainable_parameters(model) == 2_666_528  # the book's appendix E figure
