@@ -28,7 +28,7 @@ import itertools
 import json
 import os
 from collections import Counter, defaultdict
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -46,7 +46,7 @@ _MERGES_HEADER = "#version: 0.2"
 class _ChunkCache(dict):
     """Pre-token string -> token ids; a miss runs the merge loop once and remembers the answer."""
 
-    def __init__(self, encode_chunk):
+    def __init__(self, encode_chunk: Callable[[bytes], list[int]]):
         super().__init__()
         self._encode_chunk = encode_chunk
 
@@ -60,8 +60,12 @@ class BPETokenizer:
 
     ``mergeable_ranks`` maps every ordinary token's bytes to its id, which is also its merge
     priority (lower merges first); it holds all 256 single bytes. ``merges`` lists the learned
-    pairs in order (only needed to write GPT-2's ``vocab.bpe``); ``special_tokens`` maps names
-    such as ``"<|endoftext|>"`` to ids. Together the ids must be exactly ``0 .. n_vocab - 1``.
+    pairs in order and must make every multi-byte token (GPT-2's files tell ordinary tokens from
+    specials that way; encoding itself needs only the ranks). ``special_tokens`` maps names such
+    as ``"<|endoftext|>"`` to ids. Together the ids must be exactly ``0 .. n_vocab - 1``.
+
+    Each tokenizer remembers the ids of every pre-token it has encoded (a dict that grows with
+    the number of distinct words seen), so text made of known words costs no Python per character.
     """
 
     def __init__(
