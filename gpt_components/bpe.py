@@ -23,6 +23,7 @@ so it plugs in wherever the project takes a tokenizer.
 from __future__ import annotations
 
 import functools
+import hashlib
 import heapq
 import itertools
 import json
@@ -73,8 +74,11 @@ class BPETokenizer:
         mergeable_ranks: Mapping[bytes, int],
         merges: Sequence[tuple[bytes, bytes]],
         special_tokens: Mapping[str, int] | None = None,
+        *,
+        name: str | None = None,
     ) -> None:
         special_tokens = dict(special_tokens or {})
+        self._name = name
         self._ranks = dict(mergeable_ranks)
         self._merges = tuple(merges)
         self._special_tokens = special_tokens
@@ -124,7 +128,7 @@ class BPETokenizer:
 
         Each call returns a new tokenizer with an empty chunk cache; the parsed files are shared.
         """
-        return cls(*_bundled_gpt2_files())
+        return cls(*_bundled_gpt2_files(), name="gpt2")
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> BPETokenizer:
@@ -161,6 +165,17 @@ class BPETokenizer:
     # -- what the tokenizer knows ---------------------------------------------------------------
 
     @property
+    def name(self) -> str:
+        """``"gpt2"`` for ``gpt2()``, else ``bpe-<n_vocab>-<fingerprint>``: equal names, equal
+        vocabularies, so caches of token ids can be keyed by it."""
+        if self._name is None:
+            content = repr((sorted(self._ranks.items(), key=lambda item: item[1]),
+                            sorted(self._special_tokens.items())))
+            digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
+            self._name = f"bpe-{self.n_vocab}-{digest}"
+        return self._name
+
+    @property
     def n_vocab(self) -> int:
         """Number of token ids, ordinary and special."""
         return len(self._decoder)
@@ -195,7 +210,8 @@ class BPETokenizer:
         return self._merges
 
     def __repr__(self) -> str:
-        return (f"BPETokenizer(n_vocab={self.n_vocab}, merges={len(self._merges)}, "
+        return (f"BPETokenizer(name={self.name!r}, n_vocab={self.n_vocab}, "
+                f"merges={len(self._merges)}, "
                 f"special_tokens={sorted(self._special_tokens)})")
 
     # -- encoding -------------------------------------------------------------------------------

@@ -263,7 +263,17 @@ def test_save_then_load_gives_the_same_tokenizer(case, text):
     assert loaded.mergeable_ranks == tok.mergeable_ranks
     assert loaded.merges == tok.merges
     assert loaded.special_tokens == tok.special_tokens
+    assert loaded.name == tok.name
     assert loaded.encode(text, allowed_special="all") == tok.encode(text, allowed_special="all")
+
+
+@given(trained(), trained())
+def test_two_tokenizers_share_a_name_exactly_when_they_share_a_vocabulary(one, other):
+    one, other = one[0], other[0]
+    same = (one.mergeable_ranks, one.special_tokens) == (other.mergeable_ranks,
+                                                         other.special_tokens)
+    assert (one.name == other.name) == same
+    assert GPT2.name == "gpt2" != one.name
 
 
 def test_saving_gpt2_writes_back_its_bundled_files(tmp_path):
