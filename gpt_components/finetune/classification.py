@@ -6,7 +6,7 @@ position has seen the whole message, and padding after it cannot change it). Exp
 ``SPAM_LABELS``, ``LabeledText``, ``Splits``, ``load_sms_spam``, ``balance_classes``,
 ``split_records``, ``spam_splits``, ``SpamDataset``, ``make_classifier``, ``classifier_logits``,
 ``classification_loss``, ``classification_loss_loader``, ``classification_accuracy``,
-``train_classifier`` and ``classify``.
+``train_classifier``, ``classify``, ``save_classifier`` and ``load_classifier``.
 
 >>> splits = spam_splits()  # balanced 747 ham + 747 spam, then 70/10/20
 >>> [len(part) for part in splits]
@@ -17,14 +17,19 @@ True
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import NamedTuple, TypeVar
 
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from ..model import GPTConfig, GPTModel
 from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
 
@@ -44,6 +49,8 @@ __all__ = [
     "classification_accuracy",
     "train_classifier",
     "classify",
+    "save_classifier",
+    "load_classifier",
 ]
 
 SPAM_LABELS = ("ham", "spam")
@@ -406,3 +413,51 @@ def classify(
         scores = classifier_logits(model, torch.tensor([ids], device=device))
     model.train(was_training)
     return labels[int(scores.argmax(dim=-1))]
+
+
+CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS = "classifier.json", "model.safetensors"
+
+
+def save_classifier(
+    model: nn.Module,
+    directory: str | os.PathLike,
+    labels: Sequence[str] = SPAM_LABELS,
+    max_length: int | None = None,
+    **info,
+) -> Path:
+    """Write ``classifier.json`` (model config, labels, ``max_length``, ``info``) and weights.
+
+    Merge LoRA adapters first (``merge_lora``): the file holds a plain ``GPTModel`` state.
+    """
+    cfg = getattr(model, "cfg", None)
+    if not dataclasses.is_dataclass(cfg):
+        raise TypeError(f"model must be a GPTModel with a cfg, got {type(model).__name__}")
+    if len(labels) != model.out_head.out_features:
+        raise ValueError(f"labels must name the model's {model.out_head.out_features} classes, "
+                         f"got {tuple(labels)}")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = {"model": dataclasses.asdict(cfg), "labels": list(labels), "max_length": max_length,
+              **info}
+    (directory / CLASSIFIER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+    weights = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+    save_file(weights, str(directory / CLASSIFIER_WEIGHTS))
+    return directory
+
+
+def load_classifier(
+    directory: str | os.PathLike, device: str | torch.device = "cpu"
+) -> tuple[nn.Module, dict]:
+    """A classifier written by ``save_classifier`` (in eval mode) and its ``classifier.json``."""
+    directory = Path(directory)
+    config_file = directory / CLASSIFIER_CONFIG
+    if not config_file.is_file() or not (directory / CLASSIFIER_WEIGHTS).is_file():
+        raise FileNotFoundError(
+            f"directory: {str(directory)!r} holds no {CLASSIFIER_CONFIG} and "
+            f"{CLASSIFIER_WEIGHTS} (write them with save_classifier or finetune-classifier)"
+        )
+    config = json.loads(config_file.read_text())
+    model = GPTModel(GPTConfig(**config["model"]))
+    make_classifier(model, len(config["labels"]), trainable_blocks=None)
+    model.load_state_dict(load_file(str(directory / CLASSIFIER_WEIGHTS)))
+    return model.to(device).eval(), config

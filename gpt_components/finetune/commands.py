@@ -1,0 +1,341 @@
+"""Finetuning from the command line: the subcommands ``gpt-components`` gets from this package.
+
+``add_commands(subparsers)`` registers ``finetune-classifier``, ``classify``,
+``finetune-instructions`` and ``instruction-responses``. Both finetuning commands start from
+GPT-2 weights (``--weights``: a directory or ``model.safetensors`` in Hugging Face's layout, or a
+GPT-2 name to download), from a run directory of ``gpt-components train`` (``--run``), or, with
+neither, from random weights of a ``--preset`` (and say so); ``--lora-rank`` trains low-rank
+adapters instead of the model's own weights. Handlers raise ``ValueError`` or
+``FileNotFoundError`` with a one-line message; the CLI turns them into its own errors.
+
+>>> import argparse
+>>> parser = argparse.ArgumentParser(prog="gpt-components")
+>>> add_commands(parser.add_subparsers(dest="command"))
+>>> args = parser.parse_args(["finetune-classifier", "--lora-rank", "8", "--out", "runs/spam"])
+>>> args.lora_rank, args.lora_alpha, args.weights, args.run_dir
+(8, 16.0, None, None)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+from functools import partial
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..checkpoint import load_checkpoint
+from ..model import MODEL_PRESETS, GPTConfig, GPTModel
+from ..tokenizers import gpt2_tokenizer
+from ..training import calc_loss_loader, configure_optimizer
+from ..weights import load_pretrained, save_pretrained
+from . import classification as cls
+from . import instructions as ins
+from .lora import count_trainable_parameters, merge_lora, replace_linear_with_lora, save_lora
+
+__all__ = ["add_commands", "load_start_model"]
+
+
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register the four finetuning subcommands on a ``parser.add_subparsers()`` object."""
+    p = subparsers.add_parser(
+        "finetune-classifier",
+        help="finetune a GPT into a spam classifier (chapter 6)",
+        description="Finetune a GPT on the SMS Spam Collection (balanced, split 70/10/20) and "
+        "write the classifier to --out; prints accuracy on the three splits.",
+    )
+    _start_options(p)
+    _training_options(p, epochs=5, lr=5e-5, batch_size=8)
+    p.add_argument("--data", help="a label<TAB>text file (default: the bundled SMS collection)")
+    p.add_argument("--max-length", type=int, default=None,
+                   help="tokens per message, longer ones cut (default: longest training text, "
+                   "at most the context length)")
+    p.add_argument("--trainable-blocks", type=int, default=1,
+                   help="last transformer blocks that train with the head and final norm "
+                   "(default 1; ignored with --train-all or --lora-rank)")
+    p.add_argument("--train-all", action="store_true", help="train every parameter")
+    p.set_defaults(run=finetune_classifier)
+
+    p = subparsers.add_parser("classify", help="label a text with a finetuned classifier",
+                              description="Print the label a finetuned classifier gives TEXT.")
+    p.add_argument("text", help="the message to classify")
+    p.add_argument("--model", required=True,
+                   help="directory written by finetune-classifier (holds classifier.json)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default auto)")
+    p.set_defaults(run=classify_command)
+
+    p = subparsers.add_parser(
+        "finetune-instructions",
+        help="finetune a GPT to follow instructions (chapter 7)",
+        description="Finetune a GPT on Alpaca-style records (split 85/5/10) and write it to "
+        "--out as config.json + model.safetensors (loadable by GPTModel.from_pretrained).",
+    )
+    _start_options(p)
+    _training_options(p, epochs=2, lr=5e-5, batch_size=8)
+    p.add_argument("--data", help="a JSON list of instruction/input/output records "
+                   "(default: the bundled 1,100 records)")
+    p.add_argument("--allowed-max-length", type=int, default=None,
+                   help="cut every sequence to this many tokens (default: the context length)")
+    p.add_argument("--mask-prompt", action="store_true",
+                   help="leave the prompt tokens out of the loss: learn only the responses")
+    p.set_defaults(run=finetune_instructions)
+
+    p = subparsers.add_parser(
+        "instruction-responses",
+        help="write a model's responses to the instruction test split to JSON",
+        description="Generate a response for every record of the test split and write the "
+        "records, expected output beside model_response, to a JSON file.",
+    )
+    p.add_argument("--model", required=True,
+                   help="directory written by finetune-instructions, or other GPT-2 weights")
+    p.add_argument("--out", default=None,
+                   help="JSON file to write (default: MODEL/test-responses.json)")
+    p.add_argument("--data", help="the instruction JSON the model was finetuned on "
+                   "(default: the bundled records)")
+    p.add_argument("--seed", type=int, default=123,
+                   help="split seed; use the one the model was finetuned with (default 123)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N test records")
+    p.add_argument("--max-new-tokens", type=int, default=256,
+                   help="most tokens per response (default 256)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default auto)")
+    p.set_defaults(run=instruction_responses)
+
+
+def _start_options(p: argparse.ArgumentParser) -> None:
+    start = p.add_argument_group("starting model (at most one of --weights and --run)")
+    start.add_argument("--weights", help="GPT-2 weights: a directory with model.safetensors "
+                       "(Hugging Face layout), such a file, or gpt2/gpt2-medium/... to download")
+    start.add_argument("--run", dest="run_dir", metavar="RUN",
+                       help="a run directory written by `gpt-components train`")
+    start.add_argument("--preset", default="gpt-micro", choices=sorted(MODEL_PRESETS),
+                       help="model shape when starting from random weights (default gpt-micro)")
+    start.add_argument("--drop-rate", type=float, default=0.0,
+                       help="dropout while finetuning (default 0.0, as in the book)")
+    lora = p.add_argument_group("LoRA (appendix E)")
+    lora.add_argument("--lora-rank", type=int, default=None,
+                      help="train rank-R adapters on every linear layer, base weights frozen")
+    lora.add_argument("--lora-alpha", type=float, default=16.0,
+                      help="scale of the adapters' output (default 16)")
+
+
+def _training_options(p: argparse.ArgumentParser, epochs: int, lr: float,
+                      batch_size: int) -> None:
+    p.add_argument("--out", required=True, help="directory to write the finetuned model to")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training split "
+                   f"(default {epochs})")
+    p.add_argument("--batch-size", type=int, default=batch_size,
+                   help=f"examples per step (default {batch_size})")
+    p.add_argument("--lr", type=float, default=lr, help=f"AdamW learning rate (default {lr})")
+    p.add_argument("--weight-decay", type=float, default=0.1,
+                   help="AdamW weight decay on weight matrices (default 0.1)")
+    p.add_argument("--eval-freq", type=int, default=50,
+                   help="evaluate every N steps (and after every epoch; default 50)")
+    p.add_argument("--eval-iter", type=int, default=5,
+                   help="batches per evaluation (default 5)")
+    p.add_argument("--limit", type=int, default=None,
+                   help="use only the first N training examples (a quick trial run)")
+    p.add_argument("--seed", type=int, default=123,
+                   help="seed for the split, the new weights, shuffling and dropout (default 123)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default auto)")
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        from ..fundamentals import default_device
+
+        return default_device()
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise ValueError(f"--device must be cpu, cuda, mps or auto, got {name!r}") from None
+
+
+def _run_config(meta: dict, run: str) -> GPTConfig:
+    extra = meta.get("train_config", {}).get("extra", {})
+    for found in (meta.get("model_config"), meta.get("model"), extra.get("model_config"),
+                  extra.get("model")):
+        if isinstance(found, dict):
+            return GPTConfig(**found)
+    raise ValueError(f"--run {run!r}: its checkpoint records no model configuration")
+
+
+def load_start_model(weights: str | None = None, run: str | None = None,
+                     preset: str = "gpt-micro", drop_rate: float = 0.0,
+                     seed: int = 123) -> tuple[GPTModel, str]:
+    """The model finetuning starts from, and a sentence saying what it is."""
+    if weights is not None and run is not None:
+        raise ValueError("--weights and --run: give at most one starting model")
+    if weights is not None:
+        return (load_pretrained(weights, drop_rate=drop_rate),
+                f"starting from GPT-2 weights {weights}")
+    if run is not None:
+        if not Path(run).is_dir():
+            raise FileNotFoundError(f"--run {run!r} is not a directory")
+        ckpt = load_checkpoint(run)
+        cfg = dataclasses.replace(_run_config(ckpt.meta, run), drop_rate=drop_rate)
+        model = GPTModel(cfg)
+        model.load_state_dict(ckpt.weights)
+        return model, f"starting from run {run} (step {ckpt.meta.get('step')})"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = GPTModel(GPTConfig.from_name(preset, drop_rate=drop_rate))
+    return model, (f"no --weights or --run given: starting from RANDOM weights ({preset}); "
+                   "the result shows the pipeline works, not what a pretrained model learns")
+
+
+def _check_positive(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
+def _apply_lora(model: GPTModel, args: argparse.Namespace, g: torch.Generator) -> None:
+    if args.lora_rank is not None:
+        replace_linear_with_lora(model, args.lora_rank, args.lora_alpha, generator=g)
+
+
+def _log(record: dict) -> None:
+    if "val_loss" in record:
+        shown = {k: v for k, v in record.items() if k not in ("epoch", "step")}
+        text = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in shown.items())
+        print(f"epoch {record['epoch']} step {record['step']}: {text}", flush=True)
+
+
+def _write_metrics(out: Path, records: list[dict], summary: dict) -> None:
+    with open(out / "metrics.jsonl", "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in records))
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def finetune_classifier(args: argparse.Namespace) -> None:
+    """Handler of ``finetune-classifier``."""
+    _check_positive(args, "epochs", "batch_size", "eval_freq", "eval_iter", "limit",
+                    "max_length", "lora_rank")
+    device = _device(args.device)
+    model, origin = load_start_model(args.weights, args.run_dir, args.preset, args.drop_rate,
+                                     args.seed)
+    print(origin, flush=True)
+    splits = cls.spam_splits(args.data, seed=args.seed)
+    train_records = splits.train[: args.limit]
+    tok = gpt2_tokenizer()
+    context = model.cfg.context_length
+    longest = max(len(tok.encode(r.text)) for r in train_records)
+    max_length = min(args.max_length or longest, context)
+    datasets = [cls.SpamDataset(part, tok, max_length=max_length)
+                for part in (train_records, splits.validation, splits.test)]
+    g = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(datasets[0], args.batch_size, shuffle=True, drop_last=True,
+                              generator=g)
+    val_loader, test_loader = (DataLoader(d, args.batch_size) for d in datasets[1:])
+    if len(train_loader) == 0:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(datasets[0])} "
+                         "training examples")
+    blocks = None if args.train_all or args.lora_rank else args.trainable_blocks
+    cls.make_classifier(model, len(cls.SPAM_LABELS), blocks, generator=g)
+    _apply_lora(model, args, g)
+    model.to(device)
+    print(f"{count_trainable_parameters(model):,} trainable parameters; "
+          f"{len(datasets[0])} training messages of at most {max_length} tokens", flush=True)
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay)
+    records = cls.train_classifier(model, train_loader, val_loader, optimizer, device,
+                                   args.epochs, args.eval_freq, args.eval_iter, seed=args.seed,
+                                   on_record=_log)
+    model.eval()
+    accuracy = {name: cls.classification_accuracy(loader, model, device)
+                for name, loader in (("train", train_loader), ("validation", val_loader),
+                                     ("test", test_loader))}
+    out = Path(args.out)
+    if args.lora_rank is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        save_lora(model, out / "lora.safetensors")
+        merge_lora(model)
+    lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
+    cls.save_classifier(model, out, cls.SPAM_LABELS, max_length, started=origin, lora=lora,
+                        accuracy=accuracy)
+    _write_metrics(out, records, {"started": origin, "accuracy": accuracy, "lora": lora})
+    print(" ".join(f"{k} accuracy {v:.2%}" for k, v in accuracy.items()))
+    print(f"classifier written to {out}/")
+
+
+def classify_command(args: argparse.Namespace) -> None:
+    """Handler of ``classify``."""
+    model, config = cls.load_classifier(args.model, _device(args.device))
+    print(cls.classify(args.text, model, labels=config["labels"],
+                       max_length=config.get("max_length")))
+
+
+def finetune_instructions(args: argparse.Namespace) -> None:
+    """Handler of ``finetune-instructions``."""
+    _check_positive(args, "epochs", "batch_size", "eval_freq", "eval_iter", "limit",
+                    "allowed_max_length", "lora_rank")
+    device = _device(args.device)
+    data = ins.load_instruction_data(args.data)
+    model, origin = load_start_model(args.weights, args.run_dir, args.preset, args.drop_rate,
+                                     args.seed)
+    print(origin, flush=True)
+    splits = ins.instruction_splits(data, seed=args.seed)
+    tok = gpt2_tokenizer()
+    context = model.cfg.context_length
+    allowed = min(args.allowed_max_length or context, context)
+    collate = partial(ins.instruction_collate, allowed_max_length=allowed,
+                      mask_prompt=args.mask_prompt)
+    g = torch.Generator().manual_seed(args.seed)
+    train_set = ins.InstructionDataset(splits.train[: args.limit], tok)
+    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, drop_last=True,
+                              collate_fn=collate, generator=g)
+    val_loader = DataLoader(ins.InstructionDataset(splits.validation, tok), args.batch_size,
+                            collate_fn=collate)
+    if len(train_loader) == 0:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(train_set)} "
+                         "training records")
+    if args.lora_rank is None:
+        model.requires_grad_(True)
+    _apply_lora(model, args, g)
+    model.to(device)
+    print(f"{count_trainable_parameters(model):,} trainable parameters; "
+          f"{len(train_set)} training records, cut to {allowed} tokens", flush=True)
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay)
+    records = ins.train_instructions(model, train_loader, val_loader, optimizer, device,
+                                     args.epochs, args.eval_freq, args.eval_iter,
+                                     seed=args.seed, on_record=_log)
+    model.eval()
+    with torch.no_grad():
+        losses = {"train": calc_loss_loader(train_loader, model, device),
+                  "validation": calc_loss_loader(val_loader, model, device)}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
+    if lora is not None:
+        save_lora(model, out / "lora.safetensors")
+        merge_lora(model)
+    save_pretrained(model, out)
+    _write_metrics(out, records, {"started": origin, "loss": losses, "lora": lora,
+                                  "seed": args.seed, "mask_prompt": args.mask_prompt})
+    print(" ".join(f"{k} loss {v:.3f}" for k, v in losses.items()))
+    print(f"model written to {out}/ (config.json, model.safetensors); next: "
+          f"gpt-components instruction-responses --model {out}")
+
+
+def instruction_responses(args: argparse.Namespace) -> None:
+    """Handler of ``instruction-responses``."""
+    _check_positive(args, "limit", "max_new_tokens")
+    device = _device(args.device)
+    model = load_pretrained(args.model).to(device)
+    test = ins.instruction_splits(ins.load_instruction_data(args.data), seed=args.seed).test
+    test = test[: args.limit]
+
+    def show(i: int, record: dict) -> None:
+        if i < 3:
+            print(f"### {record['instruction']}\nexpected: {record['output']}\n"
+                  f"model:    {record['model_response']}\n", flush=True)
+
+    results = ins.generate_responses(model, test, max_new_tokens=args.max_new_tokens,
+                                     progress=show)
+    out = Path(args.out) if args.out else Path(args.model) / "test-responses.json"
+    ins.write_responses(out, results)
+    print(f"{len(results)} responses written to {out}")
