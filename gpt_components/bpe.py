@@ -347,9 +347,10 @@ def _learn_merges(
 
     Pair counts are updated incrementally: a merge only revisits the chunks that hold the merged
     pair (found through ``where``), and a max-heap keyed by ``(-count, left, right)`` finds the
-    next pair. Heap entries can go stale; a popped entry whose count no longer matches is
-    re-pushed with the current count. Old pairs only lose counts, and every pair that gains is
-    pushed again, so the first up-to-date entry popped is the true maximum.
+    next pair. Heap entries can go stale: every pair whose count grows is pushed again with its
+    new count, so some entry of each pair never under-states it, and a popped entry that
+    over-states it is pushed back with the current count. The first up-to-date entry popped is
+    therefore the true maximum.
     """
     words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
     counts = list(chunk_counts.values())
