@@ -1,0 +1,245 @@
+"""Spec of GPT-2 weights in and out (chapter 5), against Hugging Face transformers itself."""
+
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import save_file
+
+from gpt_components import weights
+from gpt_components.generation import generate
+from gpt_components.model import GPTConfig, GPTModel, count_parameters
+from gpt_components.weights import (
+    BOOK_TO_HF,
+    WeightsNotFoundError,
+    config_from_hf,
+    hf_config,
+    hf_name,
+    load_hf_state_dict,
+    load_pretrained,
+    save_pretrained,
+    to_hf_state_dict,
+)
+from spec.strategies import generator, random_gpt_model, seeds, tiny_gpt_configs
+
+transformers = pytest.importorskip("transformers")
+transformers.logging.set_verbosity_error()
+
+pytestmark = pytest.mark.ch05
+
+
+@st.composite
+def hf_configs(draw):
+    """Small random ``transformers.GPT2Config``s (no download)."""
+    n_head = draw(st.sampled_from([1, 2, 4]))
+    return transformers.GPT2Config(
+        vocab_size=draw(st.integers(50, 100)),
+        n_positions=draw(st.integers(4, 16)),
+        n_embd=n_head * draw(st.sampled_from([2, 4, 8])),
+        n_layer=draw(st.integers(1, 2)),
+        n_head=n_head,
+        tie_word_embeddings=draw(st.booleans()),
+        bos_token_id=0,
+        eos_token_id=0,
+        pad_token_id=0,
+    )
+
+
+def random_hf_model(config, seed, dtype):
+    """A GPT2LMHeadModel with every parameter drawn (its own init zeroes biases)."""
+    model = transformers.GPT2LMHeadModel(config).to(dtype).eval()
+    g = generator(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g, dtype=dtype) * 0.3
+            p.copy_(noise + 1 if ".ln_" in name and name.endswith("weight") else noise)
+    return model
+
+
+def book_model_from(hf, dtype, kernel="sdpa"):
+    cfg = config_from_hf(hf.config, drop_rate=0.0, attn_kernel=kernel)
+    return load_hf_state_dict(GPTModel(cfg).to(dtype), hf.state_dict()).eval()
+
+
+def token_ids(vocab_size, seed, batch, tokens):
+    return torch.randint(0, vocab_size, (batch, tokens), generator=generator(seed))
+
+
+@given(config=hf_configs(), seed=seeds, batch=st.integers(1, 3),
+       kernel=st.sampled_from(["sdpa", "textbook"]), data=st.data())
+def test_imported_gpt2_gives_transformers_logits(config, seed, batch, kernel, data):
+    idx = token_ids(config.vocab_size, seed + 1, batch,
+                    data.draw(st.integers(1, config.n_positions)))
+    hf = random_hf_model(config, seed, torch.float64)
+    for dtype, tolerance in ((torch.float64, 1e-10), (torch.float32, 1e-5)):
+        hf = hf.to(dtype)
+        model = book_model_from(hf, dtype, kernel)
+        with torch.no_grad():
+            expected = hf(idx).logits
+        torch.testing.assert_close(model(idx), expected, rtol=tolerance, atol=tolerance)
+
+
+@given(config=hf_configs(), seed=seeds, data=st.data())
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_imported_gpt2_continues_greedily_as_transformers_does(config, seed, use_cache, data):
+    hf = random_hf_model(config, seed, torch.float64)
+    model = book_model_from(hf, torch.float64)
+    prompt = data.draw(st.integers(1, config.n_positions - 1))
+    max_new_tokens = data.draw(st.integers(1, config.n_positions - prompt))
+    idx = token_ids(config.vocab_size, seed + 1, data.draw(st.integers(1, 2)), prompt)
+    expected = hf.generate(idx, attention_mask=torch.ones_like(idx), do_sample=False,
+                           max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens,
+                           pad_token_id=0, eos_token_id=None)
+    assert torch.equal(generate(model, idx, max_new_tokens, use_cache=use_cache), expected)
+
+
+@given(cfg=tiny_gpt_configs(), seed=seeds)
+def test_export_then_import_is_the_identity(cfg, seed):
+    model = random_gpt_model(cfg, seed)
+    back = load_hf_state_dict(GPTModel(cfg).double(), to_hf_state_dict(model))
+    original, restored = model.state_dict(), back.state_dict()
+    assert original.keys() == restored.keys()
+    assert all(torch.equal(original[k], restored[k]) for k in original)
+
+
+@given(cfg=tiny_gpt_configs(), seed=seeds, batch=st.integers(1, 2), data=st.data())
+def test_exported_weights_load_into_transformers_with_no_missing_or_unexpected_keys(
+        cfg, seed, batch, data):
+    model = random_gpt_model(cfg, seed)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(cfg))).double().eval()
+    result = hf.load_state_dict(to_hf_state_dict(model), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    idx = token_ids(cfg.vocab_size, seed + 1, batch, data.draw(st.integers(1, cfg.context_length)))
+    with torch.no_grad():
+        torch.testing.assert_close(hf(idx).logits, model(idx), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("tie_weights", [False, True])
+@pytest.mark.parametrize("qkv_bias", [False, True])
+def test_saved_directories_round_trip_through_transformers_both_ways(tie_weights, qkv_bias):
+    cfg = GPTConfig(vocab_size=64, context_length=8, emb_dim=16, n_heads=2, n_layers=2,
+                    drop_rate=0.0, qkv_bias=qkv_bias, tie_weights=tie_weights)
+    model = random_gpt_model(cfg, 7, dtype=torch.float32)
+    idx = token_ids(64, 8, 2, 8)
+    with tempfile.TemporaryDirectory() as ours, tempfile.TemporaryDirectory() as theirs:
+        save_pretrained(model, ours)
+        restored = load_pretrained(ours)
+        assert restored.cfg == cfg and not restored.training
+        torch.testing.assert_close(restored(idx), model(idx), rtol=0, atol=0)
+        hf = transformers.GPT2LMHeadModel.from_pretrained(ours).eval()
+        with torch.no_grad():
+            torch.testing.assert_close(hf(idx).logits, model(idx), rtol=1e-5, atol=1e-5)
+        hf.save_pretrained(theirs)
+        again = GPTModel.from_pretrained(Path(theirs), drop_rate=0.0)
+        torch.testing.assert_close(again(idx), model(idx), rtol=0, atol=0)
+
+
+def test_a_lone_safetensors_file_of_a_gpt2_size_is_recognized(monkeypatch):
+    hf = random_hf_model(transformers.GPT2Config(vocab_size=64, n_positions=8, n_embd=16,
+                                                 n_layer=2, n_head=2), 3, torch.float32)
+    # OpenAI's own files drop the "transformer." prefix and keep the mask buffers.
+    state = {k.removeprefix("transformer."): v.contiguous() for k, v in hf.state_dict().items()
+             if k != "lm_head.weight"}
+    state["h.0.attn.bias"] = torch.ones(1, 1, 8, 8)
+    idx = token_ids(64, 4, 1, 8)
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.safetensors"
+        save_file(state, path)
+        with pytest.raises(ValueError, match="config.json"):
+            load_pretrained(path)
+        monkeypatch.setitem(weights._GPT2_SIZES, (16, 2), ("test/tiny", 2))
+        model = load_pretrained(path)
+    assert model.cfg.tie_weights and model.cfg.qkv_bias
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx), hf(idx).logits, rtol=1e-5, atol=1e-5)
+
+
+def test_a_model_name_offline_or_without_huggingface_hub_says_how_to_get_the_file(monkeypatch):
+    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    with pytest.raises(WeightsNotFoundError, match="huggingface-cli download"):
+        GPTModel.from_pretrained("gpt2")
+    monkeypatch.undo()
+    hub = pytest.importorskip("huggingface_hub", reason="the offline case needs huggingface_hub")
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(hub, "hf_hub_download", offline)
+    with pytest.raises(WeightsNotFoundError, match="could not be downloaded.*huggingface-cli"):
+        GPTModel.from_pretrained("gpt2-medium")
+
+
+@given(config=hf_configs(), seed=seeds,
+       change=st.sampled_from(["vocab_size", "n_positions", "n_embd", "n_layer"]))
+def test_a_checkpoint_of_another_shape_is_refused_naming_the_first_mismatching_tensor(
+        config, seed, change):
+    hf = random_hf_model(config, seed, torch.float32)
+    cfg = config_from_hf(config)
+    field, expected = {
+        "vocab_size": ("vocab_size", "transformer.wte.weight"),
+        "n_positions": ("context_length", "transformer.wpe.weight"),
+        "n_embd": ("emb_dim", "transformer.wte.weight"),
+        "n_layer": ("n_layers", f"transformer.h.{cfg.n_layers}.attn.c_attn.weight"),
+    }[change]
+    if change == "n_embd":
+        other = dataclasses.replace(cfg, emb_dim=cfg.emb_dim * 2)
+    else:
+        other = dataclasses.replace(cfg, **{field: getattr(cfg, field) + 1})
+    with pytest.raises(ValueError, match=expected.replace(".", r"\.")):
+        load_hf_state_dict(GPTModel(other), hf.state_dict())
+
+
+def test_nonzero_qkv_biases_are_not_silently_dropped():
+    hf = random_hf_model(transformers.GPT2Config(vocab_size=50, n_positions=4, n_embd=8,
+                                                 n_layer=1, n_head=2), 0, torch.float32)
+    cfg = config_from_hf(hf.config, qkv_bias=False)
+    with pytest.raises(ValueError, match=r"transformer\.h\.0\.attn\.c_attn\.bias.*qkv_bias"):
+        load_hf_state_dict(GPTModel(cfg), hf.state_dict())
+
+
+def test_the_name_map_covers_every_parameter_once_and_matches_transformers_names():
+    cfg = GPTConfig(vocab_size=50, context_length=4, emb_dim=8, n_heads=2, n_layers=2,
+                    qkv_bias=True)
+    book = GPTModel(cfg).state_dict().keys()
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**hf_config(cfg))).state_dict()
+    assert {hf_name(name) for name in book} == set(hf)
+    assert len(BOOK_TO_HF) == 21
+
+
+def test_gpt2_small_as_openai_released_it_has_transformers_parameter_count():
+    with torch.device("meta"):
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config())
+        ours = GPTModel(GPTConfig.from_name("gpt2-small", qkv_bias=True, tie_weights=True))
+    assert count_parameters(hf) == count_parameters(ours) == 124_439_808
+    assert config_from_hf(json.loads(json.dumps(hf_config(ours.cfg)))) == ours.cfg
+
+
+def test_bad_inputs_are_refused_naming_the_parameter():
+    model = GPTModel(GPTConfig(vocab_size=50, context_length=4, emb_dim=8, n_heads=2,
+                               n_layers=1))
+    with pytest.raises(ValueError, match="book_name"):
+        hf_name("trf_blocks.0.att.W_q.weight")
+    with pytest.raises(TypeError, match="model"):
+        load_hf_state_dict(torch.nn.Linear(2, 2), {})
+    with pytest.raises(TypeError, match="state_dict"):
+        load_hf_state_dict(model, [1, 2])
+    with pytest.raises(ValueError, match="transformer.wte.weight"):
+        load_hf_state_dict(model, {})
+    with pytest.raises(TypeError, match="model"):
+        to_hf_state_dict(torch.nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="name_or_path"):
+        load_pretrained("no/such/dir")
+    with pytest.raises(TypeError, match="name_or_path"):
+        load_pretrained(42)
+    with pytest.raises(ValueError, match="activation_function"):
+        config_from_hf({**hf_config(model.cfg), "activation_function": "relu"})
+    with pytest.raises(ValueError, match="layer_norm_epsilon"):
+        config_from_hf({**hf_config(model.cfg), "layer_norm_epsilon": 1e-6})
+    with tempfile.TemporaryDirectory() as empty, pytest.raises(ValueError, match="safetensors"):
+        load_pretrained(empty)
