@@ -236,3 +236,51 @@ def test_training_steps_lower_the_loss_on_a_tiny_model(seed):
     assert [r["step"] for r in records] == list(range(1, 11))
     assert records[-1]["examples_seen"] == 5 * len(data)
     assert "val_accuracy" in records[-1]
+
+
+def _commands_parser():
+    import argparse
+
+    from gpt_components.finetune.commands import add_commands
+
+    parser = argparse.ArgumentParser(prog="gpt-components")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_finetune_classifier_and_classify_commands_run_end_to_end(tmp_path, capsys):
+    data = tmp_path / "sms.tsv"
+    lines = [f"spam\tWIN a FREE prize {i}, call now" for i in range(12)]
+    lines += [f"ham\tsee you at {i} for lunch" for i in range(20)]
+    data.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    out = tmp_path / "clf"
+    parser = _commands_parser()
+    args = parser.parse_args(["finetune-classifier", "--data", str(data), "--preset", "gpt-nano",
+                              "--epochs", "2", "--batch-size", "4", "--lr", "1e-3",
+                              "--lora-rank", "2", "--out", str(out), "--device", "cpu"])
+    args.run(args)
+    printed = capsys.readouterr().out
+    assert "RANDOM weights" in printed and "test accuracy" in printed
+    assert {p.name for p in out.iterdir()} >= {"classifier.json", "model.safetensors",
+                                               "lora.safetensors", "metrics.jsonl"}
+    args = parser.parse_args(["classify", "Claim your FREE prize", "--model", str(out)])
+    args.run(args)
+    assert capsys.readouterr().out.strip() in SPAM_LABELS
+
+
+@pytest.mark.parametrize("argv, error, match", [
+    (["--weights", "w", "--run", "r"], ValueError, "at most one"),
+    (["--run", "no/such/run"], FileNotFoundError, "--run"),
+    (["--lora-rank", "0"], ValueError, "--lora-rank must be >= 1"),
+    (["--epochs", "0"], ValueError, "--epochs must be >= 1"),
+])
+def test_finetune_classifier_command_rejects_bad_options(tmp_path, argv, error, match):
+    args = _commands_parser().parse_args(["finetune-classifier", "--out", str(tmp_path), *argv])
+    with pytest.raises(error, match=match):
+        args.run(args)
+
+
+def test_classify_command_needs_a_finetuned_directory(tmp_path):
+    args = _commands_parser().parse_args(["classify", "hi", "--model", str(tmp_path)])
+    with pytest.raises(FileNotFoundError, match="classifier.json"):
+        args.run(args)

@@ -231,3 +231,43 @@ def test_responses_are_the_greedy_continuation_after_the_prompt(tmp_path):
         assert result["model_response"] == extract_response(tok.decode(new))
     write_responses(tmp_path / "responses.json", results)
     assert json.loads((tmp_path / "responses.json").read_text(encoding="utf-8")) == results
+
+
+def test_finetune_instructions_and_responses_commands_run_end_to_end(tmp_path, capsys):
+    import argparse
+
+    from gpt_components.finetune.commands import add_commands
+
+    parser = argparse.ArgumentParser(prog="gpt-components")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    data = tmp_path / "data.json"
+    data.write_text(json.dumps(_short_records(20)), encoding="utf-8")
+    out = tmp_path / "assistant"
+    args = parser.parse_args(["finetune-instructions", "--data", str(data), "--preset",
+                              "gpt-nano", "--epochs", "1", "--batch-size", "4",
+                              "--mask-prompt", "--out", str(out), "--device", "cpu"])
+    args.run(args)
+    assert "RANDOM weights" in capsys.readouterr().out
+    assert {"config.json", "model.safetensors", "metrics.jsonl"} <= {p.name for p in
+                                                                      out.iterdir()}
+    args = parser.parse_args(["instruction-responses", "--model", str(out), "--data", str(data),
+                              "--max-new-tokens", "2", "--limit", "2"])
+    args.run(args)
+    written = json.loads((out / "test-responses.json").read_text(encoding="utf-8"))
+    test = instruction_splits(load_instruction_data(data), seed=123).test[:2]
+    assert [{k: r[k] for k in ("instruction", "input", "output")} for r in written] == test
+    assert all(isinstance(r["model_response"], str) for r in written)
+
+
+def test_finetune_instructions_command_rejects_an_empty_file(tmp_path):
+    import argparse
+
+    from gpt_components.finetune.commands import add_commands
+
+    parser = argparse.ArgumentParser(prog="gpt-components")
+    add_commands(parser.add_subparsers(dest="command", required=True))
+    (tmp_path / "empty.json").write_text("[]", encoding="utf-8")
+    args = parser.parse_args(["finetune-instructions", "--data", str(tmp_path / "empty.json"),
+                              "--out", str(tmp_path / "o")])
+    with pytest.raises(ValueError, match="no records"):
+        args.run(args)
