@@ -280,6 +280,18 @@ def test_devices_are_listed_in_preference_order_ending_with_cpu():
     assert ("cuda" in devices) == torch.cuda.is_available()
 
 
+@pytest.mark.parametrize(
+    ("cuda", "mps", "expected"),
+    [(True, True, ["cuda", "mps", "cpu"]), (False, True, ["mps", "cpu"]),
+     (True, False, ["cuda", "cpu"]), (False, False, ["cpu"])],
+)
+def test_devices_follow_what_torch_reports(monkeypatch, cuda, mps, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+    assert available_devices() == expected
+    assert default_device() == torch.device(expected[0])
+
+
 @given(st.lists(st.booleans(), min_size=1, max_size=20), st.integers(1, 4))
 def test_compute_accuracy_is_the_fraction_of_argmax_matches(correct, batch):
     n = len(correct)
