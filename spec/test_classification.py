@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections import Counter
 
@@ -26,6 +27,7 @@ from gpt_components.finetune.classification import (
     split_records,
     train_classifier,
 )
+from gpt_components.finetune.lora import replace_linear_with_lora
 from gpt_components.model import GPTConfig, GPTModel
 from gpt_components.tokenizers import gpt2_tokenizer
 from spec.strategies import generator, seeds
@@ -172,6 +174,9 @@ def test_classify_returns_the_label_of_the_highest_score():
         ids = torch.tensor([tok.encode(text)])
         expected = SPAM_LABELS[int(model(ids)[0, -1].argmax())]
         assert classify(text, model, tok) == expected
+    lora = replace_linear_with_lora(copy.deepcopy(model), rank=2, alpha=8.0)
+    assert [classify(t, lora, tok) for t in ("win cash", "hi")] == [
+        classify(t, model, tok) for t in ("win cash", "hi")]  # adapters start as no change
     with pytest.raises(ValueError, match="labels"):
         classify("hello", model, tok, labels=("a", "b", "c"))
     with pytest.raises(ValueError, match="text"):
@@ -216,6 +221,9 @@ def test_bad_arguments_name_themselves():
         classifier_logits(make_classifier(tiny_gpt(0)), torch.tensor([[1, 2]]), torch.tensor([3]))
     with pytest.raises(ValueError, match="fractions"):
         split_records([1, 2], (0.5, 0.5, 0.5))
+    loader = DataLoader(SpamDataset([("hi", 0)]), batch_size=1)
+    with pytest.raises(ValueError, match="num_batches"):
+        classification_accuracy(loader, make_classifier(tiny_gpt(0, vocab_size=50257)), "cpu", 0)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

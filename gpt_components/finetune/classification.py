@@ -289,6 +289,11 @@ def _unpack(batch, device):
     return input_ids.to(device), labels.to(device), lengths
 
 
+def _check_num_batches(num_batches: int | None) -> None:
+    if num_batches is not None and (isinstance(num_batches, bool) or num_batches < 1):
+        raise ValueError(f"num_batches must be an int >= 1 or None, got {num_batches!r}")
+
+
 def classification_loss_loader(
     loader: DataLoader,
     model: nn.Module,
@@ -296,6 +301,7 @@ def classification_loss_loader(
     num_batches: int | None = None,
 ) -> float:
     """Mean batch loss over the first ``num_batches`` batches of ``loader`` (all by default)."""
+    _check_num_batches(num_batches)
     total, count = 0.0, 0
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -313,6 +319,7 @@ def classification_accuracy(
     num_batches: int | None = None,
 ) -> float:
     """Share of texts whose highest score is their label, over the first ``num_batches``."""
+    _check_num_batches(num_batches)
     correct, seen = 0, 0
     with torch.no_grad():
         for i, batch in enumerate(loader):
@@ -389,6 +396,11 @@ def _evaluate(model, train_loader, val_loader, device, eval_iter) -> dict[str, f
     return result
 
 
+def _num_classes(model: nn.Module) -> int:
+    head = model.out_head
+    return getattr(head, "linear", head).out_features  # a LoRA-wrapped head keeps its linear
+
+
 def classify(
     text: str,
     model: nn.Module,
@@ -400,13 +412,13 @@ def classify(
     if not isinstance(text, str) or not text:
         raise ValueError(f"text must be a non-empty string, got {text!r}")
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
-    num_classes = model.out_head.out_features
+    num_classes = _num_classes(model)
     if len(labels) != num_classes:
         raise ValueError(f"labels must name the model's {num_classes} classes, got {tuple(labels)}")
     context = model.pos_emb.num_embeddings
     max_length = context if max_length is None else min(max_length, context)
     ids = tokenizer.encode(text)[:max_length]
-    device = model.out_head.weight.device
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     with torch.no_grad():
@@ -432,8 +444,8 @@ def save_classifier(
     cfg = getattr(model, "cfg", None)
     if not dataclasses.is_dataclass(cfg):
         raise TypeError(f"model must be a GPTModel with a cfg, got {type(model).__name__}")
-    if len(labels) != model.out_head.out_features:
-        raise ValueError(f"labels must name the model's {model.out_head.out_features} classes, "
+    if len(labels) != _num_classes(model):
+        raise ValueError(f"labels must name the model's {_num_classes(model)} classes, "
                          f"got {tuple(labels)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
