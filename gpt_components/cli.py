@@ -1,5 +1,12 @@
 """The ``gpt-components`` command line: one subcommand per job.
 
+- ``info``: versions and devices.
+- ``train``: pretrain a preset on a text corpus (default: a small GPT on the bundled
+  ``the-verdict.txt``), with a progress bar, evaluations with a sample continuation, a run
+  directory (``config.json``, checkpoints, ``metrics.jsonl``, ``loss.png``) and ``--resume``.
+  Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel.
+- ``generate``: continue a prompt from a run directory or GPT-2 weights, streaming tokens.
+
 >>> main(["info"])  # doctest: +ELLIPSIS
 gpt_components ...
 torch ...
@@ -11,8 +18,15 @@ devices: cpu...
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
+import os
+import shutil
 import sys
+import time
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 __all__ = ["main", "build_parser"]
 
@@ -34,6 +48,276 @@ def _info(_: argparse.Namespace) -> None:
     print("devices: " + ", ".join(available_devices()))
 
 
+def _load_tokenizer(spec: str) -> Any:
+    if spec == "gpt2":
+        from .tokenizers import gpt2_tokenizer
+
+        return gpt2_tokenizer()
+    from .bpe import BPETokenizer
+
+    if not Path(spec).is_dir():
+        raise CLIError(f"--tokenizer must be 'gpt2' or a directory saved by BPETokenizer.save, "
+                       f"got {spec!r}")
+    try:
+        return BPETokenizer.load(spec)
+    except (OSError, ValueError) as error:
+        raise CLIError(f"--tokenizer {spec!r} could not be loaded: {error}") from None
+
+
+def _pick_device(name: str) -> Any:
+    import torch
+
+    from .fundamentals import available_devices
+
+    if name == "auto":
+        name = available_devices()[0]
+    if name not in available_devices():
+        raise CLIError(f"--device must be one of auto, {', '.join(available_devices())}, "
+                       f"got {name!r}")
+    return torch.device(name)
+
+
+def _distributed(device: Any) -> tuple[int, int, Any]:
+    """Join the torchrun process group when launched by torchrun: (rank, world, device)."""
+    import torch
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return 0, 1, device
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return dist.get_rank(), world, device
+
+
+def _same_on_all_ranks(value: Any, world: int) -> Any:
+    if world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def _train(args: argparse.Namespace) -> None:
+    import torch
+
+    from .corpus import TokenCorpus, prepare_corpus
+    from .model import GPTConfig, GPTModel
+    from .resources import resource_path
+    from .training import TrainConfig, TrainingDivergedError, train
+
+    device = _pick_device(args.device)
+    rank, world, device = _distributed(device)
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.json").is_file():
+            raise CLIError(f"--resume must be a run directory with config.json, got "
+                           f"{str(run_dir)!r}")
+        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+        model_cfg = GPTConfig(**saved["model"])
+        train_cfg = TrainConfig(**{**saved["train"], "betas": tuple(saved["train"]["betas"])})
+        corpus_path, tokenizer_spec = saved["corpus"], saved["tokenizer"]
+        if tokenizer_spec != "gpt2":
+            tokenizer_spec = str(run_dir / tokenizer_spec)
+    else:
+        corpus_path = str(Path(args.corpus).resolve()) if args.corpus else str(
+            resource_path("the-verdict.txt"))
+        tokenizer_spec = args.tokenizer
+        stamp = _same_on_all_ranks(time.strftime("%Y%m%d-%H%M%S"), world)
+        run_dir = Path(args.run_dir or f"runs/{Path(corpus_path).stem}-{stamp}")
+        if (run_dir / "config.json").exists():
+            raise CLIError(f"--run-dir {str(run_dir)!r} already holds a run: use --resume "
+                           "to continue it or choose another directory")
+    tokenizer = _load_tokenizer(tokenizer_spec)
+    if not args.resume:
+        try:
+            model_cfg = GPTConfig.from_name(
+                args.preset, vocab_size=tokenizer.n_vocab, drop_rate=args.dropout,
+                tie_weights=args.tie_weights,
+                **({"context_length": args.context_length} if args.context_length else {}))
+            train_cfg = TrainConfig(
+                batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
+                max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
+                warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+                grad_clip=args.grad_clip or None, val_fraction=args.val_fraction,
+                stride=args.stride, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
+                checkpoint_interval=args.checkpoint_interval, seed=args.seed,
+                compile=args.compile, bf16=args.bf16, sample_prompt=args.prompt,
+                sample_tokens=args.sample_tokens)
+            train_cfg.validate()
+        except (TypeError, ValueError) as error:
+            raise CLIError(str(error)) from None
+    cache_dir = Path(args.cache_dir or run_dir.parent / ".corpus-cache")
+    def tokenized() -> TokenCorpus:
+        return prepare_corpus(corpus_path, tokenizer, cache_dir, tokenizer_name=tokenizer_spec)
+
+    try:
+        corpus = tokenized() if rank == 0 else None
+        _same_on_all_ranks(None, world)  # the others wait for rank 0's token file
+        corpus = corpus or tokenized()
+    except (OSError, ValueError) as error:
+        raise CLIError(f"--corpus: {error}") from None
+    train_tokens, val_tokens = TokenCorpus.split(corpus, train_cfg.val_fraction)
+    if rank == 0 and not args.resume:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        saved_tokenizer = "gpt2"
+        if tokenizer_spec != "gpt2":
+            shutil.copytree(tokenizer_spec, run_dir / "tokenizer", dirs_exist_ok=True)
+            saved_tokenizer = "tokenizer"
+        config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
+                  "corpus": corpus_path, "tokenizer": saved_tokenizer,
+                  "corpus_tokens": len(corpus)}
+        (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
+    if rank == 0:
+        print(f"run directory: {run_dir} | device: {device} x{world} | corpus: {len(corpus):,} "
+              f"tokens ({len(train_tokens):,} train, {len(val_tokens):,} validation)")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(train_cfg.seed)
+        model = GPTModel(model_cfg)
+    try:
+        records = train(model, train_tokens, val_tokens, train_cfg, run_dir,
+                        context_length=model_cfg.context_length, device=device,
+                        tokenizer=tokenizer, resume=bool(args.resume),
+                        progress=not args.no_progress)
+    except (TrainingDivergedError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    if rank == 0:
+        last = [r for r in records if "val_loss" in r][-1]
+        print(f"done: step {last['step']}, train loss {last['train_eval_loss']:.3f}, "
+              f"validation loss {last['val_loss']:.3f}; see {run_dir / 'loss.png'}")
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.destroy_process_group()
+
+
+def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -> tuple:
+    from .checkpoint import CheckpointError, load_checkpoint
+    from .model import GPTConfig, GPTModel
+
+    path = Path(source)
+    if not path.exists():
+        raise CLIError(f"source must be a run directory or a weights file, got {source!r}")
+    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        try:
+            ckpt = load_checkpoint(path)
+        except CheckpointError as error:
+            raise CLIError(str(error)) from None
+        model = GPTModel(GPTConfig(**saved["model"]))
+        model.load_state_dict(ckpt.weights)
+        spec = tokenizer_spec or (saved["tokenizer"] if saved["tokenizer"] == "gpt2"
+                                  else str(path / saved["tokenizer"]))
+    else:
+        try:
+            model = GPTModel.from_pretrained(path)
+        except (OSError, ValueError, TypeError, KeyError) as error:
+            raise CLIError(f"source {source!r} could not be loaded: {error}") from None
+        spec = tokenizer_spec or "gpt2"
+    return model.to(device).eval(), _load_tokenizer(spec)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    import torch
+
+    from .generation import generate_stream
+
+    device = _pick_device(args.device)
+    model, tokenizer = _load_for_generation(args.source, args.tokenizer, device)
+    generator = None
+    if args.temperature > 0:
+        generator = torch.Generator(device=device).manual_seed(args.seed)
+    ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    if not ids:
+        raise CLIError("--prompt must encode to at least one token, got an empty prompt")
+    idx = torch.tensor([ids], device=device)
+    try:
+        stream = generate_stream(model, idx, args.max_new_tokens, args.context_size,
+                                 args.temperature, args.top_k, args.top_p, args.eos_id,
+                                 not args.no_cache, generator)
+    except (TypeError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    print(args.prompt, end="", flush=True)
+    produced: list[int] = []
+    shown = ""
+    for step in stream:
+        produced.append(int(step[0, 0]))
+        text = tokenizer.decode(produced)
+        if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    print(tokenizer.decode(produced)[len(shown):])
+
+
+def _add_train(commands: Any) -> None:
+    train = commands.add_parser(
+        "train", help="pretrain a model on a text corpus (no arguments: a small GPT on "
+        "the bundled the-verdict.txt)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = train.add_argument
+    add("--corpus", default=None, help="a .txt file or a directory of .txt files "
+        "(default: the bundled the-verdict.txt)")
+    add("--tokenizer", default="gpt2", help="'gpt2' or a directory saved by BPETokenizer.save")
+    add("--preset", default="gpt-micro", help="model preset name (see GPTConfig.from_name)")
+    add("--context-length", type=int, default=None, help="tokens per window (default: the "
+        "preset's)")
+    add("--dropout", type=float, default=0.1, help="dropout rate")
+    add("--tie-weights", action="store_true", help="share the token embedding with the head")
+    add("--run-dir", default=None, help="where to write the run (default: runs/<corpus>-<time>)")
+    add("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR "
+        "from its latest checkpoint (its saved configuration is used)")
+    add("--epochs", type=int, default=10, help="passes over the training windows")
+    add("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    add("--batch-size", type=int, default=4, help="windows per process per micro-batch")
+    add("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
+    add("--lr", type=float, default=1e-3, help="peak learning rate")
+    add("--min-lr", type=float, default=1e-4, help="learning rate at the end of the cosine")
+    add("--warmup-steps", type=int, default=10, help="linear warm-up steps")
+    add("--weight-decay", type=float, default=0.1, help="AdamW decay on weight matrices")
+    add("--grad-clip", type=float, default=1.0, help="max global gradient norm (0: off)")
+    add("--val-fraction", type=float, default=0.1, help="last fraction of tokens held out")
+    add("--stride", type=int, default=None, help="tokens between training windows "
+        "(default: the context length)")
+    add("--eval-interval", type=int, default=10, help="steps between evaluations")
+    add("--eval-iters", type=int, default=5, help="batches per evaluation")
+    add("--checkpoint-interval", type=int, default=50, help="steps between checkpoints")
+    add("--seed", type=int, default=123, help="seed for initialisation, data order, dropout")
+    add("--device", default="auto", help="auto, cpu, cuda or mps")
+    add("--compile", action="store_true", help="torch.compile the model")
+    add("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
+    add("--prompt", default="Every effort moves you", help="prompt of the sample continuations")
+    add("--sample-tokens", type=int, default=20, help="tokens per sample continuation (0: none)")
+    add("--cache-dir", default=None, help="where tokenized corpora are kept "
+        "(default: <run-dir parent>/.corpus-cache)")
+    add("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(run=_train)
+
+
+def _add_generate(commands: Any) -> None:
+    gen = commands.add_parser(
+        "generate", help="continue a prompt from a run directory or GPT-2 weights",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add = gen.add_argument
+    add("source", help="a run directory written by 'train', or a GPT-2 model.safetensors "
+        "file or Hugging Face directory")
+    add("--prompt", default="Every effort moves you", help="text to continue")
+    add("--max-new-tokens", type=int, default=50, help="tokens to generate")
+    add("--temperature", type=float, default=0.0, help="0: greedy; higher: more random")
+    add("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    add("--top-p", type=float, default=None, help="nucleus sampling: smallest set reaching p")
+    add("--eos-id", type=int, default=None, help="stop at this token id")
+    add("--context-size", type=int, default=None, help="tokens the model sees (default: all)")
+    add("--no-cache", action="store_true", help="recompute every step without the KV cache")
+    add("--seed", type=int, default=123, help="seed of the sampling generator")
+    add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
+    add("--device", default="auto", help="auto, cpu, cuda or mps")
+    gen.set_defaults(run=_generate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt-components",
@@ -42,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     info = commands.add_parser("info", help="show package, torch and tiktoken versions and devices")
     info.set_defaults(run=_info)
+    _add_train(commands)
+    _add_generate(commands)
     return parser
 
 

@@ -67,7 +67,9 @@ def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model
     """Mean next-token cross-entropy of one batch (inputs and targets: (B, T) token ids)."""
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)  # (B, T, V)
-    return F.cross_entropy(logits.flatten(0, 1).float(), target_batch.flatten())
+    if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: take the softmax in fp32
+        logits = logits.float()
+    return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
 def calc_loss_loader(data_loader: Any, model: nn.Module, device: torch.device | str,
@@ -100,7 +102,7 @@ def evaluate(model: nn.Module, train_loader: Any, val_loader: Any, device: torch
 
 def perplexity(loss: float | torch.Tensor) -> float:
     """exp(cross-entropy): the effective number of equally likely next tokens."""
-    return math.exp(float(loss))
+    return math.exp(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
 
 
 def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int,
@@ -159,7 +161,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
         raise ValueError("micro_batches must hold at least one (inputs, targets) pair")
     device = torch.device(device)
     optimizer.zero_grad(set_to_none=True)
-    total = torch.zeros((), device=device)
+    total = 0.0
     for i, (x, y) in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not _is_ddp(model) else model.no_sync()
@@ -170,9 +172,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
                 loss = calc_loss_batch(x, y, model, device)
             (loss / len(micro_batches)).backward()
         total += loss.detach()
-    mean = total / len(micro_batches)
-    if dist.is_initialized():
-        dist.all_reduce(mean, op=dist.ReduceOp.AVG)
+    mean = (total / len(micro_batches)).double()
+    if dist.is_initialized():  # gloo has no AVG: sum, then divide
+        dist.all_reduce(mean, op=dist.ReduceOp.SUM)
+        mean /= dist.get_world_size()
     loss_value = mean.item()
     if not math.isfinite(loss_value):
         raise TrainingDivergedError(f"loss became {loss_value} at step {step}; stopping "
@@ -367,8 +370,9 @@ def train(
     if world > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
-    eval_loaders = [torch.utils.data.DataLoader(w, batch_size=cfg.batch_size) for w in
-                    (windows, val_windows)]
+    # Rank 0 evaluates alone, on batches as wide as a whole micro-step of all ranks.
+    eval_loaders = [torch.utils.data.DataLoader(w, batch_size=cfg.batch_size * world)
+                    for w in (windows, val_windows)]
     autocast_dtype = torch.bfloat16 if cfg.bf16 else None
     tokens_per_step = schedule.global_batch * context_length
     bar = None

@@ -1,0 +1,52 @@
+"""Train a tiny GPT in a subprocess for the spec: resumed after SIGKILL, or under torchrun (gloo).
+
+Usage: python spec/_train_script.py RUN_DIR [--steps N] [--batch-size B] [--kill-at K] [--resume]
+(under ``torchrun --nproc_per_node=2`` each rank reads its shard; only rank 0 writes).
+"""
+
+import argparse
+import os
+import signal
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gpt_components.model import GPTConfig, GPTModel
+from gpt_components.training import TrainConfig, train
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("run_dir")
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--grad-accum", type=int, default=1)
+    parser.add_argument("--drop-rate", type=float, default=0.1)
+    parser.add_argument("--kill-at", type=int, default=0)
+    parser.add_argument("--resume", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    if "WORLD_SIZE" in os.environ:
+        dist.init_process_group("gloo")
+    tokens = np.random.default_rng(0).integers(0, 64, 2000).astype(np.uint16)
+    cfg = GPTConfig.from_name("gpt-nano", vocab_size=64, context_length=16,
+                              drop_rate=args.drop_rate)
+    torch.manual_seed(7)
+    model = GPTModel(cfg)
+    train_cfg = TrainConfig(batch_size=args.batch_size, grad_accum=args.grad_accum,
+                            max_steps=args.steps, lr=3e-3, min_lr=3e-4, warmup_steps=2,
+                            eval_interval=3, eval_iters=2, checkpoint_interval=2, seed=11)
+
+    def kill(record: dict) -> None:
+        if record["step"] == args.kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(model, tokens[:1800], tokens[1800:], train_cfg, args.run_dir, context_length=16,
+          resume=args.resume, progress=False, on_step=kill)
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,264 @@
+"""Properties of pretraining: losses, schedule, optimizer groups, clipping, accumulation,
+reproducibility, exact resume after SIGKILL, divergence, and torchrun with gloo."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+
+from gpt_components.model import GPTConfig, GPTModel
+from gpt_components.training import (
+    TrainConfig,
+    TrainingDivergedError,
+    calc_loss_batch,
+    calc_loss_loader,
+    configure_optimizer,
+    evaluate,
+    lr_at,
+    perplexity,
+    read_metrics,
+    train,
+    train_step,
+)
+from spec.helpers import TinyLM
+from spec.strategies import generator, seeds
+
+pytestmark = pytest.mark.ch05
+SCRIPT = Path(__file__).resolve().parent / "_train_script.py"
+ROOT = SCRIPT.parent.parent
+
+
+def _tiny(seed: int, dtype: torch.dtype = torch.float32, drop_rate: float = 0.0) -> TinyLM:
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return TinyLM(vocab_size=32, emb_dim=8, drop_rate=drop_rate).to(dtype)
+
+
+def _batch(seed: int, batch: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    ids = torch.randint(0, 32, (batch, length + 1), generator=generator(seed))
+    return ids[:, :-1], ids[:, 1:]
+
+
+@given(peak=st.floats(1e-5, 1.0), ratio=st.floats(0.0, 1.0), warmup=st.integers(0, 20),
+       total=st.integers(1, 200))
+def test_the_schedule_warms_up_to_the_peak_then_decays_to_the_minimum_never_below(
+        peak, ratio, warmup, total):
+    low = peak * ratio
+    rates = [lr_at(s, peak_lr=peak, min_lr=low, warmup_steps=warmup, total_steps=total)
+             for s in range(total)]
+    tol = 1e-12 * peak
+    assert all(low - tol <= r <= peak + tol for r in rates)
+    warm, decay = rates[:warmup], rates[warmup:]
+    assert all(a <= b + tol for a, b in zip(warm, warm[1:], strict=False))
+    assert all(a >= b - tol for a, b in zip(decay, decay[1:], strict=False))
+    if warmup and warmup <= total:
+        assert math.isclose(rates[warmup - 1], peak, rel_tol=1e-12)
+    if total > warmup:
+        assert math.isclose(decay[0], peak, rel_tol=1e-12) or total - 1 == warmup
+        assert math.isclose(rates[-1], low, rel_tol=1e-9, abs_tol=tol)
+
+
+@given(seed=seeds, batch=st.integers(1, 4), length=st.integers(1, 6))
+def test_batch_loss_is_the_float64_cross_entropy_of_the_logits(seed, batch, length):
+    model = _tiny(seed)
+    x, y = _batch(seed, batch, length)
+    logits = model(x).double()  # (B, T, V)
+    reference = (torch.logsumexp(logits, -1) - logits.gather(-1, y[..., None])[..., 0]).mean()
+    loss = calc_loss_batch(x, y, model, "cpu")
+    assert math.isclose(loss.item(), reference.item(), rel_tol=1e-5)
+    assert math.isclose(perplexity(loss), math.exp(reference.item()), rel_tol=1e-5)
+
+
+@given(seed=seeds, n=st.integers(0, 5), num=st.one_of(st.none(), st.integers(1, 7)))
+def test_loader_loss_averages_the_first_num_batches(seed, n, num):
+    model = _tiny(seed)
+    batches = [_batch(seed + i, 2, 3) for i in range(n)]
+    got = calc_loss_loader(batches, model, "cpu", num_batches=num)
+    used = batches[: n if num is None else min(num, n)]
+    if not used:
+        assert math.isnan(got)
+        return
+    expected = sum(calc_loss_batch(x, y, model, "cpu").item() for x, y in used) / len(used)
+    assert math.isclose(got, expected, rel_tol=1e-6)
+    model.train()
+    assert evaluate(model, batches, batches, "cpu", num or 1)[0] == calc_loss_loader(
+        batches, model, "cpu", num or 1)
+    assert model.training
+
+
+@given(seed=seeds, lr=st.floats(1e-4, 1e-1), decay=st.floats(0.0, 1.0), tied=st.booleans())
+def test_weight_decay_shrinks_weight_matrices_only(seed, lr, decay, tied):
+    model = _tiny(seed, torch.float64)
+    if tied:
+        model.out_head.weight = model.tok_emb.weight
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = configure_optimizer(model, lr, decay)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)  # Adam's update is then zero: only the decay acts
+    optimizer.step()
+    for name, p in model.named_parameters():
+        decayed = name in ("mix.weight", "out_head.weight") and not (tied and "out_head" in name)
+        factor = 1 - lr * decay if decayed else 1.0
+        torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-12, atol=0)
+
+
+@given(seed=seeds, scale=st.floats(1e-3, 1e3), clip=st.floats(1e-2, 10.0))
+def test_clipping_bounds_the_global_gradient_norm(seed, scale, clip):
+    model = _tiny(seed, torch.float64)
+    x, y = _batch(seed, 2, 4)
+    with torch.no_grad():
+        model.out_head.weight.mul_(scale)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    _, norm = train_step(model, optimizer, [(x, y)], "cpu", grad_clip=clip)
+    model.zero_grad()
+    calc_loss_batch(x, y, model, "cpu").backward()
+    raw = math.sqrt(sum((p.grad.double() ** 2).sum().item() for p in model.parameters()))
+    assert math.isclose(norm, raw, rel_tol=1e-9)
+    train_step(model, optimizer, [(x, y)], "cpu", grad_clip=clip)
+    clipped = math.sqrt(sum((p.grad ** 2).sum().item() for p in model.parameters()))
+    assert clipped <= clip * (1 + 1e-6)
+    assert math.isclose(clipped, min(raw, clip), rel_tol=1e-5)
+
+
+@given(seed=seeds, k=st.integers(1, 4), micro=st.integers(1, 3), length=st.integers(1, 5))
+def test_accumulating_k_micro_batches_equals_one_batch_k_times_larger(seed, k, micro, length):
+    x, y = _batch(seed, k * micro, length)
+    grads = []
+    for parts in ([(x, y)], list(zip(x.split(micro), y.split(micro), strict=True))):
+        model = _tiny(seed, torch.float64)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        loss, _ = train_step(model, optimizer, parts, "cpu")
+        grads.append(([p.grad.clone() for p in model.parameters()], loss))
+    (whole, whole_loss), (accumulated, accumulated_loss) = grads
+    assert math.isclose(whole_loss, accumulated_loss, rel_tol=1e-12)
+    for a, b in zip(whole, accumulated, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+@settings(max_examples=3)  # each example trains a GPT for 60 steps (~1 s)
+@given(token=st.integers(0, 15), seed=seeds)
+def test_loss_on_a_constant_corpus_goes_to_near_zero(token, seed):
+    tokens = np.full(600, token, dtype=np.uint16)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=16, context_length=8,
+                                             drop_rate=0.0))
+    cfg = TrainConfig(batch_size=4, max_steps=60, lr=1e-2, min_lr=1e-3, warmup_steps=5,
+                      eval_interval=60, eval_iters=2, checkpoint_interval=60, seed=seed % 1000)
+    with tempfile.TemporaryDirectory() as run:
+        records = train(model, tokens[:500], tokens[500:], cfg, run, context_length=8,
+                        progress=False)
+    assert records[0]["loss"] > 1.0
+    assert records[-1]["val_loss"] < 0.05
+
+
+def _tiny_run(run: str, seed: int, steps: int = 6, **kwargs) -> list[dict]:
+    tokens = np.random.default_rng(0).integers(0, 32, 800).astype(np.uint16)
+    cfg = TrainConfig(batch_size=3, max_steps=steps, lr=1e-2, warmup_steps=2, eval_interval=3,
+                      eval_iters=1, checkpoint_interval=2, seed=seed)
+    return train(_tiny(seed, drop_rate=0.3), tokens[:700], tokens[700:], cfg, run,
+                 context_length=6, progress=False, **kwargs)
+
+
+@given(seed=st.integers(0, 2**31 - 1))
+@settings(max_examples=10)  # each example runs two short trainings with checkpoints
+def test_the_same_seed_gives_the_same_losses_step_for_step(seed):
+    with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
+        torch.manual_seed(seed + 1)  # the global RNG state must not matter
+        first = _tiny_run(a, seed)
+        torch.manual_seed(seed + 2)
+        second = _tiny_run(b, seed)
+        other = _tiny_run(b, seed + 1)
+    assert first == second
+    assert [r.get("loss") for r in first] != [r.get("loss") for r in other]
+
+
+def test_a_run_killed_with_sigkill_and_resumed_is_bit_identical(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), *args], env=env, cwd=ROOT,
+                              capture_output=True, text=True, timeout=120)
+
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    assert run(str(whole)).returncode == 0
+    died = run(str(killed), "--kill-at", "5")
+    assert died.returncode == -9, died.stderr
+    assert [r["step"] for r in read_metrics(killed) if "loss" in r][-1] == 5  # died past step 4
+    resumed = run(str(killed), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    assert (whole / "metrics.jsonl").read_bytes() == (killed / "metrics.jsonl").read_bytes()
+    final = "checkpoints/step-00000008/model.safetensors"
+    assert (whole / final).read_bytes() == (killed / final).read_bytes()
+
+
+def test_a_nan_loss_stops_at_its_step_and_leaves_the_last_checkpoint_intact(tmp_path):
+    _tiny_run(str(tmp_path), 3, steps=2)
+    weights = tmp_path / "checkpoints" / "step-00000002" / "model.safetensors"
+    poisoned = load_file(weights)
+    poisoned["out_head.bias"][0] = float("nan")
+    save_file(poisoned, weights)
+    before = {p.name: p.read_bytes() for p in weights.parent.iterdir()}
+    with pytest.raises(TrainingDivergedError, match="step 3"):
+        _tiny_run(str(tmp_path), 3, steps=6, resume=True)
+    assert {p.name: p.read_bytes() for p in weights.parent.iterdir()} == before
+    assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 2
+
+
+@pytest.mark.appendix_d
+def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    common = ["--steps", "4", "--drop-rate", "0"]
+    single = subprocess.run([sys.executable, str(SCRIPT), str(tmp_path / "one"),
+                             "--batch-size", "4", *common], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert single.returncode == 0, single.stderr
+    double = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                             f"--master_port={port}", str(SCRIPT), str(tmp_path / "two"),
+                             "--batch-size", "2", *common], env=env, cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert double.returncode == 0, double.stderr
+    one, two = read_metrics(tmp_path / "one"), read_metrics(tmp_path / "two")
+    assert [sorted(r) for r in one] == [sorted(r) for r in two]
+    for a, b in zip(one, two, strict=True):
+        for key in ("loss", "val_loss"):
+            if key in a:
+                assert math.isclose(a[key], b[key], rel_tol=1e-5), (key, a, b)
+    final = "checkpoints/step-00000004/model.safetensors"
+    w1, w2 = load_file(tmp_path / "one" / final), load_file(tmp_path / "two" / final)
+    for name in w1:
+        torch.testing.assert_close(w1[name], w2[name], rtol=1e-4, atol=1e-5)
+
+
+def test_bad_training_arguments_name_the_parameter(tmp_path):
+    tokens = np.zeros(100, dtype=np.uint16)
+    model = _tiny(0)
+    for field, value in [("batch_size", 0), ("grad_accum", 0), ("max_steps", 0),
+                         ("grad_clip", -1.0), ("val_fraction", 1.5), ("eval_interval", 0)]:
+        with pytest.raises(ValueError, match=field):
+            train(model, tokens, tokens, TrainConfig(**{field: value}), tmp_path,
+                  context_length=4, progress=False)
+    with pytest.raises(ValueError, match="min_lr"):
+        TrainConfig(lr=1e-4, min_lr=1e-3).validate()
+    with pytest.raises(ValueError, match="bf16"):
+        train(model, tokens, tokens, TrainConfig(bf16=True), tmp_path, context_length=4,
+              progress=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        train(model, tokens[:20], tokens, TrainConfig(batch_size=8), tmp_path, context_length=4,
+              progress=False)
+    with pytest.raises(ValueError, match="lr"):
+        configure_optimizer(model, 0.0, 0.1)
