@@ -145,13 +145,32 @@ def test_the_same_generator_seed_gives_the_same_tokens(seed, batch, vocab, tempe
     assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))
 
 
-@given(seed=seeds, vocab=st.integers(2, 6))
-def test_sampling_follows_the_softmax_of_logits_over_temperature(seed, vocab):
+def nucleus_reference(logits, temperature, top_k, top_p):
+    """The sampling distribution of one row, built by sorting in float64 by hand."""
+    order = sorted(range(len(logits)), key=lambda i: -float(logits[i]))
+    kept = order[:top_k] if top_k else order
+    probs = torch.softmax(logits[kept], -1)
+    nucleus, mass = [], 0.0
+    for i, p in zip(kept, probs.tolist(), strict=True):
+        if mass >= top_p:
+            break
+        nucleus.append(i)
+        mass += p
+    expected = torch.zeros_like(logits)
+    expected[nucleus] = torch.softmax(logits[nucleus] / temperature, -1)
+    return expected
+
+
+@given(seed=seeds, vocab=st.integers(2, 6), temperature=st.floats(0.5, 2.0),
+       top_k=st.none() | st.integers(1, 6), top_p=st.floats(0.3, 1.0))
+def test_sampling_follows_the_tempered_softmax_of_the_nucleus_of_the_top_k(
+        seed, vocab, temperature, top_k, top_p):
     logits = drawn_logits(seed, 1, vocab) / 2
     n = 4000
-    draws = sample_next_token(logits.expand(n, vocab), 2.0, generator=generator(seed))
+    draws = sample_next_token(logits.expand(n, vocab), temperature, top_k=top_k, top_p=top_p,
+                              generator=generator(seed))
     freq = torch.bincount(draws.squeeze(1), minlength=vocab).double() / n
-    expected = torch.softmax(logits[0] / 2.0, -1)
+    expected = nucleus_reference(logits[0], temperature, top_k, top_p)
     # Five standard errors of a frequency out of n draws.
     assert bool(((freq - expected).abs() <= 5 * (expected * (1 - expected) / n).sqrt() + 1e-3)
                 .all())
