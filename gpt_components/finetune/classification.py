@@ -250,18 +250,19 @@ def classifier_logits(
     """
     if input_ids.ndim != 2:
         raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
-    logits = model(input_ids)  # (B, T, num_classes)
     if lengths is None:
-        return logits[:, -1, :]
-    lengths = torch.as_tensor(lengths, device=logits.device)
+        return model(input_ids)[:, -1, :]
+    lengths = torch.as_tensor(lengths, device=input_ids.device)
     width = input_ids.shape[1]
     in_range = bool(((lengths >= 1) & (lengths <= width)).all())
     if lengths.shape != input_ids.shape[:1] or not in_range:
         raise ValueError(
             f"lengths must be {input_ids.shape[0]} values in [1, {width}], got {lengths.tolist()}"
         )
+    # Causal attention: positions after the longest row's last token cannot matter. Skip them.
+    logits = model(input_ids[:, : int(lengths.max())])  # (B, T', num_classes)
     rows = torch.arange(input_ids.shape[0], device=logits.device)
-    return logits[rows, lengths - 1]  # (B, num_classes)
+    return logits[rows, lengths.to(logits.device) - 1]  # (B, num_classes)
 
 
 def _check_labels(labels: torch.Tensor, num_classes: int) -> None:

@@ -153,13 +153,18 @@ def _device(name: str) -> torch.device:
         raise ValueError(f"--device must be cpu, cuda, mps or auto, got {name!r}") from None
 
 
-def _run_config(meta: dict, run: str) -> GPTConfig:
-    extra = meta.get("train_config", {}).get("extra", {})
-    for found in (meta.get("model_config"), meta.get("model"), extra.get("model_config"),
-                  extra.get("model")):
-        if isinstance(found, dict):
-            return GPTConfig(**found)
-    raise ValueError(f"--run {run!r}: its checkpoint records no model configuration")
+def _run_config(run: Path) -> GPTConfig:
+    """The model configuration ``gpt-components train`` keeps in a run's ``config.json``."""
+    config_file = run / "config.json"
+    if not config_file.is_file():
+        raise FileNotFoundError(f"--run {str(run)!r} has no config.json: not a training run")
+    saved = json.loads(config_file.read_text(encoding="utf-8"))
+    if saved.get("tokenizer", "gpt2") != "gpt2":
+        raise ValueError(f"--run {str(run)!r} uses its own tokenizer; finetuning needs a model "
+                         "trained with the GPT-2 tokenizer (--tokenizer gpt2)")
+    if not isinstance(saved.get("model"), dict):
+        raise ValueError(f"--run {str(run)!r}: config.json records no model configuration")
+    return GPTConfig(**saved["model"])
 
 
 def load_start_model(weights: str | None = None, run: str | None = None,
@@ -174,8 +179,8 @@ def load_start_model(weights: str | None = None, run: str | None = None,
     if run is not None:
         if not Path(run).is_dir():
             raise FileNotFoundError(f"--run {run!r} is not a directory")
+        cfg = dataclasses.replace(_run_config(Path(run)), drop_rate=drop_rate)
         ckpt = load_checkpoint(run)
-        cfg = dataclasses.replace(_run_config(ckpt.meta, run), drop_rate=drop_rate)
         model = GPTModel(cfg)
         model.load_state_dict(ckpt.weights)
         return model, f"starting from run {run} (step {ckpt.meta.get('step')})"
