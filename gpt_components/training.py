@@ -330,14 +330,15 @@ def train(
     resume: bool = False,
     progress: bool = True,
     on_step: Callable[[dict], None] | None = None,
+    plot: bool = True,
 ) -> list[dict]:
     """Train ``model`` on windows of ``train_tokens``; returns the records of ``metrics.jsonl``.
 
     Writes checkpoints every ``cfg.checkpoint_interval`` steps and at the end, one metrics
     record per step (``step``, ``tokens_seen``, ``loss``, ``lr``, ``grad_norm``) and one per
     evaluation (``val_loss``, ``train_eval_loss``, ``sample`` when a tokenizer is given), and
-    ``loss.png``. ``resume=True`` continues from the run's latest checkpoint. Under an
-    initialised ``torch.distributed`` group the model is wrapped in DDP.
+    ``loss.png`` (unless ``plot`` is False). ``resume=True`` continues from the run's latest
+    checkpoint. Under an initialised ``torch.distributed`` group the model is wrapped in DDP.
     """
     cfg.validate()
     device = torch.device(device)
@@ -430,6 +431,6 @@ def train(
     if bar is not None:
         bar.close()
     records = read_metrics(run_dir) if rank == 0 else []
-    if rank == 0:
+    if rank == 0 and plot:
         plot_losses(records, run_dir / "loss.png")
     return records

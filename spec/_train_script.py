@@ -16,12 +16,31 @@ from gpt_components.model import GPTConfig, GPTModel
 from gpt_components.training import TrainConfig, train
 
 
+def run(run_dir: str, *, steps: int = 8, batch_size: int = 2, drop_rate: float = 0.1,
+        kill_at: int = 0, resume: bool = False) -> None:
+    """Train the spec's tiny GPT on a fixed random corpus (in this process or a torchrun rank)."""
+    tokens = np.random.default_rng(0).integers(0, 64, 2000).astype(np.uint16)
+    cfg = GPTConfig.from_name("gpt-nano", vocab_size=64, context_length=16, drop_rate=drop_rate)
+    with torch.random.fork_rng():
+        torch.manual_seed(7)
+        model = GPTModel(cfg)
+    train_cfg = TrainConfig(batch_size=batch_size, max_steps=steps, lr=3e-3, min_lr=3e-4,
+                            warmup_steps=2, eval_interval=3, eval_iters=2, checkpoint_interval=2,
+                            seed=11)
+
+    def kill(record: dict) -> None:
+        if record["step"] == kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    train(model, tokens[:1800], tokens[1800:], train_cfg, run_dir, context_length=16,
+          resume=resume, progress=False, on_step=kill, plot=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("run_dir")
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--batch-size", type=int, default=2)
-    parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--drop-rate", type=float, default=0.1)
     parser.add_argument("--kill-at", type=int, default=0)
     parser.add_argument("--resume", action="store_true")
@@ -29,21 +48,8 @@ def main() -> None:
     torch.set_num_threads(1)
     if "WORLD_SIZE" in os.environ:
         dist.init_process_group("gloo")
-    tokens = np.random.default_rng(0).integers(0, 64, 2000).astype(np.uint16)
-    cfg = GPTConfig.from_name("gpt-nano", vocab_size=64, context_length=16,
-                              drop_rate=args.drop_rate)
-    torch.manual_seed(7)
-    model = GPTModel(cfg)
-    train_cfg = TrainConfig(batch_size=args.batch_size, grad_accum=args.grad_accum,
-                            max_steps=args.steps, lr=3e-3, min_lr=3e-4, warmup_steps=2,
-                            eval_interval=3, eval_iters=2, checkpoint_interval=2, seed=11)
-
-    def kill(record: dict) -> None:
-        if record["step"] == args.kill_at:
-            os.kill(os.getpid(), signal.SIGKILL)
-
-    train(model, tokens[:1800], tokens[1800:], train_cfg, args.run_dir, context_length=16,
-          resume=args.resume, progress=False, on_step=kill)
+    run(args.run_dir, steps=args.steps, batch_size=args.batch_size, drop_rate=args.drop_rate,
+        kill_at=args.kill_at, resume=args.resume)
     if dist.is_initialized():
         dist.destroy_process_group()
 
