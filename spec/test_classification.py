@@ -25,7 +25,7 @@ from gpt_components.finetune.classification import (
     make_classifier,
     spam_splits,
     split_records,
-    train_classifier,
+    train_classifier_simple,
 )
 from gpt_components.finetune.lora import replace_linear_with_lora
 from gpt_components.model import GPTConfig, GPTModel
@@ -237,8 +237,8 @@ def test_training_steps_lower_the_loss_on_a_tiny_model(seed):
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     everything = DataLoader(data, batch_size=len(data))
     before = classification_loss(model, *next(iter(everything))).item()
-    records = train_classifier(model, loader, everything, optimizer, num_epochs=5, eval_freq=4,
-                               eval_iter=1, seed=seed)
+    records = train_classifier_simple(model, loader, everything, optimizer, num_epochs=5,
+                                      eval_freq=4, eval_iter=1, seed=seed)
     after = classification_loss(model, *next(iter(everything))).item()
     assert after < before
     assert [r["step"] for r in records] == list(range(1, 11))

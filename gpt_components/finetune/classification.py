@@ -6,7 +6,7 @@ position has seen the whole message, and padding after it cannot change it). Exp
 ``SPAM_LABELS``, ``LabeledText``, ``Splits``, ``load_sms_spam``, ``balance_classes``,
 ``split_records``, ``spam_splits``, ``SpamDataset``, ``make_classifier``, ``classifier_logits``,
 ``classification_loss``, ``classification_loss_loader``, ``classification_accuracy``,
-``train_classifier``, ``classify``, ``save_classifier`` and ``load_classifier``.
+``train_classifier_simple``, ``classify``, ``save_classifier`` and ``load_classifier``.
 
 >>> splits = spam_splits()  # balanced 747 ham + 747 spam, then 70/10/20
 >>> [len(part) for part in splits]
@@ -47,7 +47,7 @@ __all__ = [
     "classification_loss",
     "classification_loss_loader",
     "classification_accuracy",
-    "train_classifier",
+    "train_classifier_simple",
     "classify",
     "save_classifier",
     "load_classifier",
@@ -333,7 +333,7 @@ def classification_accuracy(
     return correct / seen if seen else float("nan")
 
 
-def train_classifier(
+def train_classifier_simple(
     model: nn.Module,
     train_loader: DataLoader,
     val_loader: DataLoader,

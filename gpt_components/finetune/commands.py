@@ -247,9 +247,9 @@ def finetune_classifier(args: argparse.Namespace) -> None:
     print(f"{count_trainable_parameters(model):,} trainable parameters; "
           f"{len(datasets[0])} training messages of at most {max_length} tokens", flush=True)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay)
-    records = cls.train_classifier(model, train_loader, val_loader, optimizer, device,
-                                   args.epochs, args.eval_freq, args.eval_iter, seed=args.seed,
-                                   on_record=_log)
+    records = cls.train_classifier_simple(model, train_loader, val_loader, optimizer, device,
+                                          args.epochs, args.eval_freq, args.eval_iter,
+                                          seed=args.seed, on_record=_log)
     model.eval()
     accuracy = {name: cls.classification_accuracy(loader, model, device)
                 for name, loader in (("train", train_loader), ("validation", val_loader),
