@@ -161,7 +161,7 @@ def _train(args: argparse.Namespace) -> None:
         corpus = corpus or tokenized()
     except (OSError, ValueError) as error:
         raise CLIError(f"--corpus: {error}") from None
-    train_tokens, val_tokens = TokenCorpus.split(corpus, train_cfg.val_fraction)
+    train_tokens, val_tokens = corpus.split(train_cfg.val_fraction)
     if rank == 0 and not args.resume:
         run_dir.mkdir(parents=True, exist_ok=True)
         saved_tokenizer = "gpt2"
