@@ -520,8 +520,12 @@ BAD_INPUTS = [
 @pytest.mark.parametrize(("x", "error", "message"), BAD_INPUTS,
                          ids=["list", "int64", "1-D", "4-D", "d_in"])
 def test_bad_inputs_to_causal_modules_raise_errors_naming_x(cls, x, error, message):
+    module = cls(**VALID[cls])
     with pytest.raises(error, match=message):
-        cls(**VALID[cls])(x)
+        module(x)
+    if hasattr(module, "attention_weights"):
+        with pytest.raises(error, match=message):
+            module.attention_weights(x)
 
 
 @pytest.mark.parametrize("cls", CAUSAL_MODULES, ids=lambda c: c.__name__)
