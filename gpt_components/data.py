@@ -160,8 +160,6 @@ def create_dataloader_v1(
     dropped, so a text with fewer than ``batch_size`` windows gives no batch at all.
     """
     _check_int("batch_size", batch_size, 1)
-    _check_int("max_length", max_length, 1)
-    _check_int("stride", stride, 1)
     _check_bool("shuffle", shuffle)
     _check_bool("drop_last", drop_last)
     _check_int("num_workers", num_workers, 0)

@@ -158,6 +158,11 @@ class SimpleTokenizerV1:
     def _words(self, text: str) -> list[str]:
         return split_words(text)
 
+    def _id_range(self) -> str:
+        if not self.int_to_str:
+            return "but the vocabulary is empty"
+        return f"not an id of the vocabulary (ids {min(self.int_to_str)}..{max(self.int_to_str)})"
+
     def encode(self, text: str) -> list[int]:
         """The ids of the words of ``text``; a word not in the vocabulary raises ``ValueError``."""
         ids = []
@@ -176,10 +181,7 @@ class SimpleTokenizerV1:
             except TypeError as err:
                 raise TypeError(f"ids must hold integers, got {token_id!r}") from err
             if token_id not in self.int_to_str:
-                raise ValueError(
-                    f"ids contains {token_id}, not an id of the vocabulary (ids "
-                    f"{min(self.int_to_str, default=0)}..{max(self.int_to_str, default=-1)})"
-                )
+                raise ValueError(f"ids contains {token_id}, {self._id_range()}")
             words.append(self.int_to_str[token_id])
         return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(words))
 
@@ -196,9 +198,8 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
         super().__init__(vocab)
         if UNK not in self.str_to_int:
             raise ValueError(f"vocab must contain the unknown-word token {UNK!r}")
-        specials = sorted(
-            (w for w in self.str_to_int if re.fullmatch(r"<\|[^|]*\|>", w)), key=len, reverse=True
-        )
+        # No special can be a prefix of another (each ends at its first "|>"), so order is moot.
+        specials = [w for w in self.str_to_int if re.fullmatch(r"<\|[^|]*\|>", w)]
         self._specials = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
 
     def _words(self, text: str) -> list[str]:

@@ -191,6 +191,22 @@ def test_any_tokenizer_with_an_encode_method_works():
     assert tokenizer.calls == [{ENDOFTEXT}]
 
 
+def test_a_tokenizer_whose_encode_has_no_signature_is_called_with_the_text_alone():
+    class Opaque:
+        @property
+        def __signature__(self):
+            raise ValueError("no signature found")
+
+        def __call__(self, text):
+            return [ord(c) for c in text]
+
+    class Tokenizer:
+        encode = Opaque()
+
+    dataset = GPTDatasetV1("abcde", Tokenizer(), 2, 2)
+    assert dataset.input_ids.tolist() == [[97, 98], [99, 100]]
+
+
 # ---------------------------------------------------------------- create_dataloader_v1
 
 def test_the_books_first_batches_on_the_verdict():
@@ -261,7 +277,7 @@ def test_shuffling_changes_the_order():
 @pytest.mark.parametrize(
     ("kwargs", "error", "name"),
     [
-        ({"batch_size": 0}, ValueError, "batch_size"),
+        ({"batch_size": 0}, ValueError, r"batch_size\b.*\b0"),
         ({"batch_size": 2.0}, TypeError, "batch_size"),
         ({"max_length": 0}, ValueError, "max_length"),
         ({"max_length": "4"}, TypeError, "max_length"),
@@ -273,17 +289,25 @@ def test_shuffling_changes_the_order():
         ({"drop_last": None}, TypeError, "drop_last"),
         ({"seed": -1}, ValueError, "seed"),
         ({"seed": 1.5}, TypeError, "seed"),
-        ({"generator": 3}, TypeError, "generator"),
+        ({"generator": 3}, TypeError, r"generator\b.*\bint"),
         ({"seed": 1, "generator": torch.Generator()}, ValueError, "seed"),
-        ({"tokenizer": object()}, TypeError, "tokenizer"),
-        ({"txt": b"bytes"}, TypeError, "txt"),
+        ({"tokenizer": object()}, TypeError, r"tokenizer\b.*\bobject"),
+        ({"txt": b"bytes"}, TypeError, r"txt\b.*\bbytes"),
         ({"txt": "too short", "max_length": 100}, ValueError, "max_length"),
     ],
 )
 def test_create_dataloader_v1_rejects_bad_arguments_naming_them(kwargs, error, name):
     arguments = {"txt": verdict()[:500], "max_length": 4, "stride": 4, **kwargs}
-    with pytest.raises(error, match=rf"\b{name}\b"):
+    with pytest.raises(error, match=rf"\b{name}"):
         create_dataloader_v1(**arguments)
+
+
+def test_loader_arguments_reach_the_dataloader():
+    loader = create_dataloader_v1(verdict()[:300], batch_size=3, max_length=1, stride=1,
+                                  shuffle=False, drop_last=False, num_workers=1)
+    assert (loader.batch_size, loader.drop_last, loader.num_workers) == (3, False, 1)
+    assert isinstance(loader.sampler, torch.utils.data.SequentialSampler)
+    assert loader.dataset.max_length == 1 and loader.dataset.input_ids.shape[1] == 1
 
 
 @pytest.mark.parametrize(

@@ -32,8 +32,10 @@ def logistic_inputs(draw):
     shape = draw(shapes)
     g = generator(draw(seeds))
     x = torch.randn(shape, generator=g, dtype=torch.float64) * 2
-    w_shape = shape[draw(st.integers(0, len(shape))):]
-    b_shape = draw(st.sampled_from([[], [1], w_shape]))
+    # Parameters may drop leading dimensions or keep a dimension at size 1 (both broadcast).
+    kept = shape[draw(st.integers(0, len(shape))):]
+    w_shape = [size if draw(st.booleans()) else 1 for size in kept]
+    b_shape = draw(st.sampled_from([[], [1], w_shape, [1] * len(shape)]))
     w = torch.randn(w_shape, generator=g, dtype=torch.float64)
     b = torch.randn(b_shape, generator=g, dtype=torch.float64)
     y = torch.rand(shape, generator=g, dtype=torch.float64)
