@@ -21,6 +21,7 @@ Exports: ``TokenCorpus``, ``TokenWindows``, ``prepare_corpus``, ``encode_text``.
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import json
 import os
@@ -49,16 +50,23 @@ def encode_text(text: str, tokenizer: Any) -> list[int]:
         return list(tokenizer.encode(text))
 
 
-def _chunks(text: str, chunk_chars: int) -> Iterator[str]:
-    """Pieces of about ``chunk_chars`` characters, cut only at safe split points."""
-    start = 0
-    while len(text) - start > chunk_chars:
-        cut = _SAFE_SPLIT.search(text, start + chunk_chars)
-        if cut is None:
-            break
-        yield text[start : cut.start()]
-        start = cut.start()
-    yield text[start:]
+def _pieces(path: Path, block_bytes: int) -> Iterator[str]:
+    """The file's text, read ``block_bytes`` bytes at a time and cut only at safe split points.
+
+    Memory stays bounded by the block size (plus any stretch with no safe point in it).
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    pending = ""
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(block_bytes), b""):
+            pending += decoder.decode(block)
+            cut = 0
+            for cut_match in _SAFE_SPLIT.finditer(pending):
+                cut = cut_match.start()
+            if cut:
+                yield pending[:cut]
+                pending = pending[cut:]
+    yield pending + decoder.decode(b"", final=True)
 
 
 def _source_files(source: Path) -> list[Path]:
@@ -118,16 +126,16 @@ def prepare_corpus(
     cache_dir: str | os.PathLike,
     *,
     tokenizer_name: str = "gpt2",
-    chunk_chars: int = 1 << 20,
+    block_bytes: int = 1 << 22,
 ) -> TokenCorpus:
     """Tokenize ``source`` into ``cache_dir`` once (reused while source and tokenizer match).
 
-    Memory stays flat: text is read file by file and encoded in ``chunk_chars`` pieces that are
-    cut only where the pre-tokenizer splits anyway, so the ids equal ``encode_text`` of the
-    whole text. The token file is written under a temporary name and renamed when complete.
+    Memory stays flat: each file is read in blocks of ``block_bytes`` bytes and encoded in
+    pieces cut only where the pre-tokenizer splits anyway, so the ids equal ``encode_text`` of
+    the whole text. The token file is written under a temporary name and renamed when complete.
     """
-    if chunk_chars < 1:
-        raise ValueError(f"chunk_chars must be >= 1, got {chunk_chars!r}")
+    if block_bytes < 1:
+        raise ValueError(f"block_bytes must be >= 1, got {block_bytes!r}")
     source = Path(source)
     files = _source_files(source)
     root = source if source.is_dir() else source.parent
@@ -152,7 +160,7 @@ def prepare_corpus(
             if index and eot is not None:
                 out.write(np.asarray([eot], dtype=dtype).tobytes())
                 count += 1
-            for piece in _chunks(path.read_bytes().decode("utf-8"), chunk_chars):
+            for piece in _pieces(path, block_bytes):
                 ids = np.asarray(encode_text(piece, tokenizer), dtype=dtype)
                 out.write(ids.tobytes())
                 count += len(ids)

@@ -32,12 +32,12 @@ def _write(directory: Path, name: str, text: str) -> Path:
     return path
 
 
-@given(text=texts, chunk_chars=st.integers(1, 40))
-@example(text=VERDICT[:3000], chunk_chars=100)
-def test_memory_mapped_corpus_yields_exactly_the_in_memory_tokens(text, chunk_chars):
+@given(text=texts, block_bytes=st.integers(1, 40))
+@example(text=VERDICT[:3000], block_bytes=100)
+def test_memory_mapped_corpus_yields_exactly_the_in_memory_tokens(text, block_bytes):
     with tempfile.TemporaryDirectory() as tmp:
         source = _write(Path(tmp), "c.txt", text)
-        corpus = prepare_corpus(source, TOK, Path(tmp) / "cache", chunk_chars=chunk_chars)
+        corpus = prepare_corpus(source, TOK, Path(tmp) / "cache", block_bytes=block_bytes)
         assert isinstance(corpus.tokens, np.memmap) or len(corpus) == 0
         assert corpus.tokens.dtype == np.uint16
         assert corpus.tokens.tolist() == TOK.encode(text)
