@@ -152,10 +152,11 @@ class GPTModel(nn.Module):
                 raise ValueError(f"kv_cache was made for batch_size={kv_cache.batch_size}, "
                                  f"idx has {b} rows")
             start = kv_cache.length
-            if start + t > kv_cache.max_tokens:
+            if start + t > min(kv_cache.max_tokens, self.cfg.context_length):
                 raise ValueError(f"idx adds {t} tokens to a kv_cache holding {start} of "
-                                 f"max_tokens={kv_cache.max_tokens}")
-        elif t > self.cfg.context_length:
+                                 f"max_tokens={kv_cache.max_tokens} (context_length="
+                                 f"{self.cfg.context_length})")
+        if start + t > self.cfg.context_length:
             raise ValueError(f"idx has {t} tokens, more than context_length="
                              f"{self.cfg.context_length}")
         positions = torch.arange(start, start + t, device=idx.device)

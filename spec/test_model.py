@@ -236,6 +236,8 @@ def test_bad_configs_and_caches_are_refused_naming_the_parameter():
     model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
     with pytest.raises(ValueError, match="max_tokens"):
         model(torch.zeros(1, 2, dtype=torch.long), kv_cache=cache)
+    with pytest.raises(ValueError, match="context_length"):
+        model(torch.zeros(1, 9, dtype=torch.long), kv_cache=KVCache(1, 1, 2, 4, 16))
     with pytest.raises(ValueError, match="max_tokens"):
         KVCache(1, 1, 1, 1, 0)
     with pytest.raises(TypeError, match="model"):
