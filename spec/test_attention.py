@@ -500,7 +500,10 @@ BAD_ARGUMENTS = [
 @pytest.mark.parametrize(("cls", "name", "value", "error"), BAD_ARGUMENTS,
                          ids=lambda v: getattr(v, "__name__", repr(v)))
 def test_bad_constructor_arguments_raise_errors_naming_the_parameter(cls, name, value, error):
-    with pytest.raises(error, match=rf"^{name} must be .*{re.escape(repr(value))}"):
+    message = rf"^{name} must be .*{re.escape(repr(value))}"
+    if error is TypeError:  # a wrong type is named too
+        message += rf" \({type(value).__name__}\)"
+    with pytest.raises(error, match=message):
         cls(**{**VALID[cls], name: value})
 
 
