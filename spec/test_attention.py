@@ -464,8 +464,10 @@ def test_multi_head_attention_keeps_the_books_names_and_shapes(cfg, p):
                                  MultiHeadAttention], ids=lambda c: c.__name__)
 def test_query_key_value_projections_have_no_bias_unless_asked(cls):
     kwargs = {"d_in": 4, "d_out": 4, "context_length": 4, "dropout": 0.0, "num_heads": 2}
-    accepted = cls.__init__.__code__.co_varnames
-    kwargs = {name: value for name, value in kwargs.items() if name in accepted}
+    if cls is SelfAttentionV2:
+        kwargs = {"d_in": 4, "d_out": 4}
+    elif cls is CausalAttention:
+        del kwargs["num_heads"]
     for module, bias in ((cls(**kwargs), False), (cls(**kwargs, qkv_bias=True), True)):
         projections = [m for name, m in module.named_modules()
                        if name.rsplit(".", 1)[-1] in ("W_query", "W_key", "W_value")]
