@@ -127,6 +127,13 @@ def test_exactly_context_length_tokens_and_the_last_id_are_accepted():
     assert layer(torch.zeros(2, 0, dtype=torch.int64)).shape == (2, 0, 3)
 
 
+@pytest.mark.parametrize("rate", [0.0, 1.0])
+def test_drop_rate_bounds_zero_and_one_are_accepted(rate):
+    layer = GPTEmbedding(7, 3, 5, drop_rate=rate).train()
+    out = layer(torch.tensor([[1, 2]]))
+    assert bool((out == 0).all()) == (rate == 1.0)
+
+
 @pytest.mark.parametrize(
     ("args", "kwargs", "error", "name"),
     [
