@@ -26,7 +26,7 @@ import functools
 import json
 import operator
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import tiktoken
 
@@ -38,6 +38,7 @@ __all__ = [
     "SimpleTokenizerV1",
     "SimpleTokenizerV2",
     "gpt2_tokenizer",
+    "GPT2Encoding",
     "gpt2_byte_decoder",
     "GPT2_PATTERN",
     "ENDOFTEXT",
@@ -93,10 +94,33 @@ def _gpt2_mergeable_ranks() -> dict[bytes, int]:
     }
 
 
+class GPT2Encoding(tiktoken.Encoding):
+    """tiktoken's ``Encoding`` whose ``decode`` rejects ids outside the vocabulary clearly.
+
+    Plain tiktoken raises a ``KeyError`` or an ``OverflowError`` from deep inside its Rust core.
+    """
+
+    def _check_ids(self, tokens: Sequence[int]) -> None:
+        for position, token in enumerate(tokens):
+            if not 0 <= token < self.n_vocab:
+                raise ValueError(
+                    f"tokens[{position}] = {token} is not a token id: ids must be in "
+                    f"[0, {self.n_vocab})"
+                )
+
+    def decode_bytes(self, tokens: Sequence[int]) -> bytes:
+        self._check_ids(tokens)
+        return super().decode_bytes(tokens)
+
+    def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
+        self._check_ids(tokens)
+        return super().decode(tokens, errors=errors)
+
+
 @functools.cache
-def gpt2_tokenizer() -> tiktoken.Encoding:
+def gpt2_tokenizer() -> GPT2Encoding:
     """tiktoken's ``gpt2`` encoding (50,257 tokens, ``<|endoftext|>`` = 50256), built offline."""
-    return tiktoken.Encoding(
+    return GPT2Encoding(
         name="gpt2",
         pat_str=GPT2_PATTERN,
         mergeable_ranks=_gpt2_mergeable_ranks(),

@@ -417,3 +417,29 @@ def test_gpt2_endoftext_raises_unless_allowed(before, after):
 
 def test_the_verdict_is_5145_gpt2_tokens():
     assert len(gpt2_tokenizer().encode(verdict())) == 5145
+
+
+@given(
+    st.lists(st.integers(0, 50256), max_size=8),
+    st.one_of(st.integers(max_value=-1), st.integers(min_value=50257)),
+    st.data(),
+)
+def test_gpt2_decode_rejects_ids_outside_the_vocabulary_naming_tokens(ids, bad, data):
+    position = data.draw(st.integers(0, len(ids)))
+    tokens = [*ids[:position], bad, *ids[position:]]
+    for decode in (gpt2_tokenizer().decode, gpt2_tokenizer().decode_bytes):
+        with pytest.raises(ValueError, match=rf"tokens\[{position}\] = {bad} .*\[0, 50257\)"):
+            decode(tokens)
+
+
+@given(st.lists(st.integers(0, 50256), max_size=16))
+def test_gpt2_decode_of_valid_ids_is_plain_tiktokens(ids):
+    plain = tiktoken.Encoding(
+        name="plain-gpt2",
+        pat_str=GPT2_PATTERN,
+        mergeable_ranks=reference_ranks(),
+        special_tokens={ENDOFTEXT: 50256},
+        explicit_n_vocab=50257,
+    )
+    assert gpt2_tokenizer().decode_bytes(ids) == plain.decode_bytes(ids)
+    assert gpt2_tokenizer().decode(ids) == plain.decode(ids)
