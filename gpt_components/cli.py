@@ -6,6 +6,8 @@
   directory (``config.json``, checkpoints, ``metrics.jsonl``, ``loss.png``) and ``--resume``.
   Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel.
 - ``generate``: continue a prompt from a run directory or GPT-2 weights, streaming tokens.
+- ``finetune-classifier``, ``classify``, ``finetune-instructions``, ``instruction-responses``:
+  chapters 6 and 7 (see ``gpt_components.finetune.commands``).
 
 >>> main(["info"])  # doctest: +ELLIPSIS
 gpt_components ...
@@ -27,6 +29,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from .finetune.commands import add_commands as add_finetune_commands
 
 __all__ = ["main", "build_parser"]
 
@@ -328,6 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
     info.set_defaults(run=_info)
     _add_train(commands)
     _add_generate(commands)
+    add_finetune_commands(commands)
     return parser
 
 
@@ -337,7 +342,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         args.run(args)
-    except CLIError as error:
+    except (CLIError, ValueError, FileNotFoundError) as error:
         print(f"gpt-components: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -21,7 +21,8 @@ def _subparsers():
     return parser._subparsers._group_actions[0].choices
 
 
-@pytest.mark.parametrize("command", ["train", "generate"])
+@pytest.mark.parametrize("command", ["train", "generate", "finetune-classifier", "classify",
+                                     "finetune-instructions", "instruction-responses"])
 def test_every_option_has_help_text(command):
     actions = [a for a in _subparsers()[command]._actions if a.dest != "help"]
     assert actions
@@ -38,6 +39,12 @@ def test_every_option_has_help_text(command):
     (["train", "--resume", "/no/such/run"], "--resume"),
     (["train", "--bf16", "--device", "cpu"], "bf16"),
     (["generate", "/no/such/run"], "source"),
+    (["finetune-classifier", "--out", "o", "--weights", "/no/such/weights"], "/no/such/weights"),
+    (["finetune-classifier", "--out", "o", "--run", "/no/such/run"], "/no/such/run"),
+    (["finetune-classifier", "--out", "o", "--lora-rank", "0"], "rank"),
+    (["finetune-instructions", "--out", "o", "--data", "/no/such/data.json"], "/no/such/data.json"),
+    (["classify", "hello", "--model", "/no/such/model"], "/no/such/model"),
+    (["instruction-responses", "--model", "/no/such/model"], "/no/such/model"),
 ])
 def test_a_bad_argument_gives_a_one_line_error_and_a_nonzero_exit(argv, fragment, tmp_path,
                                                                   capsys, monkeypatch):
