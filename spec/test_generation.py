@@ -276,3 +276,47 @@ def test_other_bad_inputs_are_refused_naming_the_parameter():
         token_ids_to_text(torch.zeros(2, 3, dtype=torch.long))
     with pytest.raises(ValueError, match="context_size"):
         generate_text_simple(torch.nn.Identity(), torch.tensor([[1]]), 1, 0)
+
+
+def sampling_reference(model, idx, max_new_tokens, context_size, g, **kwargs):
+    """The plainest sampling loop: the model's own logits of the window, one draw a step."""
+    for _ in range(max_new_tokens):
+        logits = model(idx[:, -context_size:])[:, -1]
+        idx = torch.cat([idx, sample_next_token(logits, generator=g, **kwargs)], dim=1)
+    return idx
+
+
+@given(run=runs(), seed=seeds, temperature=st.floats(0.3, 3.0),
+       top_k=st.none() | st.integers(1, 20), use_cache=st.booleans())
+def test_sampling_draws_what_a_loop_over_the_models_own_logits_draws(
+        run, seed, temperature, top_k, use_cache):
+    # generate applies the head to the last position only, through its own copy of the head
+    # on a CPU: the draws must still be those of the model's forward.
+    model, idx, max_new_tokens, context_size = run
+    kwargs = {"temperature": temperature, "top_k": top_k}
+    expected = sampling_reference(model, idx, max_new_tokens, context_size, generator(seed),
+                                  **kwargs)
+    out = generate(model, idx, max_new_tokens, context_size, use_cache=use_cache,
+                   generator=generator(seed), **kwargs)
+    assert torch.equal(out, expected)
+
+
+@given(run=runs(), head=st.sampled_from(["biased", "lora"]), use_cache=st.booleans())
+def test_a_replaced_or_adapted_output_head_is_the_one_generation_uses(run, head, use_cache):
+    model, idx, max_new_tokens, context_size = run
+    emb, vocab = model.cfg.emb_dim, model.cfg.vocab_size
+    g = generator(max_new_tokens)
+    if head == "biased":
+        model.out_head = torch.nn.Linear(emb, vocab, dtype=torch.float64)
+        with torch.no_grad():
+            model.out_head.bias.copy_(torch.randn(vocab, generator=g, dtype=torch.float64) * 3)
+    else:
+        from gpt_components.finetune.lora import LinearWithLoRA
+
+        model.out_head = LinearWithLoRA(model.out_head, rank=2, alpha=1.0, generator=g)
+        with torch.no_grad():
+            model.out_head.lora.B.copy_(torch.randn(2, vocab, generator=g,
+                                                    dtype=torch.float64) * 3)
+    expected = greedy_reference(model, idx, max_new_tokens, context_size)
+    assert torch.equal(generate(model, idx, max_new_tokens, context_size,
+                                use_cache=use_cache), expected)

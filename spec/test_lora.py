@@ -184,6 +184,7 @@ def test_a_lora_gpt_starts_as_the_base_gpt_and_merges_back_exactly(seed, n_layer
                                                                    alpha):
     g = generator(seed)
     base = _tiny_gpt(seed, n_layers, bias)
+    strides = {name: p.stride() for name, p in base.named_parameters()}
     idx = torch.randint(0, 32, (2, 8), generator=g)
     expected = base(idx)
     adapted = replace_linear_with_lora(base, rank, alpha, generator=g)
@@ -191,7 +192,10 @@ def test_a_lora_gpt_starts_as_the_base_gpt_and_merges_back_exactly(seed, n_layer
     assert all(p.requires_grad == (".lora." in name) for name, p in adapted.named_parameters())
     _randomise_adapters(adapted, g)
     moved = adapted(idx)
-    torch.testing.assert_close(merge_lora(adapted)(idx), moved, rtol=1e-9, atol=1e-9)
+    merged = merge_lora(adapted)
+    torch.testing.assert_close(merged(idx), moved, rtol=1e-9, atol=1e-9)
+    # Merged weights keep the memory order GPTModel chose for decoding speed.
+    assert {name: p.stride() for name, p in merged.named_parameters()} == strides
 
 
 def _closed_form(cfg: GPTConfig, num_classes: int, rank: int) -> int:

@@ -138,6 +138,37 @@ def test_the_cache_lives_outside_the_state_dict_and_the_tied_head_is_the_embeddi
     assert not any("mask" in key for key in model.state_dict())
 
 
+def layouts(model):
+    """Each weight matrix's strides, by name."""
+    return {name: p.stride() for name, p in model.named_parameters() if p.dim() == 2}
+
+
+@given(cfg=tiny_gpt_configs(), seed=seeds, batch=st.integers(1, 2), data=st.data())
+def test_widening_block_weights_are_column_major_without_changing_the_function(
+        cfg, seed, batch, data):
+    model = random_gpt_model(cfg, seed)
+    for name, module in model.trf_blocks.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            out_dim, in_dim = module.weight.shape
+            expected = (1, out_dim) if out_dim >= in_dim else (in_dim, 1)
+            assert module.weight.stride() == expected, name
+    assert model.out_head.weight.is_contiguous() and model.tok_emb.weight.is_contiguous()
+    # The same values stored row-major compute the same logits (float64).
+    row_major = random_gpt_model(cfg, seed)
+    for p in row_major.parameters():
+        p.data = p.data.contiguous()
+    idx = torch.randint(0, cfg.vocab_size, (batch, data.draw(st.integers(1, cfg.context_length))),
+                        generator=generator(seed + 1))
+    torch.testing.assert_close(model(idx), row_major(idx), rtol=1e-12, atol=1e-12)
+    # Loading a state dict (whose tensors have nn.Linear's [out, in] shapes) keeps the layout.
+    fresh = GPTModel(cfg).to(torch.float64)
+    state = {k: v.contiguous() for k, v in row_major.state_dict().items()}
+    assert all(state[k].shape == v.shape for k, v in model.state_dict().items())
+    fresh.load_state_dict(state)
+    assert layouts(fresh) == layouts(model)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+
+
 def expected_parameter_count(cfg):
     """GPT-2's size in closed form, term by term."""
     e, v = cfg.emb_dim, cfg.vocab_size

@@ -114,6 +114,8 @@ class LinearWithLoRA(nn.Module):
             dtype=base.weight.dtype,
         )
         with torch.no_grad():
+            # Keep the base weight's memory order (GPTModel stores some column-major).
+            linear.weight.data = torch.empty_like(base.weight)
             linear.weight.copy_(base.weight + self.lora.delta_weight())
             if base.bias is not None:
                 linear.bias.copy_(base.bias)
