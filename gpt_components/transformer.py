@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, _check_features
 
 __all__ = [
     "ATTENTION_KERNELS",
@@ -117,11 +117,14 @@ class CausalSelfAttention(MultiHeadAttention):
         """
         if kv_cache is None and self.kernel == "textbook":
             return super().forward(x)
+        x = _check_features(x, self.d_in, (3,))
         b, t, _ = x.shape
+        start = 0 if kv_cache is None else kv_cache.length
+        if start + t > self.context_length:
+            raise ValueError(f"x has {t} tokens after {start} cached ones, more than "
+                             f"context_length={self.context_length}")
         q, k, v = self._heads(x)
-        start = 0
         if kv_cache is not None:
-            start = kv_cache.length
             k, v = kv_cache.store(layer, k, v)  # (B, nh, start + T, hd)
         # Query i sits at absolute position start + i: it sees keys 0 .. start + i.
         future = self.mask[start:start + t, :start + t]

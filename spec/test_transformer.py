@@ -155,3 +155,26 @@ def test_bad_layer_norm_and_kernel_arguments_name_the_parameter():
         LayerNorm(4, eps=0.0)
     with pytest.raises(ValueError, match="kernel"):
         CausalSelfAttention(4, 4, 4, 0.0, 2, kernel="flash")
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "textbook"])
+def test_bad_attention_inputs_are_refused_naming_x(kernel):
+    from gpt_components.kv_cache import KVCache
+
+    attention = CausalSelfAttention(4, 4, 3, 0.0, 2, kernel=kernel)
+    for bad, error, match in (
+        ([[[0.0] * 4]], TypeError, r"^x must be a torch\.Tensor"),
+        (torch.zeros(1, 2, 4, dtype=torch.long), TypeError, r"^x must be a floating-point"),
+        (torch.zeros(2, 4), ValueError, r"^x must be 3-D"),
+        (torch.zeros(1, 2, 5), ValueError, r"^x must have d_in=4"),
+        (torch.zeros(1, 4, 4), ValueError, r"^x has 4 tokens.*context_length=3"),
+    ):
+        with pytest.raises(error, match=match):
+            attention(bad)
+    # A cache longer than the context cannot carry attention past it.
+    cache = KVCache(1, 1, 2, 2, max_tokens=8)
+    attention(torch.zeros(1, 2, 4), kv_cache=cache)
+    cache.advance(2)
+    with pytest.raises(ValueError, match=r"^x has 2 tokens after 2 cached ones.*"
+                                         r"context_length=3"):
+        attention(torch.zeros(1, 2, 4), kv_cache=cache)
