@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,28 +148,36 @@ def _is_ddp(model: nn.Module) -> bool:
 
 
 def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
-               micro_batches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str,
+               micro_batches: Sequence[Any], device: torch.device | str,
                *, grad_clip: float | None = None, autocast_dtype: torch.dtype | None = None,
-               step: int = 0) -> tuple[float, float]:
+               step: int = 0,
+               loss_fn: Callable[[nn.Module, Any, torch.device], torch.Tensor] | None = None,
+               ) -> tuple[float, float]:
     """One optimizer step over ``k`` micro-batches: returns (mean loss, global grad norm).
 
     Each micro-batch contributes ``loss / k``, so k micro-batches of B windows give the
     gradient of one batch of k*B. The norm is taken before clipping to ``grad_clip``. A
-    non-finite loss raises ``TrainingDivergedError`` before the weights change.
+    non-finite loss raises ``TrainingDivergedError`` before the weights change. A micro-batch
+    is an ``(inputs, targets)`` pair for ``calc_loss_batch``, or anything ``loss_fn(model,
+    micro_batch, device)`` turns into a scalar loss (the finetuning tasks pass their own).
     """
     if not micro_batches:
         raise ValueError("micro_batches must hold at least one (inputs, targets) pair")
     device = torch.device(device)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
-    for i, (x, y) in enumerate(micro_batches):
+    for i, batch in enumerate(micro_batches):
         last = i == len(micro_batches) - 1
         sync = contextlib.nullcontext() if last or not _is_ddp(model) else model.no_sync()
         cast = (torch.autocast(device.type, dtype=autocast_dtype) if autocast_dtype
                 else contextlib.nullcontext())
         with sync:
             with cast:
-                loss = calc_loss_batch(x, y, model, device)
+                if loss_fn is None:
+                    inputs, targets = batch
+                    loss = calc_loss_batch(inputs, targets, model, device)
+                else:
+                    loss = loss_fn(model, batch, device)
             (loss / len(micro_batches)).backward()
         total += loss.detach()
     mean = (total / len(micro_batches)).double()

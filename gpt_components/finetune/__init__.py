@@ -5,9 +5,10 @@
 True
 """
 
-from . import classification, instructions, lora
+from . import classification, instructions, loop, lora
 from .classification import *
 from .instructions import *
+from .loop import *
 from .lora import *
 
-__all__ = [*classification.__all__, *instructions.__all__, *lora.__all__]
+__all__ = [*classification.__all__, *instructions.__all__, *lora.__all__, *loop.__all__]

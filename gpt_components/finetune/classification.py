@@ -32,6 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..model import GPTConfig, GPTModel
 from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
+from .loop import finetune_loop
 
 __all__ = [
     "SPAM_LABELS",
@@ -353,48 +354,24 @@ def train_classifier_simple(
     ``val_loss``, ``train_accuracy`` and ``val_accuracy`` over ``eval_iter`` batches. With
     ``seed``, dropout draws from a generator seeded with it (torch's global state is restored).
     """
-    for name, value in (("num_epochs", num_epochs), ("eval_freq", eval_freq),
-                        ("eval_iter", eval_iter)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    records: list[dict] = []
-    step, examples_seen = 0, 0
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for epoch in range(num_epochs):
-            for i, batch in enumerate(train_loader):
-                model.train()
-                input_ids, labels, lengths = _unpack(batch, device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = classification_loss(model, input_ids, labels, lengths)
-                loss.backward()
-                if grad_clip is not None:
-                    nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-                optimizer.step()
-                step += 1
-                examples_seen += len(labels)
-                record = {"epoch": epoch + 1, "step": step, "examples_seen": examples_seen,
-                          "loss": loss.item()}
-                if step % eval_freq == 0 or i == len(train_loader) - 1:
-                    record |= _evaluate(model, train_loader, val_loader, device, eval_iter)
-                records.append(record)
-                if on_record is not None:
-                    on_record(record)
-    return records
+    if isinstance(eval_iter, bool) or not isinstance(eval_iter, int) or eval_iter < 1:
+        raise ValueError(f"eval_iter must be an int >= 1, got {eval_iter!r}")
 
+    def loss_fn(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
+        return classification_loss(model, *_unpack(batch, device))
 
-def _evaluate(model, train_loader, val_loader, device, eval_iter) -> dict[str, float]:
-    was_training = model.training
-    model.eval()
-    result = {
-        "train_loss": classification_loss_loader(train_loader, model, device, eval_iter),
-        "val_loss": classification_loss_loader(val_loader, model, device, eval_iter),
-        "train_accuracy": classification_accuracy(train_loader, model, device, eval_iter),
-        "val_accuracy": classification_accuracy(val_loader, model, device, eval_iter),
-    }
-    model.train(was_training)
-    return result
+    def evaluate() -> dict[str, float]:
+        return {
+            "train_loss": classification_loss_loader(train_loader, model, device, eval_iter),
+            "val_loss": classification_loss_loader(val_loader, model, device, eval_iter),
+            "train_accuracy": classification_accuracy(train_loader, model, device, eval_iter),
+            "val_accuracy": classification_accuracy(val_loader, model, device, eval_iter),
+        }
+
+    return finetune_loop(model, train_loader, optimizer, loss_fn=loss_fn,
+                         count=lambda batch: len(batch[1]), evaluate=evaluate, device=device,
+                         num_epochs=num_epochs, eval_freq=eval_freq, grad_clip=grad_clip,
+                         seed=seed, counted="examples_seen", on_record=on_record)
 
 
 def _num_classes(model: nn.Module) -> int:

@@ -33,8 +33,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..generation import generate
 from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
-from ..training import evaluate, train_step
+from ..training import evaluate
 from .classification import Splits, split_records
+from .loop import finetune_loop
 
 __all__ = [
     "load_instruction_data",
@@ -243,32 +244,18 @@ def train_instructions(
     ``eval_freq`` steps and at each epoch's end it also holds ``train_loss`` and ``val_loss``
     over ``eval_iter`` batches. With ``seed``, dropout draws from a generator seeded with it.
     """
-    for name, value in (("num_epochs", num_epochs), ("eval_freq", eval_freq),
-                        ("eval_iter", eval_iter)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    records: list[dict] = []
-    step, tokens_seen = 0, 0
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for epoch in range(num_epochs):
-            for i, (inputs, targets) in enumerate(train_loader):
-                model.train()
-                loss, _ = train_step(model, optimizer, [(inputs, targets)], device,
-                                     grad_clip=grad_clip, step=step + 1)
-                step += 1
-                tokens_seen += inputs.numel()
-                record = {"epoch": epoch + 1, "step": step, "tokens_seen": tokens_seen,
-                          "loss": loss}
-                if step % eval_freq == 0 or i == len(train_loader) - 1:
-                    train_loss, val_loss = evaluate(model, train_loader, val_loader, device,
-                                                    eval_iter)
-                    record |= {"train_loss": train_loss, "val_loss": val_loss}
-                records.append(record)
-                if on_record is not None:
-                    on_record(record)
-    return records
+    if isinstance(eval_iter, bool) or not isinstance(eval_iter, int) or eval_iter < 1:
+        raise ValueError(f"eval_iter must be an int >= 1, got {eval_iter!r}")
+
+    def losses() -> dict[str, float]:
+        train_loss, val_loss = evaluate(model, train_loader, val_loader, device, eval_iter)
+        return {"train_loss": train_loss, "val_loss": val_loss}
+
+    # No loss_fn: next-token cross-entropy, whose -100 targets carry no loss.
+    return finetune_loop(model, train_loader, optimizer,
+                         count=lambda batch: batch[0].numel(), evaluate=losses, device=device,
+                         num_epochs=num_epochs, eval_freq=eval_freq, grad_clip=grad_clip,
+                         seed=seed, counted="tokens_seen", on_record=on_record)
 
 
 def generate_responses(
