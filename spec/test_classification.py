@@ -1,10 +1,8 @@
-"""Classification finetuning (chapter 6): balanced splits, padded batches, the last real token."""
+"""Classification finetuning (chapter 6): the last real token, trainable parts, loss, commands."""
 
 from __future__ import annotations
 
 import copy
-import functools
-from collections import Counter
 
 import pytest
 import torch
@@ -13,21 +11,15 @@ from hypothesis import strategies as st
 from torch.utils.data import DataLoader
 
 from gpt_components.finetune.classification import (
-    SPAM_LABELS,
-    LabeledText,
-    SpamDataset,
-    balance_classes,
     classification_accuracy,
     classification_loss,
     classifier_logits,
     classify,
-    load_sms_spam,
     make_classifier,
-    spam_splits,
-    split_records,
     train_classifier_simple,
 )
 from gpt_components.finetune.lora import replace_linear_with_lora
+from gpt_components.finetune.spam_data import SPAM_LABELS, LabeledText, SpamDataset
 from gpt_components.model import GPTConfig, GPTModel
 from gpt_components.tokenizers import gpt2_tokenizer
 from spec.strategies import generator, seeds
@@ -50,64 +42,6 @@ def tiny_gpt(seed: int, n_layers: int = 2, context_length: int = 24, vocab_size:
         for p in model.parameters():
             p.copy_(0.3 * torch.randn(p.shape, generator=g, dtype=dtype))
     return model
-
-
-@functools.cache
-def _sms() -> list[LabeledText]:
-    return load_sms_spam()
-
-
-labelled = st.lists(st.integers(0, 2), min_size=1, max_size=60).map(
-    lambda labels: [LabeledText(f"message {i}", label) for i, label in enumerate(labels)]
-)
-
-
-@given(labelled, seeds)
-def test_balancing_keeps_every_class_at_the_size_of_the_smallest(records, seed):
-    balanced = balance_classes(records, seed=seed)
-    counts = Counter(r.label for r in records)
-    assert Counter(r.label for r in balanced) == {label: min(counts.values()) for label in counts}
-    assert len(set(balanced)) == len(balanced)
-    assert set(balanced) <= set(records)
-
-
-@given(labelled, seeds)
-def test_splits_are_disjoint_and_cover_the_data_70_10_20(records, seed):
-    train, validation, test = split_records(records, (0.7, 0.1, 0.2), seed=seed)
-    n = len(records)
-    assert (len(train), len(validation)) == (int(0.7 * n), int(0.1 * n))
-    assert Counter(train + validation + test) == Counter(records)
-    assert split_records(records, (0.7, 0.1, 0.2), seed=seed) == (train, validation, test)
-
-
-def test_bundled_spam_splits_balance_747_messages_per_class():
-    splits = spam_splits(seed=123)
-    combined = splits.train + splits.validation + splits.test
-    assert [len(part) for part in splits] == [1045, 149, 300]
-    assert Counter(r.label for r in combined) == {0: 747, 1: 747}
-    assert Counter(r.label for r in _sms()) == {0: 4827, 1: 747}
-    assert all(r in set(_sms()) for r in combined)
-
-
-texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=40)
-
-
-@given(st.lists(st.tuples(texts, st.integers(0, 1)), min_size=1, max_size=6),
-       st.none() | st.integers(1, 12))
-def test_dataset_pads_with_end_of_text_and_counts_the_real_tokens(records, max_length):
-    tok = gpt2_tokenizer()
-    encoded = [tok.encode(text) for text, _ in records]
-    if any(not ids for ids in encoded):
-        with pytest.raises(ValueError, match="text of record"):
-            SpamDataset(records, max_length=max_length)
-        return
-    dataset = SpamDataset(records, max_length=max_length)
-    width = max(map(len, encoded)) if max_length is None else max_length
-    assert len(dataset) == len(records)
-    for (_text, label), ids, (row, target, length) in zip(records, encoded, dataset, strict=True):
-        kept = ids[:width]
-        assert row.tolist() == kept + [EOT] * (width - len(kept))
-        assert (int(target), int(length)) == (label, len(kept))
 
 
 @given(seeds, st.lists(st.lists(st.integers(0, PAD), min_size=1, max_size=10),
@@ -201,26 +135,13 @@ def test_labels_outside_the_classes_are_rejected(num_classes, offset):
         classification_loss(model, torch.tensor([[1, 2]]), torch.tensor([-1]))
 
 
-def test_a_file_label_outside_the_classes_is_rejected(tmp_path):
-    path = tmp_path / "sms.tsv"
-    path.write_text("ham\thello\nmaybe\tfree money\n", encoding="utf-8")
-    with pytest.raises(ValueError, match="label on line 2 .* got 'maybe'"):
-        load_sms_spam(path)
-    with pytest.raises(FileNotFoundError, match="path"):
-        load_sms_spam(tmp_path / "missing.tsv")
-
-
 def test_bad_arguments_name_themselves():
-    with pytest.raises(ValueError, match="max_length"):
-        SpamDataset([("hi", 0)], max_length=0)
     with pytest.raises(ValueError, match="num_classes"):
         make_classifier(tiny_gpt(0), num_classes=0)
     with pytest.raises(TypeError, match="model"):
         make_classifier(torch.nn.Linear(2, 2))
     with pytest.raises(ValueError, match="lengths"):
         classifier_logits(make_classifier(tiny_gpt(0)), torch.tensor([[1, 2]]), torch.tensor([3]))
-    with pytest.raises(ValueError, match="fractions"):
-        split_records([1, 2], (0.5, 0.5, 0.5))
     loader = DataLoader(SpamDataset([("hi", 0)]), batch_size=1)
     with pytest.raises(ValueError, match="num_batches"):
         classification_accuracy(loader, make_classifier(tiny_gpt(0, vocab_size=50257)), "cpu", 0)

@@ -5,10 +5,12 @@
 True
 """
 
-from . import classification, instructions, loop, lora
+from . import classification, instructions, loop, lora, spam_data
 from .classification import *
 from .instructions import *
 from .loop import *
 from .lora import *
+from .spam_data import *
 
-__all__ = [*classification.__all__, *instructions.__all__, *lora.__all__, *loop.__all__]
+__all__ = [*classification.__all__, *instructions.__all__, *lora.__all__, *loop.__all__,
+           *spam_data.__all__]

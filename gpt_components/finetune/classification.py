@@ -2,17 +2,17 @@
 
 The model is a ``GPTModel`` whose output head maps to ``num_classes`` scores instead of the
 vocabulary; the label is read at the *last real token* of each text (with causal attention that
-position has seen the whole message, and padding after it cannot change it). Exports
-``SPAM_LABELS``, ``LabeledText``, ``Splits``, ``load_sms_spam``, ``balance_classes``,
-``split_records``, ``spam_splits``, ``SpamDataset``, ``make_classifier``, ``classifier_logits``,
-``classification_loss``, ``classification_loss_loader``, ``classification_accuracy``,
-``train_classifier_simple``, ``classify``, ``save_classifier`` and ``load_classifier``.
+position has seen the whole message, and padding after it cannot change it). The data side
+(loading, balancing, splitting, padding) is ``finetune.spam_data``. Exports
+``make_classifier``, ``classifier_logits``, ``classification_loss``,
+``classification_loss_loader``, ``classification_accuracy``, ``train_classifier_simple``,
+``classify``, ``save_classifier`` and ``load_classifier``.
 
->>> splits = spam_splits()  # balanced 747 ham + 747 spam, then 70/10/20
->>> [len(part) for part in splits]
-[1045, 149, 300]
->>> splits.train[0].label in (0, 1)
-True
+>>> import torch
+>>> from gpt_components.model import GPTConfig, GPTModel
+>>> model = make_classifier(GPTModel(GPTConfig.from_name("gpt-nano")), num_classes=2)
+>>> classifier_logits(model, torch.tensor([[5303, 50256]]), torch.tensor([1])).shape
+torch.Size([1, 2])
 """
 
 from __future__ import annotations
@@ -22,27 +22,18 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NamedTuple, TypeVar
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 from ..model import GPTConfig, GPTModel
-from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
 from .loop import finetune_loop
+from .spam_data import SPAM_LABELS
 
 __all__ = [
-    "SPAM_LABELS",
-    "LabeledText",
-    "Splits",
-    "load_sms_spam",
-    "balance_classes",
-    "split_records",
-    "spam_splits",
-    "SpamDataset",
     "make_classifier",
     "classifier_logits",
     "classification_loss",
@@ -53,153 +44,6 @@ __all__ = [
     "save_classifier",
     "load_classifier",
 ]
-
-SPAM_LABELS = ("ham", "spam")
-ENDOFTEXT_ID = 50256
-
-T = TypeVar("T")
-
-
-class LabeledText(NamedTuple):
-    """A text and its class index (0 = ham, 1 = spam for the SMS collection)."""
-
-    text: str
-    label: int
-
-
-class Splits(NamedTuple):
-    """Disjoint train, validation and test parts of one data set."""
-
-    train: list
-    validation: list
-    test: list
-
-
-def load_sms_spam(
-    path: str | os.PathLike | None = None, labels: Sequence[str] = SPAM_LABELS
-) -> list[LabeledText]:
-    """``label<TAB>text`` lines (the bundled SMS Spam Collection by default) as ``LabeledText``."""
-    path = resource_path("sms-spam-collection.tsv") if path is None else path
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"path: no label<TAB>text file at {os.fspath(path)!r}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            line = line.rstrip("\r\n")
-            if not line:
-                continue
-            label, tab, text = line.partition("\t")
-            if not tab:
-                raise ValueError(f"path: line {number} of {os.fspath(path)!r} has no TAB")
-            if label not in labels:
-                raise ValueError(
-                    f"label on line {number} of {os.fspath(path)!r} must be one of "
-                    f"{tuple(labels)}, got {label!r}"
-                )
-            records.append(LabeledText(text, list(labels).index(label)))
-    if not records:
-        raise ValueError(f"path: {os.fspath(path)!r} holds no records")
-    return records
-
-
-def balance_classes(records: Sequence[LabeledText], seed: int = 123) -> list[LabeledText]:
-    """Undersample every class to the size of the smallest, choosing with ``seed``.
-
-    The kept records stay in their original order.
-    """
-    by_label: dict[int, list[int]] = {}
-    for index, record in enumerate(records):
-        by_label.setdefault(record.label, []).append(index)
-    if not by_label:
-        raise ValueError("records must hold at least one record, got none")
-    size = min(len(indices) for indices in by_label.values())
-    g = torch.Generator().manual_seed(seed)
-    kept: list[int] = []
-    for label in sorted(by_label):
-        indices = by_label[label]
-        chosen = torch.randperm(len(indices), generator=g)[:size]
-        kept.extend(indices[i] for i in chosen.tolist())
-    return [records[i] for i in sorted(kept)]
-
-
-def split_records(
-    records: Sequence[T], fractions: Sequence[float] = (0.7, 0.1, 0.2), seed: int = 123
-) -> Splits:
-    """Shuffle with ``seed`` and cut into train, validation and test by ``fractions``.
-
-    Train gets ``int(n * fractions[0])`` records, validation ``int(n * fractions[1])`` and test
-    the rest, so the three parts are disjoint and together hold every record.
-    """
-    if len(fractions) != 3 or any(not 0 <= f <= 1 for f in fractions):
-        raise ValueError(f"fractions must be three numbers in [0, 1], got {tuple(fractions)}")
-    if abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"fractions must sum to 1, got {tuple(fractions)} (sum {sum(fractions)})")
-    n = len(records)
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-    shuffled = [records[i] for i in order]
-    train_end = int(n * fractions[0])
-    validation_end = train_end + int(n * fractions[1])
-    return Splits(
-        shuffled[:train_end], shuffled[train_end:validation_end], shuffled[validation_end:]
-    )
-
-
-def spam_splits(
-    path: str | os.PathLike | None = None, seed: int = 123, balance: bool = True
-) -> Splits:
-    """The SMS collection, balanced by undersampling ham (by default), split 70/10/20."""
-    records = load_sms_spam(path)
-    if balance:
-        records = balance_classes(records, seed=seed)
-    return split_records(records, (0.7, 0.1, 0.2), seed=seed)
-
-
-class SpamDataset(Dataset):
-    """Texts tokenized, cut to ``max_length`` and padded to it with ``pad_token_id``.
-
-    ``max_length`` defaults to the longest text. Items are ``(input_ids, label, length)``:
-    ``length`` counts the real tokens, so the classifier can read the last one.
-    """
-
-    def __init__(
-        self,
-        records: Sequence[tuple[str, int]],
-        tokenizer=None,
-        max_length: int | None = None,
-        pad_token_id: int = ENDOFTEXT_ID,
-        num_classes: int = len(SPAM_LABELS),
-    ) -> None:
-        if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
-            raise ValueError(f"max_length must be an int >= 1 or None, got {max_length!r}")
-        tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
-        encoded, labels = [], []
-        for i, (text, label) in enumerate(records):
-            if isinstance(label, bool) or not isinstance(label, int):
-                raise TypeError(f"label of record {i} must be an int class index, got {label!r}")
-            if not 0 <= label < num_classes:
-                raise ValueError(
-                    f"label of record {i} must be in [0, {num_classes}), got {label}"
-                )
-            ids = tokenizer.encode(text)
-            if not ids:
-                raise ValueError(f"text of record {i} must hold at least one token, got {text!r}")
-            encoded.append(ids)
-            labels.append(label)
-        if not encoded:
-            raise ValueError("records must hold at least one record, got none")
-        self.max_length = max(map(len, encoded)) if max_length is None else max_length
-        self.lengths = torch.tensor([min(len(ids), self.max_length) for ids in encoded])
-        self.input_ids = torch.full((len(encoded), self.max_length), pad_token_id)
-        for row, ids in enumerate(encoded):
-            ids = ids[: self.max_length]
-            self.input_ids[row, : len(ids)] = torch.tensor(ids)
-        self.labels = torch.tensor(labels)
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.input_ids[index], self.labels[index], self.lengths[index]
 
 
 def make_classifier(

@@ -34,6 +34,7 @@ from ..training import calc_loss_loader, configure_optimizer
 from ..weights import load_pretrained, save_pretrained
 from . import classification as cls
 from . import instructions as ins
+from . import spam_data
 from .lora import count_trainable_parameters, merge_lora, replace_linear_with_lora, save_lora
 
 __all__ = ["add_commands", "load_start_model"]
@@ -225,13 +226,13 @@ def finetune_classifier(args: argparse.Namespace) -> None:
     model, origin = load_start_model(args.weights, args.run_dir, args.preset, args.drop_rate,
                                      args.seed)
     print(origin, flush=True)
-    splits = cls.spam_splits(args.data, seed=args.seed)
+    splits = spam_data.spam_splits(args.data, seed=args.seed)
     train_records = splits.train[: args.limit]
     tok = gpt2_tokenizer()
     context = model.cfg.context_length
     longest = max(len(tok.encode(r.text)) for r in train_records)
     max_length = min(args.max_length or longest, context)
-    datasets = [cls.SpamDataset(part, tok, max_length=max_length)
+    datasets = [spam_data.SpamDataset(part, tok, max_length=max_length)
                 for part in (train_records, splits.validation, splits.test)]
     g = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(datasets[0], args.batch_size, shuffle=True, drop_last=True,
@@ -241,7 +242,7 @@ def finetune_classifier(args: argparse.Namespace) -> None:
         raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(datasets[0])} "
                          "training examples")
     blocks = None if args.train_all or args.lora_rank else args.trainable_blocks
-    cls.make_classifier(model, len(cls.SPAM_LABELS), blocks, generator=g)
+    cls.make_classifier(model, len(spam_data.SPAM_LABELS), blocks, generator=g)
     _apply_lora(model, args, g)
     model.to(device)
     print(f"{count_trainable_parameters(model):,} trainable parameters; "
@@ -260,7 +261,7 @@ def finetune_classifier(args: argparse.Namespace) -> None:
         save_lora(model, out / "lora.safetensors")
         merge_lora(model)
     lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
-    cls.save_classifier(model, out, cls.SPAM_LABELS, max_length, started=origin, lora=lora,
+    cls.save_classifier(model, out, spam_data.SPAM_LABELS, max_length, started=origin, lora=lora,
                         accuracy=accuracy)
     _write_metrics(out, records, {"started": origin, "accuracy": accuracy, "lora": lora})
     print(" ".join(f"{k} accuracy {v:.2%}" for k, v in accuracy.items()))

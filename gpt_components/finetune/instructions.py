@@ -34,8 +34,8 @@ from ..generation import generate
 from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
 from ..training import evaluate
-from .classification import Splits, split_records
 from .loop import finetune_loop
+from .spam_data import Splits, split_records
 
 __all__ = [
     "load_instruction_data",
