@@ -2,7 +2,8 @@
 
 Modules follow the pipeline of "Build a Large Language Model (From Scratch)", in order:
 fundamentals -> tokenizers -> data -> embeddings -> attention -> transformer -> model ->
-generation -> training -> finetuning. Everything listed in ``__all__`` is the public API.
+generation -> training (with its checkpoints and metrics) -> finetuning. Everything listed in
+``__all__`` is the public API.
 
 >>> import gpt_components
 >>> "MultiHeadAttention" in gpt_components.__all__
@@ -20,6 +21,7 @@ from . import (
     fundamentals,
     generation,
     kv_cache,
+    metrics,
     model,
     resources,
     tokenizers,
@@ -37,6 +39,7 @@ from .finetune import *
 from .fundamentals import *
 from .generation import *
 from .kv_cache import *
+from .metrics import *
 from .model import *
 from .resources import *
 from .tokenizers import *
@@ -61,6 +64,7 @@ _MODULES = (
     weights,
     corpus,
     checkpoint,
+    metrics,
     training,
     finetune,
 )

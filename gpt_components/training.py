@@ -24,11 +24,10 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +40,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .corpus import TokenWindows
+from .metrics import append_metrics, plot_losses, read_metrics, start_metrics
 
 __all__ = [
     "calc_loss_batch",
@@ -53,8 +53,6 @@ __all__ = [
     "train",
     "TrainConfig",
     "TrainingDivergedError",
-    "read_metrics",
-    "plot_losses",
 ]
 
 
@@ -275,47 +273,6 @@ class _Schedule:
         return self._perm[1][start : start + b].tolist()
 
 
-def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
-    """The records of ``metrics.jsonl`` (a half-written last line is skipped)."""
-    path = Path(run_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    records = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            break
-    return records
-
-
-def _truncate_metrics(run_dir: Path, step: int) -> None:
-    kept = [r for r in read_metrics(run_dir) if r["step"] <= step]
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    (run_dir / "metrics.jsonl").write_text(text, encoding="utf-8")
-
-
-def plot_losses(records: Iterable[dict], path: str | os.PathLike) -> None:
-    """Draw training and validation loss against tokens seen into ``path`` (PNG, Agg)."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    records = list(records)
-    steps = [r for r in records if "loss" in r]
-    evals = [r for r in records if "val_loss" in r]
-    fig = Figure(figsize=(6, 4))
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    ax.plot([r["tokens_seen"] for r in steps], [r["loss"] for r in steps], label="train (step)")
-    ax.plot([r["tokens_seen"] for r in evals], [r["val_loss"] for r in evals], "o-",
-            label="validation")
-    ax.set_xlabel("tokens seen")
-    ax.set_ylabel("cross-entropy loss")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-
-
 def _sample(model: nn.Module, tokenizer: Any, prompt: str, n: int, context: int,
             device: torch.device) -> str:
     from .generation import generate
@@ -368,11 +325,8 @@ def train(
         model.load_state_dict(ckpt.weights)
         optimizer.load_state_dict(ckpt.state["optimizer"])
         step = ckpt.meta["step"]
-        if rank == 0:
-            _truncate_metrics(run_dir, step)
-    elif rank == 0:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "metrics.jsonl").write_text("", encoding="utf-8")
+    if rank == 0:
+        start_metrics(run_dir, keep_until_step=step if resume else None)
     raw_model = model
     if cfg.compile:
         model = torch.compile(model)
@@ -416,8 +370,7 @@ def train(
                     raw_model.train()
                 records.append(evaluation)
             if rank == 0:
-                with open(run_dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-                    f.write("".join(json.dumps(r) + "\n" for r in records))
+                append_metrics(run_dir, records)
                 if step % cfg.checkpoint_interval == 0 or step == total_steps:
                     meta = {"step": step, "data_position": schedule.position(step),
                             "tokens_seen": record["tokens_seen"], "seed": cfg.seed,

@@ -6,8 +6,8 @@ import pytest
 
 from gpt_components.bpe import BPETokenizer
 from gpt_components.cli import build_parser, main
+from gpt_components.metrics import read_metrics
 from gpt_components.resources import load_text
-from gpt_components.training import read_metrics
 
 pytestmark = pytest.mark.ch05
 

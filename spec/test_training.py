@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from gpt_components.metrics import read_metrics
 from gpt_components.model import GPTConfig, GPTModel
 from gpt_components.training import (
     TrainConfig,
@@ -27,7 +28,6 @@ from gpt_components.training import (
     evaluate,
     lr_at,
     perplexity,
-    read_metrics,
     train,
     train_step,
 )
