@@ -13,6 +13,7 @@ True
 from . import (
     attention,
     bpe,
+    bpe_merges,
     checkpoint,
     corpus,
     data,
@@ -31,6 +32,7 @@ from . import (
 )
 from .attention import *
 from .bpe import *
+from .bpe_merges import *
 from .checkpoint import *
 from .corpus import *
 from .data import *
@@ -54,6 +56,7 @@ _MODULES = (
     resources,
     tokenizers,
     bpe,
+    bpe_merges,
     data,
     embeddings,
     attention,

@@ -24,17 +24,17 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import heapq
 import itertools
 import json
 import os
-from collections import Counter, defaultdict
+from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import regex
 
+from .bpe_merges import learn_merges
 from .resources import resource_path
 from .tokenizers import ENDOFTEXT, GPT2_PATTERN, gpt2_byte_decoder
 
@@ -117,7 +117,7 @@ class BPETokenizer:
         _check_int("vocab_size", vocab_size, 256 + len(specials))
         pieces = _split_on_specials(text, specials)
         chunk_counts = Counter(itertools.chain.from_iterable(map(_pretokenize, pieces)))
-        vocab, merges = _learn_merges(chunk_counts, vocab_size - len(specials), min_frequency)
+        vocab, merges = learn_merges(chunk_counts, vocab_size - len(specials), min_frequency)
         ranks = {token: rank for rank, token in enumerate(vocab)}
         special_ids = {name: len(vocab) + i for i, name in enumerate(specials)}
         return cls(ranks, [(vocab[a], vocab[b]) for a, b in merges], special_ids)
@@ -338,89 +338,6 @@ class BPETokenizer:
 
 
 # -- training ------------------------------------------------------------------------------------
-
-
-def _learn_merges(
-    chunk_counts: Mapping[str, int], n_ordinary: int, min_frequency: int
-) -> tuple[list[bytes], list[tuple[int, int]]]:
-    """Byte-level BPE training over unique chunks weighted by their counts.
-
-    Pair counts are updated incrementally: a merge only revisits the chunks that hold the merged
-    pair (found through ``where``), and a max-heap keyed by ``(-count, left, right)`` finds the
-    next pair. Heap entries can go stale: every pair whose count grows is pushed again with its
-    new count, so some entry of each pair never under-states it, and a popped entry that
-    over-states it is pushed back with the current count. The first up-to-date entry popped is
-    therefore the true maximum.
-    """
-    words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
-    counts = list(chunk_counts.values())
-    pair_counts: dict[tuple[int, int], int] = defaultdict(int)
-    where: dict[tuple[int, int], set[int]] = defaultdict(set)
-    for w, (word, count) in enumerate(zip(words, counts, strict=True)):
-        for pair in itertools.pairwise(word):
-            pair_counts[pair] += count
-            where[pair].add(w)
-    heap = [(-count, *pair) for pair, count in pair_counts.items()]
-    heapq.heapify(heap)
-    vocab = [bytes([byte]) for byte in range(256)]
-    id_of = {token: rank for rank, token in enumerate(vocab)}
-    merges: list[tuple[int, int]] = []
-    while len(vocab) < n_ordinary and heap:
-        negative, left, right = heapq.heappop(heap)
-        count = pair_counts.get((left, right), 0)
-        if count != -negative:
-            if 0 < count < -negative:
-                heapq.heappush(heap, (-count, left, right))
-            continue
-        if count < min_frequency:
-            break
-        joined = vocab[left] + vocab[right]
-        if joined not in id_of:
-            # The same bytes can come from two different pairs; they share one token.
-            id_of[joined] = len(vocab)
-            vocab.append(joined)
-        merges.append((left, right))
-        _apply_merge((left, right), id_of[joined], words, counts, pair_counts, where, heap)
-    return vocab, merges
-
-
-def _apply_merge(pair, new_id, words, counts, pair_counts, where, heap) -> None:
-    deltas: dict[tuple[int, int], int] = defaultdict(int)
-    for w in where.pop(pair):
-        word = words[w]
-        merged = _merge_word(word, pair, new_id)
-        if len(merged) == len(word):
-            continue  # a stale index entry: an earlier merge already consumed this pair here
-        count = counts[w]
-        for old in itertools.pairwise(word):
-            deltas[old] -= count
-        for new in itertools.pairwise(merged):
-            deltas[new] += count
-            where[new].add(w)
-        words[w] = merged
-    for changed, delta in deltas.items():
-        total = pair_counts[changed] + delta
-        if total:
-            pair_counts[changed] = total
-        else:
-            del pair_counts[changed]
-        if delta > 0:
-            heapq.heappush(heap, (-total, *changed))
-
-
-def _merge_word(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
-    """Replace each occurrence of ``pair``, left to right and without overlap, by ``new_id``."""
-    left, right = pair
-    merged = []
-    i = 0
-    while i < len(word):
-        if word[i] == left and i + 1 < len(word) and word[i + 1] == right:
-            merged.append(new_id)
-            i += 2
-        else:
-            merged.append(word[i])
-            i += 1
-    return merged
 
 
 # -- helpers -------------------------------------------------------------------------------------
