@@ -230,6 +230,7 @@ def test_the_books_dict_config_builds_the_same_model():
         (torch.tensor([1, 2]), ValueError, "idx"),
         (torch.tensor([[[1, 2]]]), ValueError, "idx"),
         (torch.zeros(1, 0, dtype=torch.long), ValueError, "idx"),
+        (torch.zeros(0, 3, dtype=torch.long), ValueError, r"^idx must hold at least one row"),
         (torch.tensor([[1, 60]]), ValueError, "vocab_size"),
         (torch.tensor([[-1, 2]]), ValueError, "vocab_size"),
         (torch.zeros(1, 9, dtype=torch.long), ValueError, "context_length"),
