@@ -224,9 +224,10 @@ class TrainConfig:
         for name in ("batch_size", "grad_accum", "epochs", "eval_interval", "eval_iters",
                      "checkpoint_interval", "keep_checkpoints"):
             value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.max_steps is not None and (not isinstance(self.max_steps, int)
+        if self.max_steps is not None and (isinstance(self.max_steps, bool)
+                                           or not isinstance(self.max_steps, int)
                                            or self.max_steps < 1):
             raise ValueError(f"max_steps must be an int >= 1 or None, got {self.max_steps!r}")
         if self.grad_clip is not None and not self.grad_clip > 0:

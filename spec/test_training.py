@@ -251,8 +251,10 @@ def test_bad_training_arguments_name_the_parameter(tmp_path):
     tokens = np.zeros(100, dtype=np.uint16)
     model = _tiny(0)
     for field, value in [("batch_size", 0), ("grad_accum", 0), ("max_steps", 0),
-                         ("grad_clip", -1.0), ("val_fraction", 1.5), ("eval_interval", 0)]:
-        with pytest.raises(ValueError, match=field):
+                         ("grad_clip", -1.0), ("val_fraction", 1.5), ("eval_interval", 0),
+                         ("batch_size", True), ("epochs", 2.0), ("max_steps", True),
+                         ("keep_checkpoints", 0), ("eval_iters", -1)]:
+        with pytest.raises(ValueError, match=rf"^{field} must be"):
             train(model, tokens, tokens, TrainConfig(**{field: value}), tmp_path,
                   context_length=4, progress=False)
     with pytest.raises(ValueError, match="min_lr"):
