@@ -257,11 +257,20 @@ def _generate(args: argparse.Namespace) -> None:
     print(tokenizer.decode(produced)[len(shown):])
 
 
+class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Show each option's default in its help, unless it is None or the help already says it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or "(default" in (action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 def _add_train(commands: Any) -> None:
     train = commands.add_parser(
         "train", help="pretrain a model on a text corpus (no arguments: a small GPT on "
         "the bundled the-verdict.txt)",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsFormatter)
     add = train.add_argument
     add("--corpus", default=None, help="a .txt file or a directory of .txt files "
         "(default: the bundled the-verdict.txt)")
@@ -304,7 +313,7 @@ def _add_train(commands: Any) -> None:
 def _add_generate(commands: Any) -> None:
     gen = commands.add_parser(
         "generate", help="continue a prompt from a run directory or GPT-2 weights",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        formatter_class=_DefaultsFormatter)
     add = gen.add_argument
     add("source", help="a run directory written by 'train', or a GPT-2 model.safetensors "
         "file or Hugging Face directory")
@@ -314,7 +323,8 @@ def _add_generate(commands: Any) -> None:
     add("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     add("--top-p", type=float, default=None, help="nucleus sampling: smallest set reaching p")
     add("--eos-id", type=int, default=None, help="stop at this token id")
-    add("--context-size", type=int, default=None, help="tokens the model sees (default: all)")
+    add("--context-size", type=int, default=None,
+        help="tokens the model sees (default: its whole context)")
     add("--no-cache", action="store_true", help="recompute every step without the KV cache")
     add("--seed", type=int, default=123, help="seed of the sampling generator")
     add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
