@@ -343,7 +343,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_generate(commands)
     add_finetune_commands(commands)
+    for command in commands.choices.values():
+        command.set_defaults(usage=command.format_usage())
     return parser
+
+
+def _as_flag(message: str, args: argparse.Namespace) -> str:
+    """``top_p must be ...`` from the library reads ``--top-p must be ...`` on the command line."""
+    name, _, rest = message.partition(" ")
+    flag = "--" + name.replace("_", "-")
+    if name in vars(args) and any(flag + end in args.usage for end in (" ", "]")):
+        return f"{flag} {rest}"
+    return message
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -353,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         args.run(args)
     except (CLIError, ValueError, FileNotFoundError) as error:
-        print(f"gpt-components: error: {error}", file=sys.stderr)
+        print(f"gpt-components: error: {_as_flag(str(error), args)}", file=sys.stderr)
         return 2
     return 0
 

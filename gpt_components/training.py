@@ -110,11 +110,14 @@ def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int,
     Linear warm-up reaches ``peak_lr`` at step ``warmup_steps - 1``; cosine decay then ends at
     ``min_lr`` on the last step, ``total_steps - 1``; never below ``min_lr``.
     """
+    if not (peak_lr > 0 and math.isfinite(peak_lr)):
+        raise ValueError(f"peak_lr must be a finite number > 0, got {peak_lr!r}")
     if not 0.0 <= min_lr <= peak_lr:
         raise ValueError(f"min_lr must be in [0, peak_lr={peak_lr}], got {min_lr!r}")
-    if warmup_steps < 0 or total_steps < 1:
-        raise ValueError(f"warmup_steps must be >= 0 and total_steps >= 1, got "
-                         f"{warmup_steps!r} and {total_steps!r}")
+    if warmup_steps < 0:
+        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
+    if total_steps < 1:
+        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
     if step < warmup_steps:
         return min_lr + (peak_lr - min_lr) * (step + 1) / warmup_steps
     decay_steps = total_steps - 1 - warmup_steps
@@ -234,6 +237,8 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         lr_at(0, peak_lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
               total_steps=1)
 

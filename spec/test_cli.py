@@ -30,8 +30,9 @@ def test_every_option_has_help_text(command):
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["train", "--lr", "-1"], "min_lr"),
-    (["train", "--batch-size", "0"], "batch_size"),
+    (["train", "--lr", "-1"], "--lr must be a finite number > 0"),
+    (["train", "--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr must be in [0, peak_lr=0.001]"),
+    (["train", "--batch-size", "0"], "--batch-size must be an int >= 1"),
     (["train", "--preset", "gpt-huge"], "name"),
     (["train", "--corpus", "/no/such/corpus.txt"], "corpus"),
     (["train", "--tokenizer", "/no/such/tokenizer"], "--tokenizer"),
@@ -75,7 +76,13 @@ def test_train_writes_a_run_that_generate_continues_and_resume_accepts(tmp_path,
     assert out.startswith("I had") and len(out) > len("I had\n")
     assert main(["generate", str(run), "--max-new-tokens", "4", "--temperature", "0.8",
                  "--top-k", "5", "--top-p", "0.9", "--no-cache"]) == 0
-    assert main(["generate", str(run), "--top-k", "0", "--temperature", "1"]) == 2
+    capsys.readouterr()
+    for bad, message in ((["--top-k", "0"], "--top-k must be >= 1, got 0"),
+                         (["--top-p", "1.5"], "--top-p must be in (0, 1], got 1.5"),
+                         (["--context-size", "99"], "--context-size must be <= the model's "
+                                                    "context_length=16, got 99")):
+        assert main(["generate", str(run), "--temperature", "1", *bad]) == 2
+        assert capsys.readouterr().err == f"gpt-components: error: {message}\n"
     assert main(["train", "--corpus", str(corpus), "--run-dir", str(run), *TINY]) == 2
     assert main(["train", "--resume", str(run), "--no-progress"]) == 0
 

@@ -253,7 +253,8 @@ def test_bad_training_arguments_name_the_parameter(tmp_path):
     for field, value in [("batch_size", 0), ("grad_accum", 0), ("max_steps", 0),
                          ("grad_clip", -1.0), ("val_fraction", 1.5), ("eval_interval", 0),
                          ("batch_size", True), ("epochs", 2.0), ("max_steps", True),
-                         ("keep_checkpoints", 0), ("eval_iters", -1)]:
+                         ("keep_checkpoints", 0), ("eval_iters", -1), ("lr", -1.0),
+                         ("lr", float("nan")), ("lr", 0.0)]:
         with pytest.raises(ValueError, match=rf"^{field} must be"):
             train(model, tokens, tokens, TrainConfig(**{field: value}), tmp_path,
                   context_length=4, progress=False)
