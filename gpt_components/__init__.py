@@ -13,6 +13,7 @@ True
 from . import (
     attention,
     bpe,
+    bpe_files,
     bpe_merges,
     checkpoint,
     corpus,
@@ -32,6 +33,7 @@ from . import (
 )
 from .attention import *
 from .bpe import *
+from .bpe_files import *
 from .bpe_merges import *
 from .checkpoint import *
 from .corpus import *
@@ -57,6 +59,7 @@ _MODULES = (
     tokenizers,
     bpe,
     bpe_merges,
+    bpe_files,
     data,
     embeddings,
     attention,

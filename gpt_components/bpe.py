@@ -25,7 +25,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import itertools
-import json
 import os
 from collections import Counter
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -34,14 +33,13 @@ from typing import Literal
 
 import regex
 
+from .bpe_files import bundled_gpt2_files, read_gpt2_files, write_gpt2_files
 from .bpe_merges import learn_merges
-from .resources import resource_path
-from .tokenizers import ENDOFTEXT, GPT2_PATTERN, gpt2_byte_decoder
+from .tokenizers import ENDOFTEXT, GPT2_PATTERN
 
 __all__ = ["BPETokenizer"]
 
 _GPT2_PRETOKENIZER = regex.compile(GPT2_PATTERN)
-_MERGES_HEADER = "#version: 0.2"
 
 
 class _ChunkCache(dict):
@@ -128,39 +126,20 @@ class BPETokenizer:
 
         Each call returns a new tokenizer with an empty chunk cache; the parsed files are shared.
         """
-        return cls(*_bundled_gpt2_files(), name="gpt2")
+        return cls(*bundled_gpt2_files(), name="gpt2")
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> BPETokenizer:
         """Read ``encoder.json`` and ``vocab.bpe`` (GPT-2's format) from ``directory``."""
         directory = Path(directory)
-        return cls(*_read_gpt2_files(directory / "encoder.json", directory / "vocab.bpe"))
+        return cls(*read_gpt2_files(directory))
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``encoder.json`` and ``vocab.bpe`` in GPT-2's format; returns the directory.
 
-        GPT-2 writes each byte as a printable character (see ``gpt2_byte_decoder``) so that
-        tokens are JSON strings and merges are space-separated pairs.
+        See ``bpe_files`` for the format.
         """
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        char_of = {byte: char for char, byte in gpt2_byte_decoder().items()}
-
-        def printable(token: bytes) -> str:
-            return "".join(char_of[byte] for byte in token)
-
-        encoder = {printable(token): rank for token, rank in self._ranks.items()}
-        clashes = sorted(set(encoder) & set(self._special_tokens))
-        if clashes:
-            raise ValueError(f"special tokens {clashes} are spelled like ordinary tokens in "
-                             "GPT-2's printable alphabet, so encoder.json cannot hold both")
-        encoder.update(self._special_tokens)
-        encoder = dict(sorted(encoder.items(), key=lambda item: item[1]))
-        with open(directory / "encoder.json", "w", encoding="utf-8") as f:
-            json.dump(encoder, f)
-        lines = [_MERGES_HEADER, *(f"{printable(a)} {printable(b)}" for a, b in self._merges)]
-        (directory / "vocab.bpe").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        return directory
+        return write_gpt2_files(directory, self._ranks, self._merges, self._special_tokens)
 
     # -- what the tokenizer knows ---------------------------------------------------------------
 
@@ -402,35 +381,3 @@ def _check_vocabulary(ranks, merges, special_tokens) -> None:
     if unmade:
         raise ValueError(f"merges must produce every multi-byte token of mergeable_ranks; none "
                          f"makes {sorted(unmade)[:3]}")
-
-
-@functools.cache
-def _bundled_gpt2_files():
-    return _read_gpt2_files(resource_path("gpt2/encoder.json"), resource_path("gpt2/vocab.bpe"))
-
-
-def _read_gpt2_files(encoder_path: Path, merges_path: Path):
-    """Ranks, merges and specials from GPT-2's files: an ``encoder.json`` entry is ordinary when
-    it is a single byte or the result of a merge in ``vocab.bpe``, and special otherwise."""
-    byte_of = gpt2_byte_decoder()
-    with open(encoder_path, encoding="utf-8") as f:
-        encoder: dict[str, int] = json.load(f)
-    lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
-    if lines and lines[0].startswith("#version"):
-        lines = lines[1:]
-    pairs = [tuple(line.split(" ")) for line in lines if line]
-    if any(len(pair) != 2 for pair in pairs):
-        raise ValueError(f"{merges_path} must hold one space-separated pair per line")
-    ordinary = set(byte_of) | {left + right for left, right in pairs}
-
-    def to_bytes(token: str) -> bytes:
-        try:
-            return bytes(byte_of[char] for char in token)
-        except KeyError as error:
-            raise ValueError(f"{merges_path} holds {token!r}, which has a character outside "
-                             "GPT-2's printable byte alphabet") from error
-
-    ranks = {to_bytes(token): rank for token, rank in encoder.items() if token in ordinary}
-    specials = {token: rank for token, rank in encoder.items() if token not in ordinary}
-    merges = [(to_bytes(left), to_bytes(right)) for left, right in pairs]
-    return ranks, merges, specials
