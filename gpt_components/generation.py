@@ -91,7 +91,10 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     if top_p is not None and top_p < 1.0:
         sorted_probs, order = torch.sort(torch.softmax(logits, dim=-1), dim=-1, descending=True)
         # Drop a token once the more probable ones already reach top_p; the first always stays.
-        drop_sorted = sorted_probs.cumsum(dim=-1) - sorted_probs >= top_p
+        # Their mass is the running total before it (exact, where cumsum - p would round).
+        total = sorted_probs.cumsum(dim=-1)
+        before = torch.cat([torch.zeros_like(total[:, :1]), total[:, :-1]], dim=-1)
+        drop_sorted = before >= top_p
         drop = drop_sorted.scatter(-1, order, drop_sorted)
         logits = logits.masked_fill(drop, float("-inf"))
     # Subtract the max first: a small temperature must not overflow to inf - inf.

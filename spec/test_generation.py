@@ -233,25 +233,27 @@ def test_the_books_example_tokens():
     assert ids.tolist() == [[6109, 3626, 6100, 345]]
 
 
-BAD_GENERATE_ARGUMENTS = [
-    ({"idx": [[1, 2]]}, TypeError, "idx"),
-    ({"idx": torch.tensor([[1.0]])}, TypeError, "idx"),
-    ({"idx": torch.tensor([1, 2])}, ValueError, "idx"),
-    ({"idx": torch.tensor([[1, 50]])}, ValueError, "vocab_size"),
-    ({"max_new_tokens": -1}, ValueError, "max_new_tokens"),
-    ({"max_new_tokens": 2.0}, TypeError, "max_new_tokens"),
-    ({"context_size": 65}, ValueError, "context_size"),
-    ({"context_size": 0}, ValueError, "context_size"),
-    ({"temperature": -0.5}, ValueError, "temperature"),
-    ({"temperature": float("inf")}, ValueError, "temperature"),
-    ({"temperature": "hot"}, TypeError, "temperature"),
-    ({"top_k": 0}, ValueError, "top_k"),
-    ({"top_p": 0.0}, ValueError, "top_p"),
-    ({"top_p": 1.5}, ValueError, "top_p"),
-    ({"eos_id": 50}, ValueError, "eos_id"),
-    ({"eos_id": -1}, ValueError, "eos_id"),
-    ({"generator": 42}, TypeError, "generator"),
-    ({"use_cache": "yes"}, TypeError, "use_cache"),
+BAD_GENERATE_ARGUMENTS = [  # each message starts with the parameter's name
+    ({"idx": [[1, 2]]}, TypeError, r"^idx must be a torch\.Tensor"),
+    ({"idx": torch.tensor([[1.0]])}, TypeError, r"^idx must hold integer token ids"),
+    ({"idx": torch.tensor([1, 2])}, ValueError, r"^idx must be 2-D"),
+    ({"idx": torch.tensor([[1, 50]])}, ValueError, r"^idx holds token id 50, .*vocab_size=50"),
+    ({"max_new_tokens": -1}, ValueError, r"^max_new_tokens must be >= 0, got -1$"),
+    ({"max_new_tokens": 2.0}, TypeError, r"^max_new_tokens must be an int, got 2\.0$"),
+    ({"context_size": 65}, ValueError, r"^context_size must be <= .*=64, got 65$"),
+    ({"context_size": 0}, ValueError, r"^context_size must be >= 1, got 0$"),
+    ({"temperature": -0.5}, ValueError, r"^temperature must be a finite float >= 0"),
+    ({"temperature": float("inf")}, ValueError, r"^temperature must be a finite float"),
+    ({"temperature": "hot"}, TypeError, r"^temperature must be a float, got 'hot'$"),
+    ({"top_k": 0}, ValueError, r"^top_k must be >= 1, got 0$"),
+    ({"top_p": 0.0}, ValueError, r"^top_p must be in \(0, 1\], got 0\.0$"),
+    ({"top_p": 1.5}, ValueError, r"^top_p must be in \(0, 1\], got 1\.5$"),
+    ({"top_p": True}, TypeError, r"^top_p must be a float in \(0, 1\], got True$"),
+    ({"top_p": "0.5"}, TypeError, r"^top_p must be a float"),
+    ({"eos_id": 50}, ValueError, r"^eos_id must be in \[0, vocab_size=50\), got 50$"),
+    ({"eos_id": -1}, ValueError, r"^eos_id must be >= 0, got -1$"),
+    ({"generator": 42}, TypeError, r"^generator must be a torch\.Generator or None, got int$"),
+    ({"use_cache": "yes"}, TypeError, r"^use_cache must be a bool"),
 ]
 
 
@@ -266,16 +268,116 @@ def test_bad_generation_arguments_are_refused_naming_the_parameter(
 
 
 def test_other_bad_inputs_are_refused_naming_the_parameter():
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"^model must be a GPTModel, got Linear$"):
         generate(torch.nn.Linear(2, 2), torch.tensor([[1]]), 1)
-    with pytest.raises(ValueError, match="logits"):
+    with pytest.raises(ValueError, match=r"^logits must be a 2-D .*got torch\.Size\(\[3\]\)$"):
         sample_next_token(torch.zeros(3), 1.0)
-    with pytest.raises(TypeError, match="text"):
+    with pytest.raises(ValueError, match=r"^logits must be a 2-D .*got list$"):
+        sample_next_token([[0.0, 1.0]], 1.0)
+    with pytest.raises(TypeError, match=r"^text must be a str, got bytes$"):
         text_to_token_ids(b"bytes")
     with pytest.raises(ValueError, match="token_ids"):
         token_ids_to_text(torch.zeros(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match="context_size"):
+    with pytest.raises(ValueError, match=r"^context_size must be >= 1, got 0$"):
         generate_text_simple(torch.nn.Identity(), torch.tensor([[1]]), 1, 0)
+    with pytest.raises(ValueError, match=r"^max_new_tokens must be >= 0, got -1$"):
+        generate_text_simple(torch.nn.Identity(), torch.tensor([[1]]), -1, 1)
+    with pytest.raises(TypeError, match=r"^max_new_tokens must be an int"):
+        generate_text_simple(torch.nn.Identity(), torch.tensor([[1]]), None, 1)
+
+
+@pytest.mark.parametrize(("override", "error", "match"), [
+    ({"top_k": 0}, ValueError, r"^top_k must be >= 1"),
+    ({"top_p": 1.5}, ValueError, r"^top_p must be in"),
+    ({"temperature": -1.0}, ValueError, r"^temperature must be"),
+    ({"generator": 7}, TypeError, r"^generator must be a torch\.Generator"),
+])
+def test_sample_next_token_checks_its_own_arguments(override, error, match):
+    kwargs = {"temperature": 1.0, **override}
+    with pytest.raises(error, match=match):
+        sample_next_token(torch.zeros(2, 5), **kwargs)
+
+
+@given(seed=seeds, batch=st.integers(1, 3), vocab=st.integers(2, 30))
+def test_by_default_sampling_is_greedy(seed, batch, vocab):
+    logits = drawn_logits(seed, batch, vocab)
+    assert torch.equal(sample_next_token(logits).squeeze(1), logits.argmax(-1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_a_tiny_temperature_on_huge_logits_does_not_overflow(dtype):
+    # Divided by 0.01, 1e37 and 2e37 overflow float32: the scaling must come after the shift.
+    huge = 1e37 if dtype == torch.float32 else 1e307
+    logits = torch.tensor([[0.0, huge, -huge], [huge, 0.0, huge / 2]], dtype=dtype)
+    out = sample_next_token(logits, temperature=0.01, generator=generator(0))
+    assert out.squeeze(1).tolist() == [1, 0]
+
+
+@given(seed=seeds, vocab=st.integers(3, 20), data=st.data())
+def test_top_p_equal_to_a_running_total_keeps_exactly_the_tokens_up_to_it(seed, vocab, data):
+    # "The smallest set reaching top_p": reaching includes equality.
+    logits = drawn_logits(seed, 1, vocab)
+    probs = torch.softmax(logits, -1)
+    ranked = probs.sort(-1, descending=True)
+    j = data.draw(st.integers(1, vocab - 1))
+    top_p = float(ranked.values.cumsum(-1)[0, j - 1])  # exactly the mass of the first j
+    if not 0 < top_p < 1:
+        return
+    kept = set(ranked.indices[0, :j].tolist())
+    g = generator(seed + 1)
+    draws = {int(sample_next_token(logits, 1.0, top_p=top_p, generator=g)) for _ in range(30)}
+    assert draws <= kept
+
+
+def test_eos_id_zero_is_a_valid_id():
+    model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=50)).eval()
+    out = generate(model, torch.tensor([[1, 2]]), 3, eos_id=0)
+    assert out.shape[0] == 1 and out.shape[1] <= 5
+
+
+def test_text_conversions_use_the_tokenizer_they_are_given():
+    from gpt_components.bpe import BPETokenizer
+
+    tok = BPETokenizer.train("a small corpus of a few words, a few times", vocab_size=270)
+    ids = text_to_token_ids("a few words", tok)
+    assert ids.tolist() == [tok.encode("a few words")]
+    assert token_ids_to_text(ids, tok) == "a few words"
+
+
+def fed_lengths(model):
+    """Record how many tokens each forward pass of ``model`` is fed."""
+    lengths = []
+    hidden_states = model.hidden_states
+
+    def spy(idx, kv_cache=None):
+        lengths.append(idx.shape[1])
+        return hidden_states(idx, kv_cache)
+
+    model.hidden_states = spy
+    return lengths
+
+
+@given(run=runs(), use_cache=st.none() | st.booleans())
+def test_the_cache_feeds_one_new_token_a_step_until_the_window_is_full(run, use_cache):
+    # The cache's promise is speed: check that it is used, not only that it changes nothing.
+    model, idx, max_new_tokens, context_size = run
+    lengths = fed_lengths(model)
+    kwargs = {} if use_cache is None else {"use_cache": use_cache}  # the default is cached
+    generate(model, idx, max_new_tokens, context_size, **kwargs)
+    prompt = idx.shape[1]
+    window = [min(prompt + i, context_size) for i in range(max_new_tokens)]
+    if use_cache is False:
+        assert lengths == window
+        return
+    expected, stored = [], 0
+    for i in range(max_new_tokens):
+        if i > 0 and stored < context_size:
+            expected.append(1)  # room left: only the newest token
+            stored += 1
+        else:
+            expected.append(window[i])  # first step, or full: refill from the last tokens
+            stored = window[i]
+    assert lengths == expected
 
 
 def sampling_reference(model, idx, max_new_tokens, context_size, g, **kwargs):
@@ -287,13 +389,14 @@ def sampling_reference(model, idx, max_new_tokens, context_size, g, **kwargs):
 
 
 @given(run=runs(), seed=seeds, temperature=st.floats(0.3, 3.0),
-       top_k=st.none() | st.integers(1, 20), use_cache=st.booleans())
+       top_k=st.none() | st.integers(1, 20), top_p=st.none() | st.floats(0.05, 0.95),
+       use_cache=st.booleans())
 def test_sampling_draws_what_a_loop_over_the_models_own_logits_draws(
-        run, seed, temperature, top_k, use_cache):
+        run, seed, temperature, top_k, top_p, use_cache):
     # generate applies the head to the last position only, through its own copy of the head
     # on a CPU: the draws must still be those of the model's forward.
     model, idx, max_new_tokens, context_size = run
-    kwargs = {"temperature": temperature, "top_k": top_k}
+    kwargs = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
     expected = sampling_reference(model, idx, max_new_tokens, context_size, generator(seed),
                                   **kwargs)
     out = generate(model, idx, max_new_tokens, context_size, use_cache=use_cache,
@@ -320,3 +423,20 @@ def test_a_replaced_or_adapted_output_head_is_the_one_generation_uses(run, head,
     expected = greedy_reference(model, idx, max_new_tokens, context_size)
     assert torch.equal(generate(model, idx, max_new_tokens, context_size,
                                 use_cache=use_cache), expected)
+
+
+def test_a_plain_cpu_head_is_applied_through_a_row_major_copy_of_its_weight():
+    from gpt_components.finetune.lora import LinearWithLoRA
+    from gpt_components.generation import _decoding_head
+
+    g = generator(0)
+    rows = torch.randn(3, 8, generator=g, dtype=torch.float64)
+    plain = torch.nn.Linear(8, 20, bias=False, dtype=torch.float64)
+    fast = _decoding_head(plain)
+    assert fast is not plain  # the fast path is taken where it pays
+    torch.testing.assert_close(fast(rows), plain(rows), rtol=1e-12, atol=1e-12)
+    column_major = torch.nn.Linear(8, 20, bias=False, dtype=torch.float64)
+    column_major.weight.data = column_major.weight.data.t().contiguous().t()
+    biased = torch.nn.Linear(8, 20, dtype=torch.float64)
+    for head in (column_major, biased, LinearWithLoRA(plain, 2, 1.0)):
+        assert _decoding_head(head) is head

@@ -138,6 +138,24 @@ def test_the_cache_lives_outside_the_state_dict_and_the_tied_head_is_the_embeddi
     assert not any("mask" in key for key in model.state_dict())
 
 
+@pytest.mark.parametrize("field", ["n_layers", "batch_size", "n_heads", "head_dim",
+                                   "max_tokens"])
+@pytest.mark.parametrize("bad", [0, -2, 1.5, True, "2"])
+def test_a_kv_cache_of_bad_sizes_is_refused_naming_the_size(field, bad):
+    sizes = {"n_layers": 1, "batch_size": 1, "n_heads": 2, "head_dim": 4, "max_tokens": 8}
+    with pytest.raises(ValueError, match=rf"^{field} must be an int >= 1, got {bad!r}$"):
+        KVCache(**{**sizes, field: bad})
+
+
+def test_a_full_kv_cache_says_how_full_it_is():
+    cache = KVCache(1, 1, 1, 2, max_tokens=3)
+    cache.store(0, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+    cache.advance(2)
+    with pytest.raises(ValueError, match=r"^the cache holds 2 of max_tokens=3 positions; "
+                                         r"2 more do not fit$"):
+        cache.store(0, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
+
+
 def layouts(model):
     """Each weight matrix's strides, by name."""
     return {name: p.stride() for name, p in model.named_parameters() if p.dim() == 2}
