@@ -304,6 +304,15 @@ def test_by_default_sampling_is_greedy(seed, batch, vocab):
     assert torch.equal(sample_next_token(logits).squeeze(1), logits.argmax(-1))
 
 
+@given(run=runs())
+def test_by_default_generation_is_greedy_streamed_or_not(run):
+    model, idx, max_new_tokens, context_size = run
+    expected = greedy_reference(model, idx, max_new_tokens, context_size)
+    assert torch.equal(generate(model, idx, max_new_tokens, context_size), expected)
+    streamed = list(generate_stream(model, idx, max_new_tokens, context_size))
+    assert torch.equal(torch.cat([idx, *streamed], dim=1), expected)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_a_tiny_temperature_on_huge_logits_does_not_overflow(dtype):
     # Divided by 0.01, 1e37 and 2e37 overflow float32: the scaling must come after the shift.
@@ -357,18 +366,11 @@ def fed_lengths(model):
     return lengths
 
 
-@given(run=runs(), use_cache=st.none() | st.booleans())
-def test_the_cache_feeds_one_new_token_a_step_until_the_window_is_full(run, use_cache):
-    # The cache's promise is speed: check that it is used, not only that it changes nothing.
-    model, idx, max_new_tokens, context_size = run
-    lengths = fed_lengths(model)
-    kwargs = {} if use_cache is None else {"use_cache": use_cache}  # the default is cached
-    generate(model, idx, max_new_tokens, context_size, **kwargs)
-    prompt = idx.shape[1]
+def expected_fed_lengths(prompt, max_new_tokens, context_size, cached):
+    """How many tokens each step feeds the model, as the KV cache's contract says."""
     window = [min(prompt + i, context_size) for i in range(max_new_tokens)]
-    if use_cache is False:
-        assert lengths == window
-        return
+    if not cached:
+        return window  # every step recomputes the whole window
     expected, stored = [], 0
     for i in range(max_new_tokens):
         if i > 0 and stored < context_size:
@@ -377,7 +379,23 @@ def test_the_cache_feeds_one_new_token_a_step_until_the_window_is_full(run, use_
         else:
             expected.append(window[i])  # first step, or full: refill from the last tokens
             stored = window[i]
-    assert lengths == expected
+    return expected
+
+
+@given(run=runs())
+def test_the_cache_feeds_one_new_token_a_step_until_the_window_is_full(run):
+    # The cache's promise is speed: check that it is used, not only that it changes nothing.
+    model, idx, max_new_tokens, context_size = run
+    lengths = fed_lengths(model)
+    for cached, kwargs in ((True, {}), (True, {"use_cache": True}), (False, {"use_cache": False})):
+        for stream in (False, True):  # generate and generate_stream share the defaults
+            lengths.clear()
+            if stream:
+                list(generate_stream(model, idx, max_new_tokens, context_size, **kwargs))
+            else:
+                generate(model, idx, max_new_tokens, context_size, **kwargs)
+            assert lengths == expected_fed_lengths(idx.shape[1], max_new_tokens, context_size,
+                                                   cached), (cached, kwargs, stream)
 
 
 def sampling_reference(model, idx, max_new_tokens, context_size, g, **kwargs):
