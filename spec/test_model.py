@@ -156,6 +156,24 @@ def test_a_full_kv_cache_says_how_full_it_is():
         cache.store(0, torch.zeros(1, 1, 2, 2), torch.zeros(1, 1, 2, 2))
 
 
+@given(cfg=tiny_gpt_configs(), seed=seeds, batch=st.integers(1, 2), data=st.data())
+def test_the_blocks_read_token_plus_position_embeddings_positions_continuing_the_cache(
+        cfg, seed, batch, data):
+    model = random_gpt_model(cfg, seed)
+    seen = []
+    model.trf_blocks[0].register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    tokens = data.draw(st.integers(1, cfg.context_length))
+    cut = data.draw(st.integers(0, tokens - 1))
+    idx = torch.randint(0, cfg.vocab_size, (batch, tokens), generator=generator(seed + 1))
+    cache = model.new_kv_cache(batch)
+    if cut:
+        model(idx[:, :cut], kv_cache=cache)
+    model(idx[:, cut:], kv_cache=cache)
+    first_block_input = torch.cat(seen, dim=1)
+    expected = model.tok_emb.weight[idx] + model.pos_emb.weight[:tokens]  # (B, T, emb)
+    torch.testing.assert_close(first_block_input, expected, rtol=0, atol=0)
+
+
 def layouts(model):
     """Each weight matrix's strides, by name."""
     return {name: p.stride() for name, p in model.named_parameters() if p.dim() == 2}
@@ -249,8 +267,13 @@ def test_the_books_dict_config_builds_the_same_model():
         (torch.tensor([[[1, 2]]]), ValueError, "idx"),
         (torch.zeros(1, 0, dtype=torch.long), ValueError, "idx"),
         (torch.zeros(0, 3, dtype=torch.long), ValueError, r"^idx must hold at least one row"),
-        (torch.tensor([[1, 60]]), ValueError, "vocab_size"),
-        (torch.tensor([[-1, 2]]), ValueError, "vocab_size"),
+        (torch.tensor([[1, 60]]), ValueError,
+         r"^idx holds token id 60, outside \[0, vocab_size=60\)$"),
+        (torch.tensor([[-1, 2]]), ValueError, r"^idx holds token id -1, outside"),
+        (torch.tensor([[0, 70]]), ValueError, r"^idx holds token id 70, outside"),
+        (torch.tensor([[True, False]]), TypeError,
+         r"^idx must hold integer token ids, got dtype torch\.bool$"),
+        ([[1, 2]], TypeError, r"^idx must be a torch\.Tensor of token ids, got list$"),
         (torch.zeros(1, 9, dtype=torch.long), ValueError, "context_length"),
     ],
 )
@@ -264,7 +287,7 @@ def test_bad_token_ids_are_refused_naming_the_parameter(idx, error, match):
 def test_bad_configs_and_caches_are_refused_naming_the_parameter():
     with pytest.raises(ValueError, match="gpt2-small"):
         GPTConfig.from_name("gpt2-tiny")
-    with pytest.raises(TypeError, match="emb_size"):
+    with pytest.raises(TypeError, match=r"^overrides must be GPTConfig fields .*\['emb_size'\]$"):
         GPTConfig.from_name("gpt2-small", emb_size=10)
     with pytest.raises(ValueError, match="emb_dim"):
         GPTConfig(emb_dim=10, n_heads=3)
@@ -284,11 +307,19 @@ def test_bad_configs_and_caches_are_refused_naming_the_parameter():
         model(torch.zeros(2, 1, dtype=torch.long), kv_cache=model.new_kv_cache(1))
     cache = model.new_kv_cache(1, max_tokens=4)
     model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
-    with pytest.raises(ValueError, match="max_tokens"):
+    with pytest.raises(ValueError, match=r"^idx adds 2 tokens to a kv_cache holding 3 of "
+                                         r"max_tokens=4 \(context_length=8\)$"):
         model(torch.zeros(1, 2, dtype=torch.long), kv_cache=cache)
+    one = model.new_kv_cache(1, max_tokens=1)  # the smallest cache: one position
+    assert model(torch.zeros(1, 1, dtype=torch.long), kv_cache=one).shape[1] == 1
+    assert one.length == one.max_tokens == 1
     with pytest.raises(ValueError, match="context_length"):
         model(torch.zeros(1, 9, dtype=torch.long), kv_cache=KVCache(1, 1, 2, 4, 16))
     with pytest.raises(ValueError, match="max_tokens"):
         KVCache(1, 1, 1, 1, 0)
-    with pytest.raises(TypeError, match="model"):
+    with pytest.raises(TypeError, match=r"^model must be a torch\.nn\.Module, got str$"):
         count_parameters("gpt2-small")
+    with pytest.raises(TypeError, match=r"^model must be a torch\.nn\.Module, got str$"):
+        memory_footprint_mb("gpt2-small")
+    with pytest.raises(TypeError, match=r"^dtype must be a torch\.dtype or None, got 'fp16'$"):
+        memory_footprint_mb(model, dtype="fp16")
