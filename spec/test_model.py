@@ -293,11 +293,15 @@ def test_bad_configs_and_caches_are_refused_naming_the_parameter():
         GPTConfig(emb_dim=10, n_heads=3)
     with pytest.raises(ValueError, match="n_layers"):
         GPTConfig(n_layers=0)
+    for bad in (1.5, True):
+        with pytest.raises(ValueError, match=rf"^n_layers must be an int >= 1, got {bad!r}"):
+            GPTConfig(n_layers=bad)
     with pytest.raises(ValueError, match="drop_rate"):
         GPTConfig(drop_rate=1.0)
     with pytest.raises(ValueError, match="attn_kernel"):
         GPTConfig(attn_kernel="flash")
-    with pytest.raises(TypeError, match="cfg"):
+    with pytest.raises(TypeError, match=r"^cfg must be a GPTConfig or a dict of its fields, "
+                                        r"got str$"):
         GPTModel("gpt2-small")
     model = GPTModel(GPTConfig(vocab_size=60, context_length=8, emb_dim=8, n_heads=2,
                                n_layers=1))

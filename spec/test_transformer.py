@@ -178,3 +178,69 @@ def test_bad_attention_inputs_are_refused_naming_x(kernel):
     with pytest.raises(ValueError, match=r"^x has 2 tokens after 2 cached ones.*"
                                          r"context_length=3"):
         attention(torch.zeros(1, 2, 4), kv_cache=cache)
+
+
+def sdpa_calls(monkeypatch):
+    """Count calls of scaled_dot_product_attention made by the transformer module."""
+    import gpt_components.transformer as transformer
+
+    calls = []
+    real = transformer.F.scaled_dot_product_attention
+
+    def counting(*args, **kwargs):
+        calls.append(kwargs.get("dropout_p", 0.0))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformer.F, "scaled_dot_product_attention", counting)
+    return calls
+
+
+@pytest.mark.parametrize("kernel", ["sdpa", "textbook"])
+def test_the_chosen_kernel_is_the_one_that_runs(monkeypatch, kernel):
+    # Both kernels compute the same function, so only watching which runs tells them apart.
+    from gpt_components.kv_cache import KVCache
+    from gpt_components.model import GPTConfig, GPTModel
+
+    calls = sdpa_calls(monkeypatch)
+    model = GPTModel(GPTConfig(vocab_size=20, context_length=6, emb_dim=8, n_heads=2,
+                               n_layers=2, attn_kernel=kernel)).eval()
+    model(torch.tensor([[1, 2, 3]]))
+    cache = KVCache(2, 1, 2, 4, 6)
+    for piece in ([[1, 2]], [[3]], [[4, 5]]):  # a prefix, one token, a chunk
+        model(torch.tensor(piece), kv_cache=cache)
+    assert len(calls) == (0 if kernel == "textbook" else 2 * 4)
+
+
+@given(seed=seeds, kernel=st.sampled_from(["sdpa", "textbook"]), cached=st.integers(0, 3),
+       tokens=st.integers(1, 3))
+def test_attention_dropout_is_random_in_training_and_off_in_eval_for_both_kernels(
+        seed, kernel, cached, tokens):
+    from gpt_components.kv_cache import KVCache
+
+    attention = randomize(CausalSelfAttention(8, 8, 8, 0.5, 2, kernel=kernel).double(), seed)
+    x = randn(seed + 1, 2, cached + tokens, 8)
+
+    def run(generator_seed):
+        cache = KVCache(1, 2, 2, 4, 8, dtype=torch.float64)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(generator_seed)
+            if cached:
+                attention(x[:, :cached], kv_cache=cache)
+                cache.advance(cached)
+            return attention(x[:, cached:], kv_cache=cache if cached else None)
+
+    attention.train()
+    outputs = [run(s) for s in range(4)]
+    assert any(not torch.equal(outputs[0], other) for other in outputs[1:])
+    attention.eval()
+    torch.testing.assert_close(run(0), run(1), rtol=0, atol=0)
+
+
+def test_the_books_plain_dict_gets_the_documented_defaults():
+    # The book's chapter-3/4 dicts may leave out drop_rate, qkv_bias and the kernel.
+    block = TransformerBlock({"emb_dim": 8, "context_length": 4, "n_heads": 2})
+    assert block.att.kernel == "sdpa"
+    assert block.att.W_query.bias is None and block.att.dropout.p == 0.0
+    assert block.drop_shortcut.p == 0.0
+    attention = CausalSelfAttention(8, 8, 4, 0.0, 2)
+    assert attention.kernel == "sdpa" and attention.W_key.bias is None

@@ -136,7 +136,8 @@ def test_saved_directories_round_trip_through_transformers_both_ways(tie_weights
         with torch.no_grad():
             torch.testing.assert_close(hf(idx).logits, model(idx), rtol=1e-5, atol=1e-5)
         hf.save_pretrained(theirs)
-        again = GPTModel.from_pretrained(Path(theirs), drop_rate=0.0)
+        again = GPTModel.from_pretrained(Path(theirs), drop_rate=0.25)  # overrides apply
+        assert again.cfg == dataclasses.replace(cfg, drop_rate=0.25) and not again.training
         torch.testing.assert_close(again(idx), model(idx), rtol=0, atol=0)
 
 
