@@ -1,5 +1,6 @@
 """Properties of checkpoints: exact round trip, atomic writes, no pickle execution, clear errors."""
 
+import json
 import os
 import pickle
 import tempfile
@@ -69,6 +70,15 @@ def test_latest_points_at_the_newest_save_and_only_keep_are_kept(steps, keep):
         assert load_checkpoint(run).meta["step"] == steps[-1]
         kept = sorted(p.name for p in (Path(run) / "checkpoints").glob("step-*"))
         assert kept == [f"step-{s:08d}" for s in steps[-keep:]]
+        assert json.loads((Path(run) / "checkpoints" / "latest.json").read_text()) == {
+            "step": steps[-1], "path": f"step-{steps[-1]:08d}"}
+
+
+def test_by_default_the_two_newest_checkpoints_are_kept(tmp_path):
+    for step in (1, 2, 3):
+        save_checkpoint(tmp_path, model=_model(step), state={}, meta={"step": step})
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("step-*"))
+    assert kept == ["step-00000002", "step-00000003"]
 
 
 @given(fail_at=st.integers(1, 3))

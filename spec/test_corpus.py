@@ -72,6 +72,14 @@ def test_a_prepared_corpus_is_reused_until_its_source_changes(tmp_path):
     changed = prepare_corpus(source, TOK, tmp_path / "cache")
     assert changed.tokens.tolist() == TOK.encode("something else entirely")
     assert changed.metadata["source_hash"] != first.metadata["source_hash"]
+    # A token file lost beside its metadata is rebuilt, not trusted.
+    Path(changed.tokens.filename).unlink()
+    rebuilt = prepare_corpus(source, TOK, tmp_path / "cache")
+    assert rebuilt.tokens.tolist() == TOK.encode("something else entirely")
+    # The metadata says what the tokens are and where they came from.
+    assert rebuilt.metadata["tokenizer"] == "gpt2" and rebuilt.metadata["n_vocab"] == 50257
+    assert rebuilt.metadata["token_count"] == len(rebuilt.tokens)
+    assert rebuilt.metadata["source"] == str(source.resolve())
 
 
 @given(n=st.integers(0, 60), length=st.integers(1, 10), stride=st.integers(1, 12))
