@@ -202,11 +202,10 @@ def _decoding_head(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
     The copy lives as long as one generation call (154 MB for GPT-2 small). Any other head
     (LoRA-wrapped, biased, on a GPU) is called as it is.
     """
-    weight = getattr(head, "weight", None)
-    if (type(head) is not nn.Linear or head.bias is not None or weight.device.type != "cpu"
-            or weight.dim() != 2 or weight.stride(1) != 1):
+    if (type(head) is not nn.Linear or head.bias is not None
+            or head.weight.device.type != "cpu" or head.weight.stride(1) != 1):
         return head
-    weight_t = weight.detach().t().contiguous()  # (emb, vocab), row-major
+    weight_t = head.weight.detach().t().contiguous()  # (emb, vocab), row-major
     return lambda rows: rows @ weight_t
 
 

@@ -143,8 +143,11 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="lengths"):
         classifier_logits(make_classifier(tiny_gpt(0)), torch.tensor([[1, 2]]), torch.tensor([3]))
     loader = DataLoader(SpamDataset([("hi", 0)]), batch_size=1)
-    with pytest.raises(ValueError, match="num_batches"):
-        classification_accuracy(loader, make_classifier(tiny_gpt(0, vocab_size=50257)), "cpu", 0)
+    for bad in (0, 1.5):
+        with pytest.raises(ValueError,
+                           match=rf"^num_batches must be an int >= 1 or None, got {bad}$"):
+            classification_accuracy(loader, make_classifier(tiny_gpt(0, vocab_size=50257)),
+                                    "cpu", bad)
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -18,6 +18,7 @@ torch.Size([1, 2])
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -30,7 +31,7 @@ from torch.utils.data import DataLoader
 
 from ..model import GPTConfig, GPTModel
 from ..tokenizers import gpt2_tokenizer
-from .loop import finetune_loop
+from .loop import check_counts, finetune_loop
 from .spam_data import SPAM_LABELS
 
 __all__ = [
@@ -136,7 +137,8 @@ def _unpack(batch, device):
 
 
 def _check_num_batches(num_batches: int | None) -> None:
-    if num_batches is not None and (isinstance(num_batches, bool) or num_batches < 1):
+    if num_batches is not None and (isinstance(num_batches, bool)
+                                    or not isinstance(num_batches, int) or num_batches < 1):
         raise ValueError(f"num_batches must be an int >= 1 or None, got {num_batches!r}")
 
 
@@ -150,9 +152,7 @@ def classification_loss_loader(
     _check_num_batches(num_batches)
     total, count = 0.0, 0
     with torch.no_grad():
-        for i, batch in enumerate(loader):
-            if num_batches is not None and i >= num_batches:
-                break
+        for batch in itertools.islice(loader, num_batches):
             total += classification_loss(model, *_unpack(batch, device)).item()
             count += 1
     return total / count if count else float("nan")
@@ -168,9 +168,7 @@ def classification_accuracy(
     _check_num_batches(num_batches)
     correct, seen = 0, 0
     with torch.no_grad():
-        for i, batch in enumerate(loader):
-            if num_batches is not None and i >= num_batches:
-                break
+        for batch in itertools.islice(loader, num_batches):
             input_ids, labels, lengths = _unpack(batch, device)
             predicted = classifier_logits(model, input_ids, lengths).argmax(dim=-1)
             correct += int((predicted == labels).sum())
@@ -198,8 +196,7 @@ def train_classifier_simple(
     ``val_loss``, ``train_accuracy`` and ``val_accuracy`` over ``eval_iter`` batches. With
     ``seed``, dropout draws from a generator seeded with it (torch's global state is restored).
     """
-    if isinstance(eval_iter, bool) or not isinstance(eval_iter, int) or eval_iter < 1:
-        raise ValueError(f"eval_iter must be an int >= 1, got {eval_iter!r}")
+    check_counts(eval_iter=eval_iter)  # before any step, not at the first evaluation
 
     def loss_fn(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
         return classification_loss(model, *_unpack(batch, device))

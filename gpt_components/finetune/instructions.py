@@ -34,7 +34,7 @@ from ..generation import generate
 from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
 from ..training import evaluate
-from .loop import finetune_loop
+from .loop import check_counts, finetune_loop
 from .spam_data import Splits, split_records
 
 __all__ = [
@@ -244,8 +244,7 @@ def train_instructions(
     ``eval_freq`` steps and at each epoch's end it also holds ``train_loss`` and ``val_loss``
     over ``eval_iter`` batches. With ``seed``, dropout draws from a generator seeded with it.
     """
-    if isinstance(eval_iter, bool) or not isinstance(eval_iter, int) or eval_iter < 1:
-        raise ValueError(f"eval_iter must be an int >= 1, got {eval_iter!r}")
+    check_counts(eval_iter=eval_iter)  # before any step, not at the first evaluation
 
     def losses() -> dict[str, float]:
         train_loss, val_loss = evaluate(model, train_loader, val_loader, device, eval_iter)

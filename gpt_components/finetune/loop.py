@@ -60,9 +60,7 @@ def finetune_loop(
     targets)`` pair for next-token cross-entropy. A non-finite loss raises
     ``TrainingDivergedError`` naming the step.
     """
-    for name, value in (("num_epochs", num_epochs), ("eval_freq", eval_freq)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    check_counts(num_epochs=num_epochs, eval_freq=eval_freq)
     if not hasattr(train_loader, "__len__"):
         raise TypeError(f"train_loader must be re-iterable with a length (a DataLoader or a "
                         f"list of batches), got {type(train_loader).__name__}")
@@ -87,3 +85,10 @@ def finetune_loop(
                 if on_record is not None:
                     on_record(record)
     return records
+
+
+def check_counts(**counts: object) -> None:
+    """Raise a ``ValueError`` naming the first of ``counts`` that is not an int >= 1."""
+    for name, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
