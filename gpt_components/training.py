@@ -397,6 +397,8 @@ def train(
                 on_step(record)
     if bar is not None:
         bar.close()
+    if world > 1:  # no rank returns before rank 0 has written the last checkpoint
+        dist.barrier()
     records = read_metrics(run_dir) if rank == 0 else []
     if rank == 0 and plot:
         plot_losses(records, run_dir / "loss.png")

@@ -5,8 +5,10 @@ Usage: python spec/_train_script.py RUN_DIR [--steps N] [--batch-size B] [--kill
 """
 
 import argparse
+import json
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,6 +36,9 @@ def run(run_dir: str, *, steps: int = 8, batch_size: int = 2, drop_rate: float =
 
     train(model, tokens[:1800], tokens[1800:], train_cfg, run_dir, context_length=16,
           resume=resume, progress=False, on_step=kill, plot=False)
+    latest = json.loads((Path(run_dir) / "checkpoints" / "latest.json").read_text())
+    if latest["step"] != steps:  # every rank returns only after rank 0's last checkpoint
+        raise SystemExit(f"train returned with the last checkpoint at step {latest['step']}")
 
 
 def main() -> None:
