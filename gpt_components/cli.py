@@ -157,7 +157,7 @@ def _train(args: argparse.Namespace) -> None:
             raise CLIError(str(error)) from None
     cache_dir = Path(args.cache_dir or run_dir.parent / ".corpus-cache")
     def tokenized() -> TokenCorpus:
-        return prepare_corpus(corpus_path, tokenizer, cache_dir, tokenizer_name=tokenizer_spec)
+        return prepare_corpus(corpus_path, tokenizer, cache_dir)
 
     try:
         corpus = tokenized() if rank == 0 else None

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import codecs
 import hashlib
+import inspect
 import json
 import os
 import re
@@ -43,30 +44,50 @@ _SAFE_SPLIT = re.compile(r"(?<=\S\n)(?=\S)")
 
 
 def encode_text(text: str, tokenizer: Any) -> list[int]:
-    """Token ids of ``text``, with ``<|endoftext|>`` allowed as the special token it is."""
+    """Token ids of ``text``; ``<|endoftext|>`` becomes its special id if the tokenizer has one.
+
+    Tokenizers with tiktoken's ``allowed_special`` keyword (tiktoken, ``BPETokenizer``) are asked
+    for it; others (the book's ``SimpleTokenizerV2``) get the text alone and handle it themselves.
+    """
     try:
-        return list(tokenizer.encode(text, allowed_special={"<|endoftext|>"}))
-    except TypeError:  # a tokenizer without tiktoken's keyword
-        return list(tokenizer.encode(text))
+        parameters = inspect.signature(tokenizer.encode).parameters
+    except (TypeError, ValueError):  # a compiled method without a signature
+        parameters = {}
+    if "allowed_special" in parameters:
+        allowed = {"<|endoftext|>"} & set(getattr(tokenizer, "special_tokens_set", ()))
+        return list(tokenizer.encode(text, allowed_special=allowed))
+    return list(tokenizer.encode(text))
 
 
 def _pieces(path: Path, block_bytes: int) -> Iterator[str]:
     """The file's text, read ``block_bytes`` bytes at a time and cut only at safe split points.
 
-    Memory stays bounded by the block size (plus any stretch with no safe point in it).
+    Memory stays bounded by the block size (plus any stretch with no safe point in it). Bytes
+    that are not UTF-8 raise ValueError naming the file and the offset of the first bad byte.
     """
     decoder = codecs.getincrementaldecoder("utf-8")()
-    pending = ""
+    pending, consumed = "", 0
+
+    def decode(block: bytes, final: bool = False) -> str:
+        buffered = len(decoder.getstate()[0])  # an incomplete character left by the last block
+        try:
+            return decoder.decode(block, final=final)
+        except UnicodeDecodeError as error:
+            offset = consumed - buffered + error.start
+            raise ValueError(f"source file {str(path)!r} is not UTF-8 text: {error.reason} at "
+                             f"byte {offset}") from None
+
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(block_bytes), b""):
-            pending += decoder.decode(block)
+            pending += decode(block)
+            consumed += len(block)
             cut = 0
             for cut_match in _SAFE_SPLIT.finditer(pending):
                 cut = cut_match.start()
             if cut:
                 yield pending[:cut]
                 pending = pending[cut:]
-    yield pending + decoder.decode(b"", final=True)
+    yield pending + decode(b"", final=True)
 
 
 def _source_files(source: Path) -> list[Path]:
@@ -125,17 +146,24 @@ def prepare_corpus(
     tokenizer: Any,
     cache_dir: str | os.PathLike,
     *,
-    tokenizer_name: str = "gpt2",
     block_bytes: int = 1 << 22,
 ) -> TokenCorpus:
     """Tokenize ``source`` into ``cache_dir`` once (reused while source and tokenizer match).
+
+    The tokenizer is known by its ``name``, which must identify its vocabulary: tiktoken's
+    encodings and ``BPETokenizer`` (``bpe-<n_vocab>-<fingerprint>``) qualify, so a tokenizer
+    retrained in the same directory never reuses ids cut by the old one.
 
     Memory stays flat: each file is read in blocks of ``block_bytes`` bytes and encoded in
     pieces cut only where the pre-tokenizer splits anyway, so the ids equal ``encode_text`` of
     the whole text. The token file is written under a temporary name and renamed when complete.
     """
-    if block_bytes < 1:
-        raise ValueError(f"block_bytes must be >= 1, got {block_bytes!r}")
+    if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1:
+        raise ValueError(f"block_bytes must be an int >= 1, got {block_bytes!r}")
+    tokenizer_name = getattr(tokenizer, "name", None)
+    if not isinstance(tokenizer_name, str) or not tokenizer_name:
+        raise TypeError(f"tokenizer must have a name that identifies its vocabulary (as tiktoken "
+                        f"encodings and BPETokenizer do), got a {type(tokenizer).__name__}")
     source = Path(source)
     files = _source_files(source)
     root = source if source.is_dir() else source.parent
@@ -173,8 +201,10 @@ def prepare_corpus(
 
 def _open(token_path: Path, metadata: dict) -> TokenCorpus:
     count = metadata["token_count"]
-    if count == 0:
-        return TokenCorpus(np.zeros(0, dtype=metadata["dtype"]), metadata)
+    if count == 0:  # numpy cannot map an empty file
+        empty = np.zeros(0, dtype=metadata["dtype"])
+        empty.flags.writeable = False
+        return TokenCorpus(empty, metadata)
     tokens = np.memmap(token_path, dtype=metadata["dtype"], mode="r", shape=(count,))
     return TokenCorpus(tokens, metadata)
 
