@@ -10,6 +10,8 @@ A checkpoint is a directory ``checkpoints/step-NNNNNNNN/`` in a run directory ho
 It is written under a temporary name and renamed into place, then ``checkpoints/latest.json``
 is replaced (again temporary file + ``os.replace``) to point at it, and only then are older
 checkpoints pruned: a process killed at any instant leaves the previous checkpoint usable.
+Every temporary name sits in the directory it is renamed into (a rename is atomic only within
+one file system) and starts with a dot; the next successful save removes any a kill left behind.
 
 Exports: ``save_checkpoint``, ``load_checkpoint``, ``latest_checkpoint``, ``Checkpoint``,
 ``CheckpointError``.
@@ -30,6 +32,7 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -116,6 +119,10 @@ def save_checkpoint(
     for old in sorted(root.glob("step-*"))[:-keep]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
+    for leftover in root.glob(".step-*"):  # temporary directories of saves killed midway
+        shutil.rmtree(leftover, ignore_errors=True)
+    for leftover in root.glob(f".{LATEST}.*.tmp"):
+        leftover.unlink(missing_ok=True)
     return final
 
 
@@ -129,6 +136,16 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise CheckpointError(f"pointer {str(pointer)!r} is corrupted: {error}") from None
     return pointer.parent / name
+
+
+def _refusal_reason(error: Exception) -> str:
+    """The one sentence of torch's weights-only refusal that says what the pickle wanted."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch bolds part of its message
+    found = re.search(r"WeightsUnpickler error:\s*(.*?)\.(?:\s|$)", text)
+    if found:
+        return found.group(1)
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else "unsafe pickle"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
@@ -154,10 +171,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     try:
         state = torch.load(path / STATE, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else "unsafe pickle"
         raise CheckpointError(
             f"{str(path / STATE)!r} was refused: it holds objects other than tensors and plain "
-            f"values ({first})"
+            f"values ({_refusal_reason(error)})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as error:
         raise CheckpointError(f"{str(path / STATE)!r} is corrupted or truncated: {error}") from None

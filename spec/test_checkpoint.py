@@ -3,6 +3,7 @@
 import json
 import os
 import pickle
+import re
 import tempfile
 from pathlib import Path
 
@@ -47,9 +48,12 @@ def test_a_saved_checkpoint_loads_back_bit_for_bit(seed, step, tied):
     model(torch.tensor([[1, 2, 3]])).sum().backward()
     optimizer.step()
     meta = {"step": step, "data_position": {"epoch": 1, "batch": 2}, "config": {"emb_dim": 4}}
-    with tempfile.TemporaryDirectory() as run:
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "runs" / "first"  # made on the first save
         save_checkpoint(run, model=model, state={"optimizer": optimizer.state_dict()}, meta=meta)
         loaded = load_checkpoint(run)
+        assert loaded.path == run / "checkpoints" / f"step-{step:08d}"
+        assert load_checkpoint(loaded.path).meta == meta  # a checkpoint directory loads too
     assert loaded.meta == meta
     for name, tensor in model.state_dict().items():
         assert torch.equal(loaded.weights[name], tensor)
@@ -84,7 +88,8 @@ def test_by_default_the_two_newest_checkpoints_are_kept(tmp_path):
 @given(fail_at=st.integers(1, 3))
 def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(fail_at):
     # A crash at any os.replace (checkpoint dir, then the latest.json pointer) is a kill at
-    # that instant: the run must still load the earlier step, with its weights.
+    # that instant: the run must still load the earlier step, with its weights, and the next
+    # save must succeed and clear what the killed one left behind.
     with tempfile.TemporaryDirectory() as run:
         first = _model(1)
         save_checkpoint(run, model=first, state={}, meta={"step": 1})
@@ -93,6 +98,9 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(fail_at):
 
         def crashing_replace(src, dst):
             calls["n"] += 1
+            # Atomic only within one file system: every rename stays inside its directory.
+            assert Path(src).parent == Path(dst).parent, (src, dst)
+            assert Path(src).name.startswith("."), src
             if calls["n"] == fail_at:
                 raise KeyboardInterrupt("killed")
             real_replace(src, dst)
@@ -109,6 +117,13 @@ def test_a_save_killed_midway_leaves_the_previous_checkpoint_usable(fail_at):
         assert loaded.meta["step"] == expected
         if expected == 1:
             assert all(torch.equal(loaded.weights[k], v) for k, v in first.state_dict().items())
+        again = _model(3)
+        save_checkpoint(run, model=again, state={}, meta={"step": 2})
+        loaded = load_checkpoint(run)
+        assert loaded.meta["step"] == 2
+        assert all(torch.equal(loaded.weights[k], v) for k, v in again.state_dict().items())
+        left = sorted(p.name for p in (Path(run) / "checkpoints").iterdir())
+        assert left == ["latest.json", "step-00000001", "step-00000002"]
 
 
 class _Payload:
@@ -129,9 +144,11 @@ def test_a_crafted_pickle_is_refused_and_its_code_never_runs(tmp_path):
         pickle.load(f)
     assert marker.exists()
     marker.unlink()
-    with pytest.raises(CheckpointError, match="state.pt"):
+    with pytest.raises(CheckpointError, match=rf"^'{re.escape(str(path / 'state.pt'))}' was "
+                                              r"refused: .*\(.*\bexec\b.*\)$") as refused:
         load_checkpoint(tmp_path)
     assert not marker.exists()
+    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
 
 
 @file_writing
@@ -146,12 +163,12 @@ def test_a_truncated_or_corrupted_file_gives_a_clear_error(which, keep_fraction,
         data = (path / which).read_bytes()
         cut = data[: int(len(data) * keep_fraction)]
         (path / which).write_bytes(b"\x00\xffnot a checkpoint" * 3 if garbage else cut)
-        with pytest.raises(CheckpointError, match=which.replace(".", r"\.")):
+        with pytest.raises(CheckpointError, match=re.escape(str(path / which))):
             load_checkpoint(run)
 
 
 def test_missing_checkpoints_and_bad_arguments_are_named(tmp_path):
-    with pytest.raises(CheckpointError, match="path"):
+    with pytest.raises(CheckpointError, match=rf"^path must .* got '{re.escape(str(tmp_path))}'$"):
         load_checkpoint(tmp_path)
     assert latest_checkpoint(tmp_path) is None
     with pytest.raises(ValueError, match="step"):
@@ -160,5 +177,31 @@ def test_missing_checkpoints_and_bad_arguments_are_named(tmp_path):
         save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 1}, keep=0)
     path = save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 1})
     (path / "state.pt").unlink()
-    with pytest.raises(CheckpointError, match="missing state.pt"):
+    with pytest.raises(CheckpointError, match=rf"^checkpoint '{re.escape(str(path))}' is missing "
+                                              r"state\.pt$"):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("which", ["state.pt", "meta.json"])
+def test_a_checkpoint_holding_something_other_than_dicts_is_refused(tmp_path, which):
+    path = save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 1})
+    if which == "state.pt":
+        torch.save([torch.ones(1)], path / "state.pt")
+    else:
+        (path / "meta.json").write_text("[1, 2]", encoding="utf-8")
+    with pytest.raises(CheckpointError, match=rf"^checkpoint '{re.escape(str(path))}' must hold "
+                                              r"dicts in state\.pt and meta\.json$"):
+        load_checkpoint(tmp_path)
+
+
+def test_the_latest_pointer_wins_and_a_corrupted_one_is_named(tmp_path):
+    save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 1})
+    # A run directory that also holds a meta.json of its own is still read as a run.
+    (tmp_path / "meta.json").write_text('{"step": 99}', encoding="utf-8")
+    assert load_checkpoint(tmp_path).meta == {"step": 1}
+    pointer = tmp_path / "checkpoints" / "latest.json"
+    for broken in ("not json", '{"step": 1}', "[]"):
+        pointer.write_text(broken, encoding="utf-8")
+        with pytest.raises(CheckpointError, match=rf"^pointer '{re.escape(str(pointer))}' is "
+                                                  r"corrupted"):
+            load_checkpoint(tmp_path)
