@@ -46,16 +46,17 @@ _SAFE_SPLIT = re.compile(r"(?<=\S\n)(?=\S)")
 def encode_text(text: str, tokenizer: Any) -> list[int]:
     """Token ids of ``text``; ``<|endoftext|>`` becomes its special id if the tokenizer has one.
 
-    Tokenizers with tiktoken's ``allowed_special`` keyword (tiktoken, ``BPETokenizer``) are asked
-    for it; others (the book's ``SimpleTokenizerV2``) get the text alone and handle it themselves.
+    Tokenizers with tiktoken's keywords (tiktoken, ``BPETokenizer``) read every other special
+    token's name as ordinary text, as it is in a corpus; others (the book's ``SimpleTokenizerV2``)
+    get the text alone and handle it themselves.
     """
     try:
         parameters = inspect.signature(tokenizer.encode).parameters
     except (TypeError, ValueError):  # a compiled method without a signature
         parameters = {}
-    if "allowed_special" in parameters:
+    if "allowed_special" in parameters and "disallowed_special" in parameters:
         allowed = {"<|endoftext|>"} & set(getattr(tokenizer, "special_tokens_set", ()))
-        return list(tokenizer.encode(text, allowed_special=allowed))
+        return list(tokenizer.encode(text, allowed_special=allowed, disallowed_special=()))
     return list(tokenizer.encode(text))
 
 
@@ -102,9 +103,13 @@ def _source_files(source: Path) -> list[Path]:
 
 
 def _source_hash(files: list[Path], root: Path) -> str:
+    """SHA-256 over each file's relative name and bytes, every field prefixed by its length
+    (so moving text from one file into another, or a name into a text, changes the hash)."""
     digest = hashlib.sha256()
     for path in files:
-        digest.update(str(path.relative_to(root)).encode())
+        name = str(path.relative_to(root)).encode("utf-8", "surrogateescape")
+        digest.update(len(name).to_bytes(8, "little") + name)
+        digest.update(path.stat().st_size.to_bytes(8, "little"))
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
                 digest.update(block)
@@ -177,8 +182,11 @@ def prepare_corpus(
     expected = {"format": FORMAT_VERSION, "tokenizer": tokenizer_name, "source_hash": source_hash,
                 "dtype": dtype.name, "n_vocab": tokenizer.n_vocab}
     if meta_path.exists() and token_path.exists():
-        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        if all(metadata.get(k) == v for k, v in expected.items()):
+        try:
+            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (ValueError, OSError):  # unreadable: tokenize again
+            metadata = {}
+        if isinstance(metadata, dict) and all(metadata.get(k) == v for k, v in expected.items()):
             return _open(token_path, metadata)
     eot = getattr(tokenizer, "eot_token", None)
     count = 0
@@ -195,7 +203,9 @@ def prepare_corpus(
     os.replace(partial, token_path)
     metadata = {**expected, "token_count": count, "source": str(source.resolve()),
                 "files": len(files)}
-    meta_path.write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    partial_meta = meta_path.with_suffix(".json.partial")
+    partial_meta.write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    os.replace(partial_meta, meta_path)
     return _open(token_path, metadata)
 
 

@@ -151,6 +151,25 @@ def test_a_crafted_pickle_is_refused_and_its_code_never_runs(tmp_path):
     assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
 
 
+@pytest.mark.parametrize("wording, reason", [
+    ("\x1b[1mBlocked\x1b[0m global: os.system\n\tsee the docs", "Blocked global: os.system"),
+    ("\n  WeightsUnpickler error: Unsupported global: GLOBAL posix.system was not allowed.\n",
+     "Unsupported global: GLOBAL posix.system was not allowed"),
+    ("", "unsafe pickle"),
+])
+def test_a_refusal_is_one_clean_line_whatever_torch_says(tmp_path, monkeypatch, wording, reason):
+    # torch's wording differs between versions: the refusal keeps one line of it, no escapes.
+    save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 0})
+
+    def refusing_load(*args, **kwargs):
+        raise pickle.UnpicklingError(wording)
+
+    monkeypatch.setattr(torch, "load", refusing_load)
+    with pytest.raises(CheckpointError) as refused:
+        load_checkpoint(tmp_path)
+    assert str(refused.value).endswith(f"values ({reason})")
+
+
 @file_writing
 @given(which=st.sampled_from(["model.safetensors", "state.pt", "meta.json"]),
        keep_fraction=st.floats(0.0, 0.95), garbage=st.booleans())

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gpt_components.bpe import BPETokenizer
@@ -49,15 +49,17 @@ class _CharTokenizer:
 
 
 class _Spy:
-    """GPT-2's tokenizer, remembering the longest text it was asked to encode."""
+    """GPT-2's tokenizer with tiktoken's keywords but no list of specials, remembering the
+    longest text it was asked to encode."""
 
     def __init__(self):
         self.name, self.n_vocab, self.eot_token = TOK.name, TOK.n_vocab, TOK.eot_token
-        self.special_tokens_set, self.longest = TOK.special_tokens_set, 0
+        self.longest = 0
 
-    def encode(self, text: str, *, allowed_special=frozenset()) -> list[int]:
+    def encode(self, text: str, *, allowed_special=frozenset(), disallowed_special="all"):
         self.longest = max(self.longest, len(text))
-        return TOK.encode(text, allowed_special=allowed_special)
+        return TOK.encode(text, allowed_special=allowed_special,
+                          disallowed_special=disallowed_special)
 
 
 def _write(directory: Path, name: str, text: str) -> Path:
@@ -104,17 +106,21 @@ def test_ids_are_kept_exactly_in_the_narrowest_dtype_for_any_tokenizer(n_vocab, 
     # uint16 holds ids up to 65535, so a vocabulary of 65536 is the largest that fits in it.
     text = data.draw(st.text(st.characters(max_codepoint=n_vocab - 1, exclude_categories=["Cs"]),
                              max_size=30))
-    tok = _CharTokenizer(n_vocab, name=f"chars-{n_vocab}" if named else None)
+    tok = _CharTokenizer(n_vocab, name=f"chars/{n_vocab} (ü)" if named else None)
     dtype = np.uint16 if n_vocab <= 2**16 else np.uint32
     in_memory = TokenCorpus.from_text(text, tok)
     assert in_memory.tokens.dtype == dtype and in_memory.tokens.tolist() == list(map(ord, text))
     assert in_memory.metadata == {"token_count": len(text),
-                                  "tokenizer": f"chars-{n_vocab}" if named else ""}
+                                  "tokenizer": f"chars/{n_vocab} (ü)" if named else ""}
     with tempfile.TemporaryDirectory() as tmp:
         source = _write(Path(tmp), "c.txt", text)
         if not named:
-            with pytest.raises(TypeError, match="tokenizer must have a name"):
-                prepare_corpus(source, tok, Path(tmp) / "cache")
+            for name in (None, "", 42):
+                if name is not None:
+                    tok.name = name
+                with pytest.raises(TypeError, match="^tokenizer must have a name .* got a "
+                                                    "_CharTokenizer$"):
+                    prepare_corpus(source, tok, Path(tmp) / "cache")
             return
         corpus = prepare_corpus(source, tok, Path(tmp) / "cache", block_bytes=7)
         assert corpus.tokens.dtype == dtype and corpus.tokens.tolist() == list(map(ord, text))
@@ -154,6 +160,45 @@ def test_a_directory_is_its_sorted_documents_joined_by_end_of_text(docs):
         # A tokenizer without an end-of-text token joins the documents with nothing.
         chars = prepare_corpus(folder, _CharTokenizer(128, "chars"), Path(tmp) / "cache")
         assert chars.tokens.tolist() == [ord(c) for c in "".join(docs)]
+
+
+def _expected(docs: list[tuple[str, str]]) -> list[int]:
+    ids = []
+    for i, (_, text) in enumerate(sorted(docs)):
+        ids += ([TOK.eot_token] if i else []) + TOK.encode(text)
+    return ids
+
+
+@settings(max_examples=30)
+@given(states=st.lists(st.dictionaries(st.sampled_from(["a.txt", "b.txt", "ab.txt"]),
+                                       st.text("ab.tx\n", min_size=1, max_size=8), min_size=1),
+                       min_size=2, max_size=4))
+@example(states=[{"a.txt": "xb.txty"}, {"a.txt": "x", "b.txt": "y"}])
+@example(states=[{"a.txt": "ab", "b.txt": "c"}, {"a.txt": "a", "b.txt": "bc"}])
+def test_the_cache_never_serves_the_tokens_of_another_version_of_the_folder(states):
+    # The folder is rewritten in place, one version after another, with one cache throughout.
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, cache = Path(tmp) / "docs", Path(tmp) / "cache"
+        folder.mkdir()
+        for state in states:
+            for old in folder.iterdir():
+                old.unlink()
+            for name, text in state.items():
+                _write(folder, name, text)
+            assert prepare_corpus(folder, TOK, cache).tokens.tolist() == _expected(
+                list(state.items()))
+
+
+def test_other_special_token_names_in_a_corpus_are_read_as_text(tmp_path):
+    tok = BPETokenizer.train(VERDICT[:3000], vocab_size=300,
+                             special_tokens=(EOT, "<|pad|>"))
+    text = f"I had <|pad|> always{EOT} thought Jack"
+    corpus = prepare_corpus(_write(tmp_path, "c.txt", text), tok, tmp_path / "cache")
+    expected = tok.encode(text, allowed_special={EOT}, disallowed_special=())
+    assert corpus.tokens.tolist() == expected
+    assert TokenCorpus.from_text(text, tok).tokens.tolist() == expected
+    pad = tok.encode("<|pad|>", allowed_special="all")[0]
+    assert tok.eot_token in expected and pad not in expected
 
 
 def test_renaming_a_document_reorders_the_corpus_and_rebuilds_it(tmp_path):
@@ -217,6 +262,11 @@ def test_a_prepared_corpus_is_reused_until_its_source_changes(tmp_path):
     renewed = prepare_corpus(source, TOK, tmp_path / "cache")
     assert Path(renewed.tokens.filename).stat().st_mtime_ns != stamp - 10**9
     assert renewed.metadata["format"] == meta["format"]
+    # So is one whose metadata a kill left half written.
+    meta_path.write_text(meta_path.read_text(encoding="utf-8")[:20], encoding="utf-8")
+    assert prepare_corpus(source, TOK, tmp_path / "cache").tokens.tolist() == TOK.encode(
+        "something else entirely")
+    assert json.loads(meta_path.read_text(encoding="utf-8")) == renewed.metadata
 
 
 @given(n=st.integers(0, 60), length=st.integers(1, 10), stride=st.integers(1, 12))
@@ -268,5 +318,5 @@ def test_bad_sources_and_arguments_name_the_parameter(tmp_path):
     for fraction in (0.0, 1.0, -0.5):
         with pytest.raises(ValueError, match="val_fraction"):
             TokenCorpus(np.zeros(5, dtype=np.uint16), {}).split(fraction)
-    with pytest.raises(TypeError, match="text"):
+    with pytest.raises(TypeError, match="^text must be a str, got bytes$"):
         TokenCorpus.from_text(b"bytes", TOK)
