@@ -102,13 +102,11 @@ def _source_files(source: Path) -> list[Path]:
     raise FileNotFoundError(f"source must be a .txt file or a directory, got {str(source)!r}")
 
 
-def _source_hash(files: list[Path], root: Path) -> str:
-    """SHA-256 over each file's relative name and bytes, every field prefixed by its length
-    (so moving text from one file into another, or a name into a text, changes the hash)."""
+def _source_hash(files: list[Path]) -> str:
+    """SHA-256 over each file's size and bytes, in reading order: exactly what decides the
+    tokens (the size marks where one document ends and the end-of-text token goes)."""
     digest = hashlib.sha256()
     for path in files:
-        name = str(path.relative_to(root)).encode("utf-8", "surrogateescape")
-        digest.update(len(name).to_bytes(8, "little") + name)
         digest.update(path.stat().st_size.to_bytes(8, "little"))
         with open(path, "rb") as f:
             for block in iter(lambda: f.read(1 << 20), b""):
@@ -171,8 +169,7 @@ def prepare_corpus(
                         f"encodings and BPETokenizer do), got a {type(tokenizer).__name__}")
     source = Path(source)
     files = _source_files(source)
-    root = source if source.is_dir() else source.parent
-    source_hash = _source_hash(files, root)
+    source_hash = _source_hash(files)
     dtype = _dtype_for(tokenizer.n_vocab)
     cache = Path(cache_dir)
     cache.mkdir(parents=True, exist_ok=True)
@@ -181,12 +178,8 @@ def prepare_corpus(
     token_path, meta_path = cache / f"{stem}.tok", cache / f"{stem}.json"
     expected = {"format": FORMAT_VERSION, "tokenizer": tokenizer_name, "source_hash": source_hash,
                 "dtype": dtype.name, "n_vocab": tokenizer.n_vocab}
-    if meta_path.exists() and token_path.exists():
-        try:
-            metadata = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (ValueError, OSError):  # unreadable: tokenize again
-            metadata = {}
-        if isinstance(metadata, dict) and all(metadata.get(k) == v for k, v in expected.items()):
+    if token_path.exists() and (metadata := _read_metadata(meta_path)) is not None:
+        if all(metadata.get(k) == v for k, v in expected.items()):
             return _open(token_path, metadata)
     eot = getattr(tokenizer, "eot_token", None)
     count = 0
@@ -207,6 +200,15 @@ def prepare_corpus(
     partial_meta.write_text(json.dumps(metadata, indent=2), encoding="utf-8")
     os.replace(partial_meta, meta_path)
     return _open(token_path, metadata)
+
+
+def _read_metadata(meta_path: Path) -> dict | None:
+    """The cache's metadata, or None if it is missing or unreadable (then it is rebuilt)."""
+    try:
+        metadata = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (ValueError, OSError):
+        return None
+    return metadata if isinstance(metadata, dict) else None
 
 
 def _open(token_path: Path, metadata: dict) -> TokenCorpus:

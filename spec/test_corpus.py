@@ -175,6 +175,7 @@ def _expected(docs: list[tuple[str, str]]) -> list[int]:
                        min_size=2, max_size=4))
 @example(states=[{"a.txt": "xb.txty"}, {"a.txt": "x", "b.txt": "y"}])
 @example(states=[{"a.txt": "ab", "b.txt": "c"}, {"a.txt": "a", "b.txt": "bc"}])
+@example(states=[{"a.txt": "ab"}, {"a.txt": "ba"}, {"b.txt": "ba"}, {"a.txt": "b", "b.txt": "a"}])
 def test_the_cache_never_serves_the_tokens_of_another_version_of_the_folder(states):
     # The folder is rewritten in place, one version after another, with one cache throughout.
     with tempfile.TemporaryDirectory() as tmp:
@@ -201,7 +202,7 @@ def test_other_special_token_names_in_a_corpus_are_read_as_text(tmp_path):
     assert tok.eot_token in expected and pad not in expected
 
 
-def test_renaming_a_document_reorders_the_corpus_and_rebuilds_it(tmp_path):
+def test_renaming_a_document_to_reorder_the_corpus_rebuilds_it(tmp_path):
     folder = tmp_path / "docs"
     folder.mkdir()
     _write(folder, "a.txt", "first")
