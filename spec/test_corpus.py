@@ -263,11 +263,12 @@ def test_a_prepared_corpus_is_reused_until_its_source_changes(tmp_path):
     renewed = prepare_corpus(source, TOK, tmp_path / "cache")
     assert Path(renewed.tokens.filename).stat().st_mtime_ns != stamp - 10**9
     assert renewed.metadata["format"] == meta["format"]
-    # So is one whose metadata a kill left half written.
-    meta_path.write_text(meta_path.read_text(encoding="utf-8")[:20], encoding="utf-8")
-    assert prepare_corpus(source, TOK, tmp_path / "cache").tokens.tolist() == TOK.encode(
-        "something else entirely")
-    assert json.loads(meta_path.read_text(encoding="utf-8")) == renewed.metadata
+    # So is one whose metadata a kill left half written, or that holds no JSON object.
+    for damaged in (meta_path.read_text(encoding="utf-8")[:20], "[1, 2]"):
+        meta_path.write_text(damaged, encoding="utf-8")
+        assert prepare_corpus(source, TOK, tmp_path / "cache").tokens.tolist() == TOK.encode(
+            "something else entirely")
+        assert json.loads(meta_path.read_text(encoding="utf-8")) == renewed.metadata
 
 
 @given(n=st.integers(0, 60), length=st.integers(1, 10), stride=st.integers(1, 12))
