@@ -297,6 +297,19 @@ def test_two_tokenizers_share_a_name_exactly_when_they_share_a_vocabulary(one, o
     assert BPETokenizer.gpt2().name == TIKTOKEN.name == "gpt2" != one.name
 
 
+def test_special_token_names_in_the_training_text_teach_no_merges():
+    # Five end-of-text tokens would give each pair inside the name a count of five.
+    tok = BPETokenizer.train(ENDOFTEXT * 5 + "ab", 300)
+    assert tok.merges == () and tok.n_vocab == 257
+
+
+def test_single_tokens_and_the_repr_say_what_the_tokenizer_holds():
+    for token in GPT2.encode("Hello, naïve world 😀"):
+        assert GPT2.decode_single_token_bytes(token) == TIKTOKEN.decode_single_token_bytes(token)
+    assert repr(GPT2) == ("BPETokenizer(name='gpt2', n_vocab=50257, merges=50000, "
+                          "special_tokens=['<|endoftext|>'])")
+
+
 def test_a_pair_seen_only_once_is_not_merged_by_default():
     # "xy" and " xy": the pair (x, y) occurs twice, every other pair once.
     assert BPETokenizer.train("xy xy", 300, ()).merges == ((b"x", b"y"),)
