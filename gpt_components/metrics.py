@@ -21,6 +21,10 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
+    from matplotlib.figure import Figure
 
 __all__ = ["METRICS_FILE", "read_metrics", "start_metrics", "append_metrics", "plot_losses"]
 
@@ -61,8 +65,11 @@ def append_metrics(run_dir: str | os.PathLike, records: Iterable[dict]) -> None:
         f.write("".join(json.dumps(r) + "\n" for r in records))
 
 
-def plot_losses(records: Iterable[dict], path: str | os.PathLike) -> None:
-    """Draw training and validation loss against tokens seen into ``path`` (PNG, Agg)."""
+def plot_losses(records: Iterable[dict], path: str | os.PathLike) -> Figure:
+    """Draw training and validation loss against tokens seen into ``path`` (PNG, Agg).
+
+    Returns the matplotlib ``Figure``, for a notebook to show or restyle.
+    """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -80,3 +87,4 @@ def plot_losses(records: Iterable[dict], path: str | os.PathLike) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path)
+    return fig

@@ -56,8 +56,17 @@ def test_a_run_without_a_log_has_no_records(tmp_path):
     assert (tmp_path / "new" / "run" / METRICS_FILE).read_text(encoding="utf-8") == ""
 
 
-def test_the_loss_plot_is_a_png(tmp_path):
+def test_the_loss_plot_is_a_png_of_both_losses_against_tokens_seen(tmp_path):
     log = [{"step": s, "tokens_seen": 100 * s, "loss": 5.0 / s} for s in range(1, 6)]
+    log.insert(3, {"step": 3, "tokens_seen": 300, "val_loss": 2.5, "train_eval_loss": 1.9})
     log.append({"step": 5, "tokens_seen": 500, "val_loss": 2.0, "train_eval_loss": 1.5})
-    plot_losses(log, tmp_path / "loss.png")
+    fig = plot_losses(log, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (ax,) = fig.axes
+    train, val = ax.get_lines()
+    assert list(train.get_xdata()) == [100, 200, 300, 400, 500]
+    assert list(train.get_ydata()) == [5.0 / s for s in range(1, 6)]
+    assert (list(val.get_xdata()), list(val.get_ydata())) == ([300, 500], [2.5, 2.0])
+    assert val.get_marker() == "o"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train (step)", "validation"]
+    assert (ax.get_xlabel(), ax.get_ylabel()) == ("tokens seen", "cross-entropy loss")
