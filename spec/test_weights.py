@@ -190,9 +190,11 @@ def test_an_untied_model_takes_its_head_from_wte_when_the_checkpoint_has_none():
         torch.testing.assert_close(model(idx), hf(idx).logits, rtol=1e-10, atol=1e-10)
     # A tensor the model has no place for is named, not ignored.
     extra = {**state, "transformer.h.1.ln_1.weight": torch.ones(16)}
-    with pytest.raises(ValueError, match=r"^state_dict has tensor 'transformer\.h\.1\.ln_1\."
-                                         r"weight', which the model has no place for"):
-        load_hf_state_dict(GPTModel(cfg).double(), extra)
+    for qkv_bias in (True, False):
+        with pytest.raises(ValueError, match=r"^state_dict has tensor 'transformer\.h\.1\.ln_1\."
+                                             r"weight', which the model has no place for"):
+            load_hf_state_dict(GPTModel(dataclasses.replace(cfg, qkv_bias=qkv_bias)),
+                               {**extra, "transformer.h.0.attn.c_attn.bias": torch.zeros(48)})
 
 
 def test_zero_biases_exported_for_a_model_without_them_take_its_dtype():
