@@ -68,6 +68,14 @@ def _write(directory: Path, name: str, text: str) -> Path:
     return path
 
 
+def _joined_reference(docs: dict[str, str]) -> list[int]:
+    """tiktoken's ids of a folder's documents in name order, with end-of-text between them."""
+    ids = []
+    for i, name in enumerate(sorted(docs)):
+        ids += ([TOK.eot_token] if i else []) + TOK.encode(docs[name])
+    return ids
+
+
 @given(text=texts, block_bytes=st.integers(1, 40))
 @example(text=VERDICT[:3000], block_bytes=100)
 def test_memory_mapped_corpus_yields_exactly_the_in_memory_tokens(text, block_bytes):
@@ -152,21 +160,12 @@ def test_a_directory_is_its_sorted_documents_joined_by_end_of_text(docs):
         for i, doc in enumerate(docs):
             _write(folder, f"{i:02d}.txt", doc)
         corpus = prepare_corpus(folder, TOK, Path(tmp) / "cache")
-        expected = []
-        for i, doc in enumerate(docs):
-            expected += ([TOK.eot_token] if i else []) + TOK.encode(doc)
-        assert corpus.tokens.tolist() == expected
+        assert corpus.tokens.tolist() == _joined_reference(
+            {f"{i:02d}.txt": doc for i, doc in enumerate(docs)})
         assert corpus.metadata["files"] == len(docs)
         # A tokenizer without an end-of-text token joins the documents with nothing.
         chars = prepare_corpus(folder, _CharTokenizer(128, "chars"), Path(tmp) / "cache")
         assert chars.tokens.tolist() == [ord(c) for c in "".join(docs)]
-
-
-def _expected(docs: list[tuple[str, str]]) -> list[int]:
-    ids = []
-    for i, (_, text) in enumerate(sorted(docs)):
-        ids += ([TOK.eot_token] if i else []) + TOK.encode(text)
-    return ids
 
 
 @settings(max_examples=30)
@@ -186,8 +185,7 @@ def test_the_cache_never_serves_the_tokens_of_another_version_of_the_folder(stat
                 old.unlink()
             for name, text in state.items():
                 _write(folder, name, text)
-            assert prepare_corpus(folder, TOK, cache).tokens.tolist() == _expected(
-                list(state.items()))
+            assert prepare_corpus(folder, TOK, cache).tokens.tolist() == _joined_reference(state)
 
 
 def test_other_special_token_names_in_a_corpus_are_read_as_text(tmp_path):
