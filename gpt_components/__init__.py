@@ -27,6 +27,7 @@ from . import (
     model,
     resources,
     tokenizers,
+    trace,
     training,
     transformer,
     weights,
@@ -47,6 +48,7 @@ from .metrics import *
 from .model import *
 from .resources import *
 from .tokenizers import *
+from .trace import *
 from .training import *
 from .transformer import *
 from .weights import *
@@ -64,6 +66,7 @@ _MODULES = (
     embeddings,
     attention,
     transformer,
+    trace,
     model,
     kv_cache,
     generation,

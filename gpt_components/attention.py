@@ -254,6 +254,14 @@ class MultiHeadAttention(nn.Module):
         return self._weights(self._split_heads(self.W_query(x)), self._split_heads(self.W_key(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_with_weights(x)[0]
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(x)`` and the ``[B, nh, T, T]`` weights it multiplied the values by.
+
+        The weights are taken after dropout, so in eval mode they are ``attention_weights(x)``:
+        what an attention map should draw is what the layer used.
+        """
         x = _check_tokens(x, self.d_in, self.context_length)
         b, t, _ = x.shape
         queries = self._split_heads(self.W_query(x))  # (B, nh, T, hd)
@@ -262,4 +270,4 @@ class MultiHeadAttention(nn.Module):
         weights = self.dropout(self._weights(queries, keys))  # (B, nh, T, T)
         # (B, nh, T, hd) -> (B, T, nh, hd) -> (B, T, d_out)
         context = (weights @ values).transpose(1, 2).reshape(b, t, self.d_out)
-        return self.out_proj(context)
+        return self.out_proj(context), weights

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from .kv_cache import KVCache
+from .trace import ModelTrace
 from .transformer import ATTENTION_KERNELS, LayerNorm, TransformerBlock
 
 __all__ = ["GPTConfig", "GPTModel", "MODEL_PRESETS", "count_parameters", "memory_footprint_mb"]
@@ -189,13 +190,42 @@ class GPTModel(nn.Module):
         if start + t > self.cfg.context_length:
             raise ValueError(f"idx has {t} tokens, more than context_length="
                              f"{self.cfg.context_length}")
-        positions = torch.arange(start, start + t, device=idx.device)
-        x = self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, emb)
+        x = self._embed(idx, start)  # (B, T, emb)
         for layer, block in enumerate(self.trf_blocks):
             x = block(x, kv_cache=kv_cache, layer=layer)
         if kv_cache is not None:
             kv_cache.advance(t)
         return self.final_norm(x)  # (B, T, emb)
+
+    def _embed(self, idx: torch.Tensor, start: int) -> torch.Tensor:
+        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+        return self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, emb)
+
+    def trace(self, idx: torch.Tensor) -> ModelTrace:
+        """One pass over ``idx`` [batch, tokens] laid open (see ``gpt_components.trace``).
+
+        Runs in eval mode (restoring the mode after) without gradients or a KV cache, through
+        each block's ``forward_with_weights``: the attention maps are the probabilities that
+        produced the residual stream and the logits returned.
+        """
+        check_token_ids(idx, self.cfg.vocab_size)
+        if idx.shape[1] > self.cfg.context_length:
+            raise ValueError(f"idx has {idx.shape[1]} tokens, more than context_length="
+                             f"{self.cfg.context_length}")
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                residuals = [self._embed(idx, 0)]  # (B, T, emb)
+                attentions = []
+                for block in self.trf_blocks:
+                    x, weights = block.forward_with_weights(residuals[-1])
+                    residuals.append(x)
+                    attentions.append(weights)  # (B, nh, T, T)
+                logits = self.out_head(self.final_norm(residuals[-1]))  # (B, T, vocab)
+        finally:
+            self.train(was_training)
+        return ModelTrace(residuals, attentions, logits)
 
     def new_kv_cache(self, batch_size: int, max_tokens: int | None = None) -> KVCache:
         """An empty cache for this model, on its device and dtype."""

@@ -172,3 +172,13 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, kv_cache: Any = None, layer: int = 0) -> torch.Tensor:
         x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache=kv_cache, layer=layer))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
+
+    def forward_with_weights(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward(x)`` through chapter 3's explicit attention, and its weights [B, nh, T, T].
+
+        Whatever ``attn_kernel`` the block has, this computes the same function (the spec
+        proves the kernels agree), so the weights returned are the ones that made the output.
+        """
+        attended, weights = self.att.forward_with_weights(self.norm1(x))
+        x = x + self.drop_shortcut(attended)
+        return x + self.drop_shortcut(self.ff(self.norm2(x))), weights

@@ -1,0 +1,66 @@
+"""Introspection: what a model computes on the way from token ids to logits.
+
+Every model family implements ``model.trace(idx) -> ModelTrace``: one forward pass, without
+gradients, in eval mode and without a KV cache, that keeps what a reader wants to look at:
+
+- ``residuals``: ``n_layers + 1`` tensors ``[B, T, emb_dim]``, the residual stream entering each
+  block, then the last block's output (before the final norm). ``residuals[0]`` is the embedding.
+- ``attentions``: ``n_layers`` tensors ``[B, n_heads, T, T]``, the attention probabilities each
+  layer really uses (one map per *query* head where heads share keys, as in grouped-query
+  attention): row ``i`` is how query ``i`` spreads its attention over the keys; rows sum to one.
+- ``logits``: ``[B, T, vocab_size]``, equal to ``model(idx)``.
+
+``gpt_components.inspection`` builds its report from this and ``model.final_norm`` and
+``model.out_head`` alone, so a family that implements ``trace`` can be inspected.
+
+>>> import torch
+>>> from gpt_components.model import GPTConfig, GPTModel
+>>> model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=100)).eval()
+>>> trace = model.trace(torch.tensor([[1, 2, 3]]))
+>>> len(trace.residuals), len(trace.attentions), tuple(trace.attentions[0].shape)
+(4, 3, (1, 3, 3, 3))
+>>> torch.allclose(trace.logits, model(torch.tensor([[1, 2, 3]])), atol=1e-6)
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["ModelTrace"]
+
+
+@dataclass(frozen=True)
+class ModelTrace:
+    """One forward pass laid open: residual stream, attention probabilities, logits."""
+
+    residuals: Sequence[torch.Tensor]  # n_layers + 1 x [B, T, emb]: each block's input, then out
+    attentions: Sequence[torch.Tensor]  # n_layers x [B, n_heads, T, T]: probabilities, causal
+    logits: torch.Tensor  # [B, T, vocab]
+
+    def __post_init__(self) -> None:
+        residuals, attentions = list(self.residuals), list(self.attentions)
+        if not isinstance(self.logits, torch.Tensor) or self.logits.dim() != 3:
+            raise ValueError(f"logits must be a [B, T, vocab] tensor, got "
+                             f"{getattr(self.logits, 'shape', type(self.logits).__name__)}")
+        b, t, _ = self.logits.shape
+        if len(residuals) != len(attentions) + 1:
+            raise ValueError(f"residuals must hold one tensor more than attentions (n_layers + "
+                             f"1), got {len(residuals)} and {len(attentions)}")
+        for layer, stream in enumerate(residuals):
+            if stream.dim() != 3 or tuple(stream.shape[:2]) != (b, t):
+                raise ValueError(f"residuals[{layer}] must be [B={b}, T={t}, emb], got "
+                                 f"{tuple(stream.shape)}")
+        for layer, weights in enumerate(attentions):
+            if weights.dim() != 4 or weights.shape[0] != b or tuple(weights.shape[2:]) != (t, t):
+                raise ValueError(f"attentions[{layer}] must be [B={b}, n_heads, T={t}, T={t}], "
+                                 f"got {tuple(weights.shape)}")
+        object.__setattr__(self, "residuals", residuals)
+        object.__setattr__(self, "attentions", attentions)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.attentions)
