@@ -25,6 +25,9 @@ from . import (
     kv_cache,
     metrics,
     model,
+    modern,
+    pretrained,
+    registry,
     resources,
     tokenizers,
     trace,
@@ -46,12 +49,17 @@ from .generation import *
 from .kv_cache import *
 from .metrics import *
 from .model import *
+from .modern import *
+from .registry import *
 from .resources import *
 from .tokenizers import *
 from .trace import *
 from .training import *
 from .transformer import *
 from .weights import *
+
+# isort: split
+from .pretrained import *  # after weights: its save_pretrained dispatches on the family
 
 __version__ = "0.1.0"
 
@@ -71,6 +79,9 @@ _MODULES = (
     kv_cache,
     generation,
     weights,
+    modern,
+    registry,
+    pretrained,
     corpus,
     checkpoint,
     metrics,
@@ -78,4 +89,5 @@ _MODULES = (
     finetune,
 )
 
-__all__ = ["__version__", *(name for module in _MODULES for name in module.__all__)]
+__all__ = list(dict.fromkeys(["__version__", *(name for module in _MODULES
+                                                for name in module.__all__)]))

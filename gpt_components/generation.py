@@ -29,7 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model import GPTModel, check_token_ids
+from .model import check_token_ids
 from .tokenizers import ENDOFTEXT, gpt2_tokenizer
 
 __all__ = [
@@ -102,7 +102,7 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     return torch.multinomial(torch.softmax(scaled, dim=-1), 1, generator=generator)
 
 
-def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int,
+def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
              context_size: int | None = None, temperature: float = 0.0,
              top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
              use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -116,7 +116,7 @@ def generate(model: GPTModel, idx: torch.Tensor, max_new_tokens: int,
     return torch.cat([idx, *steps], dim=1)
 
 
-def generate_stream(model: GPTModel, idx: torch.Tensor, max_new_tokens: int,
+def generate_stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
                     context_size: int | None = None, temperature: float = 0.0,
                     top_k: int | None = None, top_p: float | None = None,
                     eos_id: int | None = None, use_cache: bool = True,
@@ -125,8 +125,7 @@ def generate_stream(model: GPTModel, idx: torch.Tensor, max_new_tokens: int,
 
     Arguments are checked on the call, before the first token.
     """
-    if not isinstance(model, GPTModel):
-        raise TypeError(f"model must be a GPTModel, got {type(model).__name__}")
+    _check_model(model)
     cfg = model.cfg
     check_token_ids(idx, cfg.vocab_size)
     _check_count(max_new_tokens, "max_new_tokens", 0)
@@ -172,7 +171,7 @@ class _Window:
     the cache is refilled from the last ``context_size`` tokens, exactly as without a cache.
     """
 
-    def __init__(self, model: GPTModel, context_size: int, batch_size: int | None) -> None:
+    def __init__(self, model: nn.Module, context_size: int, batch_size: int | None) -> None:
         self.model = model
         self.context_size = context_size
         self.cache = None if batch_size is None else model.new_kv_cache(batch_size, context_size)
@@ -207,6 +206,15 @@ def _decoding_head(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return head
     weight_t = head.weight.detach().t().contiguous()  # (emb, vocab), row-major
     return lambda rows: rows @ weight_t
+
+
+def _check_model(model: Any) -> None:
+    """Any family's model: ``cfg``, ``hidden_states``, ``out_head`` and ``new_kv_cache``."""
+    missing = [name for name in ("cfg", "hidden_states", "out_head", "new_kv_cache")
+               if not hasattr(model, name)]
+    if not isinstance(model, nn.Module) or missing:
+        raise TypeError(f"model must be a language model of gpt_components (GPTModel, "
+                        f"DecoderModel), got {type(model).__name__}")
 
 
 def _check_count(value: Any, name: str, minimum: int) -> None:

@@ -234,7 +234,7 @@ def classify(
     num_classes = _num_classes(model)
     if len(labels) != num_classes:
         raise ValueError(f"labels must name the model's {num_classes} classes, got {tuple(labels)}")
-    context = model.pos_emb.num_embeddings
+    context = model.cfg.context_length
     max_length = context if max_length is None else min(max_length, context)
     ids = tokenizer.encode(text)[:max_length]
     device = next(model.parameters()).device

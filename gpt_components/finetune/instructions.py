@@ -273,7 +273,7 @@ def generate_responses(
     """
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
     device = next(model.parameters()).device
-    context = model.pos_emb.num_embeddings
+    context = model.cfg.context_length
     was_training = model.training
     model.eval()
     results = []

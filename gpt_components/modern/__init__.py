@@ -1,7 +1,44 @@
-"""The modern decoder (past the book): the components today's open models are built from.
+"""Past the book: the modern decoder (Llama 3, Qwen3) as a composition of components.
 
->>> from gpt_components.modern.sliding_window import window_mask
+Components, one module each: ``norms`` (``RMSNorm``), ``rope`` (rotary positions, Llama 3
+scaling), ``feedforward`` (``SwiGLU``), ``attention`` (``GroupedQueryAttention``, optional
+QK-norm), ``sliding_window`` (windowed attention and its ring-buffer cache), ``cache``
+(per-layer KV caches). ``config`` (``DecoderConfig``, ``LayerSpec``) names
+the components a family uses, ``components`` builds them by name, ``decoder``
+(``DecoderBlock``, ``DecoderModel``) stacks them. One short file per family: ``llama``,
+``qwen3`` (choices, presets, Hugging Face names); ``hf`` reads and writes their weights.
+
 >>> import torch
->>> window_mask(torch.arange(3), torch.arange(3), window=1).int().diagonal().tolist()
-[1, 1, 1]
+>>> from gpt_components.modern import DecoderModel, Qwen3Config
+>>> model = DecoderModel(Qwen3Config.from_name("qwen3-nano", vocab_size=100)).eval()
+>>> model(torch.tensor([[1, 2, 3]])).shape
+torch.Size([1, 3, 100])
 """
+
+from . import (
+    attention,
+    cache,
+    components,
+    config,
+    decoder,
+    feedforward,
+    hf,
+    llama,
+    norms,
+    qwen3,
+    rope,
+    sliding_window,
+)
+from .attention import *
+from .cache import *
+from .config import *
+from .decoder import *
+from .feedforward import *
+from .llama import *
+from .norms import *
+from .qwen3 import *
+from .rope import *
+from .sliding_window import *
+
+__all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, cache, config,
+                               decoder, llama, qwen3) for name in module.__all__]

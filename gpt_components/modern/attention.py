@@ -1,0 +1,150 @@
+"""Grouped-query attention (GQA), in place of GPT-2's multi-head attention.
+
+Multi-head attention gives every query head its own key and value head. Grouped-query
+attention lets ``n_heads / n_kv_heads`` query heads share one key/value head: ``W_key`` and
+``W_value`` project to ``n_kv_heads * head_dim`` features only, and the KV cache shrinks by the
+same factor. ``n_kv_heads == n_heads`` is multi-head attention, ``n_kv_heads == 1`` multi-query
+attention. ``head_dim`` is explicit (Qwen3's is not ``emb_dim / n_heads``). Optional QK-norm
+(Qwen3, Gemma 3) normalises each head's query and key before the rotation, and RoPE rotates
+them by position (``rope``). Query head ``h`` uses key/value head ``h // (n_heads /
+n_kv_heads)``, as ``transformers``' ``repeat_kv`` does.
+
+``kernel="sdpa"`` calls ``torch.nn.functional.scaled_dot_product_attention`` (which shares the
+key/value heads itself, ``enable_gqa``); ``kernel="textbook"`` writes the softmax of masked
+scores out, folding each group of query heads onto its key head instead of copying keys.
+
+>>> import torch
+>>> att = GroupedQueryAttention(emb_dim=16, n_heads=4, n_kv_heads=2, head_dim=8)
+>>> att(torch.zeros(2, 3, 16)).shape
+torch.Size([2, 3, 16])
+>>> att.W_key.weight.shape  # 2 key heads of 8 features, not 4
+torch.Size([16, 16])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .cache import LayerKVCache
+from .norms import RMSNorm
+from .rope import apply_rope
+
+__all__ = ["GroupedQueryAttention"]
+
+ATTENTION_KERNELS = ("sdpa", "textbook")
+
+
+def _check_count(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+    return value
+
+
+class GroupedQueryAttention(nn.Module):
+    """Causal attention with ``n_kv_heads`` key/value heads shared by ``n_heads`` query heads.
+
+    ``qk_norm``: False, True (an ``RMSNorm(head_dim, norm_eps)`` on queries and on keys) or a
+    function ``head_dim -> nn.Module`` making the norm. ``scale`` multiplies the scores
+    (default ``head_dim ** -0.5``).
+    """
+
+    def __init__(self, emb_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
+                 qk_norm: bool | Callable[[int], nn.Module] = False, norm_eps: float = 1e-6,
+                 qkv_bias: bool = False, dropout: float = 0.0, kernel: str = "sdpa",
+                 scale: float | None = None) -> None:
+        super().__init__()
+        self.emb_dim = _check_count("emb_dim", emb_dim)
+        self.n_heads = _check_count("n_heads", n_heads)
+        self.n_kv_heads = _check_count("n_kv_heads", n_kv_heads)
+        self.head_dim = _check_count("head_dim", head_dim)
+        if n_heads % n_kv_heads:
+            raise ValueError(f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads})")
+        if kernel not in ATTENTION_KERNELS:
+            raise ValueError(f"kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
+                or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
+        self.kernel = kernel
+        self.group = n_heads // n_kv_heads  # query heads per key/value head
+        self.scale = head_dim**-0.5 if scale is None else float(scale)
+        self.dropout = float(dropout)
+        self.W_query = nn.Linear(emb_dim, n_heads * head_dim, bias=qkv_bias)
+        self.W_key = nn.Linear(emb_dim, n_kv_heads * head_dim, bias=qkv_bias)
+        self.W_value = nn.Linear(emb_dim, n_kv_heads * head_dim, bias=qkv_bias)
+        self.out_proj = nn.Linear(n_heads * head_dim, emb_dim, bias=False)
+        make_norm = (lambda dim: RMSNorm(dim, eps=norm_eps)) if qk_norm is True else qk_norm
+        self.q_norm = make_norm(head_dim) if make_norm else None
+        self.k_norm = make_norm(head_dim) if make_norm else None
+
+    def new_cache(self, batch_size: int, max_tokens: int, *,
+                  device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> LayerKVCache:
+        """An empty cache for this layer: ``n_kv_heads`` heads of ``head_dim``."""
+        return LayerKVCache(batch_size, self.n_kv_heads, self.head_dim, max_tokens,
+                            device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor,
+                rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+                cache: LayerKVCache | None = None, start: int = 0,
+                need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """Attend over ``x`` (B, T, emb), whose first token sits at position ``start``.
+
+        ``rope``: ``(cos, sin)`` [T, head_dim] for those positions, or None (no rotation).
+        ``cache``: the tokens before ``start``; the new keys and values are written to it.
+        ``need_weights``: also return the probabilities (B, n_heads, T, start + T).
+        """
+        b, t, _ = x.shape
+        q = self.W_query(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, nh, hd)
+        k = self.W_key(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
+        v = self.W_value(x).view(b, t, self.n_kv_heads, self.head_dim)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if cache is not None:
+            k, v = cache.store(k, v, start)  # (B, nkv, start + T, hd)
+        if need_weights or self.kernel == "textbook":
+            context, weights = self._textbook(q, k, v, start)
+        else:
+            context, weights = self._sdpa(q, k, v, start), None
+        out = self.out_proj(context.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
+        return (out, weights) if need_weights else out
+
+    def _future(self, t: int, s: int, start: int, device: torch.device) -> torch.Tensor:
+        """True where query ``i`` (position ``start + i``) must not see key ``j``: (T, S)."""
+        queries = torch.arange(start, start + t, device=device)
+        return torch.arange(s, device=device)[None, :] > queries[:, None]
+
+    def _textbook(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                  start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        b, _, t, hd = q.shape
+        s = k.shape[2]
+        # Fold each group of query heads onto the key/value head it shares:
+        # (B, nh, T, hd) -> (B, nkv, group * T, hd); no copy of the keys is made.
+        folded = q.reshape(b, self.n_kv_heads, self.group * t, hd)
+        scores = (folded @ k.transpose(2, 3)).view(b, self.n_heads, t, s)  # (B, nh, T, S)
+        scores = scores.masked_fill(self._future(t, s, start, q.device), float("-inf"))
+        weights = torch.softmax(scores * self.scale, dim=-1)
+        dropped = F.dropout(weights, self.dropout, self.training) if self.dropout else weights
+        context = dropped.view(b, self.n_kv_heads, self.group * t, s) @ v  # (B, nkv, g*T, hd)
+        return context.view(b, self.n_heads, t, hd), weights
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              start: int) -> torch.Tensor:
+        t, s = q.shape[2], k.shape[2]
+        dropout_p = self.dropout if self.training else 0.0
+        mask, causal = None, False
+        if start == 0 and t == s:
+            causal = True
+        elif t > 1:
+            mask = ~self._future(t, s, start, q.device)  # True where a key may be seen
+        # With one new token and a cache, every stored key is in the past: no mask.
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p,
+                                              is_causal=causal, scale=self.scale,
+                                              enable_gqa=self.group > 1)

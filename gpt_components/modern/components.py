@@ -1,0 +1,52 @@
+"""The components a ``DecoderConfig`` chooses from, by name: the one place that builds them.
+
+``NORMS[cfg.norm](cfg, dim)``, ``FEED_FORWARDS[spec.feed_forward](cfg, spec)`` and
+``ATTENTIONS[spec.attention](cfg, spec)`` make a block's parts from the config and the block's
+``LayerSpec``. A new family adds an entry here (one line and its module) and names it in its
+config; ``decoder.DecoderBlock`` never changes.
+
+>>> from gpt_components.modern.config import DecoderConfig
+>>> cfg = DecoderConfig(vocab_size=64, context_length=16, emb_dim=32, n_layers=1, n_heads=4,
+...                     n_kv_heads=1, hidden_dim=64, qk_norm=True)
+>>> type(ATTENTIONS["gqa"](cfg, cfg.layer(0)).q_norm).__name__
+'RMSNorm'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from .attention import GroupedQueryAttention
+from .feedforward import SwiGLU
+from .norms import RMSNorm
+
+__all__ = ["NORMS", "FEED_FORWARDS", "ATTENTIONS", "make_norm"]
+
+NORMS: dict[str, Callable[[Any, int], nn.Module]] = {
+    "rmsnorm": lambda cfg, dim: RMSNorm(dim, eps=cfg.norm_eps),
+}
+
+
+def make_norm(cfg: Any, dim: int) -> nn.Module:
+    """The config's norm over ``dim`` features."""
+    return NORMS[cfg.norm](cfg, dim)
+
+
+FEED_FORWARDS: dict[str, Callable[[Any, Any], nn.Module]] = {
+    "swiglu": lambda cfg, spec: SwiGLU(cfg.emb_dim, cfg.hidden_dim),
+}
+
+
+def _grouped_query(cfg: Any, spec: Any) -> nn.Module:
+    return GroupedQueryAttention(
+        cfg.emb_dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
+        qk_norm=(lambda dim: make_norm(cfg, dim)) if cfg.qk_norm else False,
+        qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, kernel=cfg.attn_kernel)
+
+
+ATTENTIONS: dict[str, Callable[[Any, Any], nn.Module]] = {
+    "gqa": _grouped_query,
+}
