@@ -9,6 +9,16 @@ twice, in the file's dtype; ``save_pretrained`` writes what ``transformers`` loa
 
 ``rope_from_hf`` reads both spellings of RoPE settings: ``rope_parameters`` (transformers 5)
 and ``rope_theta`` + ``rope_scaling`` (the published checkpoints).
+
+>>> rope_from_hf({"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}})
+(1000000.0, None)
+>>> rope_from_hf({"rope_theta": 5e5, "rope_scaling": {"rope_type": "llama3", "factor": 32.0,
+...     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+...     "original_max_position_embeddings": 8192}})[1].factor
+32.0
+>>> from gpt_components.modern.llama import LLAMA_HF_NAMES
+>>> hf_param_name(LLAMA_HF_NAMES, "trf_blocks.3.ff.fc1.weight")
+'model.layers.3.mlp.gate_proj.weight'
 """
 
 from __future__ import annotations
