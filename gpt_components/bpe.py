@@ -5,10 +5,12 @@ case it encodes every text exactly as ``tiktoken``'s ``gpt2`` encoding does. It 
 call shapes (``encode(text, allowed_special=...)``, ``decode(ids)``, ``n_vocab``, ``eot_token``),
 so it plugs in wherever the project takes a tokenizer.
 
-- ``BPETokenizer.train(text, vocab_size)``: 256 byte tokens, GPT-2's pre-tokenization, then the
-  most frequent adjacent pair is merged into a new token until the vocabulary is full.
+- ``BPETokenizer.train(text, vocab_size)``: 256 byte tokens, GPT-2's pre-tokenization (or any
+  ``pattern``: Llama 3's, Qwen's), then the most frequent adjacent pair is merged into a new token
+  until the vocabulary is full.
 - ``BPETokenizer.gpt2()``: GPT-2's 50,257 tokens from the bundled ``encoder.json``/``vocab.bpe``.
-- ``save(directory)`` / ``BPETokenizer.load(directory)``: GPT-2's own two-file format.
+- ``save(directory)`` / ``BPETokenizer.load(directory)``: GPT-2's own two-file format (plus
+  ``pattern.txt`` when the pre-tokenization pattern is not GPT-2's).
 
 >>> from gpt_components.resources import load_text
 >>> tok = BPETokenizer.train(load_text("the-verdict.txt"), vocab_size=300)
@@ -39,7 +41,8 @@ from .tokenizers import ENDOFTEXT, GPT2_PATTERN
 
 __all__ = ["BPETokenizer"]
 
-_GPT2_PRETOKENIZER = regex.compile(GPT2_PATTERN)
+# GPT-2's two files have no place for the pattern; another pattern is saved beside them.
+_PATTERN_FILE = "pattern.txt"
 
 
 class _ChunkCache(dict):
@@ -55,13 +58,16 @@ class _ChunkCache(dict):
 
 
 class BPETokenizer:
-    """Byte-level BPE with GPT-2's pre-tokenization and tiktoken's encoding rule.
+    """Byte-level BPE with a regex pre-tokenization (GPT-2's by default) and tiktoken's rule.
 
     ``mergeable_ranks`` maps every ordinary token's bytes to its id, which is also its merge
     priority (lower merges first); it holds all 256 single bytes. ``merges`` lists the learned
     pairs in order and must make every multi-byte token (GPT-2's files tell ordinary tokens from
     specials that way; encoding itself needs only the ranks). ``special_tokens`` maps names such
     as ``"<|endoftext|>"`` to ids. Together the ids must be exactly ``0 .. n_vocab - 1``.
+    ``pattern`` is the pre-tokenization regex (``regex`` module syntax, as tiktoken's ``pat_str``):
+    text is cut into its matches and no token crosses a cut; like tiktoken, characters that no
+    match covers are dropped, so a pattern must cover every text (GPT-2's, Llama 3's, Qwen's do).
 
     Each tokenizer remembers the ids of every pre-token it has encoded (a dict that grows with
     the number of distinct words seen), so text made of known words costs no Python per character.
@@ -74,9 +80,12 @@ class BPETokenizer:
         special_tokens: Mapping[str, int] | None = None,
         *,
         name: str | None = None,
+        pattern: str = GPT2_PATTERN,
     ) -> None:
         special_tokens = dict(special_tokens or {})
         self._name = name
+        self._pattern = pattern
+        self._pretokenizer = _compile_pattern(pattern)
         self._ranks = dict(mergeable_ranks)
         self._merges = tuple(merges)
         self._special_tokens = special_tokens
@@ -98,6 +107,7 @@ class BPETokenizer:
         special_tokens: Sequence[str] = (ENDOFTEXT,),
         *,
         min_frequency: int = 2,
+        pattern: str = GPT2_PATTERN,
     ) -> BPETokenizer:
         """Learn merges from ``text`` until the vocabulary has ``vocab_size`` entries.
 
@@ -106,19 +116,23 @@ class BPETokenizer:
         pre-tokens (overlapping occurrences such as ``aaa`` count twice); ties go to the smallest
         pair of ids ``(left, right)``. Training stops early, with fewer than ``vocab_size``
         entries, once no pair occurs ``min_frequency`` times. Special tokens found in ``text``
-        are cut out of it: no merge spans or enters them.
+        are cut out of it: no merge spans or enters them. Merges never cross the pre-tokens
+        that ``pattern`` cuts (GPT-2's by default; ``modern.tokenizers.LLAMA3_PATTERN`` for
+        Llama 3's).
         """
         if not isinstance(text, str):
             raise TypeError(f"text must be a str, got {type(text).__name__}")
         specials = _check_special_names(special_tokens)
         _check_int("min_frequency", min_frequency, 1)
         _check_int("vocab_size", vocab_size, 256 + len(specials))
+        pretokenizer = _compile_pattern(pattern)
         pieces = _split_on_specials(text, specials)
-        chunk_counts = Counter(itertools.chain.from_iterable(map(_pretokenize, pieces)))
+        chunk_counts = Counter(itertools.chain.from_iterable(map(pretokenizer.findall, pieces)))
         vocab, merges = learn_merges(chunk_counts, vocab_size - len(specials), min_frequency)
         ranks = {token: rank for rank, token in enumerate(vocab)}
         special_ids = {name: len(vocab) + i for i, name in enumerate(specials)}
-        return cls(ranks, [(vocab[a], vocab[b]) for a, b in merges], special_ids)
+        return cls(ranks, [(vocab[a], vocab[b]) for a, b in merges], special_ids,
+                   pattern=pattern)
 
     @classmethod
     def gpt2(cls) -> BPETokenizer:
@@ -130,26 +144,39 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> BPETokenizer:
-        """Read ``encoder.json`` and ``vocab.bpe`` (GPT-2's format) from ``directory``."""
+        """Read ``encoder.json`` and ``vocab.bpe`` (GPT-2's format) from ``directory``, and the
+        pre-tokenization pattern from ``pattern.txt`` if there is one (else GPT-2's)."""
         directory = Path(directory)
-        return cls(*read_gpt2_files(directory))
+        pattern_path = directory / _PATTERN_FILE
+        pattern = (pattern_path.read_text(encoding="utf-8") if pattern_path.is_file()
+                   else GPT2_PATTERN)
+        return cls(*read_gpt2_files(directory), pattern=pattern)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``encoder.json`` and ``vocab.bpe`` in GPT-2's format; returns the directory.
 
-        See ``bpe_files`` for the format.
+        See ``bpe_files`` for the format. A pattern other than GPT-2's goes to ``pattern.txt``.
         """
-        return write_gpt2_files(directory, self._ranks, self._merges, self._special_tokens)
+        directory = write_gpt2_files(directory, self._ranks, self._merges, self._special_tokens)
+        pattern_path = directory / _PATTERN_FILE
+        if self._pattern != GPT2_PATTERN:
+            pattern_path.write_text(self._pattern, encoding="utf-8")
+        else:
+            pattern_path.unlink(missing_ok=True)
+        return directory
 
     # -- what the tokenizer knows ---------------------------------------------------------------
 
     @property
     def name(self) -> str:
         """``"gpt2"`` for ``gpt2()``, else ``bpe-<n_vocab>-<fingerprint>``: equal names, equal
-        vocabularies, so caches of token ids can be keyed by it."""
+        vocabularies and patterns, so caches of token ids can be keyed by it."""
         if self._name is None:
-            content = repr((sorted(self._ranks.items(), key=lambda item: item[1]),
-                            sorted(self._special_tokens.items())))
+            fields = (sorted(self._ranks.items(), key=lambda item: item[1]),
+                      sorted(self._special_tokens.items()))
+            if self._pattern != GPT2_PATTERN:  # GPT-2-pattern names stay what they were
+                fields += (self._pattern,)
+            content = repr(fields)
             digest = hashlib.sha256(content.encode("utf-8")).hexdigest()[:12]
             self._name = f"bpe-{self.n_vocab}-{digest}"
         return self._name
@@ -187,6 +214,11 @@ class BPETokenizer:
     def merges(self) -> tuple[tuple[bytes, bytes], ...]:
         """The learned pairs, in the order they were merged."""
         return self._merges
+
+    @property
+    def pattern(self) -> str:
+        """The pre-tokenization regex (tiktoken's ``pat_str``)."""
+        return self._pattern
 
     def __repr__(self) -> str:
         return (f"BPETokenizer(name={self.name!r}, n_vocab={self.n_vocab}, "
@@ -241,7 +273,7 @@ class BPETokenizer:
 
     def _encode_ordinary(self, text: str) -> list[int]:
         # Cache hits (nearly every chunk of real text) stay inside C: findall, dict lookups, chain.
-        chunks = _GPT2_PRETOKENIZER.findall(text)
+        chunks = self._pretokenizer.findall(text)
         return list(itertools.chain.from_iterable(map(self._cache.__getitem__, chunks)))
 
     def _encode_chunk(self, piece: bytes) -> list[int]:
@@ -316,14 +348,24 @@ class BPETokenizer:
         return ids
 
 
-# -- training ------------------------------------------------------------------------------------
-
-
 # -- helpers -------------------------------------------------------------------------------------
 
 
-def _pretokenize(text: str) -> list[str]:
-    return _GPT2_PRETOKENIZER.findall(text)
+def _compile_pattern(pattern: object) -> regex.Pattern:
+    if not isinstance(pattern, str):
+        raise TypeError(f"pattern must be a regex string, got {type(pattern).__name__}")
+    return _compile_str(pattern)
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_str(pattern: str) -> regex.Pattern:
+    try:
+        compiled = regex.compile(pattern)
+    except regex.error as error:
+        raise ValueError(f"pattern must be a valid regex, got {pattern!r}: {error}") from None
+    if compiled.fullmatch("") is not None:
+        raise ValueError(f"pattern must not match the empty string, got {pattern!r}")
+    return compiled
 
 
 @functools.lru_cache(maxsize=64)

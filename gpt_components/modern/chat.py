@@ -1,0 +1,181 @@
+"""Chat formats of instruct weights: how a conversation becomes the tokens the model was tuned on.
+
+An instruct model continues a conversation written in the format it was finetuned on, and stops
+with that format's end-of-turn token; any other layout gives worse answers. Messages are dicts
+``{"role": "system" | "user" | "assistant", "content": str}``, as in the published templates.
+
+- ``Llama3ChatFormat``: ``<|begin_of_text|>``, then per message
+  ``<|start_header_id|>role<|end_header_id|>\\n\\n`` + stripped content + ``<|eot_id|>``; the
+  generation prompt is an open assistant header. (Llama 3.1 / 3.2's published template also
+  writes a "Cutting Knowledge Date" preamble into the system message: pass it as a system
+  message to reproduce it.)
+- ``Qwen3ChatFormat``: ChatML, ``<|im_start|>role\\n`` + content + ``<|im_end|>\\n``; the
+  generation prompt ``<|im_start|>assistant\\n`` is followed by an empty
+  ``<think>\\n\\n</think>\\n\\n`` block when thinking is switched off. An assistant turn after the
+  last user message keeps its reasoning (``<think>...</think>``); earlier turns drop it.
+
+``render`` returns the text (what ``transformers``' ``apply_chat_template`` renders);
+``encode`` returns the ids, with the format's markers as special tokens and every message's
+content as ordinary text, so a user who types ``<|eot_id|>`` cannot end a turn.
+``chat_format_for(tokenizer)`` picks the format by the special tokens the tokenizer has, and
+``stop_ids(tokenizer)`` lists the ids that end an answer.
+
+>>> chat = Qwen3ChatFormat(enable_thinking=False)
+>>> chat.render([{"role": "user", "content": "Hi"}])
+'<|im_start|>user\\nHi<|im_end|>\\n<|im_start|>assistant\\n<think>\\n\\n</think>\\n\\n'
+>>> Llama3ChatFormat().render([{"role": "user", "content": " Hi "}])
+'<|begin_of_text|><|start_header_id|>user<|end_header_id|>\\n\\nHi<|eot_id|><|start_header_id|>\
+assistant<|end_header_id|>\\n\\n'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+__all__ = ["Llama3ChatFormat", "Qwen3ChatFormat", "chat_format_for"]
+
+_ROLES = ("system", "user", "assistant")
+# A rendered conversation is a list of pieces: (True, special-token name) or (False, text).
+Pieces = list[tuple[bool, str]]
+
+
+def _check_messages(messages: object) -> list[Mapping[str, Any]]:
+    if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
+        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got "
+                        f"{type(messages).__name__}")
+    for index, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise TypeError(f"messages[{index}] must be a dict, got {type(message).__name__}")
+        if message.get("role") not in _ROLES:
+            raise ValueError(f"messages[{index}]['role'] must be one of {', '.join(_ROLES)}, "
+                             f"got {message.get('role')!r}")
+        if not isinstance(message.get("content"), str):
+            raise TypeError(f"messages[{index}]['content'] must be a str, got "
+                            f"{type(message.get('content')).__name__}")
+    return list(messages)
+
+
+class _ChatFormat:
+    """What both formats share: pieces -> text, pieces -> ids."""
+
+    stop_tokens: tuple[str, ...] = ()
+
+    def _pieces(self, messages: list[Mapping[str, Any]], add_generation_prompt: bool) -> Pieces:
+        raise NotImplementedError
+
+    def render(self, messages: Sequence[Mapping[str, Any]], *,
+               add_generation_prompt: bool = True) -> str:
+        """The conversation as text, ending with an open assistant turn when
+        ``add_generation_prompt`` (the prompt an answer continues)."""
+        pieces = self._pieces(_check_messages(messages), add_generation_prompt)
+        return "".join(text for _, text in pieces)
+
+    def encode(self, tokenizer: Any, messages: Sequence[Mapping[str, Any]], *,
+               add_generation_prompt: bool = True) -> list[int]:
+        """Ids of ``render(messages)``: markers as special ids, contents as ordinary text."""
+        markers = self._pieces([{"role": "user", "content": ""}], True)
+        missing = sorted({text for special, text in markers if special}
+                         - set(getattr(tokenizer, "special_tokens_set", ())))
+        if missing:
+            raise ValueError(f"tokenizer must have this format's special tokens; it lacks "
+                             f"{', '.join(missing)}")
+        ids: list[int] = []
+        for special, text in self._pieces(_check_messages(messages), add_generation_prompt):
+            if special:
+                ids += tokenizer.encode(text, allowed_special={text})
+            elif text:
+                ids += tokenizer.encode(text, disallowed_special=())
+        return ids
+
+    def stop_ids(self, tokenizer: Any) -> list[int]:
+        """Ids that end the assistant's answer (those of ``stop_tokens`` the tokenizer has)."""
+        names = [t for t in self.stop_tokens if t in tokenizer.special_tokens_set]
+        return [tokenizer.encode(t, allowed_special={t})[0] for t in names]
+
+
+class Llama3ChatFormat(_ChatFormat):
+    """Llama 3 Instruct's header / end-of-turn format (Meta's ``ChatFormat``)."""
+
+    stop_tokens = ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")
+
+    def _header(self, role: str) -> Pieces:
+        return [(True, "<|start_header_id|>"), (False, role), (True, "<|end_header_id|>"),
+                (False, "\n\n")]
+
+    def _pieces(self, messages: list[Mapping[str, Any]], add_generation_prompt: bool) -> Pieces:
+        pieces: Pieces = [(True, "<|begin_of_text|>")]
+        for message in messages:
+            pieces += self._header(message["role"])
+            pieces += [(False, message["content"].strip()), (True, "<|eot_id|>")]
+        if add_generation_prompt:
+            pieces += self._header("assistant")
+        return pieces
+
+
+class Qwen3ChatFormat(_ChatFormat):
+    """Qwen3's ChatML with its thinking switch (``enable_thinking``, on by default).
+
+    With thinking on, the generation prompt is left open and the model decides whether to think
+    (``<think>...</think>`` first); with it off, an empty thought is written for it, so it
+    answers at once. Tools are not supported.
+    """
+
+    stop_tokens = ("<|im_end|>", "<|endoftext|>")
+
+    def __init__(self, enable_thinking: bool = True) -> None:
+        if not isinstance(enable_thinking, bool):
+            raise TypeError(f"enable_thinking must be True or False, got {enable_thinking!r}")
+        self.enable_thinking = enable_thinking
+
+    @staticmethod
+    def _split_reasoning(message: Mapping[str, Any]) -> tuple[str, str]:
+        """(reasoning, answer) of an assistant message: its ``reasoning_content`` if given, else
+        what its content holds between ``<think>`` and ``</think>``."""
+        content = message["content"]
+        if message.get("reasoning_content") is not None:
+            return str(message["reasoning_content"]), content
+        if "</think>" not in content:
+            return "", content
+        thought, _, _ = content.partition("</think>")
+        reasoning = thought.rstrip("\n").split("<think>")[-1].lstrip("\n")
+        return reasoning, content.split("</think>")[-1].lstrip("\n")
+
+    def _turn(self, role: str, body: str) -> Pieces:
+        return [(True, "<|im_start|>"), (False, f"{role}\n{body}"), (True, "<|im_end|>"),
+                (False, "\n")]
+
+    def _pieces(self, messages: list[Mapping[str, Any]], add_generation_prompt: bool) -> Pieces:
+        # The last real query: a user turn that is not a tool's answer wrapped as one.
+        users = [i for i, m in enumerate(messages) if m["role"] == "user" and not (
+            m["content"].startswith("<tool_response>")
+            and m["content"].endswith("</tool_response>"))]
+        last_query = users[-1] if users else len(messages) - 1
+        pieces: Pieces = []
+        for index, message in enumerate(messages):
+            if message["role"] != "assistant":
+                pieces += self._turn(message["role"], message["content"])
+                continue
+            reasoning, answer = self._split_reasoning(message)
+            last = index == len(messages) - 1
+            if index > last_query and (last or reasoning):
+                body = f"<think>\n{reasoning.strip(chr(10))}\n</think>\n\n{answer.lstrip(chr(10))}"
+            else:
+                body = answer
+            pieces += self._turn("assistant", body)
+        if add_generation_prompt:
+            pieces += [(True, "<|im_start|>"), (False, "assistant\n")]
+            if not self.enable_thinking:
+                pieces.append((False, "<think>\n\n</think>\n\n"))
+        return pieces
+
+
+def chat_format_for(tokenizer: Any, *, enable_thinking: bool = True) -> _ChatFormat:
+    """The chat format whose markers the tokenizer has: Llama 3's or Qwen3's ChatML."""
+    specials = set(getattr(tokenizer, "special_tokens_set", ()))
+    if {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"} <= specials:
+        return Llama3ChatFormat()
+    if {"<|im_start|>", "<|im_end|>"} <= specials:
+        return Qwen3ChatFormat(enable_thinking=enable_thinking)
+    raise ValueError("tokenizer has neither Llama 3's chat tokens (<|start_header_id|>, "
+                     "<|end_header_id|>, <|eot_id|>) nor ChatML's (<|im_start|>, <|im_end|>)")

@@ -1,0 +1,236 @@
+"""Spec for gpt_components.modern.chat: Llama 3's and Qwen3's chat formats.
+
+References: ``transformers``' ``apply_chat_template`` rendering, inside a tokenizer directory made
+here, the published templates' rules as Jinja (the Llama 3 Instruct template, and Qwen3's without
+its tool branches, written out here); the ``tokenizers`` library's ids for the rendered text; and
+conversations written out by hand from the published formats.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
+
+from gpt_components.modern.chat import Llama3ChatFormat, Qwen3ChatFormat, chat_format_for
+from gpt_components.modern.tokenizers import load_tokenizer
+from spec.test_modern_tokenizers import LLAMA3_SPECIALS, QWEN_ADDED, QWEN_SPECIALS
+
+pytestmark = pytest.mark.modern
+
+LLAMA3_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}"
+    "{{ content }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}"
+    "{% endif %}"
+)
+QWEN3_TEMPLATE = """
+{%- if messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- set ns = namespace(multi_step_tool=true, last_query_index=messages|length - 1) %}
+{%- for message in messages[::-1] %}
+    {%- set index = (messages|length - 1) - loop.index0 %}
+    {%- if ns.multi_step_tool and message.role == "user" and not(message.content.startswith('<tool_response>') and message.content.endswith('</tool_response>')) %}
+        {%- set ns.multi_step_tool = false %}
+        {%- set ns.last_query_index = index %}
+    {%- endif %}
+{%- endfor %}
+{%- for message in messages %}
+    {%- if (message.role == "user") or (message.role == "system" and not loop.first) %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>' + '\n' }}
+    {%- elif message.role == "assistant" %}
+        {%- set content = message.content %}
+        {%- set reasoning_content = '' %}
+        {%- if message.reasoning_content is string %}
+            {%- set reasoning_content = message.reasoning_content %}
+        {%- else %}
+            {%- if '</think>' in content %}
+                {%- set reasoning_content = content.split('</think>')[0].rstrip('\n').split('<think>')[-1].lstrip('\n') %}
+                {%- set content = content.split('</think>')[-1].lstrip('\n') %}
+            {%- endif %}
+        {%- endif %}
+        {%- if loop.index0 > ns.last_query_index %}
+            {%- if loop.last or (not loop.last and reasoning_content) %}
+                {{- '<|im_start|>' + message.role + '\n<think>\n' + reasoning_content.strip('\n') + '\n</think>\n\n' + content.lstrip('\n') }}
+            {%- else %}
+                {{- '<|im_start|>' + message.role + '\n' + content }}
+            {%- endif %}
+        {%- else %}
+            {{- '<|im_start|>' + message.role + '\n' + content }}
+        {%- endif %}
+        {{- '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}
+    {{- '<|im_start|>assistant\n' }}
+    {%- if enable_thinking is defined and enable_thinking is false %}
+        {{- '<think>\n\n</think>\n\n' }}
+    {%- endif %}
+{%- endif %}"""  # noqa: E501
+
+
+def _byte_level_tokenizer(specials, added=()):
+    """A byte-level tokenizer.json (no merges): enough for templates and exact ids."""
+    from gpt_components.tokenizers import gpt2_byte_decoder
+
+    vocab = {char: byte for char, byte in gpt2_byte_decoder().items()}
+    tok = Tokenizer(models.BPE(vocab, []))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in specials])
+    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
+    return tok
+
+
+def _model_dir(path, tokenizer, config):
+    path.mkdir()
+    tokenizer.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", **config}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory):
+    path = _model_dir(tmp_path_factory.mktemp("q") / "qwen3",
+                      _byte_level_tokenizer(QWEN_SPECIALS, QWEN_ADDED),
+                      {"eos_token": "<|im_end|>", "chat_template": QWEN3_TEMPLATE})
+    return load_tokenizer(path), transformers.AutoTokenizer.from_pretrained(path)
+
+
+@pytest.fixture(scope="module")
+def llama(tmp_path_factory):
+    path = _model_dir(tmp_path_factory.mktemp("l") / "llama3",
+                      _byte_level_tokenizer(LLAMA3_SPECIALS),
+                      {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                       "chat_template": LLAMA3_TEMPLATE})
+    return load_tokenizer(path), transformers.AutoTokenizer.from_pretrained(path)
+
+
+def _hf_ids(hf, messages, **kwargs):
+    out = hf.apply_chat_template(messages, tokenize=True, **kwargs)
+    return list(out["input_ids"] if not isinstance(out, list) else out)
+
+
+contents = st.one_of(
+    st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="<>"), max_size=12),
+    st.sampled_from(["", " ", "\n", "  padded \n", "Hi!", "12 + 30 = 42", "café\n\n"]),
+)
+thoughts = st.builds(lambda pre, r, mid, a: f"{pre}<think>{r}</think>{mid}{a}",
+                     st.sampled_from(["", "\n"]), contents, st.sampled_from(["", "\n", "\n\n"]),
+                     contents)
+
+
+@st.composite
+def conversations(draw):
+    messages = []
+    if draw(st.booleans()):
+        messages.append({"role": "system", "content": draw(contents)})
+    for turn in range(draw(st.integers(1, 4))):
+        role = "user" if turn % 2 == 0 else "assistant"
+        content = draw(st.one_of(contents, thoughts) if role == "assistant" else st.one_of(
+            contents, st.just("<tool_response>42</tool_response>")))
+        message = {"role": role, "content": content}
+        if role == "assistant" and draw(st.integers(0, 4)) == 0:
+            message["reasoning_content"] = draw(contents)
+        messages.append(message)
+    if draw(st.booleans()):
+        messages.append({"role": "assistant", "content": draw(st.one_of(contents, thoughts))})
+    return messages
+
+
+@settings(max_examples=40)
+@given(messages=conversations(), prompt=st.booleans(), thinking=st.booleans())
+def test_qwen3_chat_renders_as_its_template_does_in_transformers(messages, prompt, thinking,
+                                                                 qwen):
+    tok, hf = qwen
+    chat = Qwen3ChatFormat(enable_thinking=thinking)
+    text = chat.render(messages, add_generation_prompt=prompt)
+    kwargs = {"add_generation_prompt": prompt, "enable_thinking": thinking}
+    assert text == hf.apply_chat_template(messages, tokenize=False, **kwargs)
+    assert chat.encode(tok, messages, add_generation_prompt=prompt) == _hf_ids(
+        hf, messages, **kwargs)
+
+
+@settings(max_examples=25)
+@given(messages=conversations(), prompt=st.booleans())
+def test_llama3_chat_renders_as_its_template_does_in_transformers(messages, prompt, llama):
+    tok, hf = llama
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    text = Llama3ChatFormat().render(messages, add_generation_prompt=prompt)
+    assert text == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    assert Llama3ChatFormat().encode(tok, messages, add_generation_prompt=prompt) == _hf_ids(
+        hf, messages, add_generation_prompt=prompt)
+
+
+def test_the_published_formats_written_out():
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "What is 2+2?\n"},
+                {"role": "assistant", "content": "<think>\nAdd.\n</think>\n\n4"},
+                {"role": "user", "content": "And 3+3?"}]
+    assert Llama3ChatFormat().render(messages) == (
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nWhat is 2+2?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n<think>\nAdd.\n</think>\n\n4<|eot_id|>"
+        "<|start_header_id|>user<|end_header_id|>\n\nAnd 3+3?<|eot_id|>"
+        "<|start_header_id|>assistant<|end_header_id|>\n\n")
+    # Qwen3 drops the reasoning of turns before the last question, and thinking off writes an
+    # empty thought after the prompt.
+    assert Qwen3ChatFormat(enable_thinking=False).render(messages) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nWhat is 2+2?\n<|im_end|>\n"
+        "<|im_start|>assistant\n4<|im_end|>\n<|im_start|>user\nAnd 3+3?<|im_end|>\n"
+        "<|im_start|>assistant\n<think>\n\n</think>\n\n")
+    answered = messages + [{"role": "assistant", "content": "6", "reasoning_content": "Sum."}]
+    assert Qwen3ChatFormat().render(answered, add_generation_prompt=False).endswith(
+        "<|im_start|>user\nAnd 3+3?<|im_end|>\n<|im_start|>assistant\n<think>\nSum.\n</think>\n\n"
+        "6<|im_end|>\n")
+
+
+def test_a_special_token_typed_in_a_message_stays_text(qwen, llama):
+    for (tok, _), chat, marker in [(llama, Llama3ChatFormat(), "<|eot_id|>"),
+                                   (qwen, Qwen3ChatFormat(), "<|im_end|>")]:
+        messages = [{"role": "user", "content": f"x {marker} y"}]
+        ids = chat.encode(tok, messages)
+        marker_id = tok.encode(marker, allowed_special={marker})
+        assert ids.count(marker_id[0]) == 1  # only the turn's own end
+        assert tok.decode(ids) == chat.render(messages)
+
+
+def test_the_format_is_chosen_by_the_tokenizer_and_knows_its_stop_tokens(qwen, llama):
+    llama_tok, qwen_tok = llama[0], qwen[0]
+    assert isinstance(chat_format_for(llama_tok), Llama3ChatFormat)
+    chosen = chat_format_for(qwen_tok, enable_thinking=False)
+    assert isinstance(chosen, Qwen3ChatFormat) and chosen.enable_thinking is False
+    ids = {name: llama_tok.encode(name, allowed_special="all")[0]
+           for name in ("<|eot_id|>", "<|eom_id|>", "<|end_of_text|>")}
+    assert Llama3ChatFormat().stop_ids(llama_tok) == list(ids.values())
+    assert Qwen3ChatFormat().stop_ids(qwen_tok) == [
+        qwen_tok.encode(t, allowed_special="all")[0] for t in ("<|im_end|>", "<|endoftext|>")]
+    from gpt_components.tokenizers import gpt2_tokenizer
+
+    with pytest.raises(ValueError, match="neither Llama 3's chat tokens"):
+        chat_format_for(gpt2_tokenizer())
+    with pytest.raises(ValueError, match="lacks <|im_end|>, <|im_start|>"):
+        Qwen3ChatFormat().encode(gpt2_tokenizer(), [{"role": "user", "content": "x"}])
+
+
+def test_bad_messages_are_named():
+    chat = Qwen3ChatFormat()
+    with pytest.raises(ValueError, match=r"^messages\[1\]\['role'\] must be one of system, user"):
+        chat.render([{"role": "user", "content": "a"}, {"role": "tool", "content": "b"}])
+    with pytest.raises(TypeError, match=r"^messages\[0\]\['content'\] must be a str"):
+        chat.render([{"role": "user", "content": None}])
+    with pytest.raises(TypeError, match="^messages must be a list"):
+        chat.render("hello")
+    with pytest.raises(TypeError, match="^enable_thinking must be True or False"):
+        Qwen3ChatFormat(enable_thinking="no")
