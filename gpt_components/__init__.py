@@ -29,6 +29,7 @@ from . import (
     pretrained,
     registry,
     resources,
+    tensor_files,
     tokenizers,
     trace,
     training,
@@ -52,6 +53,7 @@ from .model import *
 from .modern import *
 from .registry import *
 from .resources import *
+from .tensor_files import *
 from .tokenizers import *
 from .trace import *
 from .training import *
@@ -78,6 +80,7 @@ _MODULES = (
     model,
     kv_cache,
     generation,
+    tensor_files,
     weights,
     modern,
     registry,

@@ -32,16 +32,20 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import pickletools
 import re
+import shlex
 import shutil
 import tempfile
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
+
+from .tensor_files import TensorFileError, check_state_dict, read_safetensors
 
 __all__ = [
     "save_checkpoint",
@@ -66,6 +70,19 @@ class Checkpoint:
     weights: dict[str, torch.Tensor]
     state: dict[str, Any]
     meta: dict[str, Any]
+
+    def load_into(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Copy the weights into ``model`` after checking every name, shape and dtype.
+
+        ``CheckpointError`` names the first tensor that is missing, extra or of another shape;
+        floating-point weights of another precision are converted with a warning.
+        """
+        try:
+            weights = check_state_dict(model.state_dict(), self.weights, self.path / WEIGHTS)
+        except TensorFileError as error:
+            raise CheckpointError(str(error)) from None
+        model.load_state_dict(weights)
+        return model
 
 
 def _fsync_write(path: Path, data: bytes) -> None:
@@ -138,45 +155,105 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     return pointer.parent / name
 
 
-def _refusal_reason(error: Exception) -> str:
-    """The one sentence of torch's weights-only refusal that says what the pickle wanted."""
-    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch bolds part of its message
-    found = re.search(r"WeightsUnpickler error:\s*(.*?)\.(?:\s|$)", text)
-    if found:
-        return found.group(1)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return lines[0] if lines else "unsafe pickle"
+# Names torch's weights-only unpickler may meet in a checkpoint we wrote ourselves.
+_SAFE_GLOBAL = re.compile(r"(torch|collections|_codecs|numpy)\.")
+_STRING_OPS = {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "SHORT_BINSTRING",
+               "BINSTRING", "STRING"}
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Checkpoint:
-    """Load a checkpoint directory, or the latest checkpoint of a run directory.
+def _pickle_bytes(path: Path) -> bytes:
+    """The pickle stream of a ``torch.save`` file: the zip's ``data.pkl``, or the file itself."""
+    if zipfile.is_zipfile(path):
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("data.pkl")]
+            return archive.read(names[0]) if names else b""
+    return path.read_bytes()
 
-    Raises ``CheckpointError`` (a ``ValueError``) naming the file for anything missing, truncated,
-    corrupted, or containing a pickle that would run code: such a pickle is refused, not run.
+
+def _pickle_globals(path: Path) -> list[str]:
+    """The ``module.name`` globals a pickle would import, read without unpickling anything."""
+    found, pushed, memo = [], [], {}
+    try:
+        for op, arg, _ in pickletools.genops(_pickle_bytes(path)):
+            if op.name in ("GLOBAL", "INST"):
+                found.append(".".join(str(arg).split(" ", 1)))
+            elif op.name in _STRING_OPS:
+                pushed.append(arg)
+            elif op.name == "MEMOIZE":
+                memo[len(memo)] = pushed[-1] if pushed else None
+            elif op.name in ("PUT", "BINPUT", "LONG_BINPUT"):
+                memo[arg] = pushed[-1] if pushed else None
+            elif op.name in ("GET", "BINGET", "LONG_BINGET") and isinstance(memo.get(arg), str):
+                pushed.append(memo[arg])
+            elif op.name == "STACK_GLOBAL" and len(pushed) >= 2:
+                found.append(f"{pushed[-2]}.{pushed[-1]}")
+    except (ValueError, KeyError, zipfile.BadZipFile, OSError):
+        pass  # a damaged stream: report what was read before the damage
+    return found
+
+
+def _refusal_reason(error: Exception, path: Path) -> str:
+    """What a refused pickle wanted to do, in a few words, without torch's advice to unlock it.
+
+    torch names the global it refused (``GLOBAL posix.system``) in wordings that change between
+    versions, and for some pickles (protocol 4) names none: the pickle's own opcodes say it then.
     """
-    path = Path(path)
-    if (path / "checkpoints").is_dir() or not (path / META).exists():
-        found = latest_checkpoint(path)
-        if found is None:
-            raise CheckpointError(f"path must be a run or checkpoint directory, got {str(path)!r}")
-        path = found
-    for name in (WEIGHTS, STATE, META):
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))  # torch bolds part of its message
+    named = re.search(r"GLOBAL\s+([A-Za-z_][\w.]*[\w])", text)
+    if named:
+        return f"it would call {named.group(1)}"
+    unsafe = [name for name in _pickle_globals(path) if not _SAFE_GLOBAL.match(name)]
+    if unsafe:
+        return f"it would call {unsafe[0]}"
+    return "it holds pickle instructions other than tensors and plain values"
+
+
+def _intact_older(root: Path, damaged: Path) -> Path | None:
+    """The newest checkpoint in ``root`` other than ``damaged`` that loads in full, or None."""
+    for candidate in sorted(root.glob("step-*"), reverse=True):
+        if candidate.name == damaged.name or not candidate.is_dir():
+            continue
+        try:
+            _load_directory(candidate, "cpu", load_state=True)
+        except CheckpointError:
+            continue
+        return candidate
+    return None
+
+
+def _with_fallback(error: CheckpointError, run: Path, damaged: Path) -> CheckpointError:
+    """``error`` plus, when an older checkpoint is intact, the command that points the run at it."""
+    older = _intact_older(run / "checkpoints", damaged)
+    if older is None:
+        return error
+    step = int(older.name.split("-", 1)[1])
+    pointer = json.dumps({"step": step, "path": older.name})
+    command = f"printf '%s' '{pointer}' > {shlex.quote(str(run / 'checkpoints' / LATEST))}"
+    return CheckpointError(f"{error}; the older checkpoint {older.name} is intact: make it the "
+                           f"latest with: {command}")
+
+
+def _load_directory(path: Path, map_location: str, load_state: bool) -> Checkpoint:
+    for name in (WEIGHTS, STATE, META) if load_state else (WEIGHTS, META):
         if not (path / name).is_file():
             raise CheckpointError(f"checkpoint {str(path)!r} is missing {name}")
     try:
-        weights = load_file(str(path / WEIGHTS), device=map_location)
-    except (SafetensorError, OSError, ValueError) as error:
-        raise CheckpointError(f"{str(path / WEIGHTS)!r} is corrupted or truncated: {error}"
-                              ) from None
-    try:
-        state = torch.load(path / STATE, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise CheckpointError(
-            f"{str(path / STATE)!r} was refused: it holds objects other than tensors and plain "
-            f"values ({_refusal_reason(error)})"
-        ) from None
-    except (RuntimeError, EOFError, OSError, ValueError) as error:
-        raise CheckpointError(f"{str(path / STATE)!r} is corrupted or truncated: {error}") from None
+        weights = {key: tensor.to(map_location)
+                   for key, tensor in read_safetensors(path / WEIGHTS).items()}
+    except (TensorFileError, OSError) as error:
+        raise CheckpointError(str(error)) from None
+    state: Any = {}
+    if load_state:
+        try:
+            state = torch.load(path / STATE, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as error:
+            raise CheckpointError(
+                f"{str(path / STATE)!r} was refused and nothing in it was run: it holds objects "
+                f"other than tensors and plain values ({_refusal_reason(error, path / STATE)})"
+            ) from None
+        except (RuntimeError, EOFError, OSError, ValueError) as error:
+            raise CheckpointError(f"{str(path / STATE)!r} is corrupted or truncated: {error}"
+                                  ) from None
     try:
         meta = json.loads((path / META).read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -184,3 +261,34 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu") -> Check
     if not isinstance(state, dict) or not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {str(path)!r} must hold dicts in {STATE} and {META}")
     return Checkpoint(path, weights, state, meta)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", *,
+                    load_state: bool = True) -> Checkpoint:
+    """Load a checkpoint directory, or the latest checkpoint of a run directory.
+
+    Raises ``CheckpointError`` (a ``ValueError``) naming the file for anything missing, truncated,
+    corrupted, or containing a pickle that would run code: such a pickle is refused, not run.
+    When a run's latest checkpoint is damaged and an older one is intact, the error names it and
+    the command that makes it the latest. ``load_state=False`` reads only the weights and
+    ``meta.json`` (all that generation needs), leaving ``state`` empty.
+    """
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or PathLike, got {type(path).__name__}")
+    if not isinstance(load_state, bool):
+        raise TypeError(f"load_state must be a bool, got {load_state!r}")
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"path {str(path)!r} does not exist")
+    if (path / "checkpoints").is_dir() or not (path / META).exists():
+        try:
+            found = latest_checkpoint(path)
+        except CheckpointError as error:
+            raise _with_fallback(error, path, path / "checkpoints" / LATEST) from None
+        if found is None:
+            raise CheckpointError(f"path must be a run or checkpoint directory, got {str(path)!r}")
+        try:
+            return _load_directory(found, map_location, load_state)
+        except CheckpointError as error:
+            raise _with_fallback(error, path, found) from None
+    return _load_directory(path, map_location, load_state)

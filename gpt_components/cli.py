@@ -26,11 +26,13 @@ import os
 import shutil
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .finetune.commands import add_commands as add_finetune_commands
+from .finetune.commands import reword_for_flag
 
 __all__ = ["main", "build_parser"]
 
@@ -199,28 +201,48 @@ def _train(args: argparse.Namespace) -> None:
         dist.destroy_process_group()
 
 
+def _run_of(path: Path) -> tuple[Path, Path] | None:
+    """(run, what to load) when ``path`` is a run directory or one of its checkpoints."""
+    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+        return path, path
+    run = path.parent.parent
+    if (path / "meta.json").is_file() and path.parent.name == "checkpoints" and (
+            run / "config.json").is_file():
+        return run, path
+    return None
+
+
 def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -> tuple:
     from .checkpoint import CheckpointError, load_checkpoint
     from .model import GPTConfig, GPTModel
+    from .weights import GPT2_NAMES
 
     path = Path(source)
-    if not path.exists():
-        raise CLIError(f"source must be a run directory or a weights file, got {source!r}")
-    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-        saved = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    if not path.exists() and source not in GPT2_NAMES:
+        raise CLIError(f"source {source!r} does not exist: give a run directory, one of its "
+                       "checkpoints, a model.safetensors file or Hugging Face directory, or "
+                       f"one of {', '.join(GPT2_NAMES)}")
+    found = _run_of(path) if path.exists() else None
+    if found is not None:
+        run, target = found
         try:
-            ckpt = load_checkpoint(path)
+            saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
+            model = GPTModel(GPTConfig(**saved["model"]))
+        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
+                ValueError) as error:
+            raise CLIError(f"source {str(run / 'config.json')!r} is not a run configuration "
+                           f"written by train ({type(error).__name__}: {error})") from None
+        try:
+            load_checkpoint(target, load_state=False).load_into(model)  # no optimizer needed
         except CheckpointError as error:
-            raise CLIError(str(error)) from None
-        model = GPTModel(GPTConfig(**saved["model"]))
-        model.load_state_dict(ckpt.weights)
-        spec = tokenizer_spec or (saved["tokenizer"] if saved["tokenizer"] == "gpt2"
-                                  else str(path / saved["tokenizer"]))
+            raise CLIError(f"source: {error}") from None
+        spec = tokenizer_spec or (saved["tokenizer"] if saved.get("tokenizer", "gpt2") == "gpt2"
+                                  else str(run / saved["tokenizer"]))
     else:
         try:
-            model = GPTModel.from_pretrained(path)
+            model = GPTModel.from_pretrained(path if path.exists() else source)
         except (OSError, ValueError, TypeError, KeyError) as error:
-            raise CLIError(f"source {source!r} could not be loaded: {error}") from None
+            raise CLIError(reword_for_flag("source", error)) from None
         spec = tokenizer_spec or "gpt2"
     return model.to(device).eval(), _load_tokenizer(spec)
 
@@ -361,12 +383,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 on success, 2 on a usage error)."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        args.run(args)
-    except (CLIError, ValueError, FileNotFoundError) as error:
-        print(f"gpt-components: error: {_as_flag(str(error), args)}", file=sys.stderr)
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _one_line_warning
+        try:
+            args.run(args)
+        except (CLIError, ValueError, FileNotFoundError) as error:
+            print(f"gpt-components: error: {_as_flag(str(error), args)}", file=sys.stderr)
+            return 2
     return 0
+
+
+def _one_line_warning(message: Warning | str, *_: Any, **__: Any) -> None:
+    """A library warning (weights converted to another precision, ...) as one line, no source."""
+    print(f"gpt-components: warning: {message}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -328,7 +328,7 @@ def train(
     step = 0
     if resume:
         ckpt = load_checkpoint(run_dir, map_location=str(device))
-        model.load_state_dict(ckpt.weights)
+        ckpt.load_into(model)  # names any tensor of the wrong name, shape or dtype
         optimizer.load_state_dict(ckpt.state["optimizer"])
         step = ckpt.meta["step"]
     if rank == 0:

@@ -18,16 +18,19 @@ a GPT-2 size by name when ``huggingface_hub`` and a network are there.
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .model import GPTConfig, GPTModel
+from .tensor_files import read_safetensors
 
 __all__ = [
     "BOOK_TO_HF",
@@ -39,6 +42,8 @@ __all__ = [
     "hf_config",
     "save_pretrained",
     "load_pretrained",
+    "download_command",
+    "GPT2_NAMES",
 ]
 
 # Book parameter name -> Hugging Face GPT2LMHeadModel name; "{i}" is the block index.
@@ -83,6 +88,14 @@ _HUB_NAMES = {
     "gpt2-large": "openai-community/gpt2-large",
     "gpt2-xl": "openai-community/gpt2-xl",
 }
+
+
+# The config.json fields that fix a GPT-2's shapes.
+_HF_REQUIRED = ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer")
+
+
+# The names load_pretrained downloads (or finds in the hub's cache).
+GPT2_NAMES = tuple(_HUB_NAMES)
 
 
 class WeightsNotFoundError(FileNotFoundError, ValueError):
@@ -144,8 +157,10 @@ def load_hf_state_dict(model: GPTModel,
                        state_dict: Mapping[str, torch.Tensor]) -> GPTModel:
     """Copy a GPT-2 checkpoint in Hugging Face's layout into ``model``; return ``model``.
 
-    Shapes are checked before anything is copied; a mismatch raises ``ValueError`` naming the
-    first mismatching tensor. A missing ``lm_head.weight`` means the head is tied to ``wte``.
+    Shapes and dtypes are checked before anything is copied; a mismatch or an integer tensor
+    raises ``ValueError`` naming the first such tensor, and floating-point weights of another
+    precision (float16, bfloat16) are converted to the model's with a ``UserWarning`` saying so.
+    A missing ``lm_head.weight`` means the head is tied to ``wte``.
     """
     if not isinstance(model, GPTModel):
         raise TypeError(f"model must be a GPTModel, got {type(model).__name__}")
@@ -154,7 +169,7 @@ def load_hf_state_dict(model: GPTModel,
                         f"{type(state_dict).__name__}")
     hf = _normalized(state_dict)
     targets = dict(model.named_parameters())  # a tied head appears once, as tok_emb
-    converted = {}
+    converted, precisions = {}, set()
     for name, param in targets.items():
         source = hf_name(name)
         if source == "lm_head.weight" and source not in hf:
@@ -166,6 +181,11 @@ def load_hf_state_dict(model: GPTModel,
         if tuple(tensor.shape) != expected:
             raise ValueError(f"state_dict tensor {source!r} has shape {tuple(tensor.shape)}, "
                              f"but {name!r} needs {tuple(expected)}: the config does not match")
+        if not tensor.is_floating_point():
+            raise ValueError(f"state_dict tensor {source!r} has dtype {tensor.dtype}, but "
+                             f"{name!r} needs floating-point weights ({param.dtype})")
+        if tensor.dtype != param.dtype:
+            precisions.add(f"{tensor.dtype} to {param.dtype}")
         converted[name] = _from_hf(name, tensor)
     used = {hf_name(name) for name in targets} | {"lm_head.weight"}
     unexpected = sorted(set(hf) - used)
@@ -179,6 +199,9 @@ def load_hf_state_dict(model: GPTModel,
     if unexpected:
         raise ValueError(f"state_dict has tensor {unexpected[0]!r}, which the model has no place "
                          f"for: the config does not match")
+    if precisions:
+        warnings.warn(f"converted GPT-2 weights from {', '.join(sorted(precisions))}",
+                      UserWarning, stacklevel=2)
     with torch.no_grad():
         for name, param in targets.items():
             param.copy_(converted[name])
@@ -237,6 +260,10 @@ def config_from_hf(config: Mapping[str, Any] | Any, **overrides: Any) -> GPTConf
     """A ``GPTConfig`` from a GPT-2 ``config.json`` dict or a ``transformers.GPT2Config``."""
     if not isinstance(config, Mapping):
         config = config.to_dict() if hasattr(config, "to_dict") else vars(config)
+    absent = [key for key in _HF_REQUIRED if key not in config]
+    if absent:
+        raise ValueError(f"config must give {', '.join(_HF_REQUIRED)}; it has no "
+                         f"{', '.join(absent)}")
     emb_dim = config["n_embd"]
     if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
         raise ValueError(f"config activation_function must be GPT-2's tanh GELU ('gelu_new'), "
@@ -276,14 +303,12 @@ def save_pretrained(model: GPTModel, directory: str | Path) -> Path:
     return directory
 
 
-def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    with safe_open(str(path), framework="pt") as f:
-        return {key: f.get_tensor(key) for key in f.keys()}
-
-
 def _config_from_shapes(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, Any]:
     """The ``config.json`` of one of the four GPT-2 sizes, recognized from tensor shapes."""
     hf = _normalized(state)
+    if "transformer.wte.weight" not in hf or "transformer.wpe.weight" not in hf:
+        raise ValueError(f"{str(path)!r} holds no wte/wpe embeddings: it is not GPT-2 weights "
+                         "(put the config.json of its model beside it)")
     vocab_size, emb_dim = hf["transformer.wte.weight"].shape
     n_layers = len({key.split(".")[2] for key in hf if key.startswith("transformer.h.")})
     if (emb_dim, n_layers) not in _GPT2_SIZES:
@@ -296,24 +321,73 @@ def _config_from_shapes(state: Mapping[str, torch.Tensor], path: Path) -> dict[s
             "n_head": _GPT2_SIZES[(emb_dim, n_layers)][1], "tie_word_embeddings": tied}
 
 
+def download_command(name: str) -> str:
+    """The shell command that fetches GPT-2 size ``name`` into a directory of that name."""
+    if name not in _HUB_NAMES:
+        raise ValueError(f"name must be one of {sorted(_HUB_NAMES)}, got {name!r}")
+    return (f"hf download {_HUB_NAMES[name]} config.json model.safetensors "
+            f"--local-dir {name}")
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the hub answers a TCP connection quickly: its own retries take ~25 s offline."""
+    from urllib.parse import urlsplit
+
+    if any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True  # behind a proxy a direct probe says nothing; let the hub try
+    endpoint = urlsplit(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((endpoint.hostname, endpoint.port or 443), timeout).close()
+    except OSError:
+        return False
+    return True
+
+
 def _download(name: str) -> Path:
-    repo = _HUB_NAMES[name]
-    how = (f"download it with `huggingface-cli download {repo} config.json model.safetensors "
-           f"--local-dir DIR` (pip install huggingface_hub) or from https://huggingface.co/"
-           f"{repo}, then call from_pretrained(DIR)")
+    """GPT-2 size ``name`` from the hub's local cache, else downloaded when the hub answers.
+
+    Offline (``HF_HUB_OFFLINE`` set, or the hub unreachable) this fails at once, with the one
+    shell command that fetches the files.
+    """
+    repo, how = _HUB_NAMES[name], download_command(name)
     try:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise WeightsNotFoundError(
-            f"name_or_path {name!r} is not a local path and huggingface_hub is not installed: "
-            f"{how}") from None
+            f"name_or_path {name!r} is not on this machine and huggingface_hub is not installed: "
+            f"pip install huggingface_hub, then run: {how}") from None
+    files = ("config.json", "model.safetensors")
     try:
-        hf_hub_download(repo, "config.json")
-        return Path(hf_hub_download(repo, "model.safetensors")).parent
-    except Exception as exc:  # the hub raises many kinds: offline, DNS, HTTP, auth
+        for file in files:
+            found = Path(hf_hub_download(repo, file, local_files_only=True))
+        return found.parent
+    except Exception:  # not in the cache (or an older hub without local_files_only)
+        pass
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    if offline or not _hub_reachable():
+        why = "HF_HUB_OFFLINE is set" if offline else "huggingface.co cannot be reached"
+        raise WeightsNotFoundError(f"name_or_path {name!r} is not on this machine and {why}: "
+                                   f"where there is a network, run: {how}")
+    try:
+        for file in files:
+            found = Path(hf_hub_download(repo, file))
+        return found.parent
+    except Exception as exc:  # the hub raises many kinds: DNS, HTTP, auth, disk
+        reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise WeightsNotFoundError(
-            f"name_or_path {name!r} is not a local path and could not be downloaded "
-            f"({type(exc).__name__}: {exc}): {how}") from exc
+            f"name_or_path {name!r} could not be downloaded ({type(exc).__name__}: {reason}): "
+            f"run: {how}") from None
+
+
+def _read_config(config_file: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{str(config_file)!r} is not valid JSON: {error}") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{str(config_file)!r} must hold a JSON object, got "
+                         f"{type(config).__name__}")
+    return config
 
 
 def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPTModel:
@@ -330,15 +404,15 @@ def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPTModel:
     if not path.exists():
         if str(name_or_path) not in _HUB_NAMES:
             raise WeightsNotFoundError(
-                f"name_or_path {str(name_or_path)!r} is neither an existing path nor one of "
-                f"{sorted(_HUB_NAMES)}")
+                f"name_or_path {str(name_or_path)!r} does not exist (nor is it a GPT-2 size to "
+                f"download: {', '.join(sorted(_HUB_NAMES))})")
         path = _download(str(name_or_path))
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
         raise WeightsNotFoundError(f"name_or_path {str(name_or_path)!r} has no model.safetensors")
-    state = _read_safetensors(weights)
+    state = read_safetensors(weights)
     config_file = weights.parent / "config.json"
-    config = (json.loads(config_file.read_text()) if config_file.is_file()
+    config = (_read_config(config_file) if config_file.is_file()
               else _config_from_shapes(state, weights))
     model = GPTModel(config_from_hf(config, **overrides))
     return load_hf_state_dict(model, state).eval()

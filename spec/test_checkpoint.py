@@ -134,31 +134,54 @@ class _Payload:
         return (exec, (f"open({self.marker!r}, 'w').write('pwned')",))
 
 
-def test_a_crafted_pickle_is_refused_and_its_code_never_runs(tmp_path):
+class _System:
+    def __init__(self, marker: str):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("payload", ["exec", "os.system"])
+@pytest.mark.parametrize("container", ["pickle protocol 2", "pickle protocol 4", "torch.save"])
+def test_a_crafted_pickle_is_refused_naming_what_it_would_call_and_never_runs(
+        tmp_path, payload, container):
     path = save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 0})
     marker = tmp_path / "code-ran"
-    with open(path / "state.pt", "wb") as f:
-        pickle.dump({"optimizer": _Payload(str(marker))}, f, protocol=2)
+    evil = _Payload(str(marker)) if payload == "exec" else _System(str(marker))
+    if container == "torch.save":
+        torch.save({"optimizer": evil}, path / "state.pt")
+    else:
+        with open(path / "state.pt", "wb") as f:
+            pickle.dump({"optimizer": evil}, f, protocol=int(container[-1]))
     # sanity: an ordinary unpickler would run it
     with open(path / "state.pt", "rb") as f:
-        pickle.load(f)
+        pickle.load(f) if container != "torch.save" else torch.load(f, weights_only=False)
     assert marker.exists()
     marker.unlink()
+    called = r"\bexec\b" if payload == "exec" else re.escape(f"{os.system.__module__}.system")
     with pytest.raises(CheckpointError, match=rf"^'{re.escape(str(path / 'state.pt'))}' was "
-                                              r"refused: .*\(.*\bexec\b.*\)$") as refused:
+                                              rf"refused and nothing in it was run: .*\(it would "
+                                              rf"call (builtins\.)?{called}\)$") as refused:
         load_checkpoint(tmp_path)
     assert not marker.exists()
-    assert "\x1b" not in str(refused.value) and "\n" not in str(refused.value)
+    message = str(refused.value)
+    assert "\x1b" not in message and "\n" not in message
+    assert "weights_only" not in message and "False" not in message  # never: turn it off
 
 
 @pytest.mark.parametrize("wording, reason", [
-    ("\x1b[1mBlocked\x1b[0m global: os.system\n\tsee the docs", "Blocked global: os.system"),
-    ("\n  WeightsUnpickler error: Unsupported global: GLOBAL posix.system was not allowed.\n",
-     "Unsupported global: GLOBAL posix.system was not allowed"),
-    ("", "unsafe pickle"),
+    ("\x1b[1mTrying to load unsupported GLOBAL posix.system\x1b[0m whose module is blocked",
+     "it would call posix.system"),
+    ("\n  WeightsUnpickler error: Unsupported global: GLOBAL builtins.eval was not allowed.\n",
+     "it would call builtins.eval"),
+    ("Re-running `torch.load` with `weights_only` set to `False` will likely succeed",
+     "it holds pickle instructions other than tensors and plain values"),
+    ("", "it holds pickle instructions other than tensors and plain values"),
 ])
 def test_a_refusal_is_one_clean_line_whatever_torch_says(tmp_path, monkeypatch, wording, reason):
-    # torch's wording differs between versions: the refusal keeps one line of it, no escapes.
+    # torch's wording differs between versions: the refusal keeps the global it names, if any,
+    # and never passes on the advice to load with weights_only=False.
     save_checkpoint(tmp_path, model=_model(0), state={}, meta={"step": 0})
 
     def refusing_load(*args, **kwargs):
@@ -168,6 +191,7 @@ def test_a_refusal_is_one_clean_line_whatever_torch_says(tmp_path, monkeypatch, 
     with pytest.raises(CheckpointError) as refused:
         load_checkpoint(tmp_path)
     assert str(refused.value).endswith(f"values ({reason})")
+    assert "weights_only" not in str(refused.value)
 
 
 @file_writing

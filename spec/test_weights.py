@@ -16,12 +16,14 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from gpt_components import weights
+from gpt_components.cli import main
 from gpt_components.generation import generate
 from gpt_components.model import GPTConfig, GPTModel, count_parameters
 from gpt_components.weights import (
     BOOK_TO_HF,
     WeightsNotFoundError,
     config_from_hf,
+    download_command,
     hf_config,
     hf_name,
     load_hf_state_dict,
@@ -238,45 +240,117 @@ def test_a_config_is_read_from_a_dict_a_gpt2config_or_any_object_with_its_fields
         config_from_hf({**fields, "activation_function": "relu"})
 
 
-def test_a_model_name_is_fetched_from_the_hub_as_config_and_safetensors(monkeypatch, tmp_path):
-    cfg = GPTConfig(vocab_size=50, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
-    model = random_gpt_model(cfg, 3, dtype=torch.float32)
-    save_pretrained(model, tmp_path)
+def _fake_hub(monkeypatch, tmp_path, cached: bool, reachable: bool, serves: bool = True):
+    """A huggingface_hub whose cache holds the files (or not) and a hub that answers (or not)."""
     asked = []
 
-    def fake_download(repo, filename):
-        asked.append((repo, filename))
+    def fake_download(repo, filename, local_files_only=False):
+        asked.append((repo, filename, local_files_only))
+        if local_files_only and not cached or not local_files_only and not serves:
+            raise OSError("not in the cache" if local_files_only else "no network")
         return str(tmp_path / filename)
 
     monkeypatch.setitem(sys.modules, "huggingface_hub",
                         types.SimpleNamespace(hf_hub_download=fake_download))
+    monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0: reachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return asked
+
+
+@pytest.mark.parametrize("cached", [True, False])
+def test_a_model_name_is_read_from_the_hub_cache_first_then_downloaded(monkeypatch, tmp_path,
+                                                                       cached):
+    cfg = GPTConfig(vocab_size=50, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
+    model = random_gpt_model(cfg, 3, dtype=torch.float32)
+    save_pretrained(model, tmp_path)
+    asked = _fake_hub(monkeypatch, tmp_path, cached=cached, reachable=True)
     loaded = load_pretrained("gpt2-medium")
-    assert asked == [("openai-community/gpt2-medium", "config.json"),
-                     ("openai-community/gpt2-medium", "model.safetensors")]
+    repo = "openai-community/gpt2-medium"
+    cache = [(repo, "config.json", True), (repo, "model.safetensors", True)]
+    assert asked == (cache if cached else cache[:1] + [(repo, "config.json", False),
+                                                       (repo, "model.safetensors", False)])
     idx = token_ids(50, 1, 1, 4)
     torch.testing.assert_close(loaded(idx), model.eval()(idx), rtol=0, atol=0)
 
 
-def test_a_model_name_offline_or_without_huggingface_hub_says_how_to_get_the_file(monkeypatch):
-    monkeypatch.setitem(sys.modules, "huggingface_hub", None)
-    with pytest.raises(WeightsNotFoundError, match=r"^name_or_path 'gpt2' is not a local path "
-                                                   r"and huggingface_hub is not installed: "
-                                                   r"download it with `huggingface-cli download "
-                                                   r"openai-community/gpt2 config\.json "
-                                                   r"model\.safetensors --local-dir DIR`"):
+@pytest.mark.parametrize("why", ["HF_HUB_OFFLINE", "unreachable", "download fails",
+                                 "no huggingface_hub"])
+def test_a_model_name_offline_fails_at_once_with_the_hf_download_command(monkeypatch, tmp_path,
+                                                                          why, capsys):
+    asked = _fake_hub(monkeypatch, tmp_path, cached=False, reachable=why == "download fails",
+                      serves=False)
+    if why == "HF_HUB_OFFLINE":
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        monkeypatch.setattr(weights, "_hub_reachable", lambda timeout=3.0: 1 / 0)
+    if why == "no huggingface_hub":
+        monkeypatch.setitem(sys.modules, "huggingface_hub", None)
+    command = "hf download openai-community/gpt2 config.json model.safetensors --local-dir gpt2"
+    with pytest.raises(WeightsNotFoundError) as error:
         GPTModel.from_pretrained("gpt2")
-    monkeypatch.undo()
-    hub = pytest.importorskip("huggingface_hub", reason="the offline case needs huggingface_hub")
+    message = str(error.value)
+    assert message.startswith("name_or_path 'gpt2' ") and message.endswith(f"run: {command}")
+    assert "huggingface-cli" not in message and "\n" not in message
+    if why in ("HF_HUB_OFFLINE", "unreachable"):  # no download was tried
+        assert all(local for _, _, local in asked)
+    monkeypatch.chdir(tmp_path)
+    for flag, argv in (("source", ["generate", "gpt2"]),
+                       ("--weights", ["finetune-classifier", "--weights", "gpt2", "--out", "o"])):
+        capsys.readouterr()
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gpt-components: error: {flag} 'gpt2' ")
+        assert err.endswith(f"run: {command}\n") and err.count("\n") == 1
+    assert download_command("gpt2-xl") == ("hf download openai-community/gpt2-xl config.json "
+                                           "model.safetensors --local-dir gpt2-xl")
 
-    def offline(*args, **kwargs):
-        raise OSError("no network")
 
-    monkeypatch.setattr(hub, "hf_hub_download", offline)
-    with pytest.raises(WeightsNotFoundError, match=r"^name_or_path 'gpt2-medium' is not a local "
-                                                   r"path and could not be downloaded \(OSError: "
-                                                   r"no network\): download it with `huggingface-"
-                                                   r"cli download openai-community/gpt2-medium "):
-        GPTModel.from_pretrained("gpt2-medium")
+def test_the_hub_probe_answers_quickly_without_a_network(monkeypatch):
+    def refused(address, timeout):
+        assert timeout <= 3
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(weights.socket, "create_connection", refused)
+    for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(proxy, raising=False)
+    assert weights._hub_reachable() is False
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert weights._hub_reachable() is True  # a proxy: let the hub itself try
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_integer_weights_are_refused_naming_the_tensor(dtype):
+    cfg = GPTConfig(vocab_size=50, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
+    state = to_hf_state_dict(GPTModel(cfg))
+    state["transformer.h.0.mlp.c_fc.weight"] = state["transformer.h.0.mlp.c_fc.weight"].to(dtype)
+    with pytest.raises(ValueError, match=rf"^state_dict tensor 'transformer\.h\.0\.mlp\.c_fc\."
+                                         rf"weight' has dtype {dtype}, but 'trf_blocks\.0\.ff\."
+                                         rf"layers\.0\.weight' needs floating-point"):
+        load_hf_state_dict(GPTModel(cfg), state)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_gpt2_weights_are_converted_with_a_warning(tmp_path, dtype):
+    cfg = GPTConfig(vocab_size=50, context_length=4, emb_dim=8, n_heads=2, n_layers=1)
+    model = random_gpt_model(cfg, 5, dtype=torch.float32).to(dtype)
+    save_pretrained(model, tmp_path)
+    with pytest.warns(UserWarning, match=f"converted GPT-2 weights from {dtype} to torch.float32"):
+        loaded = load_pretrained(tmp_path)
+    assert loaded.tok_emb.weight.dtype == torch.float32
+    assert torch.equal(loaded.tok_emb.weight, model.tok_emb.weight.float())
+
+
+@pytest.mark.parametrize("config, words", [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "must hold a JSON object, got list"),
+    ('{"n_embd": 8}', "config must give vocab_size, n_positions, n_embd, n_head, n_layer; it has "
+                      "no vocab_size, n_positions, n_head, n_layer"),
+])
+def test_a_broken_config_json_is_named(tmp_path, config, words):
+    save_pretrained(GPTModel(GPTConfig(vocab_size=50, context_length=4, emb_dim=8, n_heads=2,
+                                       n_layers=1)), tmp_path)
+    (tmp_path / "config.json").write_text(config)
+    with pytest.raises(ValueError, match=re.escape(words)):
+        load_pretrained(tmp_path)
 
 
 @given(config=hf_configs(), seed=seeds,
@@ -339,7 +413,7 @@ def test_bad_inputs_are_refused_naming_the_parameter():
         load_hf_state_dict(model, {})
     with pytest.raises(TypeError, match="^model must be a GPTModel, got Linear$"):
         to_hf_state_dict(torch.nn.Linear(2, 2))
-    with pytest.raises(ValueError, match="^name_or_path 'no/such/dir' is neither an existing path"):
+    with pytest.raises(ValueError, match="^name_or_path 'no/such/dir' does not exist"):
         load_pretrained("no/such/dir")
     with pytest.raises(TypeError, match="^name_or_path must be a str or Path, got int$"):
         load_pretrained(42)

@@ -25,11 +25,12 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
 from ..model import GPTConfig, GPTModel
+from ..tensor_files import check_state_dict, read_safetensors
 from ..tokenizers import gpt2_tokenizer
 from .loop import check_counts, finetune_loop
 from .spam_data import SPAM_LABELS
@@ -287,8 +288,14 @@ def load_classifier(
             f"directory: {str(directory)!r} holds no {CLASSIFIER_CONFIG} and "
             f"{CLASSIFIER_WEIGHTS} (write them with save_classifier or finetune-classifier)"
         )
-    config = json.loads(config_file.read_text())
-    model = GPTModel(GPTConfig(**config["model"]))
-    make_classifier(model, len(config["labels"]), trainable_blocks=None)
-    model.load_state_dict(load_file(str(directory / CLASSIFIER_WEIGHTS)))
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+        model = GPTModel(GPTConfig(**config["model"]))
+        make_classifier(model, len(config["labels"]), trainable_blocks=None)
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
+        raise ValueError(f"directory: {str(config_file)!r} is not a classifier.json written by "
+                         f"save_classifier ({type(error).__name__}: {error})") from None
+    weights_file = directory / CLASSIFIER_WEIGHTS
+    found = read_safetensors(weights_file)
+    model.load_state_dict(check_state_dict(model.state_dict(), found, weights_file))
     return model.to(device).eval(), config

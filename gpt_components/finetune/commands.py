@@ -27,7 +27,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
-from ..checkpoint import load_checkpoint
+from ..checkpoint import CheckpointError, load_checkpoint
 from ..model import MODEL_PRESETS, GPTConfig, GPTModel
 from ..tokenizers import gpt2_tokenizer
 from ..training import calc_loss_loader, configure_optimizer
@@ -37,7 +37,22 @@ from . import instructions as ins
 from . import spam_data
 from .lora import count_trainable_parameters, merge_lora, replace_linear_with_lora, save_lora
 
-__all__ = ["add_commands", "load_start_model"]
+__all__ = ["add_commands", "load_start_model", "reword_for_flag"]
+
+
+def reword_for_flag(flag: str, error: Exception) -> str:
+    """A library error about ``name_or_path``/``path``/``directory`` reworded for ``flag``."""
+    message = str(error)
+    for name in ("name_or_path ", "path ", "directory: ", "path: "):
+        if message.startswith(name):
+            return f"{flag} {message[len(name):]}"
+    return f"{flag}: {message}"
+
+
+def _flag_error(flag: str, error: Exception) -> Exception:
+    """``error`` reworded for ``flag``, still a ``FileNotFoundError`` when it was one."""
+    kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
+    return kind(reword_for_flag(flag, error))
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -175,15 +190,22 @@ def load_start_model(weights: str | None = None, run: str | None = None,
     if weights is not None and run is not None:
         raise ValueError("--weights and --run: give at most one starting model")
     if weights is not None:
-        return (load_pretrained(weights, drop_rate=drop_rate),
-                f"starting from GPT-2 weights {weights}")
+        try:
+            model = load_pretrained(weights, drop_rate=drop_rate)
+        except (OSError, ValueError, TypeError) as error:
+            raise _flag_error("--weights", error) from None
+        return model, f"starting from GPT-2 weights {weights}"
     if run is not None:
         if not Path(run).is_dir():
-            raise FileNotFoundError(f"--run {run!r} is not a directory")
+            raise FileNotFoundError(f"--run {run!r} does not exist" if not Path(run).exists()
+                                    else f"--run {run!r} is not a directory")
         cfg = dataclasses.replace(_run_config(Path(run)), drop_rate=drop_rate)
-        ckpt = load_checkpoint(run)
         model = GPTModel(cfg)
-        model.load_state_dict(ckpt.weights)
+        try:
+            ckpt = load_checkpoint(run, load_state=False)  # the weights; no optimizer state
+            ckpt.load_into(model)
+        except CheckpointError as error:
+            raise ValueError(f"--run: {error}") from None
         return model, f"starting from run {run} (step {ckpt.meta.get('step')})"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -270,7 +292,10 @@ def finetune_classifier(args: argparse.Namespace) -> None:
 
 def classify_command(args: argparse.Namespace) -> None:
     """Handler of ``classify``."""
-    model, config = cls.load_classifier(args.model, _device(args.device))
+    try:
+        model, config = cls.load_classifier(args.model, _device(args.device))
+    except (OSError, ValueError) as error:
+        raise _flag_error("--model", error) from None
     print(cls.classify(args.text, model, labels=config["labels"],
                        max_length=config.get("max_length")))
 
@@ -331,7 +356,10 @@ def instruction_responses(args: argparse.Namespace) -> None:
     """Handler of ``instruction-responses``."""
     _check_positive(args, "limit", "max_new_tokens")
     device = _device(args.device)
-    model = load_pretrained(args.model).to(device)
+    try:
+        model = load_pretrained(args.model).to(device)
+    except (OSError, ValueError, TypeError) as error:
+        raise _flag_error("--model", error) from None
     test = ins.instruction_splits(ins.load_instruction_data(args.data), seed=args.seed).test
     test = test[: args.limit]
 

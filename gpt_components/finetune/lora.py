@@ -25,8 +25,10 @@ import os
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
+
+from ..tensor_files import read_safetensors
 
 __all__ = [
     "LoRALayer",
@@ -198,7 +200,7 @@ def load_lora(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no LoRA file at {path!r}")
-    tensors = load_file(path)
+    tensors = read_safetensors(path)
     if not _lora_layers(model):
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}

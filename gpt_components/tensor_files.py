@@ -1,0 +1,129 @@
+"""Tensor files a user hands us (chapter 5): read safetensors safely, check weights before use.
+
+Weights reach the project from files it did not write itself: a run's checkpoint, a Hugging Face
+directory, a LoRA adapter file, a finetuned classifier. ``read_safetensors`` reads one and, for
+anything that is not a safetensors file (a pickle or a ``torch.save`` archive renamed
+``model.safetensors``, a truncated download, an empty file), raises ``TensorFileError`` naming the
+file and what it is instead; it never unpickles. ``check_state_dict`` compares a file's tensors
+with what a model expects and names the first tensor that is missing, extra, of another shape or
+of a dtype that cannot hold weights; floating-point tensors of another precision are converted to
+the model's, with a warning that says so.
+
+Exports: ``read_safetensors``, ``check_state_dict``, ``TensorFileError``.
+
+>>> import tempfile, torch
+>>> from safetensors.torch import save_file
+>>> path = tempfile.mkdtemp() + "/model.safetensors"
+>>> save_file({"weight": torch.ones(2, 2)}, path)
+>>> sorted(read_safetensors(path))
+['weight']
+>>> _ = open(path, "wb").write(b"\\x80\\x02}q\\x00.")  # a pickle under a safetensors name
+>>> try:
+...     read_safetensors(path)
+... except TensorFileError as error:
+...     print(str(error).split(": ", 1)[1])
+it is a Python pickle, which this project never loads; give the model.safetensors that \
+save_pretrained, transformers or `hf download` wrote
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+
+__all__ = ["read_safetensors", "check_state_dict", "TensorFileError"]
+
+
+class TensorFileError(ValueError):
+    """A weights file that is not what its name claims, or that does not fit the model."""
+
+
+def _looks_like(head: bytes) -> str:
+    """What a file that is not safetensors seems to be, from its first bytes."""
+    if not head:
+        return "it is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "it is a zip archive (torch.save's format), which this project never unpickles"
+    if head[:1] == b"\x80" or head[:1] in (b"(", b"}", b"]"):
+        return "it is a Python pickle, which this project never loads"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it is JSON text"
+    return "its first bytes are not a safetensors header"
+
+
+def _header_problem(path: Path) -> str | None:
+    """Why ``path`` cannot be a safetensors file (8-byte length, then a JSON header), or None."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(16)
+    if size < 8:
+        return _looks_like(head)
+    (length,) = struct.unpack("<Q", head[:8])
+    if length > size - 8 or head[8:9] != b"{":
+        return _looks_like(head)
+    return None
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, on the CPU; ``TensorFileError`` if it is not one."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a str or PathLike, got {type(path).__name__}")
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"path {str(path)!r} does not exist" if not path.exists()
+                                else f"path {str(path)!r} is not a file")
+    problem = _header_problem(path)
+    if problem is not None:
+        raise TensorFileError(f"{str(path)!r} is not a safetensors file: {problem}; give the "
+                              "model.safetensors that save_pretrained, transformers or "
+                              "`hf download` wrote")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return {key: f.get_tensor(key) for key in f.keys()}
+    except (SafetensorError, json.JSONDecodeError, OSError) as error:
+        raise TensorFileError(f"{str(path)!r} is truncated or corrupted ({error}): download or "
+                              "write it again") from None
+
+
+def check_state_dict(expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor],
+                     source: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """``found`` checked against a model's ``expected`` state dict, in the model's dtypes.
+
+    Raises ``TensorFileError`` naming ``source`` and the first tensor that is missing, extra,
+    shaped differently, or not floating point where the model holds floating-point weights.
+    Tensors of another floating-point dtype (float16, bfloat16, float64) are converted to the
+    model's dtype with one ``UserWarning`` per file: never silently.
+    """
+    missing = [name for name in expected if name not in found]
+    if missing:
+        raise TensorFileError(f"{str(source)!r} has no tensor {missing[0]!r}, which the model "
+                              f"needs ({len(missing)} missing): the file is not for this model")
+    extra = [name for name in found if name not in expected]
+    if extra:
+        raise TensorFileError(f"{str(source)!r} holds tensor {extra[0]!r}, which the model has "
+                              f"no place for ({len(extra)} extra): the file is not for this model")
+    converted, out = set(), {}
+    for name, want in expected.items():
+        tensor = found[name]
+        if tuple(tensor.shape) != tuple(want.shape):
+            raise TensorFileError(f"{str(source)!r}: tensor {name!r} has shape "
+                                  f"{tuple(tensor.shape)}, the model expects {tuple(want.shape)}")
+        if tensor.dtype != want.dtype:
+            if want.is_floating_point() and not tensor.is_floating_point():
+                raise TensorFileError(f"{str(source)!r}: tensor {name!r} has dtype "
+                                      f"{tensor.dtype}, the model expects floating-point "
+                                      f"weights ({want.dtype})")
+            converted.add(f"{tensor.dtype} to {want.dtype}")
+            tensor = tensor.to(want.dtype)
+        out[name] = tensor
+    if converted:
+        warnings.warn(f"{str(source)!r}: converted weights from {', '.join(sorted(converted))}",
+                      UserWarning, stacklevel=2)
+    return out
