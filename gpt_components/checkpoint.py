@@ -102,13 +102,14 @@ def _atomic_json(path: Path, payload: dict) -> None:
 def save_checkpoint(
     run_dir: str | os.PathLike,
     *,
-    model: torch.nn.Module,
+    model: torch.nn.Module | dict[str, torch.Tensor],
     state: dict[str, Any],
     meta: dict[str, Any],
     keep: int = 2,
 ) -> Path:
     """Write a checkpoint for ``meta["step"]`` and make it the latest; keep the newest ``keep``.
 
+    ``model`` is a module or its ``state_dict`` (weights gathered from shards, for instance).
     ``state`` may hold tensors, numbers, strings, lists and dicts (an optimizer's
     ``state_dict()``, for instance); ``meta`` must be JSON-serialisable and include ``step``.
     """
@@ -122,7 +123,8 @@ def save_checkpoint(
     final = root / f"step-{step:08d}"
     tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
     # safetensors refuses tensors that share memory (a tied output head): store copies.
-    weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in model.state_dict().items()}
+    tensors = model if isinstance(model, dict) else model.state_dict()
+    weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
     save_file(weights, str(tmp / WEIGHTS))
     with open(tmp / STATE, "wb") as f:
         torch.save(state, f)

@@ -4,7 +4,8 @@
 - ``train``: pretrain a preset on a text corpus (default: a small GPT on the bundled
   ``the-verdict.txt``), with a progress bar, evaluations with a sample continuation, a run
   directory (``config.json``, checkpoints, ``metrics.jsonl``, ``loss.png``) and ``--resume``.
-  Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel.
+  Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel, or with the
+  model sharded across the processes (FSDP2) with ``--strategy fsdp``.
 - ``generate``: continue a prompt from a run directory or GPT-2 weights, streaming tokens.
 - ``finetune-classifier``, ``classify``, ``finetune-instructions``, ``instruction-responses``:
   chapters 6 and 7 (see ``gpt_components.finetune.commands``).
@@ -153,7 +154,7 @@ def _train(args: argparse.Namespace) -> None:
                 stride=args.stride, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
                 checkpoint_interval=args.checkpoint_interval, seed=args.seed,
                 compile=args.compile, bf16=args.bf16, sample_prompt=args.prompt,
-                sample_tokens=args.sample_tokens)
+                sample_tokens=args.sample_tokens, strategy=args.strategy)
             train_cfg.validate()
         except (TypeError, ValueError) as error:
             raise CLIError(str(error)) from None
@@ -323,6 +324,9 @@ def _add_train(commands: Any) -> None:
     add("--seed", type=int, default=123, help="seed for initialisation, data order, dropout")
     add("--device", default="auto", help="auto, cpu, cuda or mps")
     add("--compile", action="store_true", help="torch.compile the model")
+    add("--strategy", choices=["ddp", "fsdp"], default="ddp", help="under torchrun: replicate "
+        "the model on every process (ddp) or shard weights, gradients and optimizer state "
+        "across them (fsdp, FSDP2)")
     add("--bf16", action="store_true", help="bfloat16 autocast (CUDA only)")
     add("--prompt", default="Every effort moves you", help="prompt of the sample continuations")
     add("--sample-tokens", type=int, default=20, help="tokens per sample continuation (0: none)")

@@ -8,7 +8,8 @@
   order of epoch ``e`` is a permutation drawn from ``seed`` and ``e``, and dropout reseeds from
   ``(seed, step, rank)`` before each step. A checkpoint therefore needs only the weights, the
   optimizer state and the step to resume a run bit for bit, on one process or under
-  ``torchrun`` (each rank reads its own slice of every global batch; only rank 0 writes).
+  ``torchrun`` (each rank reads its own slice of every global batch; only rank 0 writes), with
+  DDP or FSDP2 (``TrainConfig.strategy``, see ``distributed``).
 
 >>> import torch
 >>> lr_at(0, peak_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=100)
@@ -40,6 +41,7 @@ from torch import nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .corpus import TokenWindows
+from .distributed import STRATEGIES, full_state, is_sharded, load_optimizer_state, parallelize
 from .metrics import append_metrics, plot_losses, read_metrics, start_metrics
 
 __all__ = [
@@ -221,6 +223,7 @@ class TrainConfig:
     bf16: bool = False  # autocast to bfloat16: CUDA only (slow emulation on most CPUs)
     sample_prompt: str = "Every effort moves you"
     sample_tokens: int = 20
+    strategy: str = "ddp"  # under torchrun: "ddp" replicates the model, "fsdp" shards it (FSDP2)
     extra: dict = field(default_factory=dict)  # recorded in checkpoints (model config, ...)
 
     def validate(self) -> None:
@@ -237,6 +240,9 @@ class TrainConfig:
             raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, "
+                             f"got {self.strategy!r}")
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         lr_at(0, peak_lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
@@ -324,21 +330,20 @@ def train(
     schedule = _Schedule(len(windows), cfg, world)
     total_steps = schedule.total_steps()
     model.to(device)
-    optimizer = configure_optimizer(model, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
     step = 0
     if resume:
         ckpt = load_checkpoint(run_dir, map_location=str(device))
         ckpt.load_into(model)  # names any tensor of the wrong name, shape or dtype
-        optimizer.load_state_dict(ckpt.state["optimizer"])
         step = ckpt.meta["step"]
+    raw_model = model
+    model = parallelize(model, cfg.strategy, device, world=world, compile=cfg.compile)
+    sharded = is_sharded(raw_model)  # then every rank joins evaluations and checkpoints
+    # After sharding: FSDP replaces the parameters the optimizer must hold.
+    optimizer = configure_optimizer(raw_model, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
+    if resume:
+        load_optimizer_state(raw_model, optimizer, ckpt.state["optimizer"])
     if rank == 0:
         start_metrics(run_dir, keep_until_step=step if resume else None)
-    raw_model = model
-    if cfg.compile:
-        model = torch.compile(model)
-    if world > 1:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[device.index] if device.type == "cuda" else None)
     # Rank 0 evaluates alone, on batches as wide as a whole micro-step of all ranks.
     eval_loaders = [torch.utils.data.DataLoader(w, batch_size=cfg.batch_size * world)
                     for w in (windows, val_windows)]
@@ -365,11 +370,12 @@ def train(
             record = {"step": step, "tokens_seen": step * tokens_per_step, "loss": loss,
                       "lr": lr, "grad_norm": norm}
             records = [record]
-            if rank == 0 and (step % cfg.eval_interval == 0 or step == total_steps):
+            if (rank == 0 or sharded) and (step % cfg.eval_interval == 0 or step == total_steps):
                 train_eval, val_loss = evaluate(raw_model, *eval_loaders, device, cfg.eval_iters)
                 evaluation = {"step": step, "tokens_seen": record["tokens_seen"],
                               "train_eval_loss": train_eval, "val_loss": val_loss}
-                if tokenizer is not None and cfg.sample_tokens > 0:
+                # Generation reads weights outside forward(), which a sharded model cannot.
+                if tokenizer is not None and cfg.sample_tokens > 0 and not sharded:
                     raw_model.eval()
                     evaluation["sample"] = _sample(raw_model, tokenizer, cfg.sample_prompt,
                                                    cfg.sample_tokens, context_length, device)
@@ -377,13 +383,15 @@ def train(
                 records.append(evaluation)
             if rank == 0:
                 append_metrics(run_dir, records)
-                if step % cfg.checkpoint_interval == 0 or step == total_steps:
+            if (rank == 0 or sharded) and (step % cfg.checkpoint_interval == 0
+                                           or step == total_steps):
+                weights, optimizer_state = full_state(raw_model, optimizer, cfg.strategy)
+                if rank == 0:
                     meta = {"step": step, "data_position": schedule.position(step),
                             "tokens_seen": record["tokens_seen"], "seed": cfg.seed,
                             "world_size": world, "train_config": asdict(cfg)}
-                    save_checkpoint(run_dir, model=raw_model,
-                                    state={"optimizer": optimizer.state_dict()}, meta=meta,
-                                    keep=cfg.keep_checkpoints)
+                    save_checkpoint(run_dir, model=weights, state={"optimizer": optimizer_state},
+                                    meta=meta, keep=cfg.keep_checkpoints)
             if bar is not None:
                 rate = tokens_per_step / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
