@@ -63,12 +63,19 @@ def _load_tokenizer(spec: str) -> Any:
     from .bpe import BPETokenizer
 
     if not Path(spec).is_dir():
-        raise CLIError(f"--tokenizer must be 'gpt2' or a directory saved by BPETokenizer.save, "
-                       f"got {spec!r}")
+        raise CLIError(f"--tokenizer must be 'gpt2', a directory saved by BPETokenizer.save or "
+                       f"a model directory with tokenizer.model / tokenizer.json, got {spec!r}")
     try:
-        return BPETokenizer.load(spec)
+        if (Path(spec) / "encoder.json").is_file():
+            return BPETokenizer.load(spec)
+        from .modern.tokenizers import load_tokenizer  # Llama 3's or Qwen3's files
+
+        return load_tokenizer(spec)
     except (OSError, ValueError) as error:
         raise CLIError(f"--tokenizer {spec!r} could not be loaded: {error}") from None
+
+
+_NOT_TOKENIZER_FILES = shutil.ignore_patterns("*.safetensors", "*.bin", "*.pth", "*.pt", "*.gguf")
 
 
 def _pick_device(name: str) -> Any:
@@ -173,7 +180,8 @@ def _train(args: argparse.Namespace) -> None:
         run_dir.mkdir(parents=True, exist_ok=True)
         saved_tokenizer = "gpt2"
         if tokenizer_spec != "gpt2":
-            shutil.copytree(tokenizer_spec, run_dir / "tokenizer", dirs_exist_ok=True)
+            shutil.copytree(tokenizer_spec, run_dir / "tokenizer", dirs_exist_ok=True,
+                            ignore=_NOT_TOKENIZER_FILES)  # a model directory: not its weights
             saved_tokenizer = "tokenizer"
         config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
                   "corpus": corpus_path, "tokenizer": saved_tokenizer,
@@ -297,7 +305,8 @@ def _add_train(commands: Any) -> None:
     add = train.add_argument
     add("--corpus", default=None, help="a .txt file or a directory of .txt files "
         "(default: the bundled the-verdict.txt)")
-    add("--tokenizer", default="gpt2", help="'gpt2' or a directory saved by BPETokenizer.save")
+    add("--tokenizer", default="gpt2", help="'gpt2', a directory saved by BPETokenizer.save, "
+        "or a Llama 3 / Qwen3 model directory (its tokenizer.model or tokenizer.json)")
     add("--preset", default="gpt-micro", help="model preset name (see GPTConfig.from_name)")
     add("--context-length", type=int, default=None, help="tokens per window (default: the "
         "preset's)")

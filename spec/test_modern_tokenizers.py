@@ -310,3 +310,15 @@ def test_load_tokenizer_picks_the_file_a_model_directory_holds(llama_dir, qwen_d
     (tmp_path / "bad" / "tokenizer.json").write_text("{not json")
     with pytest.raises(ValueError, match="is not a readable tokenizer.json"):
         load_tokenizer(tmp_path / "bad")
+
+
+def test_the_command_line_takes_a_model_directory_as_its_tokenizer(llama_dir, qwen_dir, tmp_path):
+    from gpt_components.cli import CLIError, _load_tokenizer
+
+    assert isinstance(_load_tokenizer(str(llama_dir)), Llama3Encoding)
+    assert isinstance(_load_tokenizer(str(qwen_dir)), HFTokenizer)
+    bpe = BPETokenizer.train("abc abc", vocab_size=260, pattern=LLAMA3)
+    assert _load_tokenizer(str(bpe.save(tmp_path / "bpe"))).pattern == LLAMA3
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CLIError, match="holds no tokenizer this project reads"):
+        _load_tokenizer(str(tmp_path / "empty"))
