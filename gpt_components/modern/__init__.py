@@ -7,6 +7,8 @@ QK-norm), ``sliding_window`` (windowed attention and its ring-buffer cache), ``c
 the components a family uses, ``components`` builds them by name, ``decoder``
 (``DecoderBlock``, ``DecoderModel``) stacks them. One short file per family: ``llama``,
 ``qwen3`` (choices, presets, Hugging Face names); ``hf`` reads and writes their weights.
+``tokenizers`` reads their tokenizer files (``load_tokenizer``) and ``chat`` writes their
+instruct models' chat formats.
 
 >>> import torch
 >>> from gpt_components.modern import DecoderModel, Qwen3Config
@@ -18,6 +20,7 @@ torch.Size([1, 3, 100])
 from . import (
     attention,
     cache,
+    chat,
     components,
     config,
     decoder,
@@ -28,9 +31,11 @@ from . import (
     qwen3,
     rope,
     sliding_window,
+    tokenizers,
 )
 from .attention import *
 from .cache import *
+from .chat import *
 from .config import *
 from .decoder import *
 from .feedforward import *
@@ -39,6 +44,8 @@ from .norms import *
 from .qwen3 import *
 from .rope import *
 from .sliding_window import *
+from .tokenizers import *
 
 __all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, cache, config,
-                               decoder, llama, qwen3) for name in module.__all__]
+                               decoder, llama, qwen3, tokenizers, chat)
+           for name in module.__all__]
