@@ -102,16 +102,49 @@ def full_state(model: nn.Module, optimizer: torch.optim.Optimizer,
 
 def load_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
                          state: dict[str, Any]) -> None:
-    """Load a checkpoint's optimizer state, whichever of ``full_state``'s formats it has."""
+    """Load a checkpoint's optimizer state, whichever of ``full_state``'s formats it has.
+
+    A sharded optimizer takes the name-keyed format only (a DDP or one-process checkpoint raises
+    a ValueError saying so); an unsharded one takes both, so a sharded run resumes under DDP or
+    in one process too.
+    """
     by_name = any(isinstance(p, str) for group in state.get("param_groups", ())
                   for p in group["params"])
-    if not by_name:
-        if is_sharded(model):
+    if is_sharded(model):
+        if not by_name:
             raise ValueError("the checkpoint's optimizer state was saved without sharding "
                              "(strategy 'ddp' or one process): resume it with strategy 'ddp'")
-        optimizer.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
-    set_optimizer_state_dict(model, optimizer, state,
-                             options=StateDictOptions(full_state_dict=True))
+        set_optimizer_state_dict(model, optimizer, state,
+                                 options=StateDictOptions(full_state_dict=True))
+        return
+    optimizer.load_state_dict(_numbered(model, optimizer, state) if by_name else state)
+
+
+def _numbered(model: nn.Module, optimizer: torch.optim.Optimizer,
+              state: dict[str, Any]) -> dict[str, Any]:
+    """A name-keyed optimizer state in ``optimizer.state_dict()``'s numbered format."""
+    names: dict[int, list[str]] = {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        names.setdefault(id(parameter), []).append(name)
+    if len(optimizer.param_groups) != len(state["param_groups"]):
+        raise ValueError(f"the checkpoint's optimizer has {len(state['param_groups'])} parameter "
+                         f"groups, this one {len(optimizer.param_groups)}")
+    numbered, groups, index = {}, [], 0
+    for group, saved in zip(optimizer.param_groups, state["param_groups"], strict=True):
+        ids = []
+        for parameter in group["params"]:
+            found = [n for n in names.get(id(parameter), []) if n in saved["params"]]
+            if not found:
+                raise ValueError(f"the checkpoint's optimizer state has no entry for parameter "
+                                 f"{names.get(id(parameter), ['?'])[0]!r}")
+            if found[0] in state["state"]:
+                numbered[index] = state["state"][found[0]]
+            ids.append(index)
+            index += 1
+        groups.append({**saved, "params": ids})
+    return {"state": numbered, "param_groups": groups}

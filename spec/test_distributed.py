@@ -15,6 +15,7 @@ import sys
 import pytest
 import torch
 from safetensors.torch import load_file
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
 from gpt_components.distributed import full_state, load_optimizer_state, parallelize
 from gpt_components.metrics import read_metrics
@@ -76,6 +77,15 @@ def test_one_process_trains_as_it_is_and_the_optimizer_state_round_trips():
     fresh = torch.optim.AdamW(model.parameters(), lr=0.1)
     load_optimizer_state(model, fresh, state)
     assert torch.equal(fresh.state_dict()["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+    # A sharded run's name-keyed state (torch's own format) resumes in one process as well.
+    by_name = get_optimizer_state_dict(model, optimizer,
+                                       options=StateDictOptions(full_state_dict=True))
+    again = torch.optim.AdamW(model.parameters(), lr=0.1)
+    load_optimizer_state(model, again, by_name)
+    expected, loaded = optimizer.state_dict(), again.state_dict()
+    assert loaded["param_groups"] == expected["param_groups"]
+    for index, moments in expected["state"].items():
+        assert all(torch.equal(loaded["state"][index][k], v) for k, v in moments.items())
 
 
 def test_an_unknown_strategy_is_named():
