@@ -1,0 +1,189 @@
+"""Mixture of experts (past the book, Qwen3-MoE and DeepSeek-V3): a few feed-forwards per token.
+
+A router scores each token against ``n_experts`` experts, keeps the ``top_k`` best and weights
+those experts' outputs by their gate values; the other experts never run for that token. The
+layer holds ``n_experts`` times the parameters of one feed-forward but computes ``top_k`` of
+them per token (Qwen3-30B-A3B: 30.5B parameters, 3.3B active).
+
+Exports:
+
+- ``Router``: a linear layer, then either a softmax over experts and the top ``k`` (Qwen3-MoE),
+  optionally renormalised; or DeepSeek-V3's sigmoid scores with a selection bias, group-limited
+  routing (``n_group`` groups, the best ``topk_group`` of them) and ``routed_scaling_factor``.
+- ``MoEFeedForward``: the router plus SwiGLU experts, dispatched so each expert runs once on the
+  tokens routed to it, plus optional always-on shared experts (DeepSeek-V3).
+- ``load_balancing_loss(router_logits, n_experts, top_k)``: the Switch Transformer auxiliary
+  loss over every sparse layer's router logits, as Qwen3-MoE trains with.
+
+>>> import torch
+>>> _ = torch.manual_seed(0)
+>>> moe = MoEFeedForward(emb_dim=8, hidden_dim=16, n_experts=4, top_k=2)
+>>> x = torch.randn(2, 3, 8)
+>>> moe(x).shape, moe.router_logits.shape
+(torch.Size([2, 3, 8]), torch.Size([6, 4]))
+>>> float(load_balancing_loss([torch.zeros(6, 4)], n_experts=4, top_k=2))  # a uniform router
+2.0
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["SwiGLUExpert", "Router", "MoEFeedForward", "load_balancing_loss"]
+
+SCORINGS = ("softmax", "sigmoid")
+
+
+def _check_int(name: str, value: object, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
+    return value
+
+
+class SwiGLUExpert(nn.Module):
+    """One expert: ``fc3(silu(fc1 x) * fc2 x)``, the gated feed-forward without biases."""
+
+    def __init__(self, emb_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=False)  # the gate
+        self.fc2 = nn.Linear(emb_dim, hidden_dim, bias=False)  # the value
+        self.fc3 = nn.Linear(hidden_dim, emb_dim, bias=False)  # back to the residual width
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
+
+
+class Router(nn.Module):
+    """Which ``top_k`` of ``n_experts`` experts each token goes to, and with what weights.
+
+    ``forward(x)`` takes [N, emb] and returns ``(logits [N, E], weights [N, k], experts [N, k])``.
+
+    - ``scoring="softmax"`` (Qwen3-MoE): probabilities over all experts, the ``top_k`` largest
+      kept; ``norm_topk_prob`` rescales the kept ones to sum to 1.
+    - ``scoring="sigmoid"`` (DeepSeek-V3): an independent score per expert. The choice uses the
+      scores plus ``score_bias`` (a buffer tuned outside gradient descent to balance the load),
+      first among the ``topk_group`` best of ``n_group`` groups (a group's merit is the sum of
+      its two best biased scores), but the weights are the unbiased scores, optionally
+      renormalised, times ``routed_scaling_factor``.
+    """
+
+    def __init__(self, emb_dim: int, n_experts: int, top_k: int, *, scoring: str = "softmax",
+                 norm_topk_prob: bool = True, n_group: int = 1, topk_group: int = 1,
+                 routed_scaling_factor: float = 1.0) -> None:
+        super().__init__()
+        _check_int("n_experts", n_experts, 1)
+        _check_int("top_k", top_k, 1)
+        if top_k > n_experts:
+            raise ValueError(f"top_k must be <= n_experts={n_experts}, got {top_k}")
+        if scoring not in SCORINGS:
+            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
+        _check_int("n_group", n_group, 1)
+        _check_int("topk_group", topk_group, 1)
+        if n_experts % n_group != 0 or topk_group > n_group:
+            raise ValueError(f"n_group must divide n_experts={n_experts} and topk_group must be "
+                             f"<= n_group; got n_group={n_group}, topk_group={topk_group}")
+        if top_k > topk_group * (n_experts // n_group):
+            raise ValueError(f"top_k must be <= the experts of the topk_group={topk_group} kept "
+                             f"groups ({topk_group * (n_experts // n_group)}), got {top_k}")
+        if scoring == "sigmoid" and n_group > 1 and n_experts // n_group < 2:
+            raise ValueError(f"each of n_group={n_group} groups needs >= 2 experts (a group's "
+                             f"merit is its two best scores), got n_experts={n_experts}")
+        self.n_experts, self.top_k, self.scoring = n_experts, top_k, scoring
+        self.norm_topk_prob = norm_topk_prob
+        self.n_group, self.topk_group = n_group, topk_group
+        self.routed_scaling_factor = routed_scaling_factor
+        self.weight = nn.Parameter(torch.empty(n_experts, emb_dim))
+        nn.init.normal_(self.weight, std=0.02)
+        if scoring == "sigmoid":
+            self.register_buffer("score_bias", torch.zeros(n_experts))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        logits = F.linear(x, self.weight)  # (N, E)
+        if self.scoring == "softmax":
+            weights, experts = torch.topk(torch.softmax(logits, dim=-1), self.top_k, dim=-1)
+        else:
+            scores = torch.sigmoid(logits)
+            experts = torch.topk(self._group_limited(scores + self.score_bias), self.top_k,
+                                 dim=-1).indices
+            weights = scores.gather(1, experts)  # (N, k)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(dim=-1, keepdim=True)
+        return logits, weights * self.routed_scaling_factor, experts
+
+    def _group_limited(self, choice: torch.Tensor) -> torch.Tensor:
+        """``choice`` with every expert outside the ``topk_group`` best groups set to -inf."""
+        if self.n_group == 1:
+            return choice
+        grouped = choice.view(choice.shape[0], self.n_group, -1)  # (N, groups, E / groups)
+        merit = grouped.topk(2, dim=-1).values.sum(dim=-1)  # (N, groups)
+        best = merit.topk(self.topk_group, dim=-1).indices
+        keep = torch.zeros_like(merit, dtype=torch.bool).scatter(1, best, True)
+        return grouped.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
+
+
+class MoEFeedForward(nn.Module):
+    """``n_experts`` SwiGLU experts behind a ``Router``, plus optional shared experts.
+
+    Tokens are grouped by expert, so each expert runs once, on exactly the tokens routed to it,
+    and its outputs are added back weighted by their gates. ``n_shared_experts`` always-on
+    experts (one SwiGLU of ``n_shared_experts * hidden_dim``) see every token (DeepSeek-V3).
+    The last forward's router logits stay in ``router_logits`` [N, E] for the auxiliary loss.
+    ``expert`` builds one expert from ``(emb_dim, hidden_dim)``.
+    """
+
+    def __init__(self, emb_dim: int, hidden_dim: int, n_experts: int, top_k: int, *,
+                 n_shared_experts: int = 0,
+                 expert: Callable[[int, int], nn.Module] = SwiGLUExpert,
+                 **router: object) -> None:
+        super().__init__()
+        _check_int("emb_dim", emb_dim, 1)
+        _check_int("hidden_dim", hidden_dim, 1)
+        _check_int("n_shared_experts", n_shared_experts, 0)
+        self.gate = Router(emb_dim, n_experts, top_k, **router)
+        self.experts = nn.ModuleList(expert(emb_dim, hidden_dim) for _ in range(n_experts))
+        self.shared_experts = (expert(emb_dim, hidden_dim * n_shared_experts)
+                               if n_shared_experts else None)
+        self.router_logits: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape
+        tokens = x.reshape(-1, shape[-1])  # (N, emb)
+        logits, weights, experts = self.gate(tokens)  # (N, E), (N, k), (N, k)
+        self.router_logits = logits
+        out = torch.zeros_like(tokens)
+        for e in experts.unique().tolist():
+            token, slot = torch.where(experts == e)  # the tokens routed to expert e
+            out.index_add_(0, token, self.experts[e](tokens[token]) * weights[token, slot, None])
+        if self.shared_experts is not None:
+            out = out + self.shared_experts(tokens)
+        return out.view(shape)
+
+
+def load_balancing_loss(router_logits: Sequence[torch.Tensor], n_experts: int,
+                        top_k: int) -> torch.Tensor:
+    """The Switch Transformer auxiliary loss over every sparse layer's [N, E] router logits.
+
+    ``n_experts * sum_e f_e * P_e``, where ``f_e`` is the share of the (token, layer) rows
+    whose top ``k`` include expert ``e`` and ``P_e`` the mean router probability of ``e``, both
+    over all layers' rows together (``f`` sums to ``top_k``, ``P`` to 1). A router whose
+    probabilities are uniform scores ``top_k``; one that sends every token to the same experts
+    with certainty scores ``n_experts``.
+    """
+    _check_int("n_experts", n_experts, 1)
+    _check_int("top_k", top_k, 1)
+    if len(router_logits) == 0:
+        raise ValueError("router_logits must hold at least one layer's [N, n_experts] logits")
+    logits = torch.cat(list(router_logits), dim=0)  # (layers * N, E)
+    if logits.dim() != 2 or logits.shape[1] != n_experts:
+        raise ValueError(f"router_logits must be [N, n_experts={n_experts}] tensors, got "
+                         f"{tuple(router_logits[0].shape)}")
+    probs = torch.softmax(logits, dim=-1)
+    chosen = torch.topk(probs, top_k, dim=-1).indices
+    share = F.one_hot(chosen, n_experts).sum(dim=1).to(probs.dtype).mean(dim=0)  # f_e, sums to k
+    return n_experts * (share * probs.mean(dim=0)).sum()
