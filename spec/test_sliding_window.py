@@ -14,7 +14,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt_components.modern.sliding_window import (
-    FullLayerCache,
     WindowLayerCache,
     window_mask,
     windowed_attention,
@@ -121,41 +120,41 @@ def chunkings(draw, total: int):
 
 @settings(max_examples=40)
 @given(qkv(min_tokens=2, max_tokens=14), st.data(), kernels)
-def test_decoding_through_either_cache_equals_the_uncached_computation(tensors, data, kernel):
+def test_decoding_through_the_window_cache_equals_the_uncached_computation(tensors, data,
+                                                                           kernel):
     q, k, v = tensors
     b, t = q.shape[0], q.shape[2]
     window = data.draw(st.integers(1, t))
     sizes = data.draw(chunkings(t))
-    entries = ((k.shape[1], k.shape[3]), (v.shape[1], v.shape[3]))
     expected = windowed_attention(q, k, v, window=window, kernel=kernel)
-    for cache in (WindowLayerCache(b, window, entries, dtype=F64),
-                  FullLayerCache(b, t, entries, dtype=F64)):
-        outputs, start = [], 0
-        for size in sizes:
-            chunk = slice(start, start + size)
-            keys, values, positions = cache.update((k[:, :, chunk], v[:, :, chunk]))
-            outputs.append(windowed_attention(
-                q[:, :, chunk], keys, values, window=window, kernel=kernel,
-                query_positions=torch.arange(start, start + size), key_positions=positions))
-            start += size
-        torch.testing.assert_close(torch.cat(outputs, dim=2), expected, **TIGHT)
-        assert cache.length == t
+    cache = WindowLayerCache(b, k.shape[1], k.shape[3], window, value_dim=v.shape[3], dtype=F64)
+    outputs, start = [], 0
+    for size in sizes:
+        chunk = slice(start, start + size)
+        keys, values = cache.store(k[:, :, chunk], v[:, :, chunk], start)
+        end = start + size
+        outputs.append(windowed_attention(
+            q[:, :, chunk], keys, values, window=window, kernel=kernel,
+            query_positions=torch.arange(start, end),
+            key_positions=torch.arange(end - keys.shape[2], end)))
+        assert keys.shape[2] <= window - 1 + size  # never more than the window can use
+        start = end
+    torch.testing.assert_close(torch.cat(outputs, dim=2), expected, **TIGHT)
 
 
 @given(st.integers(1, 6), st.integers(1, 40), seeds)
 def test_a_window_cache_holds_window_positions_whatever_the_length(window, length, seed):
     g = generator(seed)
-    cache = WindowLayerCache(2, window, ((1, 3), (1, 2)), dtype=F64)
-    shapes = [tuple(slot.shape) for slot in cache.slots]
-    assert shapes == [(2, 1, window, 3), (2, 1, window, 2)]
-    for _ in range(length):
-        cache.update((torch.randn(2, 1, 1, 3, generator=g, dtype=F64),
-                      torch.randn(2, 1, 1, 2, generator=g, dtype=F64)))
-        assert [tuple(slot.shape) for slot in cache.slots] == shapes
-    held = sorted(cache.slot_positions[cache.slot_positions >= 0].tolist())
-    assert held == list(range(max(0, length - window), length))
-    cache.reset()
-    assert cache.length == 0 and bool((cache.slot_positions == -1).all())
+    cache = WindowLayerCache(2, 1, 3, window, value_dim=2, dtype=F64)
+    assert (tuple(cache.keys.shape), tuple(cache.values.shape)) == ((2, 1, window, 3),
+                                                                    (2, 1, window, 2))
+    k = torch.randn(2, 1, length, 3, generator=g, dtype=F64)
+    for p in range(length):
+        keys, _ = cache.store(k[:, :, p:p + 1], k[:, :, p:p + 1, :2], p)
+        assert tuple(cache.keys.shape) == (2, 1, window, 3)
+        torch.testing.assert_close(keys, k[:, :, max(0, p - window + 1):p + 1], rtol=0, atol=0)
+    bytes_held = sum(b.numel() * b.element_size() for b in cache.buffers())
+    assert bytes_held == 2 * 1 * window * (3 + 2) * 8
 
 
 def test_the_mask_follows_positions_and_hides_empty_slots():
@@ -176,5 +175,5 @@ def test_caches_and_windows_refuse_bad_arguments():
     with pytest.raises(ValueError, match="dividing q's 3"):
         windowed_attention(torch.ones(1, 3, 2, 2), torch.ones(1, 2, 2, 2),
                            torch.ones(1, 2, 2, 2), window=2)
-    with pytest.raises(ValueError, match="max_tokens=2 positions; 3 more do not fit"):
-        FullLayerCache(1, 2, ((1, 2),)).update((torch.ones(1, 1, 3, 2),))
+    with pytest.raises(ValueError, match="window must be an int >= 1"):
+        WindowLayerCache(1, 1, 2, window=0)

@@ -4,7 +4,7 @@ A query at position ``p`` attends to the keys at ``p - W + 1 .. p``: the last ``
 itself included (the convention of Gemma 3 and ``transformers``). With ``W >= T`` it is plain
 causal attention. Because a windowed layer never looks further back than ``W - 1`` positions,
 its KV cache only needs ``W`` slots, whatever the length generated: ``WindowLayerCache`` is that
-ring buffer, ``FullLayerCache`` the usual growing cache of a global layer.
+ring buffer (a global layer keeps the usual growing cache).
 
 Exports:
 
@@ -12,10 +12,11 @@ Exports:
 - ``windowed_attention(q, k, v, window, ...)``: the SDPA path and the textbook path side by side,
   with grouped-query keys and values (``n_kv_heads`` dividing ``n_heads``).
 - ``windowed_attention_weights(...)``: the textbook path's probabilities (for ``trace``).
-- ``FullLayerCache`` and ``WindowLayerCache``: one layer's cache, same interface.
+- ``WindowLayerCache``: one windowed layer's ring buffer, with the interface of a layer cache
+  (``store(k, v, start)`` returns the keys and values the new queries attend to, oldest first).
 
-Positions travel with the keys: a cache hands back the positions of the keys it holds, and the
-mask is built from positions, so a ring buffer's slot order never matters.
+The mask is built from positions, so keys that start later than position 0 (a cache's last
+``window`` positions) are masked by where they are, not by their index.
 
 >>> import torch
 >>> window_mask(torch.arange(4), torch.arange(4), window=2).int()
@@ -26,11 +27,11 @@ tensor([[1, 0, 0, 0],
 >>> q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 1, 6, 4)
 >>> windowed_attention(q, k, k, window=3).shape
 torch.Size([1, 2, 6, 4])
->>> cache = WindowLayerCache(batch_size=1, window=3, entries=((1, 4), (1, 4)))
+>>> cache = WindowLayerCache(batch_size=1, n_kv_heads=1, head_dim=4, window=3)
 >>> for step in range(6):
-...     keys, values, positions = cache.update((k[:, :, step:step + 1], k[:, :, step:step + 1]))
->>> sorted(positions.tolist()), tuple(cache.slots[0].shape)
-([3, 4, 5], (1, 1, 3, 4))
+...     keys, values = cache.store(k[:, :, step:step + 1], k[:, :, step:step + 1], start=step)
+>>> torch.equal(keys, k[:, :, 3:6]), tuple(cache.keys.shape)  # positions 3, 4, 5; 3 slots
+(True, (1, 1, 3, 4))
 """
 
 from __future__ import annotations
@@ -45,7 +46,6 @@ __all__ = [
     "window_mask",
     "windowed_attention",
     "windowed_attention_weights",
-    "FullLayerCache",
     "WindowLayerCache",
 ]
 
@@ -140,98 +140,37 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
                                           enable_gqa=group > 1)
 
 
-class FullLayerCache(nn.Module):
-    """One layer's cache that keeps every position up to ``max_tokens`` (a global layer).
-
-    ``entries`` gives each cached tensor's ``(heads, dim)``: ``((nkv, hd), (nkv, hd_v))`` for
-    keys and values, or a latent and a RoPE key for latent attention. ``update`` appends the new
-    tokens' tensors (each [B, heads, T, dim]) and returns everything held, with its positions.
-    """
-
-    def __init__(self, batch_size: int, max_tokens: int, entries: tuple[tuple[int, int], ...],
-                 *, device: torch.device | str | None = None,
-                 dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.max_tokens = max_tokens
-        for i, (heads, dim) in enumerate(entries):  # each (B, heads, T_max, dim)
-            self.register_buffer(f"entry{i}", torch.zeros(batch_size, heads, max_tokens, dim,
-                                                          device=device, dtype=dtype),
-                                 persistent=False)
-        self.n_entries = len(entries)
-        self.length = 0
-
-    @property
-    def slots(self) -> list[torch.Tensor]:
-        """The held tensors, one per entry."""
-        return [getattr(self, f"entry{i}") for i in range(self.n_entries)]
-
-    def update(self, new: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Store ``new`` after the held tokens; return every held tensor and the positions."""
-        start, end = self.length, self.length + new[0].shape[2]
-        if end > self.max_tokens:
-            raise ValueError(f"the cache holds {start} of max_tokens={self.max_tokens} "
-                             f"positions; {end - start} more do not fit")
-        for slot, tensor in zip(self.slots, new, strict=True):
-            slot[:, :, start:end] = tensor
-        self.length = end
-        positions = torch.arange(end, device=self.slots[0].device)
-        return (*(slot[:, :, :end] for slot in self.slots), positions)
-
-    def reset(self) -> None:
-        self.length = 0
-
-
 class WindowLayerCache(nn.Module):
-    """One windowed layer's cache: a ring buffer of ``window`` slots, whatever the length.
+    """One windowed layer's keys and values: a ring buffer of ``window`` slots per head.
 
-    Position ``p`` lives in slot ``p % window``. A one-token step writes first and attends to
-    the ring: the key it overwrites is ``window`` positions back, already out of sight. A longer
-    chunk attends to the held keys followed by its own, then keeps the last ``window``. The
-    memory held is ``window`` positions per entry, never more.
+    Position ``p`` lives in slot ``p % window``, so the memory held is ``window`` positions
+    whatever the length generated. ``store(k, v, start)`` takes the keys and values of the
+    positions ``start .. start + T - 1`` and returns, oldest first, the keys and values those
+    queries may see: the held positions from ``start - window + 1`` on, then the new ones. The
+    ring needs no state beyond its buffers: which slot holds what follows from ``start``.
     """
 
-    def __init__(self, batch_size: int, window: int, entries: tuple[tuple[int, int], ...],
-                 *, device: torch.device | str | None = None,
+    def __init__(self, batch_size: int, n_kv_heads: int, head_dim: int, window: int, *,
+                 value_dim: int | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__()
         self.window = _check_window(window)
-        for i, (heads, dim) in enumerate(entries):  # each (B, heads, W, dim)
-            self.register_buffer(f"entry{i}", torch.zeros(batch_size, heads, window, dim,
-                                                          device=device, dtype=dtype),
-                                 persistent=False)
-        self.register_buffer("slot_positions", torch.full((window,), -1, device=device),
-                             persistent=False)  # -1: an empty slot
-        self.n_entries = len(entries)
-        self.length = 0
+        value_dim = head_dim if value_dim is None else value_dim
+        self.register_buffer("keys", torch.zeros(batch_size, n_kv_heads, window, head_dim,
+                                                 device=device, dtype=dtype), persistent=False)
+        self.register_buffer("values", torch.zeros(batch_size, n_kv_heads, window, value_dim,
+                                                   device=device, dtype=dtype),
+                             persistent=False)  # each (B, nkv, W, hd)
 
-    @property
-    def slots(self) -> list[torch.Tensor]:
-        """The held tensors, one per entry."""
-        return [getattr(self, f"entry{i}") for i in range(self.n_entries)]
-
-    def update(self, new: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
-        """Store ``new`` (each [B, heads, T, dim]); return what the new queries may attend to."""
-        t, start = new[0].shape[2], self.length
-        positions = torch.arange(start, start + t, device=self.slot_positions.device)
-        if t == 1:
-            self._write(new, positions)
-            self.length += 1
-            return (*self.slots, self.slot_positions)
-        held = self.slot_positions >= 0
-        attended = tuple(torch.cat([slot[:, :, held], tensor], dim=2)
-                         for slot, tensor in zip(self.slots, new, strict=True))
-        attended_positions = torch.cat([self.slot_positions[held], positions])
-        keep = slice(max(0, t - self.window), t)
-        self._write(tuple(tensor[:, :, keep] for tensor in new), positions[keep])
-        self.length += t
-        return (*attended, attended_positions)
-
-    def _write(self, new: tuple[torch.Tensor, ...], positions: torch.Tensor) -> None:
-        index = positions % self.window
-        for slot, tensor in zip(self.slots, new, strict=True):
-            slot[:, :, index] = tensor
-        self.slot_positions[index] = positions
-
-    def reset(self) -> None:
-        self.slot_positions.fill_(-1)
-        self.length = 0
+    def store(self, k: torch.Tensor, v: torch.Tensor,
+              start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write ``k``, ``v`` (B, nkv, T, hd) at ``start ..``; return what those queries see."""
+        t = k.shape[2]
+        held = torch.arange(max(0, start - self.window + 1), start, device=k.device)
+        keys = torch.cat([self.keys[:, :, held % self.window], k], dim=2)  # (B, nkv, S, hd)
+        values = torch.cat([self.values[:, :, held % self.window], v], dim=2)
+        kept = slice(max(0, t - self.window), t)  # only the last window positions stay
+        slots = torch.arange(start, start + t, device=k.device)[kept] % self.window
+        self.keys[:, :, slots] = k[:, :, kept]
+        self.values[:, :, slots] = v[:, :, kept]
+        return keys, values
