@@ -2,7 +2,8 @@
 
 Components, one module each: ``norms`` (``RMSNorm``), ``rope`` (rotary positions, Llama 3
 scaling), ``feedforward`` (``SwiGLU``), ``attention`` (``GroupedQueryAttention``, optional
-QK-norm), ``sliding_window`` (windowed attention and its ring-buffer cache), ``cache``
+QK-norm), ``sliding_window`` (windowed attention and its ring-buffer cache), ``moe``
+(routers, experts, the load-balancing loss), ``cache``
 (per-layer KV caches). ``config`` (``DecoderConfig``, ``LayerSpec``) names
 the components a family uses, ``components`` builds them by name, ``decoder``
 (``DecoderBlock``, ``DecoderModel``) stacks them. One short file per family: ``llama``,
@@ -27,6 +28,7 @@ from . import (
     feedforward,
     hf,
     llama,
+    moe,
     norms,
     qwen3,
     rope,
@@ -40,12 +42,13 @@ from .config import *
 from .decoder import *
 from .feedforward import *
 from .llama import *
+from .moe import *
 from .norms import *
 from .qwen3 import *
 from .rope import *
 from .sliding_window import *
 from .tokenizers import *
 
-__all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, cache, config,
-                               decoder, llama, qwen3, tokenizers, chat)
+__all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, moe, cache,
+                               config, decoder, llama, qwen3, tokenizers, chat)
            for name in module.__all__]

@@ -10,7 +10,7 @@ Exports:
 - ``Router``: a linear layer, then either a softmax over experts and the top ``k`` (Qwen3-MoE),
   optionally renormalised; or DeepSeek-V3's sigmoid scores with a selection bias, group-limited
   routing (``n_group`` groups, the best ``topk_group`` of them) and ``routed_scaling_factor``.
-- ``MoEFeedForward``: the router plus SwiGLU experts, dispatched so each expert runs once on the
+- ``MoEFeedForward``: the router plus ``SwiGLU`` experts, dispatched so each expert runs once on the
   tokens routed to it, plus optional always-on shared experts (DeepSeek-V3).
 - ``load_balancing_loss(router_logits, n_experts, top_k)``: the Switch Transformer auxiliary
   loss over every sparse layer's router logits, as Qwen3-MoE trains with.
@@ -33,7 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["SwiGLUExpert", "Router", "MoEFeedForward", "load_balancing_loss"]
+from .feedforward import SwiGLU
+
+__all__ = ["Router", "MoEFeedForward", "load_balancing_loss"]
 
 SCORINGS = ("softmax", "sigmoid")
 
@@ -44,19 +46,6 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
     return value
-
-
-class SwiGLUExpert(nn.Module):
-    """One expert: ``fc3(silu(fc1 x) * fc2 x)``, the gated feed-forward without biases."""
-
-    def __init__(self, emb_dim: int, hidden_dim: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=False)  # the gate
-        self.fc2 = nn.Linear(emb_dim, hidden_dim, bias=False)  # the value
-        self.fc3 = nn.Linear(hidden_dim, emb_dim, bias=False)  # back to the residual width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc3(F.silu(self.fc1(x)) * self.fc2(x))
 
 
 class Router(nn.Module):
@@ -139,7 +128,7 @@ class MoEFeedForward(nn.Module):
 
     def __init__(self, emb_dim: int, hidden_dim: int, n_experts: int, top_k: int, *,
                  n_shared_experts: int = 0,
-                 expert: Callable[[int, int], nn.Module] = SwiGLUExpert,
+                 expert: Callable[[int, int], nn.Module] = SwiGLU,
                  **router: object) -> None:
         super().__init__()
         _check_int("emb_dim", emb_dim, 1)
