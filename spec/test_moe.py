@@ -99,14 +99,14 @@ def naive_moe(moe: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
     return torch.stack(rows).view(x.shape)
 
 
-@settings(max_examples=40)
+@settings(max_examples=25)
 @given(moe_setups())
 def test_the_mixture_equals_every_expert_weighted_by_the_sparse_gate(setup):
     moe, x = setup
     torch.testing.assert_close(moe(x), naive_moe(moe, x), **TIGHT)
 
 
-@settings(max_examples=30)
+@settings(max_examples=15)
 @given(moe_setups())
 def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup):
     moe, x = setup
@@ -124,14 +124,14 @@ def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup):
             torch.testing.assert_close(calls[0], torch.stack(routed), rtol=0, atol=0)
 
 
-@settings(max_examples=25)
+@settings(max_examples=15)
 @given(moe_setups(n_experts=1, top_k=1, scoring="softmax", routed_scaling_factor=1.0))
 def test_one_expert_with_k_1_is_the_dense_swiglu(setup):
     moe, x = setup
     torch.testing.assert_close(moe(x), swiglu(moe.experts[0], x), **TIGHT)
 
 
-@settings(max_examples=30)
+@settings(max_examples=15)
 @given(moe_setups())
 def test_a_tokens_output_does_not_depend_on_the_other_tokens(setup):
     moe, x = setup
@@ -142,6 +142,7 @@ def test_a_tokens_output_does_not_depend_on_the_other_tokens(setup):
             torch.testing.assert_close(alone[0, 0], together[b, t], **TIGHT)
 
 
+@settings(max_examples=30)
 @given(st.integers(1, 3), st.integers(1, 20), st.integers(2, 8), st.data(), seeds)
 def test_the_auxiliary_loss_equals_transformers(layers, rows, n_experts, data, seed):
     top_k = data.draw(st.integers(1, n_experts))
@@ -179,6 +180,7 @@ def test_routers_and_mixtures_refuse_bad_arguments():
         load_balancing_loss([torch.zeros(3, 5)], 4, 2)
 
 
+@settings(max_examples=40)
 @given(st.sampled_from([2, 3, 4]), st.integers(2, 4), st.data(), seeds)
 def test_group_limited_routing_chooses_within_the_best_groups(n_group, size, data, seed):
     topk_group = data.draw(st.integers(1, n_group - 1))

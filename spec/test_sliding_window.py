@@ -58,6 +58,7 @@ def band_reference(q, k, v, window, scale):
     return out
 
 
+@settings(max_examples=30)
 @given(qkv(), st.integers(0, 4), kernels)
 def test_a_window_covering_the_sequence_is_causal_attention(tensors, extra, kernel):
     q, k, v = tensors
@@ -70,6 +71,7 @@ def test_a_window_covering_the_sequence_is_causal_attention(tensors, extra, kern
                                expected, **TIGHT)
 
 
+@settings(max_examples=30)
 @given(qkv(min_tokens=2), st.data(), kernels, st.floats(0.1, 2.0))
 def test_a_shorter_window_is_attention_under_a_band_mask(tensors, data, kernel, scale):
     q, k, v = tensors
@@ -78,6 +80,7 @@ def test_a_shorter_window_is_attention_under_a_band_mask(tensors, data, kernel, 
     torch.testing.assert_close(got, band_reference(q, k, v, window, scale), **TIGHT)
 
 
+@settings(max_examples=30)
 @given(qkv(min_tokens=2), st.data(), kernels)
 def test_no_query_sees_a_key_more_than_window_minus_one_back(tensors, data, kernel):
     q, k, v = tensors
@@ -95,6 +98,7 @@ def test_no_query_sees_a_key_more_than_window_minus_one_back(tensors, data, kern
     assert not torch.allclose(after[:, :, j + window - 1], before[:, :, j + window - 1])
 
 
+@settings(max_examples=30)
 @given(qkv(min_tokens=2), st.data())
 def test_attention_weights_vanish_outside_the_window_and_sum_to_one(tensors, data):
     q, k, _ = tensors
@@ -118,7 +122,7 @@ def chunkings(draw, total: int):
     return sizes
 
 
-@settings(max_examples=40)
+@settings(max_examples=30)
 @given(qkv(min_tokens=2, max_tokens=14), st.data(), kernels)
 def test_decoding_through_the_window_cache_equals_the_uncached_computation(tensors, data,
                                                                            kernel):
@@ -142,6 +146,7 @@ def test_decoding_through_the_window_cache_equals_the_uncached_computation(tenso
     torch.testing.assert_close(torch.cat(outputs, dim=2), expected, **TIGHT)
 
 
+@settings(max_examples=30)
 @given(st.integers(1, 6), st.integers(1, 40), seeds)
 def test_a_window_cache_holds_window_positions_whatever_the_length(window, length, seed):
     g = generator(seed)
@@ -177,3 +182,31 @@ def test_caches_and_windows_refuse_bad_arguments():
                            torch.ones(1, 2, 2, 2), window=2)
     with pytest.raises(ValueError, match="window must be an int >= 1"):
         WindowLayerCache(1, 1, 2, window=0)
+
+
+@settings(max_examples=20)
+@given(seeds, st.integers(1, 8), st.data(), kernels)
+def test_the_attention_module_is_grouped_query_attention_under_the_band(seed, t, data, kernel):
+    from gpt_components.modern.attention import GroupedQueryAttention
+    from gpt_components.modern.sliding_window import SlidingWindowAttention
+
+    window = data.draw(st.integers(1, t + 2))
+    options = {"qk_norm": True, "kernel": kernel, "scale": 0.4}
+    windowed = SlidingWindowAttention(8, 2, 1, 4, window=window, **options).to(F64)
+    full = GroupedQueryAttention(8, 2, 1, 4, **options).to(F64)
+    g = generator(seed)
+    with torch.no_grad():
+        for p in windowed.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=F64))
+        full.load_state_dict(windowed.state_dict())
+        x = torch.randn(2, t, 8, generator=g, dtype=F64)
+        got, weights = windowed(x, need_weights=True)
+        q = windowed.q_norm(windowed.W_query(x).view(2, t, 2, 4)).transpose(1, 2)
+        k = windowed.k_norm(windowed.W_key(x).view(2, t, 1, 4)).transpose(1, 2)
+        v = windowed.W_value(x).view(2, t, 1, 4).transpose(1, 2)
+        context = band_reference(q, k, v, window, 0.4).transpose(1, 2).reshape(2, t, 8)
+        torch.testing.assert_close(got, windowed.out_proj(context), **TIGHT)
+        torch.testing.assert_close(weights, windowed_attention_weights(q, k, window, scale=0.4),
+                                   **TIGHT)
+        if window >= t:
+            torch.testing.assert_close(got, full(x), **TIGHT)

@@ -7,9 +7,9 @@ QK-norm), ``sliding_window`` (windowed attention and its ring-buffer cache), ``m
 (per-layer KV caches). ``config`` (``DecoderConfig``, ``LayerSpec``) names
 the components a family uses, ``components`` builds them by name, ``decoder``
 (``DecoderBlock``, ``DecoderModel``) stacks them. One short file per family: ``llama``,
-``qwen3`` (choices, presets, Hugging Face names); ``hf`` reads and writes their weights.
-``tokenizers`` reads their tokenizer files (``load_tokenizer``) and ``chat`` writes their
-instruct models' chat formats.
+``qwen3``, ``gemma3`` (choices, presets, Hugging Face names); ``hf`` reads and writes their
+weights. ``tokenizers`` reads their tokenizer files (``load_tokenizer``) and ``chat`` writes
+their instruct models' chat formats.
 
 >>> import torch
 >>> from gpt_components.modern import DecoderModel, Qwen3Config
@@ -26,6 +26,7 @@ from . import (
     config,
     decoder,
     feedforward,
+    gemma3,
     hf,
     llama,
     moe,
@@ -41,6 +42,7 @@ from .chat import *
 from .config import *
 from .decoder import *
 from .feedforward import *
+from .gemma3 import *
 from .llama import *
 from .moe import *
 from .norms import *
@@ -50,5 +52,5 @@ from .sliding_window import *
 from .tokenizers import *
 
 __all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, moe, cache,
-                               config, decoder, llama, qwen3, tokenizers, chat)
+                               config, decoder, llama, qwen3, gemma3, tokenizers, chat)
            for name in module.__all__]

@@ -22,11 +22,13 @@ from torch import nn
 from .attention import GroupedQueryAttention
 from .feedforward import SwiGLU
 from .norms import RMSNorm
+from .sliding_window import SlidingWindowAttention
 
 __all__ = ["NORMS", "FEED_FORWARDS", "ATTENTIONS", "make_norm"]
 
 NORMS: dict[str, Callable[[Any, int], nn.Module]] = {
     "rmsnorm": lambda cfg, dim: RMSNorm(dim, eps=cfg.norm_eps),
+    "gemma_rmsnorm": lambda cfg, dim: RMSNorm(dim, eps=cfg.norm_eps, offset=1.0),
 }
 
 
@@ -37,6 +39,7 @@ def make_norm(cfg: Any, dim: int) -> nn.Module:
 
 FEED_FORWARDS: dict[str, Callable[[Any, Any], nn.Module]] = {
     "swiglu": lambda cfg, spec: SwiGLU(cfg.emb_dim, cfg.hidden_dim),
+    "geglu": lambda cfg, spec: SwiGLU(cfg.emb_dim, cfg.hidden_dim, activation="gelu_tanh"),
 }
 
 
@@ -44,9 +47,19 @@ def _grouped_query(cfg: Any, spec: Any) -> nn.Module:
     return GroupedQueryAttention(
         cfg.emb_dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
         qk_norm=(lambda dim: make_norm(cfg, dim)) if cfg.qk_norm else False,
-        qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, kernel=cfg.attn_kernel)
+        qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, kernel=cfg.attn_kernel,
+        scale=cfg.attention_scale())
+
+
+def _sliding_window(cfg: Any, spec: Any) -> nn.Module:
+    return SlidingWindowAttention(
+        cfg.emb_dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, window=cfg.sliding_window,
+        qk_norm=(lambda dim: make_norm(cfg, dim)) if cfg.qk_norm else False,
+        qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, kernel=cfg.attn_kernel,
+        scale=cfg.attention_scale())
 
 
 ATTENTIONS: dict[str, Callable[[Any, Any], nn.Module]] = {
     "gqa": _grouped_query,
+    "sliding_gqa": _sliding_window,  # needs cfg.sliding_window (Gemma 3's local layers)
 }

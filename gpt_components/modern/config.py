@@ -67,6 +67,8 @@ class DecoderConfig:
     rope_scaling: Llama3RopeScaling | None = None  # Llama 3.1+'s long-context frequency scaling
     qk_norm: bool = False  # a norm on each head's queries and keys before RoPE (Qwen3)
     qkv_bias: bool = False  # biases on W_query/W_key/W_value (Qwen2 had them)
+    post_norms: bool = False  # also norm each branch's output before its residual add (Gemma 3)
+    scale_embeddings: bool = False  # token embeddings times sqrt(emb_dim) (Gemma)
     tie_weights: bool = False  # output head shares the token embedding matrix
     drop_rate: float = 0.0  # dropout on the attention probabilities while training
     attn_kernel: str = "sdpa"  # "sdpa" (fused) or "textbook" (the softmax written out)
@@ -110,6 +112,10 @@ class DecoderConfig:
     def layer(self, index: int) -> LayerSpec:
         """The components of block ``index``: the same for every block unless a family says."""
         return LayerSpec(attention=self.attention, feed_forward=self.feed_forward)
+
+    def attention_scale(self) -> float | None:
+        """What attention multiplies its scores by; None: ``head_dim ** -0.5``."""
+        return None
 
     def rope_specs(self) -> dict[str, RopeSpec]:
         """The RoPE tables the model computes, by the name ``LayerSpec.rope`` gives."""

@@ -48,6 +48,9 @@ class DecoderBlock(nn.Module):
         self.att = ATTENTIONS[spec.attention](cfg, spec)
         self.norm2 = make_norm(cfg, cfg.emb_dim)
         self.ff = FEED_FORWARDS[spec.feed_forward](cfg, spec)
+        # Gemma 3's "sandwich": each branch's output is normed again before the residual add.
+        self.post_norm1 = make_norm(cfg, cfg.emb_dim) if cfg.post_norms else None
+        self.post_norm2 = make_norm(cfg, cfg.emb_dim) if cfg.post_norms else None
 
     def forward(self, x: torch.Tensor, rope: RopeTables, cache: Any = None, start: int = 0,
                 need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -56,8 +59,11 @@ class DecoderBlock(nn.Module):
         weights = None
         if need_weights:
             attended, weights = attended
+        if self.post_norm1 is not None:
+            attended = self.post_norm1(attended)
         x = x + attended
-        x = x + self.ff(self.norm2(x))
+        fed = self.ff(self.norm2(x))
+        x = x + (fed if self.post_norm2 is None else self.post_norm2(fed))
         return (x, weights) if need_weights else x
 
 
@@ -115,6 +121,8 @@ class DecoderModel(nn.Module):
             raise ValueError(f"idx has {t} tokens after {start} cached ones, more than "
                              f"context_length={self.cfg.context_length}")
         x = self.tok_emb(idx)  # (B, T, emb)
+        if self.cfg.scale_embeddings:  # rounded to the weights' dtype first, as Gemma does
+            x = x * torch.tensor(self.cfg.emb_dim**0.5, dtype=x.dtype, device=x.device)
         positions = torch.arange(start, start + t, device=idx.device)
         rope = {name: table(positions, x.dtype) for name, table in self.rope.items()}
         return x, rope, start

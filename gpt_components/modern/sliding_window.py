@@ -12,6 +12,8 @@ Exports:
 - ``windowed_attention(q, k, v, window, ...)``: the SDPA path and the textbook path side by side,
   with grouped-query keys and values (``n_kv_heads`` dividing ``n_heads``).
 - ``windowed_attention_weights(...)``: the textbook path's probabilities (for ``trace``).
+- ``SlidingWindowAttention``: ``GroupedQueryAttention`` whose queries see ``window`` keys and
+  whose cache is a ``WindowLayerCache``; everything else (QK-norm, RoPE, kernels) is GQA's.
 - ``WindowLayerCache``: one windowed layer's ring buffer, with the interface of a layer cache
   (``store(k, v, start)`` returns the keys and values the new queries attend to, oldest first).
 
@@ -42,11 +44,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .attention import GroupedQueryAttention
+
 __all__ = [
     "window_mask",
     "windowed_attention",
     "windowed_attention_weights",
     "WindowLayerCache",
+    "SlidingWindowAttention",
 ]
 
 KERNELS = ("sdpa", "textbook")
@@ -118,12 +123,13 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
                        *, scale: float | None = None,
                        query_positions: torch.Tensor | None = None,
                        key_positions: torch.Tensor | None = None,
-                       kernel: str = "sdpa") -> torch.Tensor:
+                       kernel: str = "sdpa", dropout: float = 0.0) -> torch.Tensor:
     """Attention of ``q`` [B, nh, Tq, hd] over ``k`` [B, nkv, Tk, hd], ``v`` [B, nkv, Tk, hd_v].
 
     Each query sees the keys of ``window_mask``; ``scale`` defaults to ``1 / sqrt(hd)``. The
     result is [B, nh, Tq, hd_v]. ``kernel="sdpa"`` calls PyTorch's fused attention with the
-    mask, ``"textbook"`` writes out scores, mask, softmax and the weighted sum.
+    mask, ``"textbook"`` writes out scores, mask, softmax and the weighted sum. ``dropout``
+    drops attention probabilities (pass 0 outside training).
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
@@ -131,13 +137,14 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
         weights = windowed_attention_weights(q, k, window, scale=scale,
                                              query_positions=query_positions,
                                              key_positions=key_positions)
+        weights = F.dropout(weights, dropout) if dropout else weights
         group = q.shape[1] // k.shape[1]
         return weights @ v.repeat_interleave(group, dim=1)  # (B, nh, Tq, hd_v)
     group = _check_heads(q, k, v)
     query_positions, key_positions = _positions(q, k, query_positions, key_positions)
     mask = window_mask(query_positions, key_positions, window)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
-                                          enable_gqa=group > 1)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout,
+                                          scale=scale, enable_gqa=group > 1)
 
 
 class WindowLayerCache(nn.Module):
@@ -174,3 +181,43 @@ class WindowLayerCache(nn.Module):
         self.keys[:, :, slots] = k[:, :, kept]
         self.values[:, :, slots] = v[:, :, kept]
         return keys, values
+
+
+class SlidingWindowAttention(GroupedQueryAttention):
+    """Grouped-query attention in which a query sees only the last ``window`` positions.
+
+    Changes two things of ``GroupedQueryAttention``: the mask (the band of ``window_mask``
+    instead of the causal triangle; the textbook path reads it through ``_future``) and the
+    cache (a ring buffer of ``window`` positions). Keys arrive oldest first and end at the
+    newest query, so their positions follow from how many there are.
+    """
+
+    def __init__(self, emb_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
+                 window: int, **options: object) -> None:
+        super().__init__(emb_dim, n_heads, n_kv_heads, head_dim, **options)
+        self.window = _check_window(window)
+        if self.window is None:
+            raise TypeError("window must be an int >= 1, got None")
+
+    def new_cache(self, batch_size: int, max_tokens: int, *,
+                  device: torch.device | str | None = None,
+                  dtype: torch.dtype | None = None) -> WindowLayerCache:
+        """A ring buffer of ``window`` positions, whatever ``max_tokens`` is."""
+        return WindowLayerCache(batch_size, self.n_kv_heads, self.head_dim, self.window,
+                                device=device, dtype=dtype)
+
+    def _positions(self, t: int, s: int, start: int,
+                   device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        end = start + t  # the s keys are the positions end - s .. end - 1
+        return torch.arange(start, end, device=device), torch.arange(end - s, end, device=device)
+
+    def _future(self, t: int, s: int, start: int, device: torch.device) -> torch.Tensor:
+        """True where a query must not see a key: ahead of it, or ``window`` or more behind."""
+        return ~window_mask(*self._positions(t, s, start, device), self.window)
+
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+              start: int) -> torch.Tensor:
+        queries, keys = self._positions(q.shape[2], k.shape[2], start, q.device)
+        return windowed_attention(q, k, v, self.window, scale=self.scale,
+                                  query_positions=queries, key_positions=keys,
+                                  dropout=self.dropout if self.training else 0.0)
