@@ -48,14 +48,15 @@ class GroupedQueryAttention(nn.Module):
     """Causal attention with ``n_kv_heads`` key/value heads shared by ``n_heads`` query heads.
 
     ``qk_norm``: False, True (an ``RMSNorm(head_dim, norm_eps)`` on queries and on keys) or a
-    function ``head_dim -> nn.Module`` making the norm. ``scale`` multiplies the scores
-    (default ``head_dim ** -0.5``).
+    function ``head_dim -> nn.Module`` making the norm. ``qkv_bias``/``out_bias``: biases on
+    the three input projections / on ``out_proj``. ``scale`` multiplies the scores (default
+    ``head_dim ** -0.5``).
     """
 
     def __init__(self, emb_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                  qk_norm: bool | Callable[[int], nn.Module] = False, norm_eps: float = 1e-6,
-                 qkv_bias: bool = False, dropout: float = 0.0, kernel: str = "sdpa",
-                 scale: float | None = None) -> None:
+                 qkv_bias: bool = False, out_bias: bool = False, dropout: float = 0.0,
+                 kernel: str = "sdpa", scale: float | None = None) -> None:
         super().__init__()
         self.emb_dim = _check_count("emb_dim", emb_dim)
         self.n_heads = _check_count("n_heads", n_heads)
@@ -75,7 +76,7 @@ class GroupedQueryAttention(nn.Module):
         self.W_query = nn.Linear(emb_dim, n_heads * head_dim, bias=qkv_bias)
         self.W_key = nn.Linear(emb_dim, n_kv_heads * head_dim, bias=qkv_bias)
         self.W_value = nn.Linear(emb_dim, n_kv_heads * head_dim, bias=qkv_bias)
-        self.out_proj = nn.Linear(n_heads * head_dim, emb_dim, bias=False)
+        self.out_proj = nn.Linear(n_heads * head_dim, emb_dim, bias=out_bias)
         make_norm = (lambda dim: RMSNorm(dim, eps=norm_eps)) if qk_norm is True else qk_norm
         self.q_norm = make_norm(head_dim) if make_norm else None
         self.k_norm = make_norm(head_dim) if make_norm else None

@@ -47,7 +47,8 @@ def _grouped_query(cfg: Any, spec: Any) -> nn.Module:
     return GroupedQueryAttention(
         cfg.emb_dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim,
         qk_norm=(lambda dim: make_norm(cfg, dim)) if cfg.qk_norm else False,
-        qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, kernel=cfg.attn_kernel,
+        qkv_bias=cfg.attention_bias, out_bias=cfg.attention_bias,
+        dropout=cfg.drop_rate, kernel=cfg.attn_kernel,
         scale=cfg.attention_scale())
 
 
@@ -55,7 +56,8 @@ def _sliding_window(cfg: Any, spec: Any) -> nn.Module:
     return SlidingWindowAttention(
         cfg.emb_dim, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, window=cfg.sliding_window,
         qk_norm=(lambda dim: make_norm(cfg, dim)) if cfg.qk_norm else False,
-        qkv_bias=cfg.qkv_bias, dropout=cfg.drop_rate, kernel=cfg.attn_kernel,
+        qkv_bias=cfg.attention_bias, out_bias=cfg.attention_bias,
+        dropout=cfg.drop_rate, kernel=cfg.attn_kernel,
         scale=cfg.attention_scale())
 
 

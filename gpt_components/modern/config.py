@@ -66,7 +66,7 @@ class DecoderConfig:
     rope_theta: float = 500000.0  # RoPE base: larger turns slower, reaches further
     rope_scaling: Llama3RopeScaling | None = None  # Llama 3.1+'s long-context frequency scaling
     qk_norm: bool = False  # a norm on each head's queries and keys before RoPE (Qwen3)
-    qkv_bias: bool = False  # biases on W_query/W_key/W_value (Qwen2 had them)
+    attention_bias: bool = False  # biases on W_query/W_key/W_value/out_proj (HF's attention_bias)
     post_norms: bool = False  # also norm each branch's output before its residual add (Gemma 3)
     scale_embeddings: bool = False  # token embeddings times sqrt(emb_dim) (Gemma)
     tie_weights: bool = False  # output head shares the token embedding matrix

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..model import check_token_ids
+from ..trace import ModelTrace
 from .cache import DecoderKVCache
 from .components import ATTENTIONS, FEED_FORWARDS, make_norm
 from .config import DecoderConfig
@@ -127,6 +128,27 @@ class DecoderModel(nn.Module):
         rope = {name: table(positions, x.dtype) for name, table in self.rope.items()}
         return x, rope, start
 
+    def trace(self, idx: torch.Tensor) -> ModelTrace:
+        """One pass over ``idx`` laid open (see ``gpt_components.trace``): each block's input,
+        the attention probabilities of every query head, the logits.
+
+        Runs in eval mode (restoring the mode after), without gradients or a KV cache.
+        """
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                x, rope, _ = self._embed(idx, None)
+                residuals, attentions = [x], []
+                for block in self.trf_blocks:
+                    x, weights = block(x, rope, need_weights=True)
+                    residuals.append(x)
+                    attentions.append(weights)  # (B, n_heads, T, T)
+                logits = self.out_head(self.final_norm(x))  # (B, T, vocab)
+        finally:
+            self.train(was_training)
+        return ModelTrace(residuals, attentions, logits)
+
     def new_kv_cache(self, batch_size: int, max_tokens: int | None = None) -> DecoderKVCache:
         """An empty cache for this model (one per layer), on its device and dtype."""
         max_tokens = self.cfg.context_length if max_tokens is None else max_tokens
@@ -142,7 +164,7 @@ class DecoderModel(nn.Module):
 
 def _init_weights(module: nn.Module) -> None:
     """Llama's initialisation: N(0, 0.02) for matrices and embeddings, zero biases."""
-    if isinstance(module, (nn.Linear, nn.Embedding)):
+    if isinstance(module, (nn.Linear, nn.Embedding)) and not module.weight.is_meta:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if getattr(module, "bias", None) is not None:
             nn.init.zeros_(module.bias)

@@ -64,8 +64,8 @@ class Gemma3Config(DecoderConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.qkv_bias:
-            raise ValueError("qkv_bias must be False: Gemma 3 has no attention biases")
+        if self.attention_bias:
+            raise ValueError("attention_bias must be False: Gemma 3 has no attention biases")
         if self.layer_types is None:
             object.__setattr__(self, "layer_types", gemma3_layer_types(self.n_layers))
         object.__setattr__(self, "layer_types", tuple(self.layer_types))

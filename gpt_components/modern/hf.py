@@ -101,7 +101,7 @@ def decoder_fields_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
         "norm_eps": hf.get("rms_norm_eps", 1e-6),
         "rope_theta": theta,
         "rope_scaling": scaling,
-        "qkv_bias": bool(hf.get("attention_bias", False)),
+        "attention_bias": bool(hf.get("attention_bias", False)),
         "tie_weights": bool(hf.get("tie_word_embeddings", False)),
         "drop_rate": float(hf.get("attention_dropout", 0.0) or 0.0),
     }
@@ -123,7 +123,7 @@ def decoder_fields_to_hf(cfg: Any, layout: HFLayout) -> dict[str, Any]:
         "hidden_act": "silu",
         "rms_norm_eps": cfg.norm_eps,
         **rope_to_hf(cfg.rope_theta, cfg.rope_scaling),
-        "attention_bias": cfg.qkv_bias,
+        "attention_bias": cfg.attention_bias,
         "mlp_bias": False,
         "attention_dropout": cfg.drop_rate,
         "tie_word_embeddings": cfg.tie_weights,
