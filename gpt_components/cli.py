@@ -120,7 +120,7 @@ def _train(args: argparse.Namespace) -> None:
     import torch
 
     from .corpus import TokenCorpus, prepare_corpus
-    from .model import GPTConfig, GPTModel
+    from .registry import build_model, config_from_dict, config_to_dict, preset_config
     from .resources import resource_path
     from .training import TrainConfig, TrainingDivergedError, train
 
@@ -132,7 +132,7 @@ def _train(args: argparse.Namespace) -> None:
             raise CLIError(f"--resume must be a run directory with config.json, got "
                            f"{str(run_dir)!r}")
         saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        model_cfg = GPTConfig(**saved["model"])
+        model_cfg = config_from_dict(saved["model"])
         train_cfg = TrainConfig(**{**saved["train"], "betas": tuple(saved["train"]["betas"])})
         corpus_path, tokenizer_spec = saved["corpus"], saved["tokenizer"]
         if tokenizer_spec != "gpt2":
@@ -149,9 +149,9 @@ def _train(args: argparse.Namespace) -> None:
     tokenizer = _load_tokenizer(tokenizer_spec)
     if not args.resume:
         try:
-            model_cfg = GPTConfig.from_name(
+            model_cfg = preset_config(
                 args.preset, vocab_size=tokenizer.n_vocab, drop_rate=args.dropout,
-                tie_weights=args.tie_weights,
+                **({"tie_weights": True} if args.tie_weights else {}),
                 **({"context_length": args.context_length} if args.context_length else {}))
             train_cfg = TrainConfig(
                 batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
@@ -183,7 +183,7 @@ def _train(args: argparse.Namespace) -> None:
             shutil.copytree(tokenizer_spec, run_dir / "tokenizer", dirs_exist_ok=True,
                             ignore=_NOT_TOKENIZER_FILES)  # a model directory: not its weights
             saved_tokenizer = "tokenizer"
-        config = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(train_cfg),
+        config = {"model": config_to_dict(model_cfg), "train": dataclasses.asdict(train_cfg),
                   "corpus": corpus_path, "tokenizer": saved_tokenizer,
                   "corpus_tokens": len(corpus)}
         (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
@@ -192,7 +192,7 @@ def _train(args: argparse.Namespace) -> None:
               f"tokens ({len(train_tokens):,} train, {len(val_tokens):,} validation)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_cfg.seed)
-        model = GPTModel(model_cfg)
+        model = build_model(model_cfg)
     try:
         records = train(model, train_tokens, val_tokens, train_cfg, run_dir,
                         context_length=model_cfg.context_length, device=device,
@@ -223,7 +223,8 @@ def _run_of(path: Path) -> tuple[Path, Path] | None:
 
 def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -> tuple:
     from .checkpoint import CheckpointError, load_checkpoint
-    from .model import GPTConfig, GPTModel
+    from .pretrained import from_pretrained
+    from .registry import build_model
     from .weights import GPT2_NAMES
 
     path = Path(source)
@@ -236,7 +237,7 @@ def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -
         run, target = found
         try:
             saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-            model = GPTModel(GPTConfig(**saved["model"]))
+            model = build_model(saved["model"])
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
                 ValueError) as error:
             raise CLIError(f"source {str(run / 'config.json')!r} is not a run configuration "
@@ -249,7 +250,7 @@ def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -
                                   else str(run / saved["tokenizer"]))
     else:
         try:
-            model = GPTModel.from_pretrained(path if path.exists() else source)
+            model = from_pretrained(path if path.exists() else source)
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise CLIError(reword_for_flag("source", error)) from None
         spec = tokenizer_spec or "gpt2"
@@ -298,6 +299,8 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _add_train(commands: Any) -> None:
+    from .registry import preset_names
+
     train = commands.add_parser(
         "train", help="pretrain a model on a text corpus (no arguments: a small GPT on "
         "the bundled the-verdict.txt)",
@@ -307,7 +310,8 @@ def _add_train(commands: Any) -> None:
         "(default: the bundled the-verdict.txt)")
     add("--tokenizer", default="gpt2", help="'gpt2', a directory saved by BPETokenizer.save, "
         "or a Llama 3 / Qwen3 model directory (its tokenizer.model or tokenizer.json)")
-    add("--preset", default="gpt-micro", help="model preset name (see GPTConfig.from_name)")
+    add("--preset", default="gpt-micro", help="model preset, any family's: "
+        + ", ".join(preset_names()))
     add("--context-length", type=int, default=None, help="tokens per window (default: the "
         "preset's)")
     add("--dropout", type=float, default=0.1, help="dropout rate")
@@ -350,8 +354,8 @@ def _add_generate(commands: Any) -> None:
         "generate", help="continue a prompt from a run directory or GPT-2 weights",
         formatter_class=_DefaultsFormatter)
     add = gen.add_argument
-    add("source", help="a run directory written by 'train', or a GPT-2 model.safetensors "
-        "file or Hugging Face directory")
+    add("source", help="a run directory written by 'train', a Hugging Face directory "
+        "(GPT-2, Llama 3, Qwen3) or a GPT-2 model.safetensors file")
     add("--prompt", default="Every effort moves you", help="text to continue")
     add("--max-new-tokens", type=int, default=50, help="tokens to generate")
     add("--temperature", type=float, default=0.0, help="0: greedy; higher: more random")

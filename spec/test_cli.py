@@ -33,7 +33,7 @@ def test_every_option_has_help_text(command):
     (["train", "--lr", "-1"], "--lr must be a finite number > 0"),
     (["train", "--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr must be in [0, peak_lr=0.001]"),
     (["train", "--batch-size", "0"], "--batch-size must be an int >= 1"),
-    (["train", "--preset", "gpt-huge"], "name"),
+    (["train", "--preset", "gpt-huge"], "--preset must be one of"),
     (["train", "--corpus", "/no/such/corpus.txt"], "corpus"),
     (["train", "--tokenizer", "/no/such/tokenizer"], "--tokenizer"),
     (["train", "--device", "tpu"], "--device"),

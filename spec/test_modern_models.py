@@ -237,3 +237,35 @@ def test_from_pretrained_reads_both_rope_spellings_and_refuses_what_it_cannot_bu
     (directory / "config.json").write_text(json.dumps({**config, "model_type": "bert"}))
     with pytest.raises(ValueError, match="^config model_type must be one of"):
         from_pretrained(directory)
+
+
+@pytest.mark.parametrize("preset", ["llama3-nano", "qwen3-nano"])
+def test_the_cli_trains_generates_and_resumes_a_small_preset_of_each_family(preset, tmp_path,
+                                                                             capsys):
+    from safetensors.torch import load_file
+
+    from gpt_components.cli import main
+    from gpt_components.resources import load_text
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(load_text("the-verdict.txt")[:3000], encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "--corpus", str(corpus), "--run-dir", str(run), "--preset", preset,
+                 "--context-length", "16", "--batch-size", "2", "--steps", "3",
+                 "--checkpoint-interval", "2", "--eval-interval", "3", "--eval-iters", "1",
+                 "--sample-tokens", "3", "--no-progress"]) == 0
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["model"]["family"] == {"llama3-nano": "llama", "qwen3-nano": "qwen3"}[preset]
+    assert config_from_dict(saved["model"]) == preset_config(
+        preset, vocab_size=50257, context_length=16, drop_rate=0.1)
+    capsys.readouterr()
+    assert main(["generate", str(run), "--prompt", "I had", "--max-new-tokens", "4"]) == 0
+    assert capsys.readouterr().out.startswith("I had")
+    # Resume from step 2 (as after a crash): step 3 comes out exactly as without the crash.
+    final = load_file(run / "checkpoints" / "step-00000003" / "model.safetensors")
+    pointer = {"step": 2, "path": "step-00000002"}
+    (run / "checkpoints" / "latest.json").write_text(json.dumps(pointer))
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    again = load_file(run / "checkpoints" / "step-00000003" / "model.safetensors")
+    assert final.keys() == again.keys()
+    assert all(torch.equal(final[k], again[k]) for k in final)

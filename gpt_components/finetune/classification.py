@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..model import GPTConfig, GPTModel
+from ..registry import build_model, config_to_dict
 from ..tensor_files import check_state_dict, read_safetensors
 from ..tokenizers import gpt2_tokenizer
 from .loop import check_counts, finetune_loop
@@ -269,7 +269,7 @@ def save_classifier(
                          f"got {tuple(labels)}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    config = {"model": dataclasses.asdict(cfg), "labels": list(labels), "max_length": max_length,
+    config = {"model": config_to_dict(cfg), "labels": list(labels), "max_length": max_length,
               **info}
     (directory / CLASSIFIER_CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     weights = {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
@@ -290,7 +290,7 @@ def load_classifier(
         )
     try:
         config = json.loads(config_file.read_text(encoding="utf-8"))
-        model = GPTModel(GPTConfig(**config["model"]))
+        model = build_model(config["model"])
         make_classifier(model, len(config["labels"]), trainable_blocks=None)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
         raise ValueError(f"directory: {str(config_file)!r} is not a classifier.json written by "

@@ -23,15 +23,17 @@ import dataclasses
 import json
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
+from torch import nn
 from torch.utils.data import DataLoader
 
 from ..checkpoint import CheckpointError, load_checkpoint
-from ..model import MODEL_PRESETS, GPTConfig, GPTModel
+from ..pretrained import from_pretrained, save_pretrained
+from ..registry import build_model, config_from_dict, preset_config, preset_names
 from ..tokenizers import gpt2_tokenizer
 from ..training import calc_loss_loader, configure_optimizer
-from ..weights import load_pretrained, save_pretrained
 from . import classification as cls
 from . import instructions as ins
 from . import spam_data
@@ -126,7 +128,7 @@ def _start_options(p: argparse.ArgumentParser) -> None:
                        "(Hugging Face layout), such a file, or gpt2/gpt2-medium/... to download")
     start.add_argument("--run", dest="run_dir", metavar="RUN",
                        help="a run directory written by `gpt-components train`")
-    start.add_argument("--preset", default="gpt-micro", choices=sorted(MODEL_PRESETS),
+    start.add_argument("--preset", default="gpt-micro", choices=preset_names(),
                        help="model shape when starting from random weights (default gpt-micro)")
     start.add_argument("--drop-rate", type=float, default=0.0,
                        help="dropout while finetuning (default 0.0, as in the book)")
@@ -169,7 +171,7 @@ def _device(name: str) -> torch.device:
         raise ValueError(f"--device must be cpu, cuda, mps or auto, got {name!r}") from None
 
 
-def _run_config(run: Path) -> GPTConfig:
+def _run_config(run: Path) -> Any:
     """The model configuration ``gpt-components train`` keeps in a run's ``config.json``."""
     config_file = run / "config.json"
     if not config_file.is_file():
@@ -180,18 +182,18 @@ def _run_config(run: Path) -> GPTConfig:
                          "trained with the GPT-2 tokenizer (--tokenizer gpt2)")
     if not isinstance(saved.get("model"), dict):
         raise ValueError(f"--run {str(run)!r}: config.json records no model configuration")
-    return GPTConfig(**saved["model"])
+    return config_from_dict(saved["model"])
 
 
 def load_start_model(weights: str | None = None, run: str | None = None,
                      preset: str = "gpt-micro", drop_rate: float = 0.0,
-                     seed: int = 123) -> tuple[GPTModel, str]:
+                     seed: int = 123) -> tuple[nn.Module, str]:
     """The model finetuning starts from, and a sentence saying what it is."""
     if weights is not None and run is not None:
         raise ValueError("--weights and --run: give at most one starting model")
     if weights is not None:
         try:
-            model = load_pretrained(weights, drop_rate=drop_rate)
+            model = from_pretrained(weights, drop_rate=drop_rate)
         except (OSError, ValueError, TypeError) as error:
             raise _flag_error("--weights", error) from None
         return model, f"starting from GPT-2 weights {weights}"
@@ -200,7 +202,7 @@ def load_start_model(weights: str | None = None, run: str | None = None,
             raise FileNotFoundError(f"--run {run!r} does not exist" if not Path(run).exists()
                                     else f"--run {run!r} is not a directory")
         cfg = dataclasses.replace(_run_config(Path(run)), drop_rate=drop_rate)
-        model = GPTModel(cfg)
+        model = build_model(cfg)
         try:
             ckpt = load_checkpoint(run, load_state=False)  # the weights; no optimizer state
             ckpt.load_into(model)
@@ -209,7 +211,7 @@ def load_start_model(weights: str | None = None, run: str | None = None,
         return model, f"starting from run {run} (step {ckpt.meta.get('step')})"
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = GPTModel(GPTConfig.from_name(preset, drop_rate=drop_rate))
+        model = build_model(preset_config(preset, drop_rate=drop_rate))
     return model, (f"no --weights or --run given: starting from RANDOM weights ({preset}); "
                    "the result shows the pipeline works, not what a pretrained model learns")
 
@@ -221,7 +223,7 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
-def _apply_lora(model: GPTModel, args: argparse.Namespace, g: torch.Generator) -> None:
+def _apply_lora(model: nn.Module, args: argparse.Namespace, g: torch.Generator) -> None:
     if args.lora_rank is not None:
         replace_linear_with_lora(model, args.lora_rank, args.lora_alpha, generator=g)
 
@@ -357,7 +359,7 @@ def instruction_responses(args: argparse.Namespace) -> None:
     _check_positive(args, "limit", "max_new_tokens")
     device = _device(args.device)
     try:
-        model = load_pretrained(args.model).to(device)
+        model = from_pretrained(args.model).to(device)
     except (OSError, ValueError, TypeError) as error:
         raise _flag_error("--model", error) from None
     test = ins.instruction_splits(ins.load_instruction_data(args.data), seed=args.seed).test
