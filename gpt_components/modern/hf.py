@@ -36,6 +36,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..model import _store_column_major
 from .family import Family
 from .rope import Llama3RopeScaling
 
@@ -186,6 +187,7 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_weights:
         model.out_head.weight = model.tok_emb.weight
+    _store_column_major(model.trf_blocks)  # one matrix at a time: a transient copy each
     return model.eval()
 
 
