@@ -253,7 +253,9 @@ def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -
             model = from_pretrained(path if path.exists() else source)
         except (OSError, ValueError, TypeError, KeyError) as error:
             raise CLIError(reword_for_flag("source", error)) from None
-        spec = tokenizer_spec or "gpt2"
+        own = path.is_dir() and any((path / name).is_file()
+                                    for name in ("tokenizer.model", "tokenizer.json"))
+        spec = tokenizer_spec or (str(path) if own else "gpt2")  # a downloaded Llama 3 / Qwen3
     return model.to(device).eval(), _load_tokenizer(spec)
 
 

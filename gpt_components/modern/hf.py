@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
@@ -40,8 +40,8 @@ from ..model import _store_column_major
 from .family import Family
 from .rope import Llama3RopeScaling
 
-__all__ = ["HFLayout", "decoder_family", "rope_from_hf", "rope_to_hf", "decoder_fields_from_hf",
-           "decoder_fields_to_hf", "hf_param_name"]
+__all__ = ["HFLayout", "decoder_family", "stream_safetensors", "rope_from_hf", "rope_to_hf",
+           "decoder_fields_from_hf", "decoder_fields_to_hf", "hf_param_name"]
 
 
 @dataclass(frozen=True)
@@ -142,6 +142,51 @@ def hf_param_name(names: Mapping[str, str], name: str) -> str:
     return f"{names[key].format(i=index)}.{leaf}"
 
 
+_SAFETENSORS_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+def stream_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for each tensor of a safetensors file, read straight into its memory.
+
+    The file is read with plain reads into each tensor's own storage, one tensor at a time (no
+    memory map, whose touched pages would count as a second copy while the file is open).
+    The format: an 8-byte little-endian header length, a JSON header (name -> dtype, shape,
+    byte offsets into the data that follows), the data.
+    """
+    path = Path(path)
+    with open(path, "rb") as f:
+        head = f.read(8)
+        size = int.from_bytes(head, "little") if len(head) == 8 else -1
+        try:
+            header = json.loads(f.read(size)) if 0 < size < 100_000_000 else None
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+        if not isinstance(header, dict):
+            raise ValueError(f"{str(path)!r} is not a safetensors file (no readable header)")
+        header.pop("__metadata__", None)
+        start = 8 + size
+        for name, info in sorted(header.items(), key=lambda item: item[1]["data_offsets"][0]):
+            if info["dtype"] not in _SAFETENSORS_DTYPES:
+                raise ValueError(f"{str(path)!r}: tensor {name!r} has dtype {info['dtype']}, "
+                                 f"which this reader does not know")
+            dtype = _SAFETENSORS_DTYPES[info["dtype"]]
+            begin, end = info["data_offsets"]
+            count = math.prod(info["shape"])
+            if end - begin != count * dtype.itemsize:
+                raise ValueError(f"{str(path)!r}: tensor {name!r} has {end - begin} bytes for "
+                                 f"shape {info['shape']}")
+            raw = torch.empty(end - begin, dtype=torch.uint8)  # the tensor's own memory
+            f.seek(start + begin)
+            if count and f.readinto(raw.numpy()) != end - begin:
+                raise ValueError(f"{str(path)!r} is truncated: tensor {name!r} is incomplete")
+            tensor = raw.view(dtype).reshape(info["shape"])
+            yield name, tensor
+
+
 def _weight_files(directory: Path) -> list[Path]:
     single = directory / "model.safetensors"
     if single.is_file():
@@ -168,19 +213,17 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
     shapes = dict(model.named_parameters())
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
-        with safe_open(str(file), framework="pt") as f:
-            for key in f.keys():
-                if key not in wanted:
-                    if key == "lm_head.weight" and cfg.tie_weights:
-                        continue  # some tied checkpoints store the head as well
-                    raise ValueError(f"checkpoint tensor {key!r} has no place in the model: "
-                                     "config.json does not match the weights")
-                tensor = f.get_tensor(key)  # read one tensor at a time: no second copy
-                expected = tuple(shapes[wanted[key]].shape)
-                if tuple(tensor.shape) != expected:
-                    raise ValueError(f"checkpoint tensor {key!r} has shape "
-                                     f"{tuple(tensor.shape)}, the config needs {expected}")
-                state[wanted[key]] = tensor
+        for key, tensor in stream_safetensors(file):  # one tensor at a time: no second copy
+            if key not in wanted:
+                if key == "lm_head.weight" and cfg.tie_weights:
+                    continue  # some tied checkpoints store the head as well
+                raise ValueError(f"checkpoint tensor {key!r} has no place in the model: "
+                                 "config.json does not match the weights")
+            expected = tuple(shapes[wanted[key]].shape)
+            if tuple(tensor.shape) != expected:
+                raise ValueError(f"checkpoint tensor {key!r} has shape "
+                                 f"{tuple(tensor.shape)}, the config needs {expected}")
+            state[wanted[key]] = tensor
     missing = sorted(hf for hf, ours in wanted.items() if ours not in state)
     if missing:
         raise ValueError(f"checkpoint has no tensor {missing[0]!r}")
