@@ -3,7 +3,9 @@
 ``metrics.jsonl`` holds one JSON object a line: one per optimizer step (``step``,
 ``tokens_seen``, ``loss``, ...) and one per evaluation (``val_loss``, ...). Lines are only ever
 appended, so a run killed mid-write leaves at most a half-written last line, which
-``read_metrics`` skips; a resumed run first cuts the file back to its checkpoint's step.
+``read_metrics`` skips. A resumed run first cuts the file back to its checkpoint's step, by
+writing the kept records to a temporary file beside it and renaming that over it: a process
+killed at any instant leaves either the old log or the new one, never a shorter one.
 Exports ``read_metrics``, ``start_metrics``, ``append_metrics`` and ``plot_losses``.
 
 >>> import tempfile
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -50,13 +53,27 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 
 def start_metrics(run_dir: str | os.PathLike, keep_until_step: int | None = None) -> None:
-    """Begin ``run_dir``'s log: empty, or (resuming) cut back to the records of steps <= k."""
+    """Begin ``run_dir``'s log: empty, or (resuming) cut back to the records of steps <= k.
+
+    The log is replaced whole (temporary file, fsync, rename), never rewritten in place.
+    """
     run_dir = Path(run_dir)
     kept = [] if keep_until_step is None else [
         r for r in read_metrics(run_dir) if r["step"] <= keep_until_step]
     run_dir.mkdir(parents=True, exist_ok=True)
-    text = "".join(json.dumps(r) + "\n" for r in kept)
-    (run_dir / METRICS_FILE).write_text(text, encoding="utf-8")
+    path = run_dir / METRICS_FILE
+    for leftover in run_dir.glob(f".{METRICS_FILE}.*.tmp"):  # from a rewrite killed midway
+        leftover.unlink(missing_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{METRICS_FILE}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write("".join(json.dumps(r) + "\n" for r in kept))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def append_metrics(run_dir: str | os.PathLike, records: Iterable[dict]) -> None:
@@ -66,8 +83,11 @@ def append_metrics(run_dir: str | os.PathLike, records: Iterable[dict]) -> None:
 
 
 def plot_losses(records: Iterable[dict], path: str | os.PathLike) -> Figure:
-    """Draw training and validation loss against tokens seen into ``path`` (PNG, Agg).
+    """Draw the evaluated losses against tokens seen into ``path`` (PNG, Agg).
 
+    The two marked lines are what the run prints at each evaluation (and on its last line):
+    the training loss measured in eval mode (``train_eval_loss``) and the validation loss. The
+    loss of each optimizer step, noisier and taken with dropout on, is drawn faintly behind.
     Returns the matplotlib ``Figure``, for a notebook to show or restyle.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -75,11 +95,14 @@ def plot_losses(records: Iterable[dict], path: str | os.PathLike) -> Figure:
 
     records = list(records)
     steps = [r for r in records if "loss" in r]
-    evals = [r for r in records if "val_loss" in r]
+    evals = [r for r in records if "val_loss" in r and "train_eval_loss" in r]
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()
-    ax.plot([r["tokens_seen"] for r in steps], [r["loss"] for r in steps], label="train (step)")
+    ax.plot([r["tokens_seen"] for r in steps], [r["loss"] for r in steps], color="0.6",
+            alpha=0.4, linewidth=0.8, label="train (each step)")
+    ax.plot([r["tokens_seen"] for r in evals], [r["train_eval_loss"] for r in evals], "o-",
+            label="train (evaluation)")
     ax.plot([r["tokens_seen"] for r in evals], [r["val_loss"] for r in evals], "o-",
             label="validation")
     ax.set_xlabel("tokens seen")

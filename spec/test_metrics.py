@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt_components.metrics import (
@@ -50,23 +53,63 @@ def test_a_half_written_last_line_is_skipped(tmp_path_factory, good, cut):
     assert read_metrics(run) == good
 
 
+KILLER = Path(__file__).resolve().parent / "_metrics_kill.py"
+
+
+@settings(max_examples=8)  # each example starts a Python process (~50 ms) and kills it
+@given(steps=st.integers(1, 12), keep=st.integers(1, 12), kill_at=st.integers(1, 4),
+       half_line=st.booleans())
+def test_a_resume_killed_at_any_write_of_the_log_loses_no_record(
+        tmp_path_factory, steps, keep, kill_at, half_line):
+    # A real SIGKILL at each file-system write the rewrite makes: after it, the log holds the
+    # old records or the cut-back ones, and the next resume's rewrite gives the cut exactly.
+    run = tmp_path_factory.mktemp("run")
+    start_metrics(run)
+    written = []
+    for step in range(1, steps + 1):
+        batch = [{"step": step, "tokens_seen": 8 * step, "loss": 1.0 / step}]
+        if step % 3 == 0:
+            batch.append({"step": step, "tokens_seen": 8 * step, "val_loss": 2.0})
+        append_metrics(run, batch)
+        written += batch
+    if half_line:  # the run itself died mid-append
+        with open(run / METRICS_FILE, "a", encoding="utf-8") as f:
+            f.write('{"step": 99, "lo')
+    cut = [r for r in written if r["step"] <= keep]
+    died = subprocess.run([sys.executable, str(KILLER), str(run), str(keep), str(kill_at)],
+                          capture_output=True, text=True, timeout=60)
+    if died.returncode == 0:  # the rewrite made fewer writes than kill_at
+        assert int(died.stdout) < kill_at
+        assert read_metrics(run) == cut
+    else:
+        assert died.returncode == -9, died.stderr
+        assert read_metrics(run) in (written, cut)
+    start_metrics(run, keep_until_step=keep)
+    assert read_metrics(run) == cut
+    assert sorted(p.name for p in run.iterdir()) == [METRICS_FILE]
+
+
 def test_a_run_without_a_log_has_no_records(tmp_path):
     assert read_metrics(tmp_path) == []
     start_metrics(tmp_path / "new" / "run")  # creates the run directory
     assert (tmp_path / "new" / "run" / METRICS_FILE).read_text(encoding="utf-8") == ""
 
 
-def test_the_loss_plot_is_a_png_of_both_losses_against_tokens_seen(tmp_path):
+def test_the_loss_plot_draws_what_the_run_prints_with_each_step_faintly_behind(tmp_path):
     log = [{"step": s, "tokens_seen": 100 * s, "loss": 5.0 / s} for s in range(1, 6)]
     log.insert(3, {"step": 3, "tokens_seen": 300, "val_loss": 2.5, "train_eval_loss": 1.9})
     log.append({"step": 5, "tokens_seen": 500, "val_loss": 2.0, "train_eval_loss": 1.5})
     fig = plot_losses(log, tmp_path / "loss.png")
     assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (ax,) = fig.axes
-    train, val = ax.get_lines()
-    assert list(train.get_xdata()) == [100, 200, 300, 400, 500]
-    assert list(train.get_ydata()) == [5.0 / s for s in range(1, 6)]
+    each_step, train, val = ax.get_lines()
+    assert list(each_step.get_xdata()) == [100, 200, 300, 400, 500]
+    assert list(each_step.get_ydata()) == [5.0 / s for s in range(1, 6)]
+    assert each_step.get_alpha() < 1 and each_step.get_marker() in ("None", None, "")
+    # The evaluated losses, the figures the run prints (its last line: train 1.5, val 2.0).
+    assert (list(train.get_xdata()), list(train.get_ydata())) == ([300, 500], [1.9, 1.5])
     assert (list(val.get_xdata()), list(val.get_ydata())) == ([300, 500], [2.5, 2.0])
-    assert val.get_marker() == "o"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["train (step)", "validation"]
+    assert train.get_marker() == val.get_marker() == "o"
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "train (each step)", "train (evaluation)", "validation"]
     assert (ax.get_xlabel(), ax.get_ylabel()) == ("tokens seen", "cross-entropy loss")
