@@ -12,9 +12,16 @@ is replaced (again temporary file + ``os.replace``) to point at it, and only the
 checkpoints pruned: a process killed at any instant leaves the previous checkpoint usable.
 Every temporary name sits in the directory it is renamed into (a rename is atomic only within
 one file system) and starts with a dot; the next successful save removes any a kill left behind.
+A save that fails (a full disk, a read-only directory) removes what it wrote and raises
+``CheckpointWriteError`` naming the path and the cause; one whose weights or optimizer state
+hold NaN or infinity writes nothing and raises ``NonFiniteStateError``.
 
-Exports: ``save_checkpoint``, ``load_checkpoint``, ``latest_checkpoint``, ``Checkpoint``,
-``CheckpointError``.
+``lock_run`` holds a run directory for one process: an OS lock (``flock``) on ``.lock`` in
+it, which dies with its process, so a crashed run never leaves a stale lock behind.
+
+Exports: ``save_checkpoint``, ``load_checkpoint``, ``latest_checkpoint``, ``lock_run``,
+``Checkpoint``, ``CheckpointError``, ``CheckpointWriteError``, ``NonFiniteStateError``,
+``RunLockedError``.
 
 >>> import tempfile, torch
 >>> run = tempfile.mkdtemp()
@@ -29,6 +36,8 @@ Exports: ``save_checkpoint``, ``load_checkpoint``, ``latest_checkpoint``, ``Chec
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import pickle
@@ -38,12 +47,13 @@ import shlex
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import save as safetensors_bytes
 
 from .tensor_files import TensorFileError, check_state_dict, read_safetensors
 
@@ -53,13 +63,29 @@ __all__ = [
     "latest_checkpoint",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointWriteError",
+    "NonFiniteStateError",
+    "RunLockedError",
 ]
 
 WEIGHTS, STATE, META, LATEST = "model.safetensors", "state.pt", "meta.json", "latest.json"
+LOCK = ".lock"
 
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupted, truncated or unsafe to load."""
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written (full disk, read-only directory, ...); nothing was."""
+
+
+class NonFiniteStateError(ValueError):
+    """Weights or optimizer state hold NaN or infinity: such a checkpoint is never written."""
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory (it is training or resuming it)."""
 
 
 @dataclass
@@ -95,8 +121,27 @@ def _fsync_write(path: Path, data: bytes) -> None:
 def _atomic_json(path: Path, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
-    _fsync_write(Path(tmp), json.dumps(payload, indent=2).encode("utf-8"))
-    os.replace(tmp, path)
+    try:
+        _fsync_write(Path(tmp), json.dumps(payload, indent=2).encode("utf-8"))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _first_non_finite(tensors: Any, where: str) -> str | None:
+    """``where`` plus the key path of the first float tensor holding NaN or inf, else None."""
+    if isinstance(tensors, torch.Tensor):
+        if tensors.is_floating_point() and not bool(torch.isfinite(tensors).all()):
+            return where
+        return None
+    items = (tensors.items() if isinstance(tensors, dict) else
+             enumerate(tensors) if isinstance(tensors, (list, tuple)) else ())
+    for key, value in items:
+        found = _first_non_finite(value, f"{where}[{key!r}]")
+        if found:
+            return found
+    return None
 
 
 def save_checkpoint(
@@ -112,29 +157,48 @@ def save_checkpoint(
     ``model`` is a module or its ``state_dict`` (weights gathered from shards, for instance).
     ``state`` may hold tensors, numbers, strings, lists and dicts (an optimizer's
     ``state_dict()``, for instance); ``meta`` must be JSON-serialisable and include ``step``.
+    Raises ``NonFiniteStateError`` (writing nothing) if a weight or a tensor of ``state`` holds
+    NaN or infinity, and ``CheckpointWriteError`` (an ``OSError``, leaving the previous
+    checkpoint as it was and no temporary file) if the files cannot be written.
     """
     step = meta.get("step")
     if not isinstance(step, int) or step < 0:
         raise ValueError(f"meta['step'] must be an int >= 0, got {step!r}")
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep!r}")
-    root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
-    final = root / f"step-{step:08d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
     # safetensors refuses tensors that share memory (a tied output head): store copies.
     tensors = model if isinstance(model, dict) else model.state_dict()
     weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
-    save_file(weights, str(tmp / WEIGHTS))
-    with open(tmp / STATE, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    _fsync_write(tmp / META, json.dumps(meta, indent=2).encode("utf-8"))
-    if final.exists():  # left by a run killed before it could point latest.json at it
-        shutil.rmtree(final)
-    os.replace(tmp, final)
-    _atomic_json(root / LATEST, {"step": step, "path": final.name})
+    bad = _first_non_finite(weights, "weight") or _first_non_finite(state, "state")
+    if bad:
+        raise NonFiniteStateError(f"refusing to save the checkpoint of step {step}: {bad} holds "
+                                  "NaN or infinity")
+    # Serialised in memory first, so that every byte reaches the disk through one plain write
+    # whose failure (a full disk) is an OSError naming the file, not a torch internal error.
+    state_buffer = io.BytesIO()
+    torch.save(state, state_buffer)
+    files = {WEIGHTS: safetensors_bytes(weights), STATE: state_buffer.getvalue(),
+             META: json.dumps(meta, indent=2).encode("utf-8")}
+    root = Path(run_dir) / "checkpoints"
+    final = root / f"step-{step:08d}"
+    tmp: Path | None = None
+    renamed = False
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+        for name, data in files.items():
+            _fsync_write(tmp / name, data)
+        if final.exists():  # left by a run killed before it could point latest.json at it
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        renamed = True
+        _atomic_json(root / LATEST, {"step": step, "path": final.name})
+    except OSError as error:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if renamed:  # latest.json still names the previous checkpoint: this one is unused
+            shutil.rmtree(final, ignore_errors=True)
+        raise CheckpointWriteError(_write_failure(final, error)) from None
     for old in sorted(root.glob("step-*"))[:-keep]:
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
@@ -143,6 +207,71 @@ def save_checkpoint(
     for leftover in root.glob(f".{LATEST}.*.tmp"):
         leftover.unlink(missing_ok=True)
     return final
+
+
+def _write_failure(final: Path, error: OSError) -> str:
+    cause = error.strerror or str(error)
+    where = error.filename
+    if where and Path(where).parent.name.startswith(f".{final.name}."):
+        where = None  # a file of the temporary directory: the checkpoint's own name says it
+    if where and not Path(where).name.startswith("."):
+        cause = f"{cause}: {str(where)!r}"
+    try:
+        previous = latest_checkpoint(final.parent.parent)
+    except (CheckpointError, OSError):
+        previous = None
+    kept = (f"the previous checkpoint {str(previous)!r} is intact" if previous else
+            "the run has no earlier checkpoint")
+    return f"could not write checkpoint {str(final)!r} ({cause}); {kept}"
+
+
+_held_locks: dict[Path, list[int]] = {}  # lock file -> [file descriptor, depth], this process
+
+
+@contextlib.contextmanager
+def lock_run(run_dir: str | os.PathLike) -> Iterator[Path]:
+    """Hold ``run_dir`` (made if missing) for this process while the block runs.
+
+    The lock is ``flock`` on ``run_dir/.lock``, which holds the holder's pid: a second process
+    gets ``RunLockedError`` at once, naming that pid. It is released when the block ends or the
+    process dies, however it dies; within one process it may be taken again (it nests). Where
+    the OS has no ``fcntl`` (Windows) the run is not locked.
+    """
+    run_dir = Path(run_dir)
+    path = run_dir.resolve() / LOCK
+    if path in _held_locks:
+        _held_locks[path][1] += 1
+        try:
+            yield run_dir
+        finally:
+            _held_locks[path][1] -= 1
+        return
+    try:
+        import fcntl
+    except ImportError:
+        yield run_dir
+        return
+    run_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+        os.close(fd)
+        raise RunLockedError(
+            f"run directory {str(run_dir)!r} is in use by process {holder} (a train or resume "
+            "of this run is still running): wait for it to finish or stop it first") from None
+    except BaseException:
+        os.close(fd)
+        raise
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode("ascii"), 0)
+        _held_locks[path] = [fd, 1]
+        yield run_dir
+    finally:
+        _held_locks.pop(path, None)
+        os.close(fd)  # releases the flock
 
 
 def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:

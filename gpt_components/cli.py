@@ -21,6 +21,7 @@ devices: cpu...
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -116,89 +117,277 @@ def _same_on_all_ranks(value: Any, world: int) -> Any:
     return box[0]
 
 
-def _train(args: argparse.Namespace) -> None:
+# With --resume the run's saved configuration decides everything else; these may be given.
+RESUME_FLAGS = ("steps", "device", "cache_dir", "no_progress")
+
+
+class _Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with the one line to print (exit status 130)."""
+
+
+def _available_memory(device: Any) -> int | None:
+    """Bytes the device can still allocate (CUDA: free memory; CPU: MemAvailable), or None."""
     import torch
 
-    from .corpus import TokenCorpus, prepare_corpus
-    from .registry import build_model, config_from_dict, config_to_dict, preset_config
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _gb(n: float) -> str:
+    return f"{n / 1e9:.1f} GB"
+
+
+def _check_training_fits(model_cfg: Any, batch_size: int, train_tokens: int, device: Any,
+                         flag: str) -> None:
+    """Refuse a context longer than the training split, or a run that cannot fit in memory."""
+    import torch
+
+    from .registry import build_model
+
+    context = model_cfg.context_length
+    if train_tokens < 2:
+        raise CLIError(f"--corpus holds {train_tokens} training tokens, too few to train on: "
+                       "give a larger corpus")
+    if context + 1 > train_tokens:
+        raise CLIError(f"{flag} {context} is longer than the training split ({train_tokens:,} "
+                       f"tokens), which then holds no window: at most {train_tokens - 1:,}")
+    with torch.device("meta"):  # shapes only: nothing is allocated
+        shape = build_model(model_cfg)
+    params = sum(p.numel() * p.element_size() for p in shape.parameters())
+    buffers = sum(b.numel() * b.element_size() for b in shape.buffers())
+    # Weights, gradients and AdamW's two moments; per layer, a micro-batch's attention scores,
+    # probabilities and dropout mask, and a few dozen activations of width emb_dim per token.
+    layer = batch_size * (3 * model_cfg.n_heads * context * context
+                          + 32 * context * model_cfg.emb_dim) * 4
+    need = 4 * params + buffers + model_cfg.n_layers * layer
+    available = _available_memory(device)
+    if available is not None and need > available:
+        raise CLIError(f"{flag} {context} (with --batch-size {batch_size}) needs about "
+                       f"{_gb(need)} to train this model ({_gb(buffers)} of it attention masks "
+                       f"and {_gb(model_cfg.n_layers * layer)} one step's activations), more "
+                       f"than the {_gb(available)} available on {device}: lower {flag} or "
+                       "--batch-size, or choose a smaller --preset")
+
+
+def _resume_command(run_dir: Path) -> str:
+    import shlex
+
+    return f"gpt-components train --resume {shlex.quote(str(run_dir))}"
+
+
+def _corpus(corpus_path: str, tokenizer: Any, cache_dir: Path, rank: int, world: int) -> Any:
+    from .corpus import prepare_corpus
+
+    def tokenized() -> Any:
+        return prepare_corpus(corpus_path, tokenizer, cache_dir)
+
+    try:
+        corpus = tokenized() if rank == 0 else None
+        _same_on_all_ranks(None, world)  # the others wait for rank 0's token file
+        return corpus or tokenized()
+    except OSError as error:
+        where = Path(error.filename or corpus_path).absolute()
+        if cache_dir.absolute() in (where, *where.parents):
+            raise CLIError(f"--cache-dir {str(cache_dir)!r}: cannot keep the tokenized corpus "
+                           f"there ({error.strerror or error}): give a writable --cache-dir"
+                           ) from None
+        raise CLIError(f"--corpus: {error}") from None
+    except ValueError as error:
+        raise CLIError(f"--corpus: {error}") from None
+
+
+def _resumed_config(args: argparse.Namespace, run_dir: Path) -> tuple[dict, Any, Any]:
+    """The saved (config, model config, train config) of the run ``--resume`` names."""
+    from .registry import config_from_dict
+    from .training import TrainConfig
+
+    refused = [f"--{name.replace('_', '-')}" for name in sorted(getattr(args, "given", ()))
+               if name not in RESUME_FLAGS and name != "resume"]
+    if refused:
+        raise CLIError(f"{', '.join(refused)} cannot be changed by --resume (the run keeps the "
+                       f"configuration it was started with; with --resume only "
+                       f"{', '.join('--' + f.replace('_', '-') for f in RESUME_FLAGS)} may be "
+                       "given): start a new run with --run-dir to train differently")
+    if not (run_dir / "config.json").is_file():
+        raise CLIError(f"--resume must be a run directory with config.json, got "
+                       f"{str(run_dir)!r}")
+    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
+    model_cfg = config_from_dict(saved["model"])
+    train_cfg = TrainConfig(**{**saved["train"], "betas": tuple(saved["train"]["betas"])})
+    return saved, model_cfg, train_cfg
+
+
+def _new_config(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
+    from .registry import preset_config
+    from .training import TrainConfig
+
+    try:
+        model_cfg = preset_config(
+            args.preset, vocab_size=tokenizer.n_vocab, drop_rate=args.dropout,
+            **({"tie_weights": True} if args.tie_weights else {}),
+            **({"context_length": args.context_length} if args.context_length else {}))
+        train_cfg = TrainConfig(
+            batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
+            max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
+            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+            grad_clip=args.grad_clip or None, val_fraction=args.val_fraction,
+            stride=args.stride, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
+            checkpoint_interval=args.checkpoint_interval, seed=args.seed,
+            compile=args.compile, bf16=args.bf16, sample_prompt=args.prompt,
+            sample_tokens=args.sample_tokens, strategy=args.strategy)
+        train_cfg.validate()
+    except (TypeError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    return model_cfg, train_cfg
+
+
+def _extend(args: argparse.Namespace, run_dir: Path, train_cfg: Any, total: int,
+            reached: int) -> Any:
+    """The train config of a resume: ``--steps`` sets a new total; a finished run says so."""
+    import dataclasses
+
+    from .training import lr_at
+
+    if args.steps is None:
+        if reached >= total:
+            raise CLIError(f"--resume: the run {str(run_dir)!r} is finished (step {reached} of "
+                           f"{total}): to train it longer, give a new total, for example "
+                           f"{_resume_command(run_dir)} --steps {2 * total}")
+        return train_cfg
+    if args.steps <= reached:
+        raise CLIError(f"--steps must be greater than the {reached} steps the run has made "
+                       f"(a resume trains on from its last checkpoint), got {args.steps}")
+    if args.steps != total:
+        def rate(step: int, steps: int) -> float:
+            return lr_at(step, peak_lr=train_cfg.lr, min_lr=train_cfg.min_lr,
+                         warmup_steps=train_cfg.warmup_steps, total_steps=steps)
+
+        print(f"--steps {args.steps}: the run goes on to {args.steps} steps instead of {total}; "
+              f"the cosine schedule is re-laid over {args.steps} steps, so step {reached + 1} "
+              f"trains at {rate(reached, args.steps):.3g} (the {total}-step schedule gave "
+              f"{rate(reached, total):.3g})")
+    return dataclasses.replace(train_cfg, max_steps=args.steps)
+
+
+def _train(args: argparse.Namespace) -> None:
+    from .checkpoint import lock_run
     from .resources import resource_path
-    from .training import TrainConfig, TrainingDivergedError, train
 
     device = _pick_device(args.device)
     rank, world, device = _distributed(device)
     if args.resume:
         run_dir = Path(args.resume)
-        if not (run_dir / "config.json").is_file():
-            raise CLIError(f"--resume must be a run directory with config.json, got "
-                           f"{str(run_dir)!r}")
-        saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-        model_cfg = config_from_dict(saved["model"])
-        train_cfg = TrainConfig(**{**saved["train"], "betas": tuple(saved["train"]["betas"])})
+        saved, model_cfg, train_cfg = _resumed_config(args, run_dir)
         corpus_path, tokenizer_spec = saved["corpus"], saved["tokenizer"]
         if tokenizer_spec != "gpt2":
             tokenizer_spec = str(run_dir / tokenizer_spec)
+        created = False
     else:
         corpus_path = str(Path(args.corpus).resolve()) if args.corpus else str(
             resource_path("the-verdict.txt"))
         tokenizer_spec = args.tokenizer
         stamp = _same_on_all_ranks(time.strftime("%Y%m%d-%H%M%S"), world)
         run_dir = Path(args.run_dir or f"runs/{Path(corpus_path).stem}-{stamp}")
-        if (run_dir / "config.json").exists():
-            raise CLIError(f"--run-dir {str(run_dir)!r} already holds a run: use --resume "
-                           "to continue it or choose another directory")
-    tokenizer = _load_tokenizer(tokenizer_spec)
-    if not args.resume:
+        created = not run_dir.exists()
+    started = [False]  # set by the first finished step: from then on the run is kept
+    with lock_run(run_dir) if rank == 0 else contextlib.nullcontext():
         try:
-            model_cfg = preset_config(
-                args.preset, vocab_size=tokenizer.n_vocab, drop_rate=args.dropout,
-                **({"tie_weights": True} if args.tie_weights else {}),
-                **({"context_length": args.context_length} if args.context_length else {}))
-            train_cfg = TrainConfig(
-                batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
-                max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
-                warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-                grad_clip=args.grad_clip or None, val_fraction=args.val_fraction,
-                stride=args.stride, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
-                checkpoint_interval=args.checkpoint_interval, seed=args.seed,
-                compile=args.compile, bf16=args.bf16, sample_prompt=args.prompt,
-                sample_tokens=args.sample_tokens, strategy=args.strategy)
-            train_cfg.validate()
-        except (TypeError, ValueError) as error:
-            raise CLIError(str(error)) from None
-    cache_dir = Path(args.cache_dir or run_dir.parent / ".corpus-cache")
-    def tokenized() -> TokenCorpus:
-        return prepare_corpus(corpus_path, tokenizer, cache_dir)
+            _train_locked(args, run_dir, rank, world, device, corpus_path, tokenizer_spec,
+                          *((model_cfg, train_cfg, saved) if args.resume else (None, None, None)),
+                          started)
+        except BaseException as error:
+            if created and not started[0] and rank == 0:  # a failed start leaves no run
+                shutil.rmtree(run_dir, ignore_errors=True)
+            if isinstance(error, KeyboardInterrupt) and not isinstance(error, _Interrupted):
+                _explain_interrupt(error, run_dir, started[0])
+            raise
 
-    try:
-        corpus = tokenized() if rank == 0 else None
-        _same_on_all_ranks(None, world)  # the others wait for rank 0's token file
-        corpus = corpus or tokenized()
-    except (OSError, ValueError) as error:
-        raise CLIError(f"--corpus: {error}") from None
+
+def _explain_interrupt(error: KeyboardInterrupt, run_dir: Path, started: bool) -> None:
+    from .checkpoint import latest_checkpoint
+    from .training import TrainingInterrupted
+
+    if isinstance(error, TrainingInterrupted):
+        raise _Interrupted(f"interrupted: saved the checkpoint of step {error.step} "
+                           f"({str(error.checkpoint)!r}); resume with: "
+                           f"{_resume_command(run_dir)}") from None
+    if not started and not (run_dir / "config.json").is_file():
+        raise _Interrupted("interrupted before training began; no run was kept") from None
+    last = latest_checkpoint(run_dir)
+    kept = (f"the run keeps its checkpoint {str(last)!r}" if last else
+            "the run has no checkpoint yet (a resume restarts it from step 0)")
+    raise _Interrupted(f"aborted: {kept}; resume with: {_resume_command(run_dir)}") from None
+
+
+def _train_locked(args: argparse.Namespace, run_dir: Path, rank: int, world: int, device: Any,
+                  corpus_path: str, tokenizer_spec: str, model_cfg: Any, train_cfg: Any,
+                  saved: dict | None, started: list) -> None:
+    import torch
+
+    from .checkpoint import CheckpointWriteError, _atomic_json, latest_checkpoint
+    from .corpus import TokenWindows
+    from .registry import build_model, config_to_dict
+    from .training import TrainingDivergedError, train
+
+    if saved is None and (run_dir / "config.json").exists():
+        stopped = "" if latest_checkpoint(run_dir) else (
+            " (it stopped before its first checkpoint: a resume restarts it from step 0)")
+        raise CLIError(f"--run-dir {str(run_dir)!r} already holds a run{stopped}: continue it "
+                       f"with {_resume_command(run_dir)} or choose another directory")
+    tokenizer = _load_tokenizer(tokenizer_spec)
+    if saved is None:
+        model_cfg, train_cfg = _new_config(args, tokenizer)
+    cache_dir = Path(args.cache_dir or run_dir.parent / ".corpus-cache")
+    corpus = _corpus(corpus_path, tokenizer, cache_dir, rank, world)
     train_tokens, val_tokens = corpus.split(train_cfg.val_fraction)
-    if rank == 0 and not args.resume:
+    flag = "--context-length" if saved is None else "the run's context_length"
+    _check_training_fits(model_cfg, train_cfg.batch_size, len(train_tokens), device, flag)
+    if saved is not None:
+        windows = len(TokenWindows(train_tokens, model_cfg.context_length, train_cfg.stride))
+        per_epoch = windows // (train_cfg.batch_size * train_cfg.grad_accum * world)
+        total = train_cfg.max_steps or train_cfg.epochs * per_epoch
+        last = latest_checkpoint(run_dir)
+        reached = json.loads((last / "meta.json").read_text())["step"] if last else 0
+        train_cfg = _extend(args, run_dir, train_cfg, total, reached)
+    if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved_tokenizer = "gpt2"
-        if tokenizer_spec != "gpt2":
+        saved_tokenizer = "gpt2" if saved is None else saved["tokenizer"]
+        if saved is None and tokenizer_spec != "gpt2":
             shutil.copytree(tokenizer_spec, run_dir / "tokenizer", dirs_exist_ok=True,
                             ignore=_NOT_TOKENIZER_FILES)  # a model directory: not its weights
             saved_tokenizer = "tokenizer"
         config = {"model": config_to_dict(model_cfg), "train": dataclasses.asdict(train_cfg),
                   "corpus": corpus_path, "tokenizer": saved_tokenizer,
                   "corpus_tokens": len(corpus)}
-        (run_dir / "config.json").write_text(json.dumps(config, indent=2), encoding="utf-8")
-    if rank == 0:
+        _atomic_json(run_dir / "config.json", config)
         print(f"run directory: {run_dir} | device: {device} x{world} | corpus: {len(corpus):,} "
               f"tokens ({len(train_tokens):,} train, {len(val_tokens):,} validation)")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(train_cfg.seed)
         model = build_model(model_cfg)
+
+    def first_step(record: dict) -> None:
+        started[0] = True
+
     try:
         records = train(model, train_tokens, val_tokens, train_cfg, run_dir,
                         context_length=model_cfg.context_length, device=device,
-                        tokenizer=tokenizer, resume=bool(args.resume),
-                        progress=not args.no_progress)
+                        tokenizer=tokenizer, resume=saved is not None,
+                        progress=not args.no_progress, on_step=first_step)
     except (TrainingDivergedError, ValueError) as error:
+        raise CLIError(str(error)) from None
+    except CheckpointWriteError as error:
         raise CLIError(str(error)) from None
     if rank == 0:
         last = [r for r in records if "val_loss" in r][-1]
@@ -259,6 +448,9 @@ def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -
     return model.to(device).eval(), _load_tokenizer(spec)
 
 
+_BYTES_PER_GENERATED_TOKEN = 96
+
+
 def _generate(args: argparse.Namespace) -> None:
     import torch
 
@@ -279,7 +471,15 @@ def _generate(args: argparse.Namespace) -> None:
                                  not args.no_cache, generator)
     except (TypeError, ValueError) as error:
         raise CLIError(str(error)) from None
+    # The sequence grows by one int64 a token (copied as it grows), the decoded ids and text too.
+    need = (len(ids) + args.max_new_tokens) * _BYTES_PER_GENERATED_TOKEN
+    available = _available_memory(device if device.type == "cuda" else torch.device("cpu"))
+    if available is not None and need > available:
+        raise CLIError(f"--max-new-tokens {args.max_new_tokens} needs about {_gb(need)} to hold "
+                       f"the tokens and their text, more than the {_gb(available)} available: "
+                       "ask for fewer")
     print(args.prompt, end="", flush=True)
+
     produced: list[int] = []
     shown = ""
     for step in stream:
@@ -300,29 +500,69 @@ class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _add_train(commands: Any) -> None:
-    from .registry import preset_names
+class _TrainFormatter(_DefaultsFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in the options' help; the description and epilog laid out as written."""
 
+
+class _StoreGiven(argparse._StoreAction):
+    """``store`` that also notes, in ``given``, that the flag was on the command line."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None):
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+        super().__call__(parser, namespace, values, option_string)
+
+
+class _StoreTrueGiven(argparse._StoreTrueAction):
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None):
+        namespace.given = {*getattr(namespace, "given", ()), self.dest}
+        super().__call__(parser, namespace, values, option_string)
+
+
+def _presets_text() -> str:
+    from .registry import FAMILIES
+
+    presets = [(name, family.name, c) for family in FAMILIES.values()
+               for name, c in family.presets.items()]
+    width = max(len(name) for name, _, _ in presets)
+    lines = [f"  {name:<{width}}  {family}: {c.n_layers} layers x {c.emb_dim} wide, {c.n_heads} "
+             f"heads, context {c.context_length}" for name, family, c in presets]
+    return "model presets (--preset):\n" + "\n".join(lines)
+
+
+def _add_train(commands: Any) -> None:
+    resumable = ", ".join("--" + f.replace("_", "-") for f in RESUME_FLAGS)
     train = commands.add_parser(
         "train", help="pretrain a model on a text corpus (no arguments: a small GPT on "
         "the bundled the-verdict.txt)",
-        formatter_class=_DefaultsFormatter)
+        description="Pretrain a model on a text corpus; with no arguments, gpt-micro on the "
+        "bundled the-verdict.txt. Ctrl-C saves a checkpoint at the step reached and prints "
+        "the command that resumes it (a second Ctrl-C aborts at once).",
+        epilog=f"{_presets_text()}\n\n"
+        f"--resume RUN_DIR continues a run with the configuration it was started with; it\n"
+        f"accepts only {resumable} (any other flag is refused).\n"
+        "--steps N with --resume sets a new total: the cosine schedule is re-laid over N steps\n"
+        "from the step reached. Resuming a finished run without --steps is an error that says\n"
+        "so. A run stopped before its first checkpoint resumes from step 0.",
+        formatter_class=_TrainFormatter)
+    train.register("action", "store", _StoreGiven)
+    train.register("action", None, _StoreGiven)
+    train.register("action", "store_true", _StoreTrueGiven)
     add = train.add_argument
     add("--corpus", default=None, help="a .txt file or a directory of .txt files "
         "(default: the bundled the-verdict.txt)")
     add("--tokenizer", default="gpt2", help="'gpt2', a directory saved by BPETokenizer.save, "
         "or a Llama 3 / Qwen3 model directory (its tokenizer.model or tokenizer.json)")
-    add("--preset", default="gpt-micro", help="model preset, any family's: "
-        + ", ".join(preset_names()))
+    add("--preset", default="gpt-micro", help="model preset, any family's (listed below)")
     add("--context-length", type=int, default=None, help="tokens per window (default: the "
         "preset's)")
     add("--dropout", type=float, default=0.1, help="dropout rate")
     add("--tie-weights", action="store_true", help="share the token embedding with the head")
     add("--run-dir", default=None, help="where to write the run (default: runs/<corpus>-<time>)")
     add("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR "
-        "from its latest checkpoint (its saved configuration is used)")
+        f"from its latest checkpoint, with its saved configuration (accepts only {resumable})")
     add("--epochs", type=int, default=15, help="passes over the training windows")
-    add("--steps", type=int, default=None, help="optimizer steps (overrides --epochs)")
+    add("--steps", type=int, default=None, help="optimizer steps in the whole run (overrides "
+        "--epochs); with --resume, a new total over which the cosine schedule is re-laid")
     add("--batch-size", type=int, default=4, help="windows per process per micro-batch")
     add("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     add("--lr", type=float, default=6e-3, help="peak learning rate")
@@ -399,16 +639,30 @@ def _as_flag(message: str, args: argparse.Namespace) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the command line; returns the exit status (0 on success, 2 on a usage error)."""
+    """Run the command line; returns the exit status.
+
+    0 on success; 2 on an error, printed as one line ``gpt-components: error: ...``; 130 after
+    Ctrl-C, printed as one line saying what was kept.
+    """
+    from .checkpoint import RunLockedError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
             args.run(args)
-        except (CLIError, ValueError, FileNotFoundError) as error:
+        except (CLIError, ValueError, RunLockedError) as error:
             print(f"gpt-components: error: {_as_flag(str(error), args)}", file=sys.stderr)
             return 2
+        except OSError as error:  # a missing file, a full disk, a directory we may not write
+            where = f": {str(error.filename)!r}" if error.filename else ""
+            print(f"gpt-components: error: {error.strerror or error}{where}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt as interrupt:
+            message = str(interrupt) if isinstance(interrupt, _Interrupted) else "interrupted"
+            print(f"gpt-components: {message}", file=sys.stderr)
+            return 130
     return 0
 
 

@@ -10,6 +10,8 @@
   optimizer state and the step to resume a run bit for bit, on one process or under
   ``torchrun`` (each rank reads its own slice of every global batch; only rank 0 writes), with
   DDP or FSDP2 (``TrainConfig.strategy``, see ``distributed``).
+  The run directory is locked (``lock_run``) while ``train`` runs; a first Ctrl-C finishes the
+  step, saves a checkpoint there and raises ``TrainingInterrupted``, a second aborts at once.
 
 >>> import torch
 >>> lr_at(0, peak_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=100)
@@ -27,6 +29,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import signal
+import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,7 +44,13 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import (
+    NonFiniteStateError,
+    latest_checkpoint,
+    load_checkpoint,
+    lock_run,
+    save_checkpoint,
+)
 from .corpus import TokenWindows
 from .distributed import STRATEGIES, full_state, is_sharded, load_optimizer_state, parallelize
 from .metrics import append_metrics, plot_losses, read_metrics, start_metrics
@@ -55,11 +66,20 @@ __all__ = [
     "train",
     "TrainConfig",
     "TrainingDivergedError",
+    "TrainingInterrupted",
 ]
 
 
 class TrainingDivergedError(RuntimeError):
-    """The loss became NaN or infinite; the message names the step."""
+    """The loss, the weights or the optimizer state became NaN or infinite; names the step."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C stopped ``train`` after ``step``, saved as the checkpoint ``checkpoint``."""
+
+    def __init__(self, step: int, checkpoint: Path):
+        super().__init__(f"interrupted after step {step}; saved checkpoint {str(checkpoint)!r}")
+        self.step, self.checkpoint = step, checkpoint
 
 
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
@@ -236,8 +256,15 @@ class TrainConfig:
                                            or not isinstance(self.max_steps, int)
                                            or self.max_steps < 1):
             raise ValueError(f"max_steps must be an int >= 1 or None, got {self.max_steps!r}")
-        if self.grad_clip is not None and not self.grad_clip > 0:
-            raise ValueError(f"grad_clip must be > 0 or None, got {self.grad_clip!r}")
+        if self.grad_clip is not None and not (self.grad_clip > 0
+                                               and math.isfinite(self.grad_clip)):
+            raise ValueError(f"grad_clip must be a finite number > 0 or None, got "
+                             f"{self.grad_clip!r}")
+        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
+            raise ValueError(f"weight_decay must be a finite number >= 0, got "
+                             f"{self.weight_decay!r}")
+        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
         if self.strategy not in STRATEGIES:
@@ -294,6 +321,33 @@ def _sample(model: nn.Module, tokenizer: Any, prompt: str, n: int, context: int,
     return tokenizer.decode(out[0].tolist())
 
 
+@contextlib.contextmanager
+def _stop_on_interrupt(enabled: bool) -> Any:
+    """Yield a function telling whether Ctrl-C was pressed; the first press only asks to stop.
+
+    A second press finds Python's own handler back in place and raises ``KeyboardInterrupt``
+    at once. Only the main thread can catch signals, and only a handler nobody replaced is
+    replaced; otherwise Ctrl-C keeps its usual meaning.
+    """
+    if (not enabled or threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+    pressed: list[bool] = []
+
+    def handler(signum: int, frame: Any) -> None:
+        pressed.append(True)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        print("\ninterrupted: stopping after this step to save a checkpoint "
+              "(press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: bool(pressed)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def train(
     model: nn.Module,
     train_tokens: np.ndarray,
@@ -315,7 +369,15 @@ def train(
     record per step (``step``, ``tokens_seen``, ``loss``, ``lr``, ``grad_norm``) and one per
     evaluation (``val_loss``, ``train_eval_loss``, ``sample`` when a tokenizer is given), and
     ``loss.png`` (unless ``plot`` is False). ``resume=True`` continues from the run's latest
-    checkpoint. Under an initialised ``torch.distributed`` group the model is wrapped in DDP.
+    checkpoint, or from step 0 with ``model`` as given if the run stopped before its first. The
+    learning-rate schedule is laid over ``cfg``'s total steps: a resume with a larger
+    ``max_steps`` re-lays the cosine over the new total from the checkpoint's step on.
+
+    Rank 0 holds the run directory's lock throughout (``RunLockedError`` if another process has
+    it). Ctrl-C (one process, main thread) stops after the step in progress, saves a
+    checkpoint there and raises ``TrainingInterrupted``. Weights or optimizer state that become
+    NaN or infinite raise ``TrainingDivergedError`` instead of being saved. Under an
+    initialised ``torch.distributed`` group the model is wrapped in DDP.
     """
     cfg.validate()
     device = torch.device(device)
@@ -328,10 +390,23 @@ def train(
     windows = TokenWindows(train_tokens, context_length, cfg.stride)
     val_windows = TokenWindows(val_tokens, context_length, context_length)
     schedule = _Schedule(len(windows), cfg, world)
+    with lock_run(run_dir) if rank == 0 else contextlib.nullcontext():
+        records = _loop(model, windows, val_windows, schedule, cfg, run_dir, rank, world,
+                        context_length, device, tokenizer, resume, progress, on_step)
+        if rank == 0 and plot:
+            plot_losses(records, run_dir / "loss.png")
+    return records
+
+
+def _loop(model: nn.Module, windows: TokenWindows, val_windows: TokenWindows,
+          schedule: _Schedule, cfg: TrainConfig, run_dir: Path, rank: int, world: int,
+          context_length: int, device: torch.device, tokenizer: Any, resume: bool,
+          progress: bool, on_step: Callable[[dict], None] | None) -> list[dict]:
     total_steps = schedule.total_steps()
     model.to(device)
     step = 0
-    if resume:
+    ckpt = None
+    if resume and latest_checkpoint(run_dir) is not None:
         ckpt = load_checkpoint(run_dir, map_location=str(device))
         ckpt.load_into(model)  # names any tensor of the wrong name, shape or dtype
         step = ckpt.meta["step"]
@@ -340,7 +415,7 @@ def train(
     sharded = is_sharded(raw_model)  # then every rank joins evaluations and checkpoints
     # After sharding: FSDP replaces the parameters the optimizer must hold.
     optimizer = configure_optimizer(raw_model, cfg.lr, cfg.weight_decay, tuple(cfg.betas))
-    if resume:
+    if ckpt is not None:
         load_optimizer_state(raw_model, optimizer, ckpt.state["optimizer"])
     if rank == 0:
         start_metrics(run_dir, keep_until_step=step if resume else None)
@@ -349,12 +424,28 @@ def train(
                     for w in (windows, val_windows)]
     autocast_dtype = torch.bfloat16 if cfg.bf16 else None
     tokens_per_step = schedule.global_batch * context_length
+
+    def save(step: int) -> Path | None:
+        """Every rank of a sharded model gathers the full state; rank 0 writes it."""
+        weights, optimizer_state = full_state(raw_model, optimizer, cfg.strategy)
+        if rank != 0:
+            return None
+        meta = {"step": step, "data_position": schedule.position(step),
+                "tokens_seen": step * tokens_per_step, "seed": cfg.seed, "world_size": world,
+                "train_config": asdict(cfg)}
+        try:
+            return save_checkpoint(run_dir, model=weights, state={"optimizer": optimizer_state},
+                                   meta=meta, keep=cfg.keep_checkpoints)
+        except NonFiniteStateError as error:
+            raise TrainingDivergedError(f"{error}: training diverged by step {step}; stopping "
+                                        "(the last checkpoint is left as it was)") from None
+
     bar = None
     if progress and rank == 0:
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
+    with torch.random.fork_rng(devices=fork_devices), _stop_on_interrupt(world == 1) as stopping:
         model.train()
         while step < total_steps:
             started = time.perf_counter()
@@ -381,17 +472,11 @@ def train(
                                                    cfg.sample_tokens, context_length, device)
                     raw_model.train()
                 records.append(evaluation)
+            saved = step % cfg.checkpoint_interval == 0 or step == total_steps
             if rank == 0:
                 append_metrics(run_dir, records)
-            if (rank == 0 or sharded) and (step % cfg.checkpoint_interval == 0
-                                           or step == total_steps):
-                weights, optimizer_state = full_state(raw_model, optimizer, cfg.strategy)
-                if rank == 0:
-                    meta = {"step": step, "data_position": schedule.position(step),
-                            "tokens_seen": record["tokens_seen"], "seed": cfg.seed,
-                            "world_size": world, "train_config": asdict(cfg)}
-                    save_checkpoint(run_dir, model=weights, state={"optimizer": optimizer_state},
-                                    meta=meta, keep=cfg.keep_checkpoints)
+            if saved and (rank == 0 or sharded):
+                save(step)
             if bar is not None:
                 rate = tokens_per_step / max(time.perf_counter() - started, 1e-9)
                 bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2e}", tok_s=f"{rate:,.0f}")
@@ -403,11 +488,13 @@ def train(
                               (f" | {e['sample']!r}" if "sample" in e else ""))
             if on_step is not None:
                 on_step(record)
+            if stopping() and step < total_steps:
+                if bar is not None:
+                    bar.close()
+                path = latest_checkpoint(run_dir) if saved else save(step)
+                raise TrainingInterrupted(step, path)
     if bar is not None:
         bar.close()
     if world > 1:  # no rank returns before rank 0 has written the last checkpoint
         dist.barrier()
-    records = read_metrics(run_dir) if rank == 0 else []
-    if rank == 0 and plot:
-        plot_losses(records, run_dir / "loss.png")
-    return records
+    return read_metrics(run_dir) if rank == 0 else []
