@@ -211,10 +211,12 @@ def save_checkpoint(
 
 def _write_failure(final: Path, error: OSError) -> str:
     cause = error.strerror or str(error)
-    where = error.filename
-    if where and Path(where).parent.name.startswith(f".{final.name}."):
-        where = None  # a file of the temporary directory: the checkpoint's own name says it
-    if where and not Path(where).name.startswith("."):
+    if error.filename:
+        where = Path(os.fsdecode(error.filename))
+        if where.parent.name.startswith(".") and where.parent.parent == final.parent:
+            where = where.parent  # a file of the temporary checkpoint directory
+        if where.name.startswith(".") and where.parent == final.parent:
+            where = where.parent  # a temporary name means nothing to the user: its directory
         cause = f"{cause}: {str(where)!r}"
     try:
         previous = latest_checkpoint(final.parent.parent)

@@ -1,5 +1,6 @@
 """Properties of checkpoints: exact round trip, atomic writes, no pickle execution, clear errors."""
 
+import errno
 import json
 import os
 import pickle
@@ -15,6 +16,8 @@ from hypothesis import strategies as st
 from gpt_components import checkpoint as ckpt_module
 from gpt_components.checkpoint import (
     CheckpointError,
+    CheckpointWriteError,
+    NonFiniteStateError,
     latest_checkpoint,
     load_checkpoint,
     save_checkpoint,
@@ -248,3 +251,86 @@ def test_the_latest_pointer_wins_and_a_corrupted_one_is_named(tmp_path):
         with pytest.raises(CheckpointError, match=rf"^pointer '{re.escape(str(pointer))}' is "
                                                   r"corrupted"):
             load_checkpoint(tmp_path)
+
+
+class _FullDisk:
+    """``open`` for a disk with ``room`` bytes left: writing past them fails with ENOSPC."""
+
+    def __init__(self, room: int):
+        self.room, self.real = room, open
+
+    def __call__(self, file, mode="r", *args, **kwargs):
+        handle = self.real(file, mode, *args, **kwargs)
+        if "w" not in mode:
+            return handle
+        disk, write = self, handle.write
+
+        def limited(data):
+            if len(data) > disk.room:
+                write(data[: disk.room])
+                disk.room = 0
+                raise OSError(errno.ENOSPC, "No space left on device", str(file))
+            disk.room -= len(data)
+            return write(data)
+
+        handle.write = limited
+        return handle
+
+
+@file_writing
+@given(seed=seeds, room_fraction=st.floats(0.0, 0.999))
+def test_a_full_disk_during_a_save_is_one_clear_error_and_leaves_the_previous_checkpoint(
+        seed, room_fraction):
+    with tempfile.TemporaryDirectory() as run:
+        first = _model(seed)
+        save_checkpoint(run, model=first, state={"note": torch.ones(3)}, meta={"step": 1})
+        with tempfile.TemporaryDirectory() as sizing:  # how many bytes the second save writes
+            second = _model(seed + 1)
+            save_checkpoint(sizing, model=second, state={"note": torch.ones(3)}, meta={"step": 2})
+            size = sum(p.stat().st_size for p in Path(sizing).rglob("*") if p.is_file())
+        ckpt_module.open = _FullDisk(int(size * room_fraction))
+        try:
+            with pytest.raises(CheckpointWriteError) as full:
+                save_checkpoint(run, model=second, state={"note": torch.ones(3)},
+                                meta={"step": 2})
+        finally:
+            del ckpt_module.open
+        root = Path(run) / "checkpoints"
+        assert isinstance(full.value, OSError)
+        assert str(full.value) == (
+            f"could not write checkpoint '{root / 'step-00000002'}' (No space left on device: "
+            f"'{root}'); the previous checkpoint '{root / 'step-00000001'}' is intact")
+        assert sorted(p.name for p in root.iterdir()) == ["latest.json", "step-00000001"]
+        loaded = load_checkpoint(run)
+        assert loaded.meta == {"step": 1}
+        assert all(torch.equal(loaded.weights[k], v) for k, v in first.state_dict().items())
+
+
+@file_writing
+@given(seed=seeds, where=st.sampled_from(["weight", "optimizer"]), value=st.sampled_from(
+    [float("nan"), float("inf"), float("-inf")]), index=st.integers(0, 10**6))
+def test_non_finite_weights_or_optimizer_state_are_never_written(seed, where, value, index):
+    model = _model(seed)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model(torch.tensor([[1, 2, 3]])).sum().backward()
+    optimizer.step()
+    with tempfile.TemporaryDirectory() as run:
+        save_checkpoint(run, model=model, state={"optimizer": optimizer.state_dict()},
+                        meta={"step": 1})
+        names = sorted(model.state_dict())
+        name = names[index % len(names)]
+        if where == "weight":
+            tensor = dict(model.named_parameters())[name]
+            label = f"weight[{name!r}]"
+        else:
+            slot = list(model.state_dict()).index(name)
+            tensor = optimizer.state[list(model.parameters())[slot]]["exp_avg_sq"]
+            label = f"state['optimizer']['state'][{slot}]['exp_avg_sq']"
+        with torch.no_grad():
+            tensor.view(-1)[index % tensor.numel()] = value
+        with pytest.raises(NonFiniteStateError, match=re.escape(
+                f"refusing to save the checkpoint of step 2: {label} holds NaN or infinity")):
+            save_checkpoint(run, model=model, state={"optimizer": optimizer.state_dict()},
+                            meta={"step": 2})
+        assert sorted(p.name for p in (Path(run) / "checkpoints").iterdir()) == [
+            "latest.json", "step-00000001"]

@@ -1,12 +1,29 @@
-"""The command line: every option documented, bad input as one-line errors, train -> generate."""
+"""The command line: every option documented, bad input as one-line errors, train -> generate,
+Ctrl-C, a locked run, resumes that extend or refuse, failed starts that leave nothing behind."""
 
+import builtins
+import errno
+import io
 import json
+import math
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from gpt_components import cli
 from gpt_components.bpe import BPETokenizer
+from gpt_components.checkpoint import RunLockedError, load_checkpoint, lock_run
 from gpt_components.cli import build_parser, main
+from gpt_components.finetune import commands as finetune_commands
 from gpt_components.metrics import read_metrics
+from gpt_components.model import MODEL_PRESETS
 from gpt_components.resources import load_text
 
 pytestmark = pytest.mark.ch05
@@ -39,6 +56,9 @@ def test_every_option_has_help_text(command):
     (["train", "--device", "tpu"], "--device"),
     (["train", "--resume", "/no/such/run"], "--resume"),
     (["train", "--bf16", "--device", "cpu"], "bf16"),
+    (["train", "--weight-decay", "nan"], "--weight-decay must be a finite number >= 0, got nan"),
+    (["train", "--grad-clip", "inf"], "--grad-clip must be a finite number > 0 or None"),
+    (["train", "--min-lr", "nan"], "--min-lr must be in [0, peak_lr=0.006], got nan"),
     (["generate", "/no/such/run"], "source"),
     (["finetune-classifier", "--out", "o", "--weights", "/no/such/weights"], "/no/such/weights"),
     (["finetune-classifier", "--out", "o", "--run", "/no/such/run"], "/no/such/run"),
@@ -84,7 +104,7 @@ def test_train_writes_a_run_that_generate_continues_and_resume_accepts(tmp_path,
         assert main(["generate", str(run), "--temperature", "1", *bad]) == 2
         assert capsys.readouterr().err == f"gpt-components: error: {message}\n"
     assert main(["train", "--corpus", str(corpus), "--run-dir", str(run), *TINY]) == 2
-    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 0
 
 
 def test_a_run_records_its_own_tokenizer_and_generate_reloads_it(tmp_path, capsys):
@@ -100,3 +120,272 @@ def test_a_run_records_its_own_tokenizer_and_generate_reloads_it(tmp_path, capsy
     capsys.readouterr()
     assert main(["generate", str(run), "--max-new-tokens", "3"]) == 0
     assert capsys.readouterr().out.startswith("Every effort moves you")
+
+
+def _train_argv(corpus: Path, run: Path, *extra: str) -> list[str]:
+    return ["train", "--corpus", str(corpus), "--run-dir", str(run), *TINY, *extra]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished 3-step run (checkpoints at steps 2 and 3); copy it before changing it."""
+    root = tmp_path_factory.mktemp("finished")
+    corpus = root / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    run = root / "run"
+    assert main(_train_argv(corpus, run, "--checkpoint-interval", "2", "--warmup-steps", "1")) == 0
+    return run
+
+
+def _copy(run: Path, tmp_path: Path) -> Path:
+    shutil.copytree(run, tmp_path / "run")
+    return tmp_path / "run"
+
+
+def _until(condition, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.05)
+
+
+def _child(*argv: str) -> subprocess.Popen:
+    # Ctrl-C's default action, whatever the shell that started pytest left (a background job
+    # ignores SIGINT, and its children inherit that).
+    return subprocess.Popen([sys.executable, "-m", "gpt_components.cli", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+def test_ctrl_c_in_train_saves_the_step_reached_and_prints_the_command_that_resumes_it(
+        tmp_path, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    child = _child(*_train_argv(corpus, run, "--steps", "100000", "--checkpoint-interval",
+                                "1000"))
+    try:
+        _until(lambda: any("loss" in r for r in read_metrics(run)))
+        # While it trains, a second process is refused at once, naming the one holding the run.
+        with pytest.raises(RunLockedError, match=rf"in use by process {child.pid} "):
+            with lock_run(run):
+                pass
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+        assert f"is in use by process {child.pid} " in capsys.readouterr().err
+        assert main(_train_argv(corpus, run)) == 2
+        assert f"is in use by process {child.pid} " in capsys.readouterr().err
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert child.returncode == 130, err
+    assert "Traceback" not in err
+    last = err.splitlines()[-1]
+    assert last.startswith("gpt-components: interrupted: saved the checkpoint of step ")
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] < 1000
+    assert load_checkpoint(run).meta["step"] == steps[-1]  # before its first planned checkpoint
+    command = shlex.split(last.partition("resume with: ")[2])
+    assert command == ["gpt-components", "train", "--resume", str(run)]
+    # The lock died with its process: the printed command resumes the run (here, to 2 more).
+    assert main([*command[1:], "--steps", str(steps[-1] + 2), "--no-progress"]) == 0
+    assert [r["step"] for r in read_metrics(run) if "loss" in r] == list(
+        range(1, steps[-1] + 3))
+
+
+def test_ctrl_c_in_generate_is_one_line_and_exit_status_130(finished):
+    child = _child("generate", str(finished), "--max-new-tokens", "1000000", "--temperature",
+                   "1")
+    try:
+        assert child.stdout.read(1)  # generating
+        child.send_signal(signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    assert (child.returncode, err) == (130, "gpt-components: interrupted\n")
+
+
+@pytest.mark.parametrize("argv, name", [
+    (["finetune-classifier", "--out", "o"], "finetune_classifier"),
+    (["classify", "hello", "--model", "m"], "classify_command"),
+    (["finetune-instructions", "--out", "o"], "finetune_instructions"),
+    (["instruction-responses", "--model", "m"], "instruction_responses"),
+])
+def test_ctrl_c_in_any_command_is_one_line_and_exit_status_130(argv, name, monkeypatch, capsys):
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetune_commands, name, interrupted)
+    assert main(argv) == 130
+    assert capsys.readouterr().err == "gpt-components: interrupted\n"
+
+
+def test_a_run_stopped_before_its_first_checkpoint_resumes_from_step_zero(finished, tmp_path,
+                                                                          capsys):
+    run = _copy(finished, tmp_path)
+    whole = read_metrics(run)
+    final = (run / "checkpoints" / "step-00000003" / "model.safetensors").read_bytes()
+    # What a kill at step 1 left: the run's config and its first records, no checkpoint.
+    shutil.rmtree(run / "checkpoints")
+    with open(run / "metrics.jsonl", "w", encoding="utf-8") as f:
+        f.write("".join(json.dumps(r) + "\n" for r in whole[:1]))
+    capsys.readouterr()
+    assert main(_train_argv(Path(json.loads((run / "config.json").read_text())["corpus"]),
+                            run)) == 2
+    err = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in err and f"--resume {run}" in err
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 0
+    assert read_metrics(run) == whole
+    assert (run / "checkpoints" / "step-00000003" / "model.safetensors").read_bytes() == final
+
+
+@pytest.mark.parametrize("problem, fragment", [
+    ("empty corpus", "--corpus holds 0 training tokens"),
+    ("context longer than the corpus", "--context-length 100000 is longer than the training "
+                                       "split (678 tokens)"),
+    ("a batch larger than the corpus", "fewer than one global batch of 1000"),
+    ("too little memory", "--context-length 16 (with --batch-size 2) needs about"),
+    ("read-only cache", "--cache-dir"),
+])
+def test_a_failed_start_is_one_line_and_leaves_no_run_behind(problem, fragment, tmp_path,
+                                                             monkeypatch, capsys):
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("" if problem == "empty corpus" else TEXT, encoding="utf-8")
+    extra = {"context longer than the corpus": ["--context-length", "100000"],
+             "a batch larger than the corpus": ["--batch-size", "1000"]}.get(problem, [])
+    if problem == "too little memory":
+        monkeypatch.setattr(cli, "_available_memory", lambda device: 10**6)
+    if problem == "read-only cache":
+        (tmp_path / "cache").mkdir()
+        _read_only(monkeypatch, tmp_path / "cache")
+        extra = ["--cache-dir", str(tmp_path / "cache")]
+    run = tmp_path / "run"
+    assert main(_train_argv(corpus, run, *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gpt-components: error: ")
+    assert fragment in err and "Traceback" not in err
+    if problem == "read-only cache":
+        assert "--corpus" not in err and "Permission denied" in err
+    assert not run.exists()
+
+
+def test_generate_refuses_more_new_tokens_than_memory_can_hold(finished, capsys):
+    assert main(["generate", str(finished), "--max-new-tokens", str(10**13)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpt-components: error: --max-new-tokens 10000000000000 needs about ")
+    assert err.count("\n") == 1
+
+
+def test_a_resume_refuses_by_name_every_flag_it_cannot_change(finished, tmp_path, capsys):
+    run = _copy(finished, tmp_path)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    for given in (["--lr", "0.1"], ["--preset", "gpt-mini"], ["--tie-weights"],
+                  ["--context-length", "16"], ["--batch-size", "2"], ["--corpus", "x.txt"],
+                  ["--tokenizer", "gpt2"], ["--epochs", "3"], ["--run-dir", "elsewhere"],
+                  ["--compile"], ["--seed", "123"]):
+        assert main(["train", "--resume", str(run), *given, "--steps", "9"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gpt-components: error: {given[0]} cannot be changed by "
+                              "--resume"), err
+        assert err.count("\n") == 1
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2  # finished: say so
+    assert capsys.readouterr().err == (
+        f"gpt-components: error: --resume: the run {str(run)!r} is finished (step 3 of 3): to "
+        f"train it longer, give a new total, for example gpt-components train --resume {run} "
+        "--steps 6\n")
+    assert main(["train", "--resume", str(run), "--steps", "2"]) == 2
+    assert "--steps must be greater than the 3 steps the run has made" in capsys.readouterr().err
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_resume_with_more_steps_re_lays_the_cosine_over_the_new_total(finished, tmp_path,
+                                                                        capsys):
+    run = _copy(finished, tmp_path)
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--steps", "7", "--no-progress"]) == 0
+    assert "re-laid over 7 steps" in capsys.readouterr().out
+    assert json.loads((run / "config.json").read_text())["train"]["max_steps"] == 7
+    steps = [r for r in read_metrics(run) if "loss" in r]
+    assert [r["step"] for r in steps] == list(range(1, 8))
+    peak, low, warmup = 6e-3, 6e-4, 1  # the run's --lr, --min-lr, --warmup-steps
+    for r in steps[3:]:  # step s (1-based) follows a 7-step cosine from its peak to the minimum
+        progress = (r["step"] - 1 - warmup) / (7 - 1 - warmup)
+        expected = low + (peak - low) * (1 + math.cos(math.pi * progress)) / 2
+        assert math.isclose(r["lr"], expected, rel_tol=1e-12), r
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2  # finished again
+
+
+def test_train_help_lists_every_preset_and_the_flags_a_resume_takes(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for name, cfg in MODEL_PRESETS.items():
+        assert f"  {name} " in out and f"context {cfg.context_length}" in out
+    assert ("accepts only --steps, --device, --cache-dir, --no-progress" in " ".join(out.split()))
+    assert "re-laid" in out
+
+
+def _read_only(monkeypatch, directory: Path) -> None:
+    """Make ``directory`` read-only for this process (the spec may run as root, whom chmod
+    does not stop): every way of writing under it fails with EACCES naming the path."""
+    directory = directory.resolve()
+
+    def under(path) -> bool:
+        if isinstance(path, int):
+            return False
+        path = Path(os.fsdecode(path)).absolute()
+        return directory in path.parents
+
+    def refuse(path):
+        raise PermissionError(errno.EACCES, "Permission denied", os.fsdecode(path))
+
+    def guard(real, writes=lambda *a, **k: True, paths=lambda *a: a[:1]):
+        def guarded(*args, **kwargs):
+            for path in paths(*args):
+                if under(path) and writes(*args, **kwargs):
+                    refuse(path)
+            return real(*args, **kwargs)
+        return guarded
+
+    def opens_for_writing(file, mode="r", *args, **kwargs):
+        return any(c in mode for c in "wax+")
+
+    def os_open_writes(path, flags, *args, **kwargs):
+        return bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
+
+    for module, name, writes in ((builtins, "open", opens_for_writing),
+                                 (io, "open", opens_for_writing), (os, "open", os_open_writes)):
+        monkeypatch.setattr(module, name, guard(getattr(module, name), writes))
+    for name in ("mkdir", "remove", "unlink", "rmdir", "truncate"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name)))
+    for name in ("replace", "rename"):
+        monkeypatch.setattr(os, name, guard(getattr(os, name), paths=lambda *a: a[:2]))
+
+
+@pytest.mark.parametrize("which", ["run", "checkpoints"])
+def test_a_read_only_run_or_checkpoints_directory_is_one_line_and_keeps_the_last_checkpoint(
+        which, finished, tmp_path, monkeypatch, capsys):
+    run = _copy(finished, tmp_path)
+    before = load_checkpoint(run)
+    capsys.readouterr()
+    _read_only(monkeypatch, run if which == "run" else run / "checkpoints")
+    assert main(["train", "--resume", str(run), "--steps", "5", "--no-progress"]) == 2
+    monkeypatch.undo()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gpt-components: error: ")
+    assert "Permission denied" in err and "Traceback" not in err
+    if which == "run":
+        assert repr(str(run)) in err or str(run) in err
+    else:
+        assert err == (f"gpt-components: error: could not write checkpoint "
+                       f"'{run}/checkpoints/step-00000004' (Permission denied: "
+                       f"'{run}/checkpoints'); the previous checkpoint "
+                       f"'{run}/checkpoints/step-00000003' is intact\n")
+    after = load_checkpoint(run)
+    assert after.meta == before.meta
+    assert all((after.weights[k] == v).all() for k, v in before.weights.items())
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
+        "latest.json", "step-00000002", "step-00000003"]
+    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]

@@ -4,6 +4,7 @@ reproducibility, exact resume after SIGKILL, divergence, and torchrun with gloo.
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -17,6 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
+from gpt_components import training as training_module
+from gpt_components.checkpoint import latest_checkpoint, load_checkpoint
 from gpt_components.metrics import read_metrics
 from gpt_components.model import GPTConfig, GPTModel
 from gpt_components.training import (
@@ -207,6 +210,93 @@ def test_a_run_killed_with_sigkill_and_resumed_is_bit_identical(tmp_path):
     assert (whole / "metrics.jsonl").read_bytes() == (killed / "metrics.jsonl").read_bytes()
     final = "checkpoints/step-00000008/model.safetensors"
     assert (whole / final).read_bytes() == (killed / final).read_bytes()
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL: nothing in ``train`` catches it, so nothing more is written."""
+
+
+def _epoch_run(run: Path, seed: int, accum: int, batch: int, steps: int, interval: int,
+               kill_at: int | None = None, resume: bool = False) -> list[dict]:
+    # 24 windows of 4 tokens: an epoch is 24 // (batch * accum) steps, a handful.
+    tokens = np.random.default_rng(seed).integers(0, 32, 24 * 4 + 1 + 16).astype(np.uint16)
+    cfg = TrainConfig(batch_size=batch, grad_accum=accum, max_steps=steps, lr=1e-2,
+                      warmup_steps=1, eval_interval=3, eval_iters=1, checkpoint_interval=interval,
+                      seed=seed)
+
+    def kill(record: dict) -> None:
+        if record["step"] == kill_at:
+            raise _Killed
+
+    return train(_tiny(seed, drop_rate=0.3), tokens[:97], tokens[97:], cfg, run,
+                 context_length=4, progress=False, plot=False, resume=resume, on_step=kill)
+
+
+@settings(max_examples=8)  # each example trains a tiny model three times, in this process
+@given(seed=st.integers(0, 2**31 - 1), accum=st.integers(2, 3), batch=st.integers(1, 3),
+       data=st.data())
+def test_a_run_killed_after_epoch_boundaries_resumes_bit_for_bit_with_accumulation(
+        tmp_path_factory, seed, accum, batch, data):
+    per_epoch = 24 // (batch * accum)
+    steps = data.draw(st.integers(2 * per_epoch + 1, 3 * per_epoch + 2), label="steps")
+    interval = data.draw(st.integers(1, per_epoch + 1), label="checkpoint_interval")
+    # Killed past a checkpoint at or beyond the first epoch boundary (always before the end).
+    first = interval * -(-per_epoch // interval)
+    kill_at = data.draw(st.integers(first, steps - 1), label="kill_at")
+    whole, killed = tmp_path_factory.mktemp("whole"), tmp_path_factory.mktemp("killed")
+    _epoch_run(whole, seed, accum, batch, steps, interval)
+    with pytest.raises(_Killed):
+        _epoch_run(killed, seed, accum, batch, steps, interval, kill_at=kill_at)
+    resumed_from = load_checkpoint(killed).meta
+    assert resumed_from["data_position"]["epoch"] >= 1, resumed_from
+    _epoch_run(killed, seed, accum, batch, steps, interval, resume=True)
+    assert (whole / "metrics.jsonl").read_bytes() == (killed / "metrics.jsonl").read_bytes()
+    final = f"checkpoints/step-{steps:08d}"
+    for name in ("model.safetensors", "state.pt"):
+        assert (whole / final / name).read_bytes() == (killed / final / name).read_bytes()
+
+
+def test_non_finite_weights_stop_the_run_before_they_are_saved(tmp_path, monkeypatch):
+    real_step = training_module.train_step
+
+    def poisoning_step(model, optimizer, micro, device, **kwargs):
+        out = real_step(model, optimizer, micro, device, **kwargs)
+        if kwargs["step"] == 4:  # a finite loss, then weights that are not (as NaN decay gives)
+            with torch.no_grad():
+                model.out_head.weight[0, 0] = float("nan")
+        return out
+
+    monkeypatch.setattr(training_module, "train_step", poisoning_step)
+    with pytest.raises(TrainingDivergedError, match=r"out_head\.weight.* holds NaN or infinity"
+                                                    r": training diverged by step 4"):
+        _tiny_run(str(tmp_path), 5, steps=4)
+    assert load_checkpoint(tmp_path).meta["step"] == 2
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "latest.json", "step-00000002"]
+    with pytest.raises(ValueError, match=r"^weight_decay must be a finite number >= 0, got nan"):
+        TrainConfig(weight_decay=float("nan")).validate()
+    with pytest.raises(ValueError, match=r"^betas must be two numbers in \[0, 1\)"):
+        TrainConfig(betas=(0.9, float("nan"))).validate()
+
+
+def test_ctrl_c_saves_the_step_reached_and_a_second_aborts_at_once(tmp_path):
+    def ctrl_c(presses: dict[int, int]):
+        def on_step(record: dict) -> None:
+            for _ in range(presses.get(record["step"], 0)):
+                signal.raise_signal(signal.SIGINT)
+        return on_step
+
+    with pytest.raises(training_module.TrainingInterrupted) as stopped:  # once during step 3
+        _tiny_run(str(tmp_path), 5, steps=6, on_step=ctrl_c({3: 1}))
+    assert stopped.value.step == 3 and load_checkpoint(tmp_path).meta["step"] == 3
+    assert stopped.value.checkpoint == latest_checkpoint(tmp_path)
+    assert [r["step"] for r in read_metrics(tmp_path) if "loss" in r] == [1, 2, 3]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    with pytest.raises(KeyboardInterrupt) as aborted:  # twice during step 5
+        _tiny_run(str(tmp_path), 5, steps=6, resume=True, on_step=ctrl_c({5: 2}))
+    assert not isinstance(aborted.value, training_module.TrainingInterrupted)
+    assert load_checkpoint(tmp_path).meta["step"] == 4  # the second press saved nothing more
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_a_nan_loss_stops_at_its_step_and_leaves_the_last_checkpoint_intact(tmp_path):
