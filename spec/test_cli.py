@@ -23,7 +23,7 @@ from gpt_components.checkpoint import RunLockedError, load_checkpoint, lock_run
 from gpt_components.cli import build_parser, main
 from gpt_components.finetune import commands as finetune_commands
 from gpt_components.metrics import read_metrics
-from gpt_components.model import MODEL_PRESETS
+from gpt_components.registry import FAMILIES
 from gpt_components.resources import load_text
 
 pytestmark = pytest.mark.ch05
@@ -321,8 +321,12 @@ def test_train_help_lists_every_preset_and_the_flags_a_resume_takes(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     out = capsys.readouterr().out
-    for name, cfg in MODEL_PRESETS.items():
-        assert f"  {name} " in out and f"context {cfg.context_length}" in out
+    presets = [(name, cfg) for family in FAMILIES.values() for name, cfg in family.presets.items()]
+    assert len(presets) > 7  # GPT-2's and the modern families'
+    for name, cfg in presets:
+        line = next(line for line in out.splitlines() if line.startswith(f"  {name} "))
+        assert line.endswith(f"{cfg.n_layers} layers x {cfg.emb_dim} wide, {cfg.n_heads} heads, "
+                             f"context {cfg.context_length}")
     assert ("accepts only --steps, --device, --cache-dir, --no-progress" in " ".join(out.split()))
     assert "re-laid" in out
 
