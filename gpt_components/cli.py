@@ -7,6 +7,8 @@
   Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel, or with the
   model sharded across the processes (FSDP2) with ``--strategy fsdp``.
 - ``generate``: continue a prompt from a run directory or GPT-2 weights, streaming tokens.
+- ``inspect``: one self-contained HTML page (and ``--png`` pictures) of what a model does with
+  a prompt (see ``gpt_components.inspection``).
 - ``finetune-classifier``, ``classify``, ``finetune-instructions``, ``instruction-responses``:
   chapters 6 and 7 (see ``gpt_components.finetune.commands``).
 
@@ -491,6 +493,35 @@ def _generate(args: argparse.Namespace) -> None:
     print(tokenizer.decode(produced)[len(shown):])
 
 
+def _load_for_inspection(source: str, tokenizer_spec: str | None, device: Any) -> tuple:
+    from safetensors import SafetensorError
+
+    try:
+        return _load_for_generation(source, tokenizer_spec, device)
+    except (SafetensorError, RuntimeError, KeyError) as error:  # a file that is not a model
+        raise CLIError(f"source {source!r} is not a model: {type(error).__name__}: "
+                       f"{error}") from None
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .inspection import inspect_prompt
+    from .inspection_report import write_pngs, write_report
+
+    model, tokenizer = _load_for_inspection(args.source, args.tokenizer,
+                                            _pick_device(args.device))
+    try:
+        seen = inspect_prompt(model, tokenizer, args.prompt, top_k=args.top_k)
+    except (TypeError, ValueError) as error:
+        message = str(error)
+        if message.startswith("text "):  # the library's parameter is the command's --prompt
+            message = "--prompt " + message.removeprefix("text ")
+        raise CLIError(message) from None
+    print(f"wrote {write_report(seen, args.out)} ({len(seen.token_ids)} tokens, "
+          f"{seen.n_layers} layers x {seen.n_heads} heads)")
+    for path in write_pngs(seen, args.png) if args.png else []:
+        print(f"wrote {path}")
+
+
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show each option's default in its help, unless it is None or the help already says it."""
 
@@ -613,6 +644,24 @@ def _add_generate(commands: Any) -> None:
     gen.set_defaults(run=_generate)
 
 
+def _add_inspect(commands: Any) -> None:
+    look = commands.add_parser(
+        "inspect", help="draw what a model does with a prompt: tokens, attention, next-token "
+        "predictions, surprisal, logit lens, stage sizes (one offline HTML page)",
+        formatter_class=_DefaultsFormatter)
+    add = look.add_argument
+    add("source", help="a run directory written by 'train', or a GPT-2 model.safetensors "
+        "file or Hugging Face directory")
+    add("--prompt", default="Every effort moves you", help="the text to look at")
+    add("--out", default="inspection.html", help="where to write the HTML report")
+    add("--png", default=None, metavar="DIR", help="also write the main pictures as PNG files "
+        "in DIR")
+    add("--top-k", type=int, default=5, help="next-token candidates shown per position")
+    add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
+    add("--device", default="auto", help="auto, cpu, cuda or mps")
+    look.set_defaults(run=_inspect)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt-components",
@@ -624,6 +673,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_generate(commands)
     add_finetune_commands(commands)
+    _add_inspect(commands)
     for command in commands.choices.values():
         command.set_defaults(usage=command.format_usage())
     return parser

@@ -1,0 +1,168 @@
+"""Looking inside: what a model does with one prompt, as plain tensors and strings.
+
+``inspect_prompt(model, tokenizer, text)`` runs ``model.trace`` once and returns an
+``Inspection``: the prompt's tokens (ids, byte pieces, byte spans), the attention
+probabilities of every layer and head, the top-k next-token distribution at every position,
+each token's surprisal (its cross-entropy, in nats, the loss ``calc_loss_batch`` gives), the
+logit lens (each layer's residual stream read through the final norm and the output head) and
+the size of each stage (the norm of the residual stream entering each layer and of what each
+block adds). It uses only ``model.trace``, ``model.final_norm``, ``model.out_head`` and the
+tokenizer, so it works for every model family that implements ``trace``.
+``gpt_components.inspection_report`` draws an ``Inspection`` as an HTML page or PNG files.
+
+(The module is not called ``inspect``: a file of that name would shadow the standard library's
+``inspect``, which torch imports, for any script run from inside the package's folder.)
+
+>>> import torch
+>>> from gpt_components.model import GPTConfig, GPTModel
+>>> from gpt_components.tokenizers import gpt2_tokenizer
+>>> _ = torch.manual_seed(0)
+>>> model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=50257))
+>>> seen = inspect_prompt(model, gpt2_tokenizer(), "Every effort moves you", top_k=3)
+>>> seen.token_ids, seen.pieces[1]
+([6109, 3626, 6100, 345], b' effort')
+>>> tuple(seen.attentions.shape), tuple(seen.top_ids.shape), tuple(seen.lens_top_ids.shape)
+((3, 3, 4, 4), (4, 3), (4, 4, 3))
+>>> seen.surprisal.shape  # one loss per token after the first
+torch.Size([3])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["Inspection", "inspect_prompt", "logit_lens", "token_pieces"]
+
+
+@dataclass(frozen=True)
+class Inspection:
+    """One prompt through one model. ``T`` tokens, ``L`` layers, ``H`` heads, top ``k``."""
+
+    text: str
+    model_summary: str  # e.g. "GPTModel: 4 layers x 4 heads, emb_dim 128, vocab 50257"
+    token_ids: list[int]
+    pieces: list[bytes]  # each token's bytes: b"".join(pieces) is the text's UTF-8
+    spans: list[tuple[int, int]]  # each token's [start, end) in b"".join(pieces)
+    attentions: torch.Tensor  # [L, H, T, T]: row i is where query i looks (rows sum to 1)
+    top_ids: torch.Tensor  # [T, k]: the most likely next tokens after each position
+    top_probs: torch.Tensor  # [T, k]: their probabilities
+    surprisal: torch.Tensor  # [T - 1]: -ln p(token i + 1 | tokens <= i), in nats
+    lens_top_ids: torch.Tensor  # [L + 1, T, k]: the logit lens's top tokens per layer
+    lens_top_probs: torch.Tensor  # [L + 1, T, k]
+    lens_target_probs: torch.Tensor  # [L + 1, T - 1]: p the lens gives the real next token
+    residual_norms: torch.Tensor  # [L + 1, T]: row 0 is the embedding, row l block l's input
+    update_norms: torch.Tensor  # [L, T]: the norm of what block l adds to the stream
+    final_norms: torch.Tensor  # [T]: the norm of the final norm's output (the head's input)
+    vocab: dict[int, bytes]  # the bytes of every id above: tokens, top-k, lens
+
+    @property
+    def n_layers(self) -> int:
+        return self.attentions.shape[0]
+
+    @property
+    def n_heads(self) -> int:
+        return self.attentions.shape[1]
+
+    @property
+    def embedding_norms(self) -> torch.Tensor:
+        """[T]: the norm of each token's embedding, the residual stream before block 0."""
+        return self.residual_norms[0]
+
+
+def token_pieces(tokenizer: Any, ids: Sequence[int]) -> list[bytes]:
+    """The bytes of each token id: a BPE token may hold part of a UTF-8 character."""
+    single = getattr(tokenizer, "decode_single_token_bytes", None)
+    if single is not None:
+        return [bytes(single(i)) for i in ids]
+    return [tokenizer.decode([i]).encode("utf-8") for i in ids]
+
+
+def logit_lens(model: nn.Module, residuals: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """What each residual stream [B, T, emb] predicts: ``out_head(final_norm(r))`` [B, T, V].
+
+    For the last block's output this is the model's own logits; for earlier layers it asks
+    what the model would say if the remaining blocks added nothing (nostalgebraist, 2020).
+    """
+    with torch.no_grad():
+        return [model.out_head(model.final_norm(stream)) for stream in residuals]
+
+
+def _as_float(logits: torch.Tensor) -> torch.Tensor:
+    """Half-precision logits in float32 (as ``calc_loss_batch`` takes them); others as they are."""
+    return logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    return torch.softmax(_as_float(logits), dim=-1)
+
+
+def _encode(tokenizer: Any, text: str) -> list[int]:
+    try:
+        return list(tokenizer.encode(text, allowed_special="all"))
+    except TypeError:  # a tokenizer without tiktoken's special-token switch
+        return list(tokenizer.encode(text))
+
+
+def _check(model: Any, text: Any, top_k: Any) -> None:
+    if not callable(getattr(model, "trace", None)):
+        raise TypeError(f"model must implement trace(idx) -> ModelTrace (gpt_components.trace), "
+                        f"got {type(model).__name__}")
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+
+
+def inspect_prompt(model: nn.Module, tokenizer: Any, text: str, top_k: int = 5) -> Inspection:
+    """Trace ``text`` through ``model`` and gather what the report draws (see ``Inspection``)."""
+    _check(model, text, top_k)
+    ids = _encode(tokenizer, text)
+    if not ids:
+        raise ValueError("text must encode to at least one token, got an empty prompt")
+    cfg = model.cfg
+    if len(ids) > cfg.context_length:
+        raise ValueError(f"text encodes to {len(ids)} tokens, more than the model's "
+                         f"context_length={cfg.context_length}")
+    top_k = min(top_k, cfg.vocab_size)
+    device = next(model.parameters()).device
+    trace = model.trace(torch.tensor([ids], device=device))
+    targets = torch.tensor(ids[1:], dtype=torch.long, device=device)
+    top_probs, top_ids = _probabilities(trace.logits[0]).topk(top_k, dim=-1)
+    lens_ids, lens_probs, lens_target = [], [], []
+    with torch.no_grad():
+        for stream in trace.residuals:  # one layer at a time: [T, V] each, never [L, T, V]
+            probs = _probabilities(logit_lens(model, [stream[:1]])[0][0])  # (T, V)
+            best_probs, best_ids = probs.topk(top_k, dim=-1)
+            lens_ids.append(best_ids)
+            lens_probs.append(best_probs)
+            lens_target.append(probs[:-1].gather(-1, targets[:, None])[:, 0])
+        final = model.final_norm(trace.residuals[-1][0])  # (T, emb)
+    residuals = torch.stack([stream[0] for stream in trace.residuals])  # (L + 1, T, emb)
+    shown = {*ids, *top_ids.flatten().tolist(), *torch.stack(lens_ids).flatten().tolist()}
+    pieces = token_pieces(tokenizer, ids)
+    ends = torch.tensor([len(piece) for piece in pieces]).cumsum(0).tolist()
+    return Inspection(
+        text=text,
+        model_summary=f"{type(model).__name__}: {cfg.n_layers} layers x {cfg.n_heads} heads, "
+                      f"emb_dim {cfg.emb_dim}, vocab {cfg.vocab_size}",
+        token_ids=ids,
+        pieces=pieces,
+        spans=[(end - len(piece), end) for piece, end in zip(pieces, ends, strict=True)],
+        attentions=torch.stack([weights[0] for weights in trace.attentions]).cpu(),
+        top_ids=top_ids.cpu(),
+        top_probs=top_probs.cpu(),
+        surprisal=F.cross_entropy(_as_float(trace.logits[0, :-1]), targets, reduction="none").cpu(),
+        lens_top_ids=torch.stack(lens_ids).cpu(),
+        lens_top_probs=torch.stack(lens_probs).cpu(),
+        lens_target_probs=torch.stack(lens_target).cpu(),
+        residual_norms=residuals.norm(dim=-1).cpu(),
+        update_norms=residuals.diff(dim=0).norm(dim=-1).cpu(),
+        final_norms=final.norm(dim=-1).cpu(),
+        vocab=dict(zip(sorted(shown), token_pieces(tokenizer, sorted(shown)), strict=True)),
+    )
