@@ -65,7 +65,7 @@ def ids_of(text):
 
 
 @given(case=models_and_texts())
-@settings(max_examples=25)
+@settings(max_examples=15)
 def test_each_attention_map_is_the_layers_own_weights_on_its_residual_stream(case):
     model, text = case
     seen, idx = inspect_prompt(model, TOKENIZER, text), ids_of(text)
@@ -82,7 +82,7 @@ def test_each_attention_map_is_the_layers_own_weights_on_its_residual_stream(cas
 
 
 @given(case=models_and_texts())
-@settings(max_examples=25)
+@settings(max_examples=15)
 def test_attention_rows_sum_to_one_with_nothing_above_the_diagonal(case):
     model, text = case
     attentions = inspect_prompt(model, TOKENIZER, text).attentions  # (L, H, T, T)
@@ -93,7 +93,7 @@ def test_attention_rows_sum_to_one_with_nothing_above_the_diagonal(case):
 
 
 @given(case=models_and_texts(), top_k=st.integers(1, 6))
-@settings(max_examples=25)
+@settings(max_examples=15)
 def test_the_logit_lens_reads_each_stream_and_its_last_layer_is_the_models_prediction(
         case, top_k):
     model, text = case
@@ -113,7 +113,7 @@ def test_the_logit_lens_reads_each_stream_and_its_last_layer_is_the_models_predi
 
 
 @given(case=models_and_texts(), top_k=st.integers(1, 6))
-@settings(max_examples=25)
+@settings(max_examples=15)
 def test_top_k_are_the_most_likely_next_tokens_and_surprisal_is_calc_loss_batchs_loss(
         case, top_k):
     model, text = case
@@ -133,7 +133,7 @@ def test_top_k_are_the_most_likely_next_tokens_and_surprisal_is_calc_loss_batchs
 
 
 @given(case=models_and_texts())
-@settings(max_examples=25)
+@settings(max_examples=15)
 def test_the_tokens_spell_the_text_and_stage_sizes_are_the_norms_between_stages(case):
     model, text = case
     seen, idx = inspect_prompt(model, TOKENIZER, text), ids_of(text)

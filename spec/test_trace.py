@@ -35,7 +35,7 @@ def reference_attention(block, x):
 
 
 @given(cfg=tiny_gpt_configs(), seed=seeds, batch=st.integers(1, 2), data=st.data())
-@settings(max_examples=30)
+@settings(max_examples=15)
 def test_the_residual_stream_is_the_embedding_then_each_blocks_own_output(cfg, seed, batch,
                                                                           data):
     model = random_gpt_model(cfg, seed)
@@ -53,7 +53,7 @@ def test_the_residual_stream_is_the_embedding_then_each_blocks_own_output(cfg, s
 
 
 @given(cfg=tiny_gpt_configs(), seed=seeds, batch=st.integers(1, 2), data=st.data())
-@settings(max_examples=30)
+@settings(max_examples=15)
 def test_attention_maps_are_the_layers_own_weights_recomputed_independently(cfg, seed, batch,
                                                                              data):
     model = random_gpt_model(cfg, seed)
@@ -70,7 +70,7 @@ def test_attention_maps_are_the_layers_own_weights_recomputed_independently(cfg,
 
 
 @given(cfg=tiny_gpt_configs(), seed=seeds, data=st.data())
-@settings(max_examples=30)
+@settings(max_examples=15)
 def test_attention_rows_sum_to_one_and_nothing_lies_above_the_diagonal(cfg, seed, data):
     model = random_gpt_model(cfg, seed)
     tokens = data.draw(st.integers(1, cfg.context_length))
