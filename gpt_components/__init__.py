@@ -22,6 +22,8 @@ from . import (
     finetune,
     fundamentals,
     generation,
+    inspection,
+    inspection_report,
     kv_cache,
     metrics,
     model,
@@ -47,6 +49,8 @@ from .embeddings import *
 from .finetune import *
 from .fundamentals import *
 from .generation import *
+from .inspection import *
+from .inspection_report import *
 from .kv_cache import *
 from .metrics import *
 from .model import *
@@ -80,6 +84,8 @@ _MODULES = (
     model,
     kv_cache,
     generation,
+    inspection,
+    inspection_report,
     tensor_files,
     weights,
     modern,
