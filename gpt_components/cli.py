@@ -493,21 +493,11 @@ def _generate(args: argparse.Namespace) -> None:
     print(tokenizer.decode(produced)[len(shown):])
 
 
-def _load_for_inspection(source: str, tokenizer_spec: str | None, device: Any) -> tuple:
-    from safetensors import SafetensorError
-
-    try:
-        return _load_for_generation(source, tokenizer_spec, device)
-    except (SafetensorError, RuntimeError, KeyError) as error:  # a file that is not a model
-        raise CLIError(f"source {source!r} is not a model: {type(error).__name__}: "
-                       f"{error}") from None
-
-
 def _inspect(args: argparse.Namespace) -> None:
     from .inspection import inspect_prompt
     from .inspection_report import write_pngs, write_report
 
-    model, tokenizer = _load_for_inspection(args.source, args.tokenizer,
+    model, tokenizer = _load_for_generation(args.source, args.tokenizer,
                                             _pick_device(args.device))
     try:
         seen = inspect_prompt(model, tokenizer, args.prompt, top_k=args.top_k)

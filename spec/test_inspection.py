@@ -340,8 +340,8 @@ def test_inspect_writes_the_report_for_a_run_or_weights_and_pictures_with_png(
     (["{run}", "--prompt", "a" + " a" * 19], "--prompt encodes to 20 tokens, more than the model's "
                                        "context_length=16"),
     (["{run}", "--top-k", "0"], "--top-k must be an int >= 1, got 0"),
-    (["{text}"], "source '{text}' is not a model: SafetensorError: "),
-    (["/no/such/run"], "source must be a run directory or a weights file, got '/no/such/run'"),
+    (["{text}"], "source: '{text}' is not a safetensors file"),
+    (["/no/such/run"], "source '/no/such/run' does not exist"),
 ])
 def test_inspect_bad_input_is_one_line_naming_the_flag(sources, argv, message, tmp_path, capsys):
     names = {name: str(path) for name, path in sources.items()}
