@@ -350,3 +350,50 @@ def test_inspect_bad_input_is_one_line_naming_the_flag(sources, argv, message, t
     err = capsys.readouterr().err
     assert err.startswith(f"gpt-components: error: {message.format(**names)}")
     assert err.count("\n") == 1 and not (tmp_path / "r.html").exists()
+
+
+MODERN = {  # a small model of each modern family, with grouped-query attention
+    "llama3-nano": {},
+    "qwen3-nano": {},
+    "gemma3-nano": {"sliding_window": 3, "layer_types": ("sliding_attention", "full_attention")},
+}
+
+
+@pytest.mark.parametrize("preset", sorted(MODERN))
+def test_inspect_prompt_reads_every_family_through_its_trace(preset):
+    from gpt_components.registry import build_model, preset_config
+
+    cfg = preset_config(preset, vocab_size=TOKENIZER.n_vocab, context_length=16, n_layers=2,
+                        **MODERN[preset])
+    model = build_model(cfg).double().eval()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():  # every weight drawn, norms around 1: nothing left at its init
+        for name, p in model.named_parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.3 + ("norm" in name))
+    text = "Jack Gisburn had"
+    seen, idx = inspect_prompt(model, TOKENIZER, text, top_k=4), ids_of(text)
+    t = idx.shape[1]
+    assert cfg.n_kv_heads < cfg.n_heads and 4 <= t <= 16
+    trace = model.trace(idx)
+    assert seen.attentions.shape == (2, cfg.n_heads, t, t)  # one map per query head
+    torch.testing.assert_close(seen.attentions, torch.stack(trace.attentions)[:, 0], **EXACT)
+    positions = torch.arange(t)
+    for layer, weights in enumerate(seen.attentions):
+        window = MODERN[preset].get("sliding_window") if layer == 0 else None
+        hidden = positions[None, :] > positions[:, None]  # the future
+        if window is not None:
+            hidden |= positions[:, None] - positions[None, :] >= window  # and outside the window
+        assert torch.all(weights[:, hidden] == 0) and torch.all(weights[:, ~hidden] > 0)
+        torch.testing.assert_close(weights.sum(-1), torch.ones(cfg.n_heads, t,
+                                                               dtype=torch.float64), **EXACT)
+    with torch.no_grad():
+        logits = model(idx)
+        torch.testing.assert_close(logit_lens(model, trace.residuals)[-1], logits, **EXACT)
+        torch.testing.assert_close(seen.surprisal.mean(),
+                                   calc_loss_batch(idx[:, :-1], idx[:, 1:], model, "cpu"), **EXACT)
+        torch.testing.assert_close(seen.final_norms, model.hidden_states(idx)[0].norm(dim=-1),
+                                   **EXACT)
+    torch.testing.assert_close(seen.top_probs, torch.softmax(logits[0], -1).topk(4).values,
+                               **EXACT)
+    assert torch.equal(seen.lens_top_ids[-1], seen.top_ids)
+    assert len(report_data(seen)["attn"][0]) == cfg.n_heads
