@@ -180,7 +180,7 @@ class HFTokenizer:
         # A copy that reads special-token names as text: encode() cuts the allowed ones out first.
         self._ordinary = Tokenizer.from_str(tokenizer.to_str())
         self._ordinary.encode_special_tokens = True
-        self._decoder = Tokenizer.from_str(tokenizer.to_str())
+        self._decoder = tokenizer
         self.name = name
         added = tokenizer.get_added_tokens_decoder()
         self._special_tokens = {t.content: i for i, t in added.items() if t.special}
