@@ -280,6 +280,15 @@ def test_non_finite_weights_stop_the_run_before_they_are_saved(tmp_path, monkeyp
 
 
 def test_ctrl_c_saves_the_step_reached_and_a_second_aborts_at_once(tmp_path):
+    # Python's own Ctrl-C handler, even where the shell that started pytest ignores SIGINT.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        _ctrl_c_twice(tmp_path)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _ctrl_c_twice(tmp_path):
     def ctrl_c(presses: dict[int, int]):
         def on_step(record: dict) -> None:
             for _ in range(presses.get(record["step"], 0)):
