@@ -337,7 +337,7 @@ def _train_locked(args: argparse.Namespace, run_dir: Path, rank: int, world: int
                   saved: dict | None, started: list) -> None:
     import torch
 
-    from .checkpoint import CheckpointWriteError, _atomic_json, latest_checkpoint
+    from .checkpoint import CheckpointWriteError, _atomic_json, latest_checkpoint, load_checkpoint
     from .corpus import TokenWindows
     from .registry import build_model, config_to_dict
     from .training import TrainingDivergedError, train
@@ -361,6 +361,9 @@ def _train_locked(args: argparse.Namespace, run_dir: Path, rank: int, world: int
         total = train_cfg.max_steps or train_cfg.epochs * per_epoch
         last = latest_checkpoint(run_dir)
         reached = json.loads((last / "meta.json").read_text())["step"] if last else 0
+        if args.steps is None and last is not None and reached >= total:
+            # A finished run is not trained again; a damaged checkpoint still says so first.
+            load_checkpoint(last).load_into(build_model(model_cfg))
         train_cfg = _extend(args, run_dir, train_cfg, total, reached)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
