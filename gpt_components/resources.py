@@ -21,6 +21,7 @@ BUNDLED_FILES = (
     "tinyshakespeare.txt",
     "sms-spam-collection.tsv",
     "instruction-data.json",
+    "instruction-data-with-preference.json",
     "gpt2/encoder.json",
     "gpt2/vocab.bpe",
 )

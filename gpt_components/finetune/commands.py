@@ -8,6 +8,9 @@ neither, from random weights of a ``--preset`` (and say so); ``--lora-rank`` tra
 adapters instead of the model's own weights. Handlers raise ``ValueError`` or
 ``FileNotFoundError`` with a one-line message; the CLI turns them into its own errors.
 
+``finetune-dpo`` (the chapter-7 bonus, at the end of this file) preference-tunes the output of
+``finetune-instructions`` with DPO.
+
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="gpt-components")
 >>> add_commands(parser.add_subparsers(dest="command"))
@@ -19,15 +22,17 @@ adapters instead of the model's own weights. Handlers raise ``ValueError`` or
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
+import math
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
 from ..checkpoint import CheckpointError, load_checkpoint
 from ..pretrained import from_pretrained, save_pretrained
@@ -35,8 +40,8 @@ from ..registry import build_model, config_from_dict, preset_config, preset_name
 from ..tokenizers import gpt2_tokenizer
 from ..training import calc_loss_loader, configure_optimizer
 from . import classification as cls
+from . import dpo, spam_data
 from . import instructions as ins
-from . import spam_data
 from .lora import count_trainable_parameters, merge_lora, replace_linear_with_lora, save_lora
 
 __all__ = ["add_commands", "load_start_model", "reword_for_flag"]
@@ -58,7 +63,7 @@ def _flag_error(flag: str, error: Exception) -> Exception:
 
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register the four finetuning subcommands on a ``parser.add_subparsers()`` object."""
+    """Register the finetuning subcommands on a ``parser.add_subparsers()`` object."""
     p = subparsers.add_parser(
         "finetune-classifier",
         help="finetune a GPT into a spam classifier (chapter 6)",
@@ -120,6 +125,8 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
                    help="most tokens per response (default 256)")
     p.add_argument("--device", default="auto", help="cpu, cuda, mps or auto (default auto)")
     p.set_defaults(run=instruction_responses)
+
+    _add_dpo_command(subparsers)
 
 
 def _start_options(p: argparse.ArgumentParser) -> None:
@@ -375,3 +382,143 @@ def instruction_responses(args: argparse.Namespace) -> None:
     out = Path(args.out) if args.out else Path(args.model) / "test-responses.json"
     ins.write_responses(out, results)
     print(f"{len(results)} responses written to {out}")
+
+
+# ---------------------------------------------------------------- finetune-dpo (chapter-7 bonus)
+
+def _add_dpo_command(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "finetune-dpo",
+        help="preference-tune an instruction model with DPO (chapter-7 bonus)",
+        description="Direct preference optimisation on chosen/rejected response pairs (split "
+        "85/5/10 like the instruction records): the model learns to prefer the chosen "
+        "response against a frozen copy of itself. Start from a finetune-instructions output "
+        "(--run or --weights); writes the model to --out as config.json + model.safetensors, "
+        "with metrics.jsonl and dpo.png (loss and reward margins).",
+    )
+    _start_options(p)
+    _training_options(p, epochs=1, lr=5e-6, batch_size=8)
+    p.set_defaults(weight_decay=0.01, eval_freq=5)
+    p.add_argument("--beta", type=float, default=0.1,
+                   help="how far the policy may move from the reference: the DPO temperature "
+                   "(default 0.1)")
+    p.add_argument("--data", help="a JSON list of instruction records with 'chosen' and "
+                   "'rejected' responses (default: the bundled 1,100 pairs)")
+    p.add_argument("--allowed-max-length", type=int, default=None,
+                   help="cut every sequence to this many tokens (default: the context length)")
+    p.add_argument("--mask-prompt", action=argparse.BooleanOptionalAction, default=True,
+                   help="score only the response tokens, not the prompt (default: on)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=finetune_dpo)
+
+
+def _dpo_start_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
+    """``--run`` may name a finetune-instructions output (a Hugging Face layout directory)."""
+    run = args.run_dir
+    if args.weights is None and run is not None and (Path(run) / "model.safetensors").is_file():
+        return (from_pretrained(run, drop_rate=args.drop_rate),
+                f"starting from the finetuned model in {run}")
+    return load_start_model(args.weights, run, args.preset, args.drop_rate, args.seed)
+
+
+def _dpo_datasets(splits, tok, allowed: int, limit: int | None):
+    """Training and validation pairs; a pair whose prompt fills ``allowed`` has nothing to score."""
+    parts = []
+    for records in (splits.train[:limit], splits.validation):
+        dataset = dpo.PreferenceDataset(records, tok)
+        fits = [i for i, item in enumerate(dataset) if len(item["prompt"]) < allowed]
+        parts.append((Subset(dataset, fits), len(dataset) - len(fits)))
+    return parts
+
+
+def _dpo_progress(total: int, enabled: bool):
+    """A tqdm bar over the steps (or nothing) and the record callback that moves it."""
+    bar = None
+    if enabled:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=total, desc="dpo", unit="step", dynamic_ncols=True)
+
+    def on_record(record: dict) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(loss=f"{record['loss']:.3f}")
+        if "val_loss" in record:
+            line = (f"epoch {record['epoch']} step {record['step']}: "
+                    f"train loss {record['train_loss']:.3f}, val loss {record['val_loss']:.3f}, "
+                    f"train reward margin {record['train_reward_margin']:.3f}, "
+                    f"val reward margin {record['val_reward_margin']:.3f}, "
+                    f"val reward accuracy {record['val_reward_accuracy']:.0%}")
+            (bar.write if bar is not None else print)(line)
+
+    return bar, on_record
+
+
+def finetune_dpo(args: argparse.Namespace) -> None:
+    """Handler of ``finetune-dpo``."""
+    _check_positive(args, "epochs", "batch_size", "eval_freq", "eval_iter", "limit",
+                    "allowed_max_length", "lora_rank")
+    for name in ("beta", "lr"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"--{name} must be a finite number > 0, got {value}")
+    device = _device(args.device)
+    data = dpo.load_preference_data(args.data)
+    model, origin = _dpo_start_model(args)
+    print(origin, flush=True)
+    splits = dpo.preference_splits(data, seed=args.seed)
+    tok = gpt2_tokenizer()
+    context = model.cfg.context_length
+    allowed = min(args.allowed_max_length or context, context)
+    (train_set, dropped), (val_set, val_dropped) = _dpo_datasets(splits, tok, allowed, args.limit)
+    collate = partial(dpo.preference_collate, allowed_max_length=allowed,
+                      mask_prompt_tokens=args.mask_prompt)
+    g = torch.Generator().manual_seed(args.seed)
+    train_loader = DataLoader(train_set, args.batch_size, shuffle=True, drop_last=True,
+                              collate_fn=collate, generator=g)
+    val_loader = DataLoader(val_set, args.batch_size, collate_fn=collate)
+    if len(train_loader) == 0:
+        raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(train_set)} "
+                         "training pairs")
+    if len(val_set) == 0:
+        raise ValueError("--data: the validation split holds no pair that fits "
+                         f"{allowed} tokens")
+    reference = copy.deepcopy(model).requires_grad_(False).eval()  # before any adapter
+    if args.lora_rank is None:
+        model.requires_grad_(True)
+    _apply_lora(model, args, g)
+    model.to(device)
+    reference.to(device)
+    left_out = f" ({dropped} + {val_dropped} left out: prompt fills the {allowed} tokens)" \
+        if dropped + val_dropped else ""
+    print(f"{count_trainable_parameters(model):,} trainable parameters; {len(train_set)} "
+          f"training and {len(val_set)} validation pairs, cut to {allowed} tokens{left_out}",
+          flush=True)
+    optimizer = configure_optimizer(model, args.lr, args.weight_decay)
+    bar, on_record = _dpo_progress(len(train_loader) * args.epochs, not args.no_progress)
+    try:
+        records = dpo.train_model_dpo_simple(model, reference, train_loader, val_loader,
+                                             optimizer, device, args.epochs, args.beta,
+                                             args.eval_freq, args.eval_iter, seed=args.seed,
+                                             on_record=on_record)
+    finally:
+        if bar is not None:
+            bar.close()
+    scores = dpo.compute_dpo_loss_loader(val_loader, model.eval(), reference, args.beta)
+    validation = {**scores._asdict(), "reward_margin": scores.reward_margin}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
+    if lora is not None:
+        save_lora(model, out / "lora.safetensors")
+        merge_lora(model)
+    save_pretrained(model, out)
+    _write_metrics(out, records, {"started": origin, "validation": validation, "beta": args.beta,
+                                  "lora": lora, "seed": args.seed,
+                                  "mask_prompt": args.mask_prompt})
+    dpo.plot_dpo(records, out / "dpo.png")
+    print(f"validation ({len(val_set)} pairs): loss {scores.loss:.3f}, reward margin "
+          f"{scores.reward_margin:.3f}, reward accuracy {scores.reward_accuracy:.1%}")
+    data_flag = f" --data {args.data}" if args.data else ""
+    print(f"model written to {out}/ (config.json, model.safetensors, metrics.jsonl, dpo.png); "
+          f"next: gpt-components instruction-responses --model {out}{data_flag}")
