@@ -465,13 +465,16 @@ def test_finetune_dpo_runs_from_an_instruction_model_and_responses_follow(tmp_pa
     (["--epochs", "0"], "--epochs must be >= 1"),
     (["--lora-rank", "0"], "--lora-rank must be >= 1"),
     (["--run", "/no/such/run"], "/no/such/run"),
-    (["--data", "/no/such/pairs.json"], "/no/such/pairs.json"),
+    (["--data", "/no/such/pairs.json"], "--data '/no/such/pairs.json' is not a file"),
+    (["--data", "{bad}"], "--data: record 0"),
 ])
 def test_a_bad_finetune_dpo_argument_is_a_one_line_error(argv, fragment, tmp_path, capsys,
                                                          monkeypatch):
     from gpt_components.cli import main
 
     monkeypatch.chdir(tmp_path)
+    (tmp_path / "bad.json").write_text(json.dumps([{"instruction": "a", "output": "b"}]))
+    argv = [str(tmp_path / "bad.json") if a == "{bad}" else a for a in argv]
     assert main(["finetune-dpo", "--out", "o", *argv]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("gpt-components: error:")

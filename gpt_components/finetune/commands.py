@@ -463,7 +463,12 @@ def finetune_dpo(args: argparse.Namespace) -> None:
         if not math.isfinite(value) or value <= 0:
             raise ValueError(f"--{name} must be a finite number > 0, got {value}")
     device = _device(args.device)
-    data = dpo.load_preference_data(args.data)
+    if args.data is not None and not Path(args.data).is_file():
+        raise FileNotFoundError(f"--data {args.data!r} is not a file")
+    try:
+        data = dpo.load_preference_data(args.data)
+    except (ValueError, TypeError) as error:
+        raise ValueError(f"--data: {error}") from None
     model, origin = _dpo_start_model(args)
     print(origin, flush=True)
     splits = dpo.preference_splits(data, seed=args.seed)

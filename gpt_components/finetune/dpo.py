@@ -85,6 +85,8 @@ def load_preference_data(path: str | os.PathLike | None = None) -> list[dict[str
     from ..resources import resource_path
 
     path = resource_path("instruction-data-with-preference.json") if path is None else path
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"path: no preference file at {os.fspath(path)!r}")
     data = load_instruction_data(path)
     for i, entry in enumerate(data):
         _check_pair(entry, f"record {i} of {os.fspath(path)!r}")
