@@ -383,6 +383,51 @@ def test_with_lora_only_the_adapters_move_and_training_starts_at_log_2(seed, dat
     assert any(".lora.B" in k and v.abs().sum() > 0 for k, v in policy.state_dict().items())
 
 
+def tiny_model(family: str, seed: int) -> torch.nn.Module:
+    """A float64 one-layer model of ``family`` (emb 16, vocab 60), every parameter drawn."""
+    from gpt_components.modern.llama import LlamaConfig
+    from gpt_components.modern.qwen3 import Qwen3Config
+    from gpt_components.registry import build_model
+
+    sizes = {"vocab_size": VOCAB, "context_length": 24, "emb_dim": 16, "n_layers": 1,
+             "n_heads": 2}
+    cfg = {"gpt2": lambda: TINY,
+           "llama": lambda: LlamaConfig(**sizes, n_kv_heads=1, hidden_dim=32),
+           "qwen3": lambda: Qwen3Config(**sizes, n_kv_heads=1, hidden_dim=32)}[family]()
+    with torch.random.fork_rng(devices=[]):  # construction draws from the global RNG: isolate it
+        model = build_model(cfg).double()
+    g = generator(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = 0.3 * torch.randn(p.shape, generator=g, dtype=p.dtype)
+            p.copy_(noise + 1 if p.dim() == 1 and ("norm" in name or "scale" in name) else noise)
+    return model
+
+
+@settings(max_examples=2)
+@given(seeds, seeds)
+@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("lora", [False, True])
+def test_dpo_trains_a_modern_decoder_with_or_without_lora_and_never_its_reference(
+        family, lora, seed, data_seed):
+    reference = tiny_model(family, seed)
+    policy = copy.deepcopy(reference)
+    if lora:
+        replace_linear_with_lora(policy, 2, alpha=2.0, generator=generator(seed))
+    reference_before = copy.deepcopy(reference.state_dict())
+    policy_before = copy.deepcopy(policy.state_dict())
+    batches = drawn_batches(data_seed, n_batches=2, batch_size=2)
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    records = train_model_dpo_simple(policy, reference, batches, batches, optimizer,
+                                     num_epochs=1, beta=0.5, eval_freq=2, eval_iter=1)
+    assert records[0]["loss"] == math.log(2)
+    assert all(p.grad is None for p in reference.parameters())
+    assert all(torch.equal(reference.state_dict()[k], v) for k, v in reference_before.items())
+    moved = {k for k, v in policy.state_dict().items() if not torch.equal(v, policy_before[k])}
+    assert moved and (not lora or all(".lora." in k for k in moved))
+    assert records[-1]["val_loss"] < math.log(2)
+
+
 def test_collate_and_training_reject_bad_arguments():
     item = {"prompt": [1], "chosen": [1, 2], "rejected": [1, 3]}
     with pytest.raises(ValueError, match="batch"):

@@ -413,7 +413,7 @@ def _add_dpo_command(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _dpo_start_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """``--run`` may name a finetune-instructions output (a Hugging Face layout directory)."""
+    """``--run`` may name a finetune-instructions output (Hugging Face layout, any family)."""
     run = args.run_dir
     if args.weights is None and run is not None and (Path(run) / "model.safetensors").is_file():
         return (from_pretrained(run, drop_rate=args.drop_rate),
