@@ -398,7 +398,12 @@ def _add_dpo_command(subparsers: argparse._SubParsersAction) -> None:
     )
     _start_options(p)
     _training_options(p, epochs=1, lr=5e-6, batch_size=8)
-    p.set_defaults(weight_decay=0.01, eval_freq=5)
+    book = {"weight_decay": (0.01, "AdamW weight decay on weight matrices (default 0.01, the "
+                             "book's for DPO)"),
+            "eval_freq": (5, "evaluate every N steps (and after every epoch; default 5)")}
+    for action in p._actions:
+        if action.dest in book:
+            action.default, action.help = book[action.dest]
     p.add_argument("--beta", type=float, default=0.1,
                    help="how far the policy may move from the reference: the DPO temperature "
                    "(default 0.1)")

@@ -414,13 +414,13 @@ def plot_dpo(records: Iterable[dict], path: str | os.PathLike) -> Figure:
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
     loss_ax, margin_ax = fig.subplots(1, 2)
-    loss_ax.plot([r["step"] for r in records], [r["loss"] for r in records], label="train (step)")
-    for split in ("train", "val"):
-        name = "validation" if split == "val" else "train"
-        loss_ax.plot([r["step"] for r in evals], [r[f"{split}_loss"] for r in evals], "o-",
-                     label=f"{name} (evaluation)")
-        margin_ax.plot([r["step"] for r in evals], [r[f"{split}_reward_margin"] for r in evals],
-                       "o-", label=name)
+    loss_ax.plot([r["step"] for r in records], [r["loss"] for r in records], color="0.7",
+                 label="train (each step)")
+    for split, name, color in (("train", "train", "C0"), ("val", "validation", "C1")):
+        steps = [r["step"] for r in evals]
+        loss_ax.plot(steps, [r[f"{split}_loss"] for r in evals], "o-", color=color, label=name)
+        margin_ax.plot(steps, [r[f"{split}_reward_margin"] for r in evals], "o-", color=color,
+                       label=name)
     loss_ax.axhline(math.log(2), color="grey", linestyle=":", label="log 2 (start)")
     loss_ax.set(xlabel="step", ylabel="DPO loss")
     margin_ax.set(xlabel="step", ylabel="reward margin (chosen - rejected)")
