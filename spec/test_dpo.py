@@ -385,15 +385,20 @@ def test_with_lora_only_the_adapters_move_and_training_starts_at_log_2(seed, dat
 
 def tiny_model(family: str, seed: int) -> torch.nn.Module:
     """A float64 one-layer model of ``family`` (emb 16, vocab 60), every parameter drawn."""
+    from gpt_components.modern.gemma3 import FULL, SLIDING, Gemma3Config
     from gpt_components.modern.llama import LlamaConfig
     from gpt_components.modern.qwen3 import Qwen3Config
     from gpt_components.registry import build_model
 
-    sizes = {"vocab_size": VOCAB, "context_length": 24, "emb_dim": 16, "n_layers": 1,
-             "n_heads": 2}
+    sizes = {"vocab_size": VOCAB, "context_length": 24, "emb_dim": 16, "n_heads": 2,
+             "n_kv_heads": 1, "hidden_dim": 32}
     cfg = {"gpt2": lambda: TINY,
-           "llama": lambda: LlamaConfig(**sizes, n_kv_heads=1, hidden_dim=32),
-           "qwen3": lambda: Qwen3Config(**sizes, n_kv_heads=1, hidden_dim=32)}[family]()
+           "llama": lambda: LlamaConfig(**sizes, n_layers=1),
+           "qwen3": lambda: Qwen3Config(**sizes, n_layers=1),
+           # one sliding layer whose window is shorter than the drawn sequences, one global
+           "gemma3": lambda: Gemma3Config(**sizes, n_layers=2, sliding_window=4,
+                                          query_pre_attn_scalar=8.0,
+                                          layer_types=(SLIDING, FULL))}[family]()
     with torch.random.fork_rng(devices=[]):  # construction draws from the global RNG: isolate it
         model = build_model(cfg).double()
     g = generator(seed)
@@ -406,9 +411,9 @@ def tiny_model(family: str, seed: int) -> torch.nn.Module:
 
 @settings(max_examples=2)
 @given(seeds, seeds)
-@pytest.mark.parametrize("family", ["llama", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "qwen3", "gemma3"])
 @pytest.mark.parametrize("lora", [False, True])
-def test_dpo_trains_a_modern_decoder_with_or_without_lora_and_never_its_reference(
+def test_dpo_trains_every_modern_family_with_or_without_lora_and_never_its_reference(
         family, lora, seed, data_seed):
     reference = tiny_model(family, seed)
     policy = copy.deepcopy(reference)
