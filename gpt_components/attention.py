@@ -59,12 +59,42 @@ def _check_dropout(dropout: object) -> float:
     return float(dropout)
 
 
-def _check_features(x: object, d_in: int | None, dims: tuple[int, ...]) -> torch.Tensor:
-    """``x`` is a floating tensor with ``len(x.shape)`` in ``dims`` and ``d_in`` features."""
+def _check_bool(name: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def _autocasting(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except RuntimeError:  # a device type autocast does not know, such as meta
+        return False
+
+
+def _check_like(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """``x`` sits on the weights' device in their dtype (autocast may lower the dtype)."""
+    if x.device != weight.device:
+        raise ValueError(f"x is on device {x.device}, but the module's weights are on "
+                         f"{weight.device}: move one to the other (x.to(...) or module.to(...))")
+    if x.dtype != weight.dtype and not _autocasting(x.device.type):
+        raise TypeError(f"x has dtype {x.dtype}, but the module's weights are {weight.dtype}: "
+                        f"convert one to the other (x.to({weight.dtype}) or "
+                        f"module.to({x.dtype}))")
+
+
+def _check_features(x: object, d_in: int | None, dims: tuple[int, ...],
+                    like: torch.Tensor | None = None) -> torch.Tensor:
+    """``x`` is a floating tensor with ``len(x.shape)`` in ``dims`` and ``d_in`` features.
+
+    With ``like`` (a weight of the module), ``x`` must also share its device and dtype.
+    """
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
     if not x.is_floating_point():
         raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    if like is not None:
+        _check_like(x, like)
     if x.dim() not in dims:
         allowed = " or ".join(f"{d}-D" for d in dims)
         raise ValueError(f"x must be {allowed} [..., tokens, d_in], got shape {tuple(x.shape)}")
@@ -73,9 +103,10 @@ def _check_features(x: object, d_in: int | None, dims: tuple[int, ...]) -> torch
     return x
 
 
-def _check_tokens(x: object, d_in: int, context_length: int) -> torch.Tensor:
+def _check_tokens(x: object, d_in: int, context_length: int,
+                  like: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` is ``[batch, tokens, d_in]`` floating point with ``tokens <= context_length``."""
-    x = _check_features(x, d_in, (3,))
+    x = _check_features(x, d_in, (3,), like)
     if x.shape[1] > context_length:
         raise ValueError(
             f"x has {x.shape[1]} tokens, more than context_length={context_length} "
@@ -118,7 +149,7 @@ class SelfAttentionV1(nn.Module):
         self.W_value = nn.Parameter(torch.rand(d_in, d_out, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_features(x, self.d_in, (2, 3))
+        x = _check_features(x, self.d_in, (2, 3), self.W_query)
         # (..., T, d_in) @ (d_in, d_out) -> (..., T, d_out)
         queries, keys, values = x @ self.W_query, x @ self.W_key, x @ self.W_value
         scores = queries @ keys.transpose(-2, -1)  # (..., T, T)
@@ -136,12 +167,12 @@ class SelfAttentionV2(nn.Module):
         super().__init__()
         self.d_in = _check_size("d_in", d_in)
         self.d_out = _check_size("d_out", d_out)
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_query = nn.Linear(d_in, d_out, bias=_check_bool("qkv_bias", qkv_bias))
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_features(x, self.d_in, (2, 3))
+        x = _check_features(x, self.d_in, (2, 3), self.W_query.weight)
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)  # (..., T, d_out)
         scores = queries @ keys.transpose(-2, -1)  # (..., T, T)
         weights = torch.softmax(scores / math.sqrt(self.d_out), dim=-1)
@@ -162,7 +193,7 @@ class CausalAttention(nn.Module):
         self.d_in = _check_size("d_in", d_in)
         self.d_out = _check_size("d_out", d_out)
         self.context_length = _check_size("context_length", context_length)
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_query = nn.Linear(d_in, d_out, bias=_check_bool("qkv_bias", qkv_bias))
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.dropout = nn.Dropout(_check_dropout(dropout))
@@ -170,7 +201,7 @@ class CausalAttention(nn.Module):
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The ``[B, T, T]`` causal attention weights (before dropout): rows sum to 1."""
-        x = _check_tokens(x, self.d_in, self.context_length)
+        x = _check_tokens(x, self.d_in, self.context_length, self.W_query.weight)
         return self._weights(self.W_query(x), self.W_key(x))
 
     def _weights(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -180,7 +211,7 @@ class CausalAttention(nn.Module):
         return torch.softmax(scores / math.sqrt(self.d_out), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_tokens(x, self.d_in, self.context_length)
+        x = _check_tokens(x, self.d_in, self.context_length, self.W_query.weight)
         weights = self.dropout(self._weights(self.W_query(x), self.W_key(x)))
         return weights @ self.W_value(x)  # (B, T, d_out)
 
@@ -230,7 +261,7 @@ class MultiHeadAttention(nn.Module):
                 f"each head gets d_out // num_heads features"
             )
         self.head_dim = d_out // num_heads
-        self.W_query = nn.Linear(d_in, d_out, bias=qkv_bias)
+        self.W_query = nn.Linear(d_in, d_out, bias=_check_bool("qkv_bias", qkv_bias))
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
@@ -250,7 +281,7 @@ class MultiHeadAttention(nn.Module):
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The ``[B, nh, T, T]`` causal attention weights (before dropout): rows sum to 1."""
-        x = _check_tokens(x, self.d_in, self.context_length)
+        x = _check_tokens(x, self.d_in, self.context_length, self.W_query.weight)
         return self._weights(self._split_heads(self.W_query(x)), self._split_heads(self.W_key(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -262,7 +293,7 @@ class MultiHeadAttention(nn.Module):
         The weights are taken after dropout, so in eval mode they are ``attention_weights(x)``:
         what an attention map should draw is what the layer used.
         """
-        x = _check_tokens(x, self.d_in, self.context_length)
+        x = _check_tokens(x, self.d_in, self.context_length, self.W_query.weight)
         b, t, _ = x.shape
         queries = self._split_heads(self.W_query(x))  # (B, nh, T, hd)
         keys = self._split_heads(self.W_key(x))

@@ -161,9 +161,16 @@ def save_checkpoint(
     NaN or infinity, and ``CheckpointWriteError`` (an ``OSError``, leaving the previous
     checkpoint as it was and no temporary file) if the files cannot be written.
     """
+    if not isinstance(model, torch.nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for name, value in (("state", state), ("meta", meta)):
+        if not isinstance(value, dict):
+            raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
     step = meta.get("step")
-    if not isinstance(step, int) or step < 0:
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
         raise ValueError(f"meta['step'] must be an int >= 0, got {step!r}")
+    if isinstance(keep, bool) or not isinstance(keep, int):
+        raise TypeError(f"keep must be an int >= 1, got {keep!r}")
     if keep < 1:
         raise ValueError(f"keep must be >= 1, got {keep!r}")
     # safetensors refuses tensors that share memory (a tied output head): store copies.

@@ -238,7 +238,7 @@ def _new_config(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
         model_cfg = preset_config(
             args.preset, vocab_size=tokenizer.n_vocab, drop_rate=args.dropout,
             **({"tie_weights": True} if args.tie_weights else {}),
-            **({"context_length": args.context_length} if args.context_length else {}))
+            **({} if args.context_length is None else {"context_length": args.context_length}))
         train_cfg = TrainConfig(
             batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
             max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
@@ -461,6 +461,8 @@ def _generate(args: argparse.Namespace) -> None:
 
     from .generation import generate_stream
 
+    if args.seed < 0:
+        raise CLIError(f"--seed must be an int >= 0, got {args.seed}")
     device = _pick_device(args.device)
     model, tokenizer = _load_for_generation(args.source, args.tokenizer, device)
     generator = None
@@ -672,9 +674,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Library parameter names whose flag is spelled differently.
+_FLAG_OF = {"max_steps": "steps", "name": "preset", "drop_rate": "dropout", "peak_lr": "lr",
+            "rank": "lora_rank", "alpha": "lora_alpha"}
+
+
 def _as_flag(message: str, args: argparse.Namespace) -> str:
     """``top_p must be ...`` from the library reads ``--top-p must be ...`` on the command line."""
     name, _, rest = message.partition(" ")
+    if name not in vars(args) and _FLAG_OF.get(name) in vars(args):
+        name = _FLAG_OF[name]
     flag = "--" + name.replace("_", "-")
     if name in vars(args) and any(flag + end in args.usage for end in (" ", "]")):
         return f"{flag} {rest}"

@@ -99,6 +99,8 @@ def _source_files(source: Path) -> list[Path]:
         if files:
             return files
         raise ValueError(f"source must contain .txt files, got the empty directory {str(source)!r}")
+    if not source.exists():
+        raise FileNotFoundError(f"source {str(source)!r} does not exist")
     raise FileNotFoundError(f"source must be a .txt file or a directory, got {str(source)!r}")
 
 
@@ -229,11 +231,14 @@ class TokenWindows(torch.utils.data.Dataset):
     """
 
     def __init__(self, tokens: np.ndarray, context_length: int, stride: int | None = None):
-        if not isinstance(context_length, int) or context_length < 1:
-            raise ValueError(f"context_length must be an int >= 1, got {context_length!r}")
+        for name, value in (("context_length", context_length), ("stride", stride)):
+            if value is None and name == "stride":
+                continue
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an int >= 1, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         stride = context_length if stride is None else stride
-        if not isinstance(stride, int) or stride < 1:
-            raise ValueError(f"stride must be an int >= 1, got {stride!r}")
         self.tokens, self.context_length, self.stride = tokens, context_length, stride
 
     def __len__(self) -> int:

@@ -58,6 +58,8 @@ def token_ids_to_text(token_ids: torch.Tensor | list[int], tokenizer: Any = None
         if token_ids.dim() != 1:
             raise ValueError(f"token_ids must be [tokens] or [1, tokens], got shape "
                              f"{tuple(token_ids.shape)}")
+        if token_ids.is_floating_point() or token_ids.is_complex():
+            raise TypeError(f"token_ids must hold integer ids, got dtype {token_ids.dtype}")
         token_ids = token_ids.tolist()
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
     return tokenizer.decode(list(token_ids))
@@ -78,11 +80,16 @@ def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: in
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,
                       top_p: float | None = None,
                       generator: torch.Generator | None = None) -> torch.Tensor:
-    """One token id per row of ``logits`` [batch, vocab], as a [batch, 1] tensor."""
+    """One token id per row of ``logits`` [batch, vocab], as a [batch, 1] tensor.
+
+    ``-inf`` logits mark tokens that can never be drawn; NaN or ``+inf`` (a diverged model) are
+    refused, as greedy decoding would otherwise pick them silently.
+    """
     _check_sampling(temperature, top_k, top_p, generator)
-    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-        raise ValueError(f"logits must be a 2-D [batch, vocab] tensor, got "
-                         f"{getattr(logits, 'shape', type(logits).__name__)}")
+    _check_logits(logits)
+    if top_k is not None and top_k > logits.shape[-1]:
+        raise ValueError(f"top_k must be <= the {logits.shape[-1]} logits per row (the "
+                         f"vocabulary), got {top_k}")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     if top_k is not None and top_k < logits.shape[-1]:
@@ -135,6 +142,9 @@ def generate_stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
         raise ValueError(f"context_size must be <= the model's context_length="
                          f"{cfg.context_length}, got {context_size}")
     _check_sampling(temperature, top_k, top_p, generator)
+    if top_k is not None and top_k > cfg.vocab_size:
+        raise ValueError(f"top_k must be <= the model's vocab_size={cfg.vocab_size}, got "
+                         f"{top_k}")
     if eos_id is not None:
         _check_count(eos_id, "eos_id", 0)
         if eos_id >= cfg.vocab_size:
@@ -206,6 +216,21 @@ def _decoding_head(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
         return head
     weight_t = head.weight.detach().t().contiguous()  # (emb, vocab), row-major
     return lambda rows: rows @ weight_t
+
+
+def _check_logits(logits: Any) -> None:
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
+    if not logits.is_floating_point():
+        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+    if logits.dim() != 2:
+        raise ValueError(f"logits must be a 2-D [batch, vocab] tensor, got shape "
+                         f"{tuple(logits.shape)}")
+    if logits.is_meta:
+        raise ValueError("logits must hold values, got a tensor on the meta device")
+    if bool((~(logits < math.inf)).any()):  # NaN compares False, so one pass finds both
+        raise ValueError("logits hold NaN or +inf (has the model diverged?): no token can be "
+                         "sampled from them")
 
 
 def _check_model(model: Any) -> None:

@@ -56,8 +56,13 @@ class GPTConfig:
             raise ValueError(
                 f"emb_dim ({self.emb_dim}) must be divisible by n_heads ({self.n_heads})"
             )
+        if isinstance(self.drop_rate, bool) or not isinstance(self.drop_rate, (int, float)):
+            raise TypeError(f"drop_rate must be a float in [0, 1), got {self.drop_rate!r}")
         if not 0.0 <= self.drop_rate < 1.0:
             raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
+        for name in ("qkv_bias", "tie_weights"):
+            if not isinstance(getattr(self, name), bool):
+                raise TypeError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.attn_kernel not in ATTENTION_KERNELS:
             raise ValueError(
                 f"attn_kernel must be one of {ATTENTION_KERNELS}, got {self.attn_kernel!r}"
@@ -175,6 +180,9 @@ class GPTModel(nn.Module):
         ``forward`` is ``out_head(hidden_states(idx, kv_cache))``; generation uses this to
         apply the head to the last position only.
         """
+        if isinstance(idx, torch.Tensor) and idx.device != self.tok_emb.weight.device:
+            raise ValueError(f"idx is on device {idx.device}, but the model is on "
+                             f"{self.tok_emb.weight.device}: move idx with idx.to(...)")
         check_token_ids(idx, self.cfg.vocab_size)
         b, t = idx.shape
         start = 0

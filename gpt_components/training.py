@@ -85,18 +85,92 @@ class TrainingInterrupted(KeyboardInterrupt):
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
                     device: torch.device | str) -> torch.Tensor:
     """Mean next-token cross-entropy of one batch (inputs and targets: (B, T) token ids)."""
+    for name, batch in (("input_batch", input_batch), ("target_batch", target_batch)):
+        if not isinstance(batch, torch.Tensor) or batch.is_floating_point() or batch.is_complex():
+            raise TypeError(f"{name} must be a tensor of integer token ids, got "
+                            f"{getattr(batch, 'dtype', type(batch).__name__)}")
+    if target_batch.shape != input_batch.shape:
+        raise ValueError(f"target_batch must have input_batch's shape {tuple(input_batch.shape)}"
+                         f", got {tuple(target_batch.shape)}")
+    vocab_size = _vocab_size(model)
+    if vocab_size is not None and target_batch.device.type == "cpu":
+        _check_targets(target_batch, vocab_size)  # before the copy: no device sync
+        vocab_size = -1
     input_batch, target_batch = input_batch.to(device), target_batch.to(device)
     logits = model(input_batch)  # (B, T, V)
+    if vocab_size != -1:
+        _check_targets(target_batch, logits.shape[-1])
     if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: take the softmax in fp32
         logits = logits.float()
     return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
 
 
+def _vocab_size(model: nn.Module) -> int | None:
+    """The model's vocabulary, looking through DDP and torch.compile wrappers."""
+    for inner in (model, getattr(model, "module", None), getattr(model, "_orig_mod", None)):
+        size = getattr(getattr(inner, "cfg", None), "vocab_size", None)
+        if isinstance(size, int):
+            return size
+    return None
+
+
+def _check_targets(targets: torch.Tensor, vocab_size: int) -> None:
+    """Ids in [0, vocab_size), or -100 (cross-entropy's ignore_index, as finetuning pads)."""
+    bad = (targets >= vocab_size) | ((targets < 0) & (targets != -100))
+    if bool(bad.any()):
+        value = int(targets[bad][0])
+        raise ValueError(f"target_batch holds token id {value}, outside [0, vocab_size="
+                         f"{vocab_size}) (and not the ignored -100)")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, minimum: float, inclusive: bool = True) -> None:
+    """A finite real number >= ``minimum`` (> when not ``inclusive``)."""
+    bound = f">= {minimum}" if inclusive else f"> {minimum}"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a finite number {bound}, got {value!r}")
+    if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
+        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+
+
+def _check_run_settings(cfg: Any) -> None:
+    """The ``TrainConfig`` fields the other checks leave: seed, stride, sample and switches."""
+    _check_int("seed", cfg.seed, 0)
+    _check_int("sample_tokens", cfg.sample_tokens, 0)
+    if cfg.stride is not None:
+        _check_int("stride", cfg.stride, 1)
+    for name in ("compile", "bf16"):
+        if not isinstance(getattr(cfg, name), bool):
+            raise TypeError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
+    _check_number("weight_decay", cfg.weight_decay, 0.0)
+    _check_number("min_lr", cfg.min_lr, 0.0)
+
+
+def _check_windows(model: nn.Module, train_tokens: Any, val_tokens: Any,
+                   context_length: int) -> None:
+    """Windows of ``context_length`` fit the model, and the validation split holds one."""
+    _check_int("context_length", context_length, 1)
+    limit = getattr(getattr(model, "cfg", None), "context_length", None)
+    if limit is not None and context_length > limit:
+        raise ValueError(f"context_length must be <= the model's context_length={limit}, got "
+                         f"{context_length}")
+    if len(val_tokens) < context_length + 1:
+        raise ValueError(f"val_fraction leaves the validation split {len(val_tokens)} tokens, "
+                         f"fewer than one window (context_length + 1 = {context_length + 1}): "
+                         "raise val_fraction, lower the context length or use a longer corpus")
+
+
 def calc_loss_loader(data_loader: Any, model: nn.Module, device: torch.device | str,
                      num_batches: int | None = None) -> float:
     """Average batch loss over the first ``num_batches`` batches (all if None; NaN if empty)."""
-    if num_batches is not None and num_batches < 1:
-        raise ValueError(f"num_batches must be >= 1 or None, got {num_batches!r}")
+    if num_batches is not None:
+        _check_int("num_batches", num_batches, 1)
     if len(data_loader) == 0:
         return float("nan")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
@@ -122,7 +196,12 @@ def evaluate(model: nn.Module, train_loader: Any, val_loader: Any, device: torch
 
 def perplexity(loss: float | torch.Tensor) -> float:
     """exp(cross-entropy): the effective number of equally likely next tokens."""
-    return math.exp(loss.item() if isinstance(loss, torch.Tensor) else float(loss))
+    value = loss.item() if isinstance(loss, torch.Tensor) and loss.numel() == 1 else loss
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"loss must be a number or a one-element tensor, got {loss!r}")
+    if math.isnan(value):
+        raise ValueError("loss must be a number, got NaN (an empty loader or a diverged run)")
+    return math.exp(value)
 
 
 def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int,
@@ -132,8 +211,11 @@ def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int,
     Linear warm-up reaches ``peak_lr`` at step ``warmup_steps - 1``; cosine decay then ends at
     ``min_lr`` on the last step, ``total_steps - 1``; never below ``min_lr``.
     """
-    if not (peak_lr > 0 and math.isfinite(peak_lr)):
-        raise ValueError(f"peak_lr must be a finite number > 0, got {peak_lr!r}")
+    _check_int("step", step, 0)
+    _check_int("warmup_steps", warmup_steps, 0)
+    _check_int("total_steps", total_steps, 1)
+    _check_number("peak_lr", peak_lr, 0.0, inclusive=False)
+    _check_number("min_lr", min_lr, 0.0)
     if not 0.0 <= min_lr <= peak_lr:
         raise ValueError(f"min_lr must be in [0, peak_lr={peak_lr}], got {min_lr!r}")
     if warmup_steps < 0:
@@ -153,8 +235,11 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float,
 
     A tied output head is the embedding's own parameter, so it is not decayed either.
     """
-    if lr <= 0 or weight_decay < 0:
-        raise ValueError(f"lr must be > 0 and weight_decay >= 0, got {lr!r}, {weight_decay!r}")
+    _check_number("lr", lr, 0.0, inclusive=False)
+    _check_number("weight_decay", weight_decay, 0.0)
+    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)):
+        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
     embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
                  for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
@@ -274,6 +359,7 @@ class TrainConfig:
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         lr_at(0, peak_lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
               total_steps=1)
+        _check_run_settings(self)
 
 
 def _seed_for(seed: int, *parts: int) -> int:
@@ -387,6 +473,7 @@ def train(
     run_dir = Path(run_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
+    _check_windows(model, train_tokens, val_tokens, context_length)
     windows = TokenWindows(train_tokens, context_length, cfg.stride)
     val_windows = TokenWindows(val_tokens, context_length, context_length)
     schedule = _Schedule(len(windows), cfg, world)

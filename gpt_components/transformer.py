@@ -36,11 +36,15 @@ __all__ = [
 ATTENTION_KERNELS = ("sdpa", "textbook")
 
 
-def _cfg(cfg: Any, key: str, default: Any = None) -> Any:
-    """One field of a ``GPTConfig`` or of the book's plain dict."""
-    if isinstance(cfg, Mapping):
-        return cfg.get(key, default)
-    return getattr(cfg, key, default)
+_MISSING = object()
+
+
+def _cfg(cfg: Any, key: str, default: Any = _MISSING) -> Any:
+    """One field of a ``GPTConfig`` or of the book's plain dict; a missing one is named."""
+    value = cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
+    if value is _MISSING:
+        raise TypeError(f"cfg must give {key}, got {type(cfg).__name__} without it")
+    return value
 
 
 class LayerNorm(nn.Module):
@@ -48,15 +52,20 @@ class LayerNorm(nn.Module):
 
     def __init__(self, emb_dim: int, eps: float = 1e-5) -> None:
         super().__init__()
-        if not isinstance(emb_dim, int) or emb_dim < 1:
+        if isinstance(emb_dim, bool) or not isinstance(emb_dim, int) or emb_dim < 1:
             raise ValueError(f"emb_dim must be a positive int, got {emb_dim!r}")
-        if not eps > 0:
-            raise ValueError(f"eps must be > 0, got {eps!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
+            raise TypeError(f"eps must be a float > 0, got {eps!r}")
+        if not eps > 0 or not math.isfinite(eps):
+            raise ValueError(f"eps must be a finite float > 0, got {eps!r}")
         self.eps = eps
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1:] != self.scale.shape:
+            raise ValueError(f"x must have emb_dim={self.scale.shape[0]} features in its last "
+                             f"dim, got shape {tuple(x.shape)}")
         mean = x.mean(dim=-1, keepdim=True)
         # Biased variance (divide by n), as GPT-2 and torch.nn.LayerNorm do.
         var = x.var(dim=-1, keepdim=True, unbiased=False)
@@ -117,7 +126,7 @@ class CausalSelfAttention(MultiHeadAttention):
         """
         if kv_cache is None and self.kernel == "textbook":
             return super().forward(x)
-        x = _check_features(x, self.d_in, (3,))
+        x = _check_features(x, self.d_in, (3,), self.W_query.weight)
         b, t, _ = x.shape
         start = 0 if kv_cache is None else kv_cache.length
         if start + t > self.context_length:

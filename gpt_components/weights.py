@@ -112,6 +112,8 @@ def _pattern(book_name: str) -> tuple[str, str | None]:
 
 def hf_name(book_name: str) -> str:
     """The Hugging Face name of one of the book's parameters."""
+    if not isinstance(book_name, str):
+        raise TypeError(f"book_name must be a str, got {type(book_name).__name__}")
     key, block = _pattern(book_name)
     if key not in BOOK_TO_HF:
         raise ValueError(f"book_name must name a GPTModel parameter, got {book_name!r}")

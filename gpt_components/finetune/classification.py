@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader
 from ..registry import build_model, config_to_dict
 from ..tensor_files import check_state_dict, read_safetensors
 from ..tokenizers import gpt2_tokenizer
-from .loop import check_counts, finetune_loop
+from .loop import check_counts, check_int, finetune_loop
 from .spam_data import SPAM_LABELS
 
 __all__ = [
@@ -63,8 +63,9 @@ def make_classifier(
     for name in ("out_head", "trf_blocks", "final_norm"):
         if not hasattr(model, name):
             raise TypeError(f"model must be a GPTModel with {name!r}, got {type(model).__name__}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be an int >= 1, got {num_classes!r}")
+    check_int("num_classes", num_classes, 1)
+    if trainable_blocks is not None:
+        check_int("trainable_blocks", trainable_blocks, 0)
     n_blocks = len(model.trf_blocks)
     if trainable_blocks is not None and not 0 <= trainable_blocks <= n_blocks:
         raise ValueError(
@@ -231,6 +232,8 @@ def classify(
     """The label the classifier gives ``text``, cut to ``max_length`` (the context by default)."""
     if not isinstance(text, str) or not text:
         raise ValueError(f"text must be a non-empty string, got {text!r}")
+    if max_length is not None:
+        check_int("max_length", max_length, 1)
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
     num_classes = _num_classes(model)
     if len(labels) != num_classes:

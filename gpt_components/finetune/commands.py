@@ -230,6 +230,20 @@ def _check_positive(args: argparse.Namespace, *names: str) -> None:
             raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
 
 
+def _check_training_numbers(args: argparse.Namespace) -> None:
+    """The real-valued flags of both finetuning commands, before any data or model is read."""
+    rules = (("lr", lambda v: v > 0, "a finite number > 0"),
+             ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
+             ("drop_rate", lambda v: 0 <= v < 1, "in [0, 1)"),
+             ("lora_alpha", lambda v: True, "a finite number"))
+    for name, holds, allowed in rules:
+        value = getattr(args, name)
+        if not (math.isfinite(value) and holds(value)):
+            raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
+    if args.seed < 0:
+        raise ValueError(f"--seed must be an int >= 0, got {args.seed}")
+
+
 def _apply_lora(model: nn.Module, args: argparse.Namespace, g: torch.Generator) -> None:
     if args.lora_rank is not None:
         replace_linear_with_lora(model, args.lora_rank, args.lora_alpha, generator=g)
@@ -253,6 +267,9 @@ def finetune_classifier(args: argparse.Namespace) -> None:
     """Handler of ``finetune-classifier``."""
     _check_positive(args, "epochs", "batch_size", "eval_freq", "eval_iter", "limit",
                     "max_length", "lora_rank")
+    _check_training_numbers(args)
+    if args.trainable_blocks < 0:
+        raise ValueError(f"--trainable-blocks must be >= 0, got {args.trainable_blocks}")
     device = _device(args.device)
     model, origin = load_start_model(args.weights, args.run_dir, args.preset, args.drop_rate,
                                      args.seed)
@@ -313,6 +330,7 @@ def finetune_instructions(args: argparse.Namespace) -> None:
     """Handler of ``finetune-instructions``."""
     _check_positive(args, "epochs", "batch_size", "eval_freq", "eval_iter", "limit",
                     "allowed_max_length", "lora_rank")
+    _check_training_numbers(args)
     device = _device(args.device)
     data = ins.load_instruction_data(args.data)
     model, origin = load_start_model(args.weights, args.run_dir, args.preset, args.drop_rate,

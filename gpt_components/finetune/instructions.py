@@ -34,7 +34,7 @@ from ..generation import generate
 from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
 from ..training import evaluate
-from .loop import check_counts, finetune_loop
+from .loop import check_counts, check_int, finetune_loop
 from .spam_data import Splits, split_records
 
 __all__ = [
@@ -166,8 +166,13 @@ def instruction_collate(
     """
     if len(batch) == 0:
         raise ValueError("batch must hold at least one sequence, got an empty batch")
-    if allowed_max_length is not None and allowed_max_length < 1:
-        raise ValueError(f"allowed_max_length must be >= 1 or None, got {allowed_max_length}")
+    if allowed_max_length is not None:
+        check_int("allowed_max_length", allowed_max_length, 1)
+    check_int("pad_token_id", pad_token_id, 0)
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
+        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
+    if not isinstance(mask_prompt, bool):
+        raise TypeError(f"mask_prompt must be True or False, got {mask_prompt!r}")
     examples = [_as_example(item, mask_prompt) for item in batch]
     width = max(len(e.token_ids) for e in examples)  # the longest row gets no padding input
     inputs = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
@@ -271,6 +276,7 @@ def generate_responses(
     Decoding is greedy by default and stops at ``<|endoftext|>``; prompts longer than the
     context keep their last tokens. ``progress(i, record)`` is called after each record.
     """
+    check_int("max_new_tokens", max_new_tokens, 1)
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
     device = next(model.parameters()).device
     context = model.cfg.context_length

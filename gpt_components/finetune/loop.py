@@ -87,6 +87,15 @@ def finetune_loop(
     return records
 
 
+def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
+    """``TypeError`` unless ``value`` is an int (not a bool), ``ValueError`` outside the range."""
+    allowed = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int {allowed}, got {value!r}")
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
+
+
 def check_counts(**counts: object) -> None:
     """Raise a ``ValueError`` naming the first of ``counts`` that is not an int >= 1."""
     for name, value in counts.items():

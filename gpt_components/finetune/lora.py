@@ -47,8 +47,10 @@ def _check_rank_alpha(rank: int, alpha: float) -> None:
         raise TypeError(f"rank must be an int >= 1, got {rank!r}")
     if rank < 1:
         raise ValueError(f"rank must be >= 1, got {rank}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise TypeError(f"alpha must be a finite number, got {alpha!r}")
+    if not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
 
 
 class LoRALayer(nn.Module):
@@ -140,6 +142,8 @@ def replace_linear_with_lora(
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     _check_rank_alpha(rank, alpha)
+    if not isinstance(freeze_base, bool):
+        raise TypeError(f"freeze_base must be True or False, got {freeze_base!r}")
     if isinstance(model, nn.Linear):
         raise TypeError("model must contain nn.Linear layers, not be one: use LinearWithLoRA")
     if freeze_base:

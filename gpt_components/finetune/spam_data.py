@@ -28,6 +28,7 @@ from torch.utils.data import Dataset
 
 from ..resources import resource_path
 from ..tokenizers import gpt2_tokenizer
+from .loop import check_int
 
 __all__ = [
     "SPAM_LABELS",
@@ -93,6 +94,7 @@ def balance_classes(records: Sequence[LabeledText], seed: int = 123) -> list[Lab
 
     The kept records stay in their original order.
     """
+    check_int("seed", seed, 0)
     by_label: dict[int, list[int]] = {}
     for index, record in enumerate(records):
         by_label.setdefault(record.label, []).append(index)
@@ -116,6 +118,7 @@ def split_records(
     Train gets ``int(n * fractions[0])`` records, validation ``int(n * fractions[1])`` and test
     the rest, so the three parts are disjoint and together hold every record.
     """
+    check_int("seed", seed, 0)
     if len(fractions) != 3 or any(not 0 <= f <= 1 for f in fractions):
         raise ValueError(f"fractions must be three numbers in [0, 1], got {tuple(fractions)}")
     if abs(sum(fractions) - 1) > 1e-9:
@@ -155,9 +158,11 @@ class SpamDataset(Dataset):
         pad_token_id: int = ENDOFTEXT_ID,
         num_classes: int = len(SPAM_LABELS),
     ) -> None:
-        if max_length is not None and (isinstance(max_length, bool) or max_length < 1):
-            raise ValueError(f"max_length must be an int >= 1 or None, got {max_length!r}")
+        if max_length is not None:
+            check_int("max_length", max_length, 1)
         tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+        vocab = getattr(tokenizer, "n_vocab", None)
+        check_int("pad_token_id", pad_token_id, 0, None if vocab is None else vocab - 1)
         encoded, labels = [], []
         for i, (text, label) in enumerate(records):
             if isinstance(label, bool) or not isinstance(label, int):
