@@ -72,6 +72,11 @@ def _autocasting(device_type: str) -> bool:
         return False
 
 
+def _a_weight(module: nn.Module) -> torch.Tensor | None:
+    """One of the module's parameters (any: they share a device and dtype), or None."""
+    return next(module.parameters(), None)
+
+
 def _check_like(x: torch.Tensor, weight: torch.Tensor) -> None:
     """``x`` sits on the weights' device in their dtype (autocast may lower the dtype)."""
     if x.device != weight.device:
@@ -172,7 +177,7 @@ class SelfAttentionV2(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_features(x, self.d_in, (2, 3), self.W_query.weight)
+        x = _check_features(x, self.d_in, (2, 3), _a_weight(self))
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)  # (..., T, d_out)
         scores = queries @ keys.transpose(-2, -1)  # (..., T, T)
         weights = torch.softmax(scores / math.sqrt(self.d_out), dim=-1)
@@ -201,7 +206,7 @@ class CausalAttention(nn.Module):
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The ``[B, T, T]`` causal attention weights (before dropout): rows sum to 1."""
-        x = _check_tokens(x, self.d_in, self.context_length, self.W_query.weight)
+        x = _check_tokens(x, self.d_in, self.context_length, _a_weight(self))
         return self._weights(self.W_query(x), self.W_key(x))
 
     def _weights(self, queries: torch.Tensor, keys: torch.Tensor) -> torch.Tensor:
@@ -211,7 +216,7 @@ class CausalAttention(nn.Module):
         return torch.softmax(scores / math.sqrt(self.d_out), dim=-1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_tokens(x, self.d_in, self.context_length, self.W_query.weight)
+        x = _check_tokens(x, self.d_in, self.context_length, _a_weight(self))
         weights = self.dropout(self._weights(self.W_query(x), self.W_key(x)))
         return weights @ self.W_value(x)  # (B, T, d_out)
 
@@ -281,7 +286,7 @@ class MultiHeadAttention(nn.Module):
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
         """The ``[B, nh, T, T]`` causal attention weights (before dropout): rows sum to 1."""
-        x = _check_tokens(x, self.d_in, self.context_length, self.W_query.weight)
+        x = _check_tokens(x, self.d_in, self.context_length, _a_weight(self))
         return self._weights(self._split_heads(self.W_query(x)), self._split_heads(self.W_key(x)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -293,7 +298,7 @@ class MultiHeadAttention(nn.Module):
         The weights are taken after dropout, so in eval mode they are ``attention_weights(x)``:
         what an attention map should draw is what the layer used.
         """
-        x = _check_tokens(x, self.d_in, self.context_length, self.W_query.weight)
+        x = _check_tokens(x, self.d_in, self.context_length, _a_weight(self))
         b, t, _ = x.shape
         queries = self._split_heads(self.W_query(x))  # (B, nh, T, hd)
         keys = self._split_heads(self.W_key(x))

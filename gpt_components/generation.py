@@ -47,7 +47,8 @@ def text_to_token_ids(text: str, tokenizer: Any = None) -> torch.Tensor:
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
-    return torch.tensor(tokenizer.encode(text, allowed_special={ENDOFTEXT})).unsqueeze(0)
+    ids = tokenizer.encode(text, allowed_special={ENDOFTEXT})
+    return torch.tensor(ids, dtype=torch.long).unsqueeze(0)
 
 
 def token_ids_to_text(token_ids: torch.Tensor | list[int], tokenizer: Any = None) -> str:
@@ -58,7 +59,7 @@ def token_ids_to_text(token_ids: torch.Tensor | list[int], tokenizer: Any = None
         if token_ids.dim() != 1:
             raise ValueError(f"token_ids must be [tokens] or [1, tokens], got shape "
                              f"{tuple(token_ids.shape)}")
-        if token_ids.is_floating_point() or token_ids.is_complex():
+        if token_ids.numel() and (token_ids.is_floating_point() or token_ids.is_complex()):
             raise TypeError(f"token_ids must hold integer ids, got dtype {token_ids.dtype}")
         token_ids = token_ids.tolist()
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import MultiHeadAttention, _check_features
+from .attention import MultiHeadAttention, _a_weight, _check_features
 
 __all__ = [
     "ATTENTION_KERNELS",
@@ -126,7 +126,7 @@ class CausalSelfAttention(MultiHeadAttention):
         """
         if kv_cache is None and self.kernel == "textbook":
             return super().forward(x)
-        x = _check_features(x, self.d_in, (3,), self.W_query.weight)
+        x = _check_features(x, self.d_in, (3,), _a_weight(self))
         b, t, _ = x.shape
         start = 0 if kv_cache is None else kv_cache.length
         if start + t > self.context_length:

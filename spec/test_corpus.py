@@ -302,7 +302,8 @@ def test_the_split_holds_out_the_last_fraction_and_loses_nothing(n, fraction):
 
 def test_bad_sources_and_arguments_name_the_parameter(tmp_path):
     missing, empty = tmp_path / "missing.txt", tmp_path / "empty"
-    with pytest.raises(FileNotFoundError, match=rf"^source .* got '{re.escape(str(missing))}'$"):
+    with pytest.raises(FileNotFoundError, match=rf"^source '{re.escape(str(missing))}' does not "
+                                                r"exist$"):
         prepare_corpus(missing, TOK, tmp_path / "cache")
     empty.mkdir()
     with pytest.raises(ValueError, match=rf"^source .* directory '{re.escape(str(empty))}'$"):

@@ -163,8 +163,10 @@ def test_a_rank_that_is_not_an_int_is_rejected(rank):
 
 
 def test_alpha_must_be_a_finite_number():
-    with pytest.raises(TypeError, match="alpha"):
+    with pytest.raises(ValueError, match="alpha"):  # the right type, a wrong value
         LoRALayer(4, 4, 2, float("nan"))
+    with pytest.raises(TypeError, match="alpha"):
+        LoRALayer(4, 4, 2, "2")
 
 
 def _tiny_gpt(seed: int, n_layers: int, qkv_bias: bool) -> GPTModel:
