@@ -161,8 +161,9 @@ def save_checkpoint(
     NaN or infinity, and ``CheckpointWriteError`` (an ``OSError``, leaving the previous
     checkpoint as it was and no temporary file) if the files cannot be written.
     """
-    if not isinstance(model, torch.nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(model, (torch.nn.Module, dict)):
+        raise TypeError(f"model must be a torch.nn.Module or its state_dict, got "
+                        f"{type(model).__name__}")
     for name, value in (("state", state), ("meta", meta)):
         if not isinstance(value, dict):
             raise TypeError(f"{name} must be a dict, got {type(value).__name__}")

@@ -620,6 +620,12 @@ def _add_train(commands: Any) -> None:
 def _add_generate(commands: Any) -> None:
     gen = commands.add_parser(
         "generate", help="continue a prompt from a run directory or GPT-2 weights",
+        description="Continue --prompt with the model of SOURCE, streaming tokens as they come: "
+        "greedy by default, sampled with --temperature > 0 (then --top-k, --top-p, --seed). "
+        "SOURCE is a run directory (its latest checkpoint), one of its checkpoints "
+        "(RUN/checkpoints/step-NNNNNNNN), a Hugging Face directory or model.safetensors, or a "
+        "GPT-2 size (gpt2, gpt2-medium, ...) found in the Hugging Face cache or downloaded; "
+        "offline, it says which `hf download` command fetches it.",
         formatter_class=_DefaultsFormatter)
     add = gen.add_argument
     add("source", help="a run directory written by 'train', a Hugging Face directory "
@@ -663,7 +669,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train, run and finetune a GPT-2-style model built from first principles.",
     )
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    info = commands.add_parser("info", help="show package, torch and tiktoken versions and devices")
+    info = commands.add_parser(
+        "info", help="show package, torch and tiktoken versions and devices",
+        description="Print the versions of gpt_components, torch and tiktoken and the devices "
+        "torch can use here (cpu, cuda, mps), the first of which --device auto picks.")
     info.set_defaults(run=_info)
     _add_train(commands)
     _add_generate(commands)

@@ -46,6 +46,13 @@ def test_every_option_has_help_text(command):
     assert [a.dest for a in actions if not (a.help or "").strip()] == []
 
 
+@pytest.mark.parametrize("command", ["info", "generate", "finetune-classifier", "classify",
+                                     "finetune-instructions", "instruction-responses"])
+def test_every_command_describes_itself_in_its_help(command):
+    description = _subparsers()[command].description or ""
+    assert len(description.split()) >= 8, f"{command} --help has no description"
+
+
 @pytest.mark.parametrize("argv, fragment", [
     (["train", "--lr", "-1"], "--lr must be a finite number > 0"),
     (["train", "--lr", "1e-3", "--min-lr", "1e-2"], "--min-lr must be in [0, peak_lr=0.001]"),

@@ -152,20 +152,22 @@ def test_bytes_that_are_not_utf8_are_named_with_their_file_and_offset(before, ba
             prepare_corpus(source, TOK, Path(tmp) / "cache", block_bytes=block_bytes)
 
 
-@given(docs=st.lists(st.text(alphabet="xy z\n", min_size=1, max_size=30), min_size=1, max_size=4))
-def test_a_directory_is_its_sorted_documents_joined_by_end_of_text(docs):
+@given(docs=st.dictionaries(st.text(alphabet="ab9_-", min_size=1, max_size=5).map(
+           lambda stem: f"{stem}.txt"), st.text(alphabet="xy z\n", min_size=1, max_size=30),
+           min_size=1, max_size=4), data=st.data())
+def test_a_directory_is_its_sorted_documents_joined_by_end_of_text(docs, data):
+    # Files are written in a drawn order, so name order and creation order differ.
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "docs"
         folder.mkdir()
-        for i, doc in enumerate(docs):
-            _write(folder, f"{i:02d}.txt", doc)
+        for name in data.draw(st.permutations(list(docs))):
+            _write(folder, name, docs[name])
         corpus = prepare_corpus(folder, TOK, Path(tmp) / "cache")
-        assert corpus.tokens.tolist() == _joined_reference(
-            {f"{i:02d}.txt": doc for i, doc in enumerate(docs)})
+        assert corpus.tokens.tolist() == _joined_reference(docs)
         assert corpus.metadata["files"] == len(docs)
         # A tokenizer without an end-of-text token joins the documents with nothing.
         chars = prepare_corpus(folder, _CharTokenizer(128, "chars"), Path(tmp) / "cache")
-        assert chars.tokens.tolist() == [ord(c) for c in "".join(docs)]
+        assert chars.tokens.tolist() == [ord(c) for name in sorted(docs) for c in docs[name]]
 
 
 @settings(max_examples=30)

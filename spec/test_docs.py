@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 import gpt_components
 
@@ -41,3 +42,26 @@ def _readme_python_blocks() -> list[str]:
 def test_readme_python_blocks_run(index, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(compile(_readme_python_blocks()[index], f"README.md block {index}", "exec"), {})
+
+
+def test_the_readme_finetuning_table_counts_the_parameters_the_code_trains():
+    # The table's accuracies and times are a dated measurement; its parameter counts must hold.
+    from gpt_components import (
+        GPTConfig,
+        GPTModel,
+        count_trainable_parameters,
+        make_classifier,
+        replace_linear_with_lora,
+    )
+
+    rows = re.findall(r"^\| `finetune-classifier (.*?)`, 3 epochs \| ([\d,]+)",
+                      README.read_text(encoding="utf-8"), flags=re.M)
+    assert len(rows) == 2
+    for flags, figure in rows:
+        with torch.device("meta"):
+            model = make_classifier(GPTModel(GPTConfig.from_name("gpt-nano")), 2, None)
+            if "--lora-rank" in flags:
+                rank = int(re.search(r"--lora-rank (\d+)", flags).group(1))
+                alpha = float(re.search(r"--lora-alpha (\d+)", flags).group(1))
+                replace_linear_with_lora(model, rank, alpha)
+        assert count_trainable_parameters(model) == int(figure.replace(",", "")), flags

@@ -254,6 +254,28 @@ def test_v2_maps_exactly_the_out_of_vocabulary_words_to_unk(words):
     assert len(ids) == len(words)
 
 
+@st.composite
+def shuffled_vocabularies(draw):
+    """A vocabulary whose words and special tokens (``<|unk|>`` too) sit in any order, any ids."""
+    words = draw(st.lists(st.text(alphabet="abc", min_size=1, max_size=3), unique=True,
+                          max_size=8))
+    specials = draw(st.lists(st.sampled_from([ENDOFTEXT, "<|x|>"]), unique=True))
+    entries = draw(st.permutations([*words, *specials, UNK]))
+    first = draw(st.integers(0, 5))  # ids need not start at 0 or follow insertion order
+    ids = draw(st.permutations(range(first, first + len(entries))))
+    return dict(zip(entries, ids, strict=True))
+
+
+@example(vocab={UNK: 0, "a": 1}, data=None)  # <|unk|> first: an encoder that took the last id
+@given(vocab=shuffled_vocabularies(), data=st.data())
+def test_v2_gives_unknown_words_unk_id_wherever_unk_sits_in_the_vocabulary(vocab, data):
+    known = [w for w in vocab if not w.startswith("<|")] or ["a"]
+    words = ["zz", "a", "q"] if data is None else data.draw(st.lists(
+        st.sampled_from(known) | st.text(alphabet="abcz", min_size=1, max_size=3), max_size=10))
+    ids = SimpleTokenizerV2(vocab).encode(" ".join(words))
+    assert ids == [vocab.get(w, vocab[UNK]) for w in words]
+
+
 @example(["tea?", "In"], "")
 @example(["x", "Hello"], "")
 @given(st.lists(st.text(max_size=30), min_size=1, max_size=4), st.sampled_from(["", " ", "\n"]))
