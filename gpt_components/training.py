@@ -149,7 +149,6 @@ def _check_run_settings(cfg: Any) -> None:
         if not isinstance(getattr(cfg, name), bool):
             raise TypeError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
     _check_number("weight_decay", cfg.weight_decay, 0.0)
-    _check_number("min_lr", cfg.min_lr, 0.0)
 
 
 def _check_windows(model: nn.Module, train_tokens: Any, val_tokens: Any,
@@ -215,7 +214,6 @@ def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int,
     _check_int("warmup_steps", warmup_steps, 0)
     _check_int("total_steps", total_steps, 1)
     _check_number("peak_lr", peak_lr, 0.0, inclusive=False)
-    _check_number("min_lr", min_lr, 0.0)
     if not 0.0 <= min_lr <= peak_lr:
         raise ValueError(f"min_lr must be in [0, peak_lr={peak_lr}], got {min_lr!r}")
     if warmup_steps < 0:

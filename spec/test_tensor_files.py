@@ -208,7 +208,7 @@ def test_a_run_whose_weights_do_not_fit_its_model_names_the_tensor(fault, comman
     weights = run / "checkpoints" / "step-00000003" / "model.safetensors"
     _, words = _damage(weights, fault)
     argv = {"generate": ["generate", str(run), "--max-new-tokens", "2"],
-            "train --resume": ["train", "--resume", str(run), "--no-progress"],
+            "train --resume": ["train", "--resume", str(run), "--steps", "4", "--no-progress"],
             "finetune-classifier --run": ["finetune-classifier", "--run", str(run), "--out",
                                           str(tmp_path / "o")]}[command]
     capsys.readouterr()
