@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from .model import MODEL_PRESETS, GPTConfig, GPTModel
-from .modern import gemma3, llama, qwen3
+from .modern import deepseek_v3, gemma3, llama, qwen3, qwen3_moe
 from .modern.family import Family
 
 __all__ = ["Family", "FAMILIES", "family_of", "family_for_model_type", "config_to_dict",
@@ -46,7 +46,8 @@ GPT2 = Family(name="gpt2", config_class=GPTConfig, model_class=GPTModel, presets
               hf_model_types=("gpt2",), load_pretrained=_load_gpt2, save_pretrained=_save_gpt2)
 
 FAMILIES: dict[str, Family] = {family.name: family
-                               for family in (GPT2, llama.FAMILY, qwen3.FAMILY, gemma3.FAMILY)}
+                               for family in (GPT2, llama.FAMILY, qwen3.FAMILY, gemma3.FAMILY,
+                                              qwen3_moe.FAMILY, deepseek_v3.FAMILY)}
 
 
 def family_of(cfg_or_model: Any) -> Family:

@@ -84,7 +84,11 @@ class TrainingInterrupted(KeyboardInterrupt):
 
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
                     device: torch.device | str) -> torch.Tensor:
-    """Mean next-token cross-entropy of one batch (inputs and targets: (B, T) token ids)."""
+    """Mean next-token cross-entropy of one batch (inputs and targets: (B, T) token ids).
+
+    A model in training mode with an ``auxiliary_loss()`` (a mixture of experts' load
+    balancing) has it added; evaluation is the cross-entropy alone.
+    """
     for name, batch in (("input_batch", input_batch), ("target_batch", target_batch)):
         if not isinstance(batch, torch.Tensor) or batch.is_floating_point() or batch.is_complex():
             raise TypeError(f"{name} must be a tensor of integer token ids, got "
@@ -102,7 +106,11 @@ def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model
         _check_targets(target_batch, logits.shape[-1])
     if logits.dtype in (torch.float16, torch.bfloat16):  # autocast: take the softmax in fp32
         logits = logits.float()
-    return F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+    loss = F.cross_entropy(logits.flatten(0, 1), target_batch.flatten())
+    # A mixture of experts adds its routers' load-balancing loss while it trains.
+    auxiliary = getattr(getattr(model, "module", model), "auxiliary_loss", None)
+    extra = auxiliary() if auxiliary is not None and model.training else None
+    return loss if extra is None else loss + extra
 
 
 def _vocab_size(model: nn.Module) -> int | None:

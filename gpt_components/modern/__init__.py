@@ -2,14 +2,14 @@
 
 Components, one module each: ``norms`` (``RMSNorm``), ``rope`` (rotary positions, Llama 3
 scaling), ``feedforward`` (``SwiGLU``), ``attention`` (``GroupedQueryAttention``, optional
-QK-norm), ``sliding_window`` (windowed attention and its ring-buffer cache), ``moe``
-(routers, experts, the load-balancing loss), ``cache``
-(per-layer KV caches). ``config`` (``DecoderConfig``, ``LayerSpec``) names
-the components a family uses, ``components`` builds them by name, ``decoder``
-(``DecoderBlock``, ``DecoderModel``) stacks them. One short file per family: ``llama``,
-``qwen3``, ``gemma3`` (choices, presets, Hugging Face names); ``hf`` reads and writes their
-weights. ``tokenizers`` reads their tokenizer files (``load_tokenizer``) and ``chat`` writes
-their instruct models' chat formats.
+QK-norm), ``sliding_window`` (windowed attention and its ring-buffer cache), ``moe`` (routers,
+experts, the load-balancing loss), ``latent_attention`` (DeepSeek's MLA), ``cache`` (per-layer
+KV caches). ``config`` (``DecoderConfig``, ``LayerSpec``) names the components a family uses,
+``components`` builds them by name, ``decoder`` (``DecoderBlock``, ``DecoderModel``) stacks
+them. One short file per family: ``llama``, ``qwen3``, ``gemma3``, ``qwen3_moe``,
+``deepseek_v3`` (choices, presets, Hugging Face names); ``hf`` reads and writes their weights.
+``tokenizers`` reads their tokenizer files (``load_tokenizer``) and ``chat`` writes their
+instruct models' chat formats.
 
 >>> import torch
 >>> from gpt_components.modern import DecoderModel, Qwen3Config
@@ -25,13 +25,16 @@ from . import (
     components,
     config,
     decoder,
+    deepseek_v3,
     feedforward,
     gemma3,
     hf,
+    latent_attention,
     llama,
     moe,
     norms,
     qwen3,
+    qwen3_moe,
     rope,
     sliding_window,
     tokenizers,
@@ -41,16 +44,20 @@ from .cache import *
 from .chat import *
 from .config import *
 from .decoder import *
+from .deepseek_v3 import *
 from .feedforward import *
 from .gemma3 import *
+from .latent_attention import *
 from .llama import *
 from .moe import *
 from .norms import *
 from .qwen3 import *
+from .qwen3_moe import *
 from .rope import *
 from .sliding_window import *
 from .tokenizers import *
 
-__all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, moe, cache,
-                               config, decoder, llama, qwen3, gemma3, tokenizers, chat)
+__all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, moe,
+                               latent_attention, cache, config, decoder, llama, qwen3, gemma3,
+                               qwen3_moe, deepseek_v3, tokenizers, chat)
            for name in module.__all__]

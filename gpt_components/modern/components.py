@@ -21,6 +21,8 @@ from torch import nn
 
 from .attention import GroupedQueryAttention
 from .feedforward import SwiGLU
+from .latent_attention import MultiHeadLatentAttention
+from .moe import MoEFeedForward
 from .norms import RMSNorm
 from .sliding_window import SlidingWindowAttention
 
@@ -40,6 +42,16 @@ def make_norm(cfg: Any, dim: int) -> nn.Module:
 FEED_FORWARDS: dict[str, Callable[[Any, Any], nn.Module]] = {
     "swiglu": lambda cfg, spec: SwiGLU(cfg.emb_dim, cfg.hidden_dim),
     "geglu": lambda cfg, spec: SwiGLU(cfg.emb_dim, cfg.hidden_dim, activation="gelu_tanh"),
+    # Qwen3-MoE: softmax router over cfg.n_experts SwiGLU experts, top cfg.n_experts_per_token.
+    "moe": lambda cfg, spec: MoEFeedForward(
+        cfg.emb_dim, cfg.moe_hidden_dim, cfg.n_experts, cfg.n_experts_per_token,
+        norm_topk_prob=cfg.norm_topk_prob),
+    # DeepSeek-V3: biased sigmoid routing within the best groups, scaled gates, shared experts.
+    "deepseek_moe": lambda cfg, spec: MoEFeedForward(
+        cfg.emb_dim, cfg.moe_hidden_dim, cfg.n_experts, cfg.n_experts_per_token,
+        scoring="sigmoid", norm_topk_prob=cfg.norm_topk_prob, n_group=cfg.n_group,
+        topk_group=cfg.topk_group, routed_scaling_factor=cfg.routed_scaling_factor,
+        n_shared_experts=cfg.n_shared_experts),
 }
 
 
@@ -61,7 +73,15 @@ def _sliding_window(cfg: Any, spec: Any) -> nn.Module:
         scale=cfg.attention_scale())
 
 
+def _latent(cfg: Any, spec: Any) -> nn.Module:
+    return MultiHeadLatentAttention(
+        cfg.emb_dim, cfg.n_heads, q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank,
+        qk_nope_head_dim=cfg.qk_nope_head_dim, qk_rope_head_dim=cfg.qk_rope_head_dim,
+        v_head_dim=cfg.v_head_dim, scale=cfg.attention_scale(), kernel=cfg.attn_kernel)
+
+
 ATTENTIONS: dict[str, Callable[[Any, Any], nn.Module]] = {
     "gqa": _grouped_query,
     "sliding_gqa": _sliding_window,  # needs cfg.sliding_window (Gemma 3's local layers)
+    "mla": _latent,  # DeepSeek-V3's latent attention; needs the config's latent sizes
 }

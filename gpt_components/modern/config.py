@@ -69,6 +69,7 @@ class DecoderConfig:
     attention_bias: bool = False  # biases on W_query/W_key/W_value/out_proj (HF's attention_bias)
     post_norms: bool = False  # also norm each branch's output before its residual add (Gemma 3)
     scale_embeddings: bool = False  # token embeddings times sqrt(emb_dim) (Gemma)
+    aux_loss_coef: float = 0.0  # weight of the routers' load-balancing loss in training (MoE)
     tie_weights: bool = False  # output head shares the token embedding matrix
     drop_rate: float = 0.0  # dropout on the attention probabilities while training
     attn_kernel: str = "sdpa"  # "sdpa" (fused) or "textbook" (the softmax written out)

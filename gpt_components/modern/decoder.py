@@ -31,6 +31,7 @@ from ..trace import ModelTrace
 from .cache import DecoderKVCache
 from .components import ATTENTIONS, FEED_FORWARDS, make_norm
 from .config import DecoderConfig
+from .moe import MoEFeedForward, load_balancing_loss
 from .rope import RotaryEmbedding
 
 __all__ = ["DecoderBlock", "DecoderModel"]
@@ -150,6 +151,19 @@ class DecoderModel(nn.Module):
             self.train(was_training)
         return ModelTrace(residuals, attentions, logits)
 
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """The last forward's load-balancing loss times ``cfg.aux_loss_coef`` (None: no routers).
+
+        Training adds it to the next-token loss. It is taken over every sparse layer's router
+        logits together, as ``transformers`` does.
+        """
+        mixtures = [block.ff for block in self.trf_blocks if isinstance(block.ff, MoEFeedForward)]
+        if not mixtures or not self.cfg.aux_loss_coef or mixtures[0].router_logits is None:
+            return None
+        gate = mixtures[0].gate
+        return self.cfg.aux_loss_coef * load_balancing_loss(
+            [moe.router_logits for moe in mixtures], gate.n_experts, gate.top_k)
+
     def new_kv_cache(self, batch_size: int, max_tokens: int | None = None) -> DecoderKVCache:
         """An empty cache for this model (one per layer), on its device and dtype."""
         max_tokens = self.cfg.context_length if max_tokens is None else max_tokens
@@ -164,7 +178,11 @@ class DecoderModel(nn.Module):
 
 
 def _init_weights(module: nn.Module) -> None:
-    """Llama's initialisation: N(0, 0.02) for matrices and embeddings, zero biases."""
+    """Llama's initialisation: N(0, 0.02) for matrices and embeddings, zero biases.
+
+    Nothing to draw on the meta device (a model about to be loaded, or counted): torch's
+    ``normal_`` there is a slow reference path, minutes for Qwen3-30B-A3B's 18,000 experts.
+    """
     if isinstance(module, (nn.Linear, nn.Embedding)) and not module.weight.is_meta:
         nn.init.normal_(module.weight, mean=0.0, std=0.02)
         if getattr(module, "bias", None) is not None:

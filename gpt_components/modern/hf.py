@@ -1,11 +1,12 @@
 """Hugging Face's layout for the modern decoder families: ``config.json`` and safetensors.
 
 A family gives an ``HFLayout``: its ``model_type``, its architecture name, its weight names
-(``names``: our module path -> theirs, ``{i}`` for the block index; ``.weight``/``.bias`` carry
-over) and two functions between ``config.json`` and its config. ``decoder_family`` turns that
-into a registry ``Family`` whose ``load_pretrained`` builds the model on the meta device and
-assigns each tensor as it is read from the safetensors file(s), so the weights are never held
-twice, in the file's dtype; ``save_pretrained`` writes what ``transformers`` loads.
+(``names``: our module path -> theirs, ``{i}`` for the block index, ``{e}`` for an expert's;
+``.weight``/``.bias`` carry over) and two functions between ``config.json`` and its config.
+``decoder_family`` turns that into a registry ``Family`` whose ``load_pretrained`` builds the
+model on the meta device and assigns each tensor as it is read from the safetensors file(s), so
+the weights are never held twice, in the file's dtype; ``save_pretrained`` writes what
+``transformers`` loads.
 
 ``rope_from_hf`` reads both spellings of RoPE settings: ``rope_parameters`` (transformers 5)
 and ``rope_theta`` + ``rope_scaling`` (the published checkpoints).
@@ -136,10 +137,24 @@ def hf_param_name(names: Mapping[str, str], name: str) -> str:
     module, _, leaf = name.rpartition(".")
     match = re.fullmatch(r"trf_blocks\.(\d+)\.(.+)", module)
     key, index = (f"trf_blocks.{{i}}.{match.group(2)}", match.group(1)) if match else (module, "")
+    expert = re.fullmatch(r"(.+\.experts)\.(\d+)(\..+)", key)  # "{e}": a mixture's expert
+    if expert:
+        key, e = f"{expert.group(1)}.{{e}}{expert.group(3)}", expert.group(2)
+    else:
+        e = ""
+    if f"{key}.{leaf}" in names:  # a tensor renamed as a whole (a buffer)
+        return names[f"{key}.{leaf}"].format(i=index, e=e)
     if key not in names:
         raise ValueError(f"parameter {name!r} has no Hugging Face name in this family's layout "
                          "(merge LoRA adapters before saving)")
-    return f"{names[key].format(i=index)}.{leaf}"
+    return f"{names[key].format(i=index, e=e)}.{leaf}"
+
+
+def _tensors(model: nn.Module) -> list[tuple[str, torch.Tensor]]:
+    """What a checkpoint holds: the parameters and the persistent buffers (a router's bias)."""
+    persistent = set(model.state_dict(keep_vars=True))
+    return [*model.named_parameters(),
+            *((name, b) for name, b in model.named_buffers() if name in persistent)]
 
 
 _SAFETENSORS_DTYPES = {
@@ -209,8 +224,8 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
     with torch.device("meta"):
         model = model_class(cfg)
     wanted = {hf_param_name(layout.names, name): name
-              for name, _ in model.named_parameters()}  # a tied head appears once, as tok_emb
-    shapes = dict(model.named_parameters())
+              for name, _ in _tensors(model)}  # a tied head appears once, as tok_emb
+    shapes = dict(_tensors(model))
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
         for key, tensor in stream_safetensors(file):  # one tensor at a time: no second copy
@@ -236,7 +251,7 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
 
 def _save(layout: HFLayout, model: nn.Module, directory: str | Path) -> Path:
     state = {hf_param_name(layout.names, name): param.detach().cpu().contiguous()
-             for name, param in model.named_parameters()}  # a tied head is stored once
+             for name, param in _tensors(model)}  # a tied head is stored once
     dtypes = {t.dtype for t in state.values()}
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)

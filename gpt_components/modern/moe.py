@@ -88,7 +88,8 @@ class Router(nn.Module):
         self.n_group, self.topk_group = n_group, topk_group
         self.routed_scaling_factor = routed_scaling_factor
         self.weight = nn.Parameter(torch.empty(n_experts, emb_dim))
-        nn.init.normal_(self.weight, std=0.02)
+        if not self.weight.is_meta:  # (drawing on the meta device is slow and pointless)
+            nn.init.normal_(self.weight, std=0.02)
         if scoring == "sigmoid":
             self.register_buffer("score_bias", torch.zeros(n_experts))
 

@@ -1,0 +1,147 @@
+"""DeepSeek-V3: multi-head latent attention and a mixture of experts with shared experts.
+
+What DeepSeek-V3 chooses, on top of the modern decoder:
+
+- ``MultiHeadLatentAttention`` in every layer: a cache of one latent and one shared RoPE key
+  per token; RoPE on ``qk_rope_head_dim`` features only, in interleaved pairs;
+- dense SwiGLU feed-forwards in the first ``first_k_dense_replace`` layers, then mixtures:
+  sigmoid router scores with a selection bias (``e_score_correction_bias``), the experts chosen
+  within the ``topk_group`` best of ``n_group`` groups, gates renormalised and multiplied by
+  ``routed_scaling_factor``, plus ``n_shared_experts`` always-on experts; no auxiliary loss.
+
+>>> cfg = DeepseekV3Config.from_name("deepseek-v3-nano")
+>>> cfg.layer(0).feed_forward, cfg.layer(1).feed_forward, cfg.layer(1).attention
+('swiglu', 'deepseek_moe', 'mla')
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .config import DecoderConfig, LayerSpec, RopeSpec
+from .decoder import DecoderModel
+from .hf import HFLayout, decoder_family, decoder_fields_from_hf, decoder_fields_to_hf
+from .llama import LLAMA_HF_NAMES
+
+__all__ = ["DeepseekV3Config", "DEEPSEEK_V3_PRESETS", "DEEPSEEK_V3_HF_NAMES"]
+
+
+@dataclass(frozen=True)
+class DeepseekV3Config(DecoderConfig):
+    """DeepSeek-V3's choices; ``hidden_dim`` is the dense layers' width, ``head_dim`` unused."""
+
+    family = "deepseek_v3"
+
+    vocab_size: int = 129280
+    context_length: int = 4096
+    norm_eps: float = 1e-6
+    attention: str = "mla"
+    rope_theta: float = 10000.0
+    q_lora_rank: int | None = 1536  # queries' bottleneck (None: one full projection)
+    kv_lora_rank: int = 512  # the cached latent's width
+    qk_nope_head_dim: int = 128  # per-head key/query features without RoPE
+    qk_rope_head_dim: int = 64  # per-head query features with RoPE; one shared key of it
+    v_head_dim: int = 128
+    n_experts: int = 256  # routed experts per sparse layer
+    n_shared_experts: int = 1
+    n_experts_per_token: int = 8
+    moe_hidden_dim: int = 2048
+    n_group: int = 8
+    topk_group: int = 4
+    routed_scaling_factor: float = 2.5
+    norm_topk_prob: bool = True
+    first_k_dense_replace: int = 3  # the first layers keep a dense feed-forward
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "n_kv_heads", self.n_heads)  # MLA has no key/value heads
+        object.__setattr__(self, "head_dim", self.qk_rope_head_dim)  # the RoPE table's width
+        super().__post_init__()
+
+    def layer(self, index: int) -> LayerSpec:
+        dense = index < self.first_k_dense_replace
+        return LayerSpec(attention=self.attention,
+                         feed_forward=self.feed_forward if dense else "deepseek_moe")
+
+    def rope_specs(self) -> dict[str, RopeSpec]:
+        return {"default": RopeSpec(self.qk_rope_head_dim, self.rope_theta)}
+
+    @classmethod
+    def presets(cls) -> Mapping[str, DecoderConfig]:
+        return DEEPSEEK_V3_PRESETS
+
+
+DEEPSEEK_V3_PRESETS: dict[str, DeepseekV3Config] = {
+    # Small for a laptop CPU (GPT-2's BPE): one dense layer, then 8 experts (2 per token) in
+    # 2 groups, one shared expert.
+    "deepseek-v3-nano": DeepseekV3Config(
+        vocab_size=50257, context_length=64, emb_dim=48, n_layers=3, n_heads=4,
+        hidden_dim=128, q_lora_rank=24, kv_lora_rank=16, qk_nope_head_dim=8,
+        qk_rope_head_dim=4, v_head_dim=8, n_experts=8, n_experts_per_token=2,
+        moe_hidden_dim=32, n_group=2, topk_group=1, first_k_dense_replace=1),
+}
+
+_ATTENTION = "model.layers.{i}.self_attn"
+DEEPSEEK_V3_HF_NAMES: dict[str, str] = {
+    **{key: value for key, value in LLAMA_HF_NAMES.items() if ".att." not in key},
+    "trf_blocks.{i}.att.W_query": f"{_ATTENTION}.q_proj",
+    "trf_blocks.{i}.att.W_query_down": f"{_ATTENTION}.q_a_proj",
+    "trf_blocks.{i}.att.q_norm": f"{_ATTENTION}.q_a_layernorm",
+    "trf_blocks.{i}.att.W_query_up": f"{_ATTENTION}.q_b_proj",
+    "trf_blocks.{i}.att.W_kv_down": f"{_ATTENTION}.kv_a_proj_with_mqa",
+    "trf_blocks.{i}.att.kv_norm": f"{_ATTENTION}.kv_a_layernorm",
+    "trf_blocks.{i}.att.W_kv_up": f"{_ATTENTION}.kv_b_proj",
+    "trf_blocks.{i}.att.out_proj": f"{_ATTENTION}.o_proj",
+    "trf_blocks.{i}.ff.gate": "model.layers.{i}.mlp.gate",
+    "trf_blocks.{i}.ff.gate.score_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias",
+    "trf_blocks.{i}.ff.experts.{e}.fc1": "model.layers.{i}.mlp.experts.{e}.gate_proj",
+    "trf_blocks.{i}.ff.experts.{e}.fc2": "model.layers.{i}.mlp.experts.{e}.up_proj",
+    "trf_blocks.{i}.ff.experts.{e}.fc3": "model.layers.{i}.mlp.experts.{e}.down_proj",
+    "trf_blocks.{i}.ff.shared_experts.fc1": "model.layers.{i}.mlp.shared_experts.gate_proj",
+    "trf_blocks.{i}.ff.shared_experts.fc2": "model.layers.{i}.mlp.shared_experts.up_proj",
+    "trf_blocks.{i}.ff.shared_experts.fc3": "model.layers.{i}.mlp.shared_experts.down_proj",
+}
+
+
+def config_from_hf(hf: Mapping[str, Any]) -> DeepseekV3Config:
+    """A ``DeepseekV3Config`` from a ``DeepseekV3ForCausalLM`` ``config.json``."""
+    if not hf.get("rope_interleave", True):
+        raise ValueError("config rope_interleave must be true (DeepSeek-V3's RoPE pairs)")
+    hf = {"head_dim": hf.get("qk_rope_head_dim", 64), **hf}
+    fields = decoder_fields_from_hf(hf)
+    if fields.pop("rope_scaling") is not None:
+        raise ValueError("config rope_parameters must be of rope_type 'default' (YaRN is not "
+                         "supported yet)")
+    for name in ("head_dim", "n_kv_heads", "qkv_bias"):
+        fields.pop(name)
+    return DeepseekV3Config(
+        **fields, qkv_bias=False, q_lora_rank=hf.get("q_lora_rank"),
+        kv_lora_rank=hf["kv_lora_rank"], qk_nope_head_dim=hf["qk_nope_head_dim"],
+        qk_rope_head_dim=hf["qk_rope_head_dim"], v_head_dim=hf["v_head_dim"],
+        n_experts=hf.get("n_routed_experts", hf.get("num_local_experts")),
+        n_shared_experts=hf["n_shared_experts"], n_experts_per_token=hf["num_experts_per_tok"],
+        moe_hidden_dim=hf["moe_intermediate_size"], n_group=hf["n_group"],
+        topk_group=hf["topk_group"], routed_scaling_factor=hf["routed_scaling_factor"],
+        norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
+        first_k_dense_replace=hf["first_k_dense_replace"])
+
+
+def config_to_hf(cfg: DeepseekV3Config) -> dict[str, Any]:
+    return {**decoder_fields_to_hf(cfg, HF_LAYOUT), "rope_interleave": True,
+            "q_lora_rank": cfg.q_lora_rank, "kv_lora_rank": cfg.kv_lora_rank,
+            "qk_nope_head_dim": cfg.qk_nope_head_dim, "qk_rope_head_dim": cfg.qk_rope_head_dim,
+            "v_head_dim": cfg.v_head_dim, "n_routed_experts": cfg.n_experts,
+            "n_shared_experts": cfg.n_shared_experts,
+            "num_experts_per_tok": cfg.n_experts_per_token,
+            "moe_intermediate_size": cfg.moe_hidden_dim, "n_group": cfg.n_group,
+            "topk_group": cfg.topk_group, "routed_scaling_factor": cfg.routed_scaling_factor,
+            "norm_topk_prob": cfg.norm_topk_prob,
+            "first_k_dense_replace": cfg.first_k_dense_replace}
+
+
+HF_LAYOUT = HFLayout(model_type="deepseek_v3", architecture="DeepseekV3ForCausalLM",
+                     names=DEEPSEEK_V3_HF_NAMES, config_from_hf=config_from_hf,
+                     config_to_hf=config_to_hf)
+FAMILY = decoder_family("deepseek_v3", DeepseekV3Config, DecoderModel, DEEPSEEK_V3_PRESETS,
+                        HF_LAYOUT)
