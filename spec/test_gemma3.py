@@ -154,6 +154,19 @@ def test_windowed_layers_cache_window_positions_and_decode_as_without_a_cache(se
     assert tuple(cache.layers[0].keys.shape) == (2, 1, window, 8)
 
 
+def test_trace_shows_windowed_layers_see_only_their_window():
+    cfg = Gemma3Config.from_name("gemma3-nano", vocab_size=60, sliding_window=3)
+    model = DecoderModel(cfg).eval()
+    trace = model.trace(torch.arange(8)[None] % 60)
+    t = torch.arange(8)
+    band = (t[:, None] - t[None, :] >= 0) & (t[:, None] - t[None, :] < 3)
+    causal = t[:, None] >= t[None, :]
+    for kind, weights in zip(cfg.layer_types, trace.attentions, strict=True):
+        assert bool((weights[..., ~(band if kind == "sliding_attention" else causal)] == 0).all())
+        assert bool((weights[..., band] > 0).all())
+    assert bool((trace.attentions[5][..., causal & ~band] > 0).all())  # the global layer
+
+
 def test_published_sizes_have_their_parameter_counts():
     for name, count in (("gemma3-270m", 268_098_176), ("gemma3-1b", 999_885_952)):
         with torch.device("meta"):

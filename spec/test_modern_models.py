@@ -240,7 +240,11 @@ def test_from_pretrained_reads_both_rope_spellings_and_refuses_what_it_cannot_bu
         from_pretrained(directory)
 
 
-@pytest.mark.parametrize("preset", ["llama3-nano", "qwen3-nano"])
+FAMILY_OF_PRESET = {"llama3-nano": "llama", "qwen3-nano": "qwen3", "gemma3-nano": "gemma3",
+                    "qwen3-moe-nano": "qwen3_moe", "deepseek-v3-nano": "deepseek_v3"}
+
+
+@pytest.mark.parametrize("preset", sorted(FAMILY_OF_PRESET))
 def test_the_cli_trains_generates_and_resumes_a_small_preset_of_each_family(preset, tmp_path,
                                                                              capsys):
     from safetensors.torch import load_file
@@ -256,7 +260,7 @@ def test_the_cli_trains_generates_and_resumes_a_small_preset_of_each_family(pres
                  "--checkpoint-interval", "2", "--eval-interval", "3", "--eval-iters", "1",
                  "--sample-tokens", "3", "--no-progress"]) == 0
     saved = json.loads((run / "config.json").read_text())
-    assert saved["model"]["family"] == {"llama3-nano": "llama", "qwen3-nano": "qwen3"}[preset]
+    assert saved["model"]["family"] == FAMILY_OF_PRESET[preset]
     assert config_from_dict(saved["model"]) == preset_config(
         preset, vocab_size=50257, context_length=16, drop_rate=0.1)
     capsys.readouterr()
