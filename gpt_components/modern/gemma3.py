@@ -59,7 +59,7 @@ class Gemma3Config(DecoderConfig):
     scale_embeddings: bool = True
     sliding_window: int = 512  # keys a local layer's query sees, itself included
     rope_local_theta: float = 10000.0  # RoPE base of the sliding layers
-    query_pre_attn_scalar: float = 256.0  # scores are scaled by its inverse square root
+    query_pre_attn_scalar: int = 256  # scores are scaled by its inverse square root
     layer_types: tuple[str, ...] | None = None  # "sliding_attention" / "full_attention"
 
     def __post_init__(self) -> None:
@@ -75,9 +75,11 @@ class Gemma3Config(DecoderConfig):
         if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) \
                 or self.sliding_window < 1:
             raise ValueError(f"sliding_window must be an int >= 1, got {self.sliding_window!r}")
-        if not isinstance(self.query_pre_attn_scalar, (int, float)) \
+        # transformers' Gemma3TextConfig takes an int only.
+        if isinstance(self.query_pre_attn_scalar, bool) \
+                or not isinstance(self.query_pre_attn_scalar, int) \
                 or not self.query_pre_attn_scalar > 0:
-            raise ValueError(f"query_pre_attn_scalar must be a float > 0, got "
+            raise ValueError(f"query_pre_attn_scalar must be an int > 0, got "
                              f"{self.query_pre_attn_scalar!r}")
 
     def layer(self, index: int) -> LayerSpec:
@@ -107,11 +109,11 @@ GEMMA3_PRESETS: dict[str, Gemma3Config] = {
     # Small ones for a laptop CPU (GPT-2's BPE): one global layer after five local ones.
     "gemma3-nano": Gemma3Config(vocab_size=50257, context_length=64, emb_dim=48, n_layers=6,
                                 n_heads=4, n_kv_heads=1, head_dim=16, hidden_dim=128,
-                                sliding_window=16, query_pre_attn_scalar=16.0),
+                                sliding_window=16, query_pre_attn_scalar=16),
     "gemma3-micro": Gemma3Config(vocab_size=50257, context_length=128, emb_dim=128,
                                  n_layers=6, n_heads=4, n_kv_heads=1, head_dim=32,
                                  hidden_dim=384, sliding_window=32,
-                                 query_pre_attn_scalar=32.0),
+                                 query_pre_attn_scalar=32),
 }
 
 # Llama's names, with Gemma's four norms per block and the two QK-norms.

@@ -1,0 +1,118 @@
+"""KV-cache memory of multi-head, grouped-query, latent and sliding-window attention.
+
+``cache_bytes(kind, sizes, tokens)`` is the formula (bf16, batch 1):
+
+- multi-head / grouped-query: ``2 * layers * kv_heads * head_dim`` per token;
+- latent (MLA): ``layers * (kv_lora_rank + qk_rope_head_dim)`` per token;
+- sliding window: the global layers as GQA, the local ones capped at ``window`` positions.
+
+``test_small_presets_hold_what_the_formula_says`` builds the real caches of the small presets
+(``llama3-nano``, ``gemma3-nano``, ``deepseek-v3-nano``) and counts their buffers' bytes against
+it. ``python -m benchmarks.test_kv_memory`` draws ``benchmarks/kv_cache_memory.png`` for the
+published sizes and prints the table recorded in ``benchmarks/README.md``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from gpt_components.modern import DecoderModel
+from gpt_components.registry import preset_config
+
+BF16 = 2
+# Published sizes: what each model's cache is made of.
+PUBLISHED = {
+    "Llama 2 7B (MHA)": {"kind": "gqa", "layers": 32, "kv_heads": 32, "head_dim": 128},
+    "Llama 3.1 8B (GQA, 8 kv heads)": {"kind": "gqa", "layers": 32, "kv_heads": 8,
+                                       "head_dim": 128},
+    "Qwen3-30B-A3B (GQA, 4 kv heads)": {"kind": "gqa", "layers": 48, "kv_heads": 4,
+                                        "head_dim": 128},
+    "Gemma 3 1B (1 kv head, 5:1 window 512)": {"kind": "window", "layers": 26, "kv_heads": 1,
+                                               "head_dim": 256, "window": 512, "pattern": 6},
+    "DeepSeek-V3 671B (MLA)": {"kind": "mla", "layers": 61, "kv_lora_rank": 512,
+                               "qk_rope_head_dim": 64},
+}
+
+
+def cache_bytes(sizes: dict, tokens: int, bytes_per: int = BF16) -> int:
+    """The KV-cache bytes of one sequence of ``tokens`` positions."""
+    if sizes["kind"] == "mla":
+        return sizes["layers"] * (sizes["kv_lora_rank"] + sizes["qk_rope_head_dim"]) * tokens \
+            * bytes_per
+    per_position = 2 * sizes["kv_heads"] * sizes["head_dim"] * bytes_per
+    if sizes["kind"] == "gqa":
+        return sizes["layers"] * per_position * tokens
+    n_global = sizes["layers"] // sizes["pattern"]
+    n_local = sizes["layers"] - n_global
+    return (n_global * tokens + n_local * min(tokens, sizes["window"])) * per_position
+
+
+def _sizes_of(cfg) -> dict:
+    """The formula's sizes for one of our configs."""
+    if cfg.family == "deepseek_v3":
+        return {"kind": "mla", "layers": cfg.n_layers, "kv_lora_rank": cfg.kv_lora_rank,
+                "qk_rope_head_dim": cfg.qk_rope_head_dim}
+    if cfg.family == "gemma3":
+        return {"kind": "window", "layers": cfg.n_layers, "kv_heads": cfg.n_kv_heads,
+                "head_dim": cfg.head_dim, "window": cfg.sliding_window, "pattern": 6}
+    return {"kind": "gqa", "layers": cfg.n_layers, "kv_heads": cfg.n_kv_heads,
+            "head_dim": cfg.head_dim}
+
+
+@pytest.mark.parametrize("preset", ["llama3-nano", "gemma3-nano", "deepseek-v3-nano"])
+def test_small_presets_hold_what_the_formula_says(preset):
+    cfg = preset_config(preset, vocab_size=100)
+    model = DecoderModel(cfg).to(torch.bfloat16)
+    for tokens in (1, 8, cfg.context_length):
+        cache = model.new_kv_cache(1, tokens)
+        held = sum(b.numel() * b.element_size() for b in cache.buffers())
+        # Gemma's ring buffers always hold the whole window, even for a shorter cache.
+        expected = cache_bytes(_sizes_of(cfg), tokens)
+        if cfg.family == "gemma3" and tokens < cfg.sliding_window:
+            n_local = sum(kind == "sliding_attention" for kind in cfg.layer_types)
+            expected += n_local * (cfg.sliding_window - tokens) * 2 * cfg.n_kv_heads \
+                * cfg.head_dim * BF16
+        assert held == expected, (preset, tokens)
+
+
+PICTURE = Path(__file__).with_name("kv_cache_memory.png")
+
+
+def draw(path: Path = PICTURE) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [2**k for k in range(8, 18)]  # 256 .. 131,072
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for label, sizes in PUBLISHED.items():
+        ax.plot(lengths, [cache_bytes(sizes, t) / 2**30 for t in lengths], marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("KV cache per sequence (GiB, bf16)")
+    ax.set_title("KV-cache memory: multi-head, grouped-query, sliding-window, latent")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    print(f"wrote {draw()}")
+    print("| model | KiB per token at 4K | GiB at 4,096 | GiB at 32,768 | GiB at 131,072 |")
+    print("|---|---:|---:|---:|---:|")
+    for label, sizes in PUBLISHED.items():
+        gib = [cache_bytes(sizes, t) / 2**30 for t in (4096, 32768, 131072)]
+        print(f"| {label} | {cache_bytes(sizes, 4096) / 4096 / 1024:.1f} | {gib[0]:.2f} | "
+              f"{gib[1]:.2f} | {gib[2]:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
