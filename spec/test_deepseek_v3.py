@@ -54,7 +54,8 @@ def hf_deepseek_v3_configs(draw):
         first_k_dense_replace=draw(st.integers(0, n_layers - 1)), max_position_embeddings=32,
         rms_norm_eps=draw(st.sampled_from([1e-6, 1e-3])),
         rope_parameters={"rope_type": "default", "rope_theta": draw(st.sampled_from([1e2, 1e4]))},
-        tie_word_embeddings=draw(st.booleans()), pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        attention_bias=draw(st.booleans()),
+        tie_word_embeddings=draw(st.booleans()), pad_token_id=0, bos_token_id=1, eos_token_id=None)
 
 
 @settings(max_examples=4)

@@ -50,7 +50,7 @@ def hf_gemma3_configs(draw):
                          "sliding_attention": {"rope_type": "default",
                                                "rope_theta": draw(st.sampled_from([1e2, 1e4]))}},
         tie_word_embeddings=draw(st.booleans()),
-        pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        pad_token_id=0, bos_token_id=1, eos_token_id=None)
 
 
 def random_hf_gemma3(config, seed):

@@ -55,7 +55,7 @@ def hf_qwen3_moe_configs(draw):
         router_aux_loss_coef=draw(st.sampled_from([0.001, 0.5])),
         rms_norm_eps=draw(st.sampled_from([1e-6, 1e-3])),
         rope_parameters={"rope_type": "default", "rope_theta": draw(st.sampled_from([1e4, 1e6]))},
-        tie_word_embeddings=draw(st.booleans()), pad_token_id=0, bos_token_id=1, eos_token_id=2)
+        tie_word_embeddings=draw(st.booleans()), pad_token_id=0, bos_token_id=1, eos_token_id=None)
 
 
 def exact(hf_model, ids, **kwargs):

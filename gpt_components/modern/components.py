@@ -77,7 +77,8 @@ def _latent(cfg: Any, spec: Any) -> nn.Module:
     return MultiHeadLatentAttention(
         cfg.emb_dim, cfg.n_heads, q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank,
         qk_nope_head_dim=cfg.qk_nope_head_dim, qk_rope_head_dim=cfg.qk_rope_head_dim,
-        v_head_dim=cfg.v_head_dim, scale=cfg.attention_scale(), kernel=cfg.attn_kernel)
+        v_head_dim=cfg.v_head_dim, scale=cfg.attention_scale(), kernel=cfg.attn_kernel,
+        bias=cfg.attention_bias)
 
 
 ATTENTIONS: dict[str, Callable[[Any, Any], nn.Module]] = {

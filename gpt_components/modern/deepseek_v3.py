@@ -113,10 +113,10 @@ def config_from_hf(hf: Mapping[str, Any]) -> DeepseekV3Config:
     if fields.pop("rope_scaling") is not None:
         raise ValueError("config rope_parameters must be of rope_type 'default' (YaRN is not "
                          "supported yet)")
-    for name in ("head_dim", "n_kv_heads", "qkv_bias"):
+    for name in ("head_dim", "n_kv_heads"):  # MLA's sizes replace them
         fields.pop(name)
     return DeepseekV3Config(
-        **fields, qkv_bias=False, q_lora_rank=hf.get("q_lora_rank"),
+        **fields, q_lora_rank=hf.get("q_lora_rank"),
         kv_lora_rank=hf["kv_lora_rank"], qk_nope_head_dim=hf["qk_nope_head_dim"],
         qk_rope_head_dim=hf["qk_rope_head_dim"], v_head_dim=hf["v_head_dim"],
         n_experts=hf.get("n_routed_experts", hf.get("num_local_experts")),
