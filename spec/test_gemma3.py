@@ -192,7 +192,7 @@ def test_the_config_refuses_what_gemma3_is_not():
         Gemma3Config(n_layers=2, layer_types=("sliding_attention",))
     with pytest.raises(ValueError, match="sliding_window must be an int >= 1"):
         Gemma3Config(n_layers=1, sliding_window=0)
-    with pytest.raises(ValueError, match="query_pre_attn_scalar must be an int > 0"):
+    with pytest.raises(ValueError, match="query_pre_attn_scalar must be a whole number > 0"):
         Gemma3Config(n_layers=1, query_pre_attn_scalar=16.5)
     config = transformers.Gemma3TextConfig(num_hidden_layers=1, hidden_size=8, head_dim=4,
                                            num_attention_heads=2, num_key_value_heads=1,

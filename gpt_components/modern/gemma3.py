@@ -75,11 +75,14 @@ class Gemma3Config(DecoderConfig):
         if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) \
                 or self.sliding_window < 1:
             raise ValueError(f"sliding_window must be an int >= 1, got {self.sliding_window!r}")
-        # transformers' Gemma3TextConfig takes an int only.
+        # transformers' Gemma3TextConfig takes an int only: a whole float becomes one.
+        scalar = self.query_pre_attn_scalar
+        if isinstance(scalar, float) and scalar.is_integer():
+            object.__setattr__(self, "query_pre_attn_scalar", int(scalar))
         if isinstance(self.query_pre_attn_scalar, bool) \
                 or not isinstance(self.query_pre_attn_scalar, int) \
                 or not self.query_pre_attn_scalar > 0:
-            raise ValueError(f"query_pre_attn_scalar must be an int > 0, got "
+            raise ValueError(f"query_pre_attn_scalar must be a whole number > 0, got "
                              f"{self.query_pre_attn_scalar!r}")
 
     def layer(self, index: int) -> LayerSpec:
