@@ -45,6 +45,10 @@ words = st.one_of(*(
     st.text(st.characters(min_codepoint=lo, max_codepoint=hi), min_size=1, max_size=8)
     for lo, hi in _SCRIPTS
 ))
+# Any character Unicode had assigned by Python's own tables. Code points assigned later (such as
+# U+323B0, CJK Extension J in Unicode 17) are letters to the `regex` module's newer tables and
+# unassigned to tiktoken's: the two references disagree there, so no encoder could match both.
+assigned_characters = st.characters(exclude_categories=("Cn",))
 fragments = st.one_of(
     words,
     st.sampled_from([" ", " the", " a", "The", " of"]),
@@ -53,7 +57,7 @@ fragments = st.one_of(
     st.text(" \t\n\r\u00a0\u2009\u3000", min_size=1, max_size=6),  # runs of whitespace
     st.sampled_from(["😀", "👍🏽", "👨‍👩‍👧", "🇯🇵", "\u200d", "e\u0301", "\ufeff", "\x00"]),
     st.text(".,;:!?-\"()[]{}<>|/\\@#$%^&*_~`+=", min_size=1, max_size=4),
-    st.text(max_size=4),
+    st.text(assigned_characters, max_size=4),
     # Runs of one character: the pair to merge first occurs at several places at once.
     st.builds(lambda c, n: c * n, st.sampled_from("0123456789a -=.!*é"), st.integers(2, 12)),
 )
@@ -67,7 +71,7 @@ corpora = st.lists(
     st.one_of(
         st.sampled_from(["the", " the", " cat", "at", " ", "\n", "aaaa", "'s", "é", "😀", "12",
                          ENDOFTEXT]),
-        st.text(max_size=3),
+        st.text(assigned_characters, max_size=3),
     ),
     max_size=40,
 ).map("".join)
