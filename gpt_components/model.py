@@ -28,7 +28,7 @@ from torch import nn
 
 from .kv_cache import KVCache
 from .trace import ModelTrace
-from .transformer import ATTENTION_KERNELS, LayerNorm, TransformerBlock
+from .transformer import ATTENTION_KERNELS, LAYER_KERNELS, LayerNorm, TransformerBlock
 
 __all__ = ["GPTConfig", "GPTModel", "MODEL_PRESETS", "count_parameters", "memory_footprint_mb"]
 
@@ -46,6 +46,7 @@ class GPTConfig:
     qkv_bias: bool = False  # biases on W_query/W_key/W_value (OpenAI's GPT-2 has them)
     tie_weights: bool = False  # output head shares the token embedding matrix (as GPT-2 does)
     attn_kernel: str = "sdpa"  # "sdpa" (fused, fast) or "textbook" (chapter 3's explicit math)
+    layer_kernel: str = "fused"  # LayerNorm and GELU: "fused" (torch's ops) or "textbook" (ch. 4)
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"):
@@ -66,6 +67,10 @@ class GPTConfig:
         if self.attn_kernel not in ATTENTION_KERNELS:
             raise ValueError(
                 f"attn_kernel must be one of {ATTENTION_KERNELS}, got {self.attn_kernel!r}"
+            )
+        if self.layer_kernel not in LAYER_KERNELS:
+            raise ValueError(
+                f"layer_kernel must be one of {LAYER_KERNELS}, got {self.layer_kernel!r}"
             )
 
     @classmethod
@@ -160,7 +165,7 @@ class GPTModel(nn.Module):
         self.pos_emb = nn.Embedding(cfg.context_length, cfg.emb_dim)
         self.drop_emb = nn.Dropout(cfg.drop_rate)
         self.trf_blocks = nn.Sequential(*(TransformerBlock(cfg) for _ in range(cfg.n_layers)))
-        self.final_norm = LayerNorm(cfg.emb_dim)
+        self.final_norm = LayerNorm(cfg.emb_dim, kernel=cfg.layer_kernel)
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight

@@ -5,6 +5,13 @@ Exports ``LayerNorm``, ``GELU``, ``FeedForward``, ``CausalSelfAttention`` (the c
 (pre-norm; attention and feed-forward each inside a residual connection). ``cfg`` is a
 ``GPTConfig`` or the book's dict with the same keys.
 
+``LayerNorm`` and ``GELU`` are written as the book writes them (mean, variance, square root; the
+tanh formula) and also take ``kernel="fused"``, which calls ``F.layer_norm`` and
+``F.gelu(approximate="tanh")``: one pass over the data instead of a chain of elementwise ops
+(and their saved intermediates) for the backward. The classes default to the book's
+``"textbook"`` form; the blocks of a ``GPTConfig`` model follow its ``layer_kernel`` field, fused
+by default. Both forms compute the same function and gradients; the spec checks it.
+
 >>> import torch
 >>> cfg = {"emb_dim": 8, "context_length": 4, "n_heads": 2, "drop_rate": 0.0, "qkv_bias": False}
 >>> block = TransformerBlock(cfg)
@@ -26,6 +33,7 @@ from .attention import MultiHeadAttention, _a_weight, _check_features
 
 __all__ = [
     "ATTENTION_KERNELS",
+    "LAYER_KERNELS",
     "LayerNorm",
     "GELU",
     "FeedForward",
@@ -34,6 +42,7 @@ __all__ = [
 ]
 
 ATTENTION_KERNELS = ("sdpa", "textbook")
+LAYER_KERNELS = ("fused", "textbook")  # LayerNorm and GELU: torch's fused op or the book's math
 
 
 _MISSING = object()
@@ -47,10 +56,19 @@ def _cfg(cfg: Any, key: str, default: Any = _MISSING) -> Any:
     return value
 
 
-class LayerNorm(nn.Module):
-    """Normalize the last dimension to mean 0 and (biased) variance 1, then ``scale``/``shift``."""
+def _check_layer_kernel(kernel: Any) -> str:
+    if kernel not in LAYER_KERNELS:
+        raise ValueError(f"kernel must be one of {LAYER_KERNELS}, got {kernel!r}")
+    return kernel
 
-    def __init__(self, emb_dim: int, eps: float = 1e-5) -> None:
+
+class LayerNorm(nn.Module):
+    """Normalize the last dimension to mean 0 and (biased) variance 1, then ``scale``/``shift``.
+
+    ``kernel="fused"`` computes the same with ``F.layer_norm`` (faster, above all backward).
+    """
+
+    def __init__(self, emb_dim: int, eps: float = 1e-5, kernel: str = "textbook") -> None:
         super().__init__()
         if isinstance(emb_dim, bool) or not isinstance(emb_dim, int) or emb_dim < 1:
             raise ValueError(f"emb_dim must be a positive int, got {emb_dim!r}")
@@ -58,6 +76,7 @@ class LayerNorm(nn.Module):
             raise TypeError(f"eps must be a float > 0, got {eps!r}")
         if not eps > 0 or not math.isfinite(eps):
             raise ValueError(f"eps must be a finite float > 0, got {eps!r}")
+        self.kernel = _check_layer_kernel(kernel)
         self.eps = eps
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
@@ -66,6 +85,7 @@ class LayerNorm(nn.Module):
         if x.shape[-1:] != self.scale.shape:
             raise ValueError(f"x must have emb_dim={self.scale.shape[0]} features in its last "
                              f"dim, got shape {tuple(x.shape)}")
+        self.kernel = _check_layer_kernel(kernel)
         mean = x.mean(dim=-1, keepdim=True)
         # Biased variance (divide by n), as GPT-2 and torch.nn.LayerNorm do.
         var = x.var(dim=-1, keepdim=True, unbiased=False)
@@ -73,9 +93,18 @@ class LayerNorm(nn.Module):
 
 
 class GELU(nn.Module):
-    """GELU in the tanh approximation GPT-2 was trained with."""
+    """GELU in the tanh approximation GPT-2 was trained with.
+
+    ``kernel="fused"`` computes the same with ``F.gelu(x, approximate="tanh")``.
+    """
+
+    def __init__(self, kernel: str = "textbook") -> None:
+        super().__init__()
+        self.kernel = _check_layer_kernel(kernel)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "fused":
+            return F.gelu(x, approximate="tanh")
         return 0.5 * x * (1 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
 
 
@@ -87,7 +116,7 @@ class FeedForward(nn.Module):
         emb_dim = _cfg(cfg, "emb_dim")
         self.layers = nn.Sequential(
             nn.Linear(emb_dim, 4 * emb_dim),
-            GELU(),
+            GELU(_cfg(cfg, "layer_kernel", "fused")),
             nn.Linear(4 * emb_dim, emb_dim),
         )
 
@@ -174,8 +203,9 @@ class TransformerBlock(nn.Module):
             kernel=_cfg(cfg, "attn_kernel", "sdpa"),
         )
         self.ff = FeedForward(cfg)
-        self.norm1 = LayerNorm(emb_dim)
-        self.norm2 = LayerNorm(emb_dim)
+        layer_kernel = _cfg(cfg, "layer_kernel", "fused")
+        self.norm1 = LayerNorm(emb_dim, kernel=layer_kernel)
+        self.norm2 = LayerNorm(emb_dim, kernel=layer_kernel)
         self.drop_shortcut = nn.Dropout(drop_rate)
 
     def forward(self, x: torch.Tensor, kv_cache: Any = None, layer: int = 0) -> torch.Tensor:

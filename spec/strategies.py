@@ -32,6 +32,7 @@ def tiny_gpt_configs(draw, **fixed):
         "qkv_bias": draw(st.booleans()),
         "tie_weights": draw(st.booleans()),
         "attn_kernel": draw(st.sampled_from(["sdpa", "textbook"])),
+        "layer_kernel": draw(st.sampled_from(["fused", "textbook"])),
     }
     fields.update(fixed)
     return GPTConfig(**fields)

@@ -57,6 +57,27 @@ def test_sdpa_and_textbook_kernels_give_the_same_logits(cfg, seed, batch, data):
     torch.testing.assert_close(fast(idx), textbook(idx), **EXACT)
 
 
+@settings(max_examples=30)
+@given(cfg=tiny_gpt_configs(layer_kernel="fused"), seed=seeds, batch=st.integers(1, 3),
+       data=st.data())
+def test_fused_and_textbook_layer_kernels_give_the_same_logits_and_gradients(
+        cfg, seed, batch, data):
+    fused = random_gpt_model(cfg, seed)
+    textbook = GPTModel(dataclasses.replace(cfg, layer_kernel="textbook")).double().eval()
+    textbook.load_state_dict(fused.state_dict())  # the same keys: checkpoints load either way
+    idx = token_ids(cfg, seed + 1, batch, data.draw(st.integers(1, cfg.context_length)))
+    targets = token_ids(cfg, seed + 2, *idx.shape)
+
+    def logits_and_gradients(model):
+        logits = model(idx)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        return [logits, *torch.autograd.grad(loss, list(model.parameters()))]
+
+    for got, expected in zip(logits_and_gradients(fused), logits_and_gradients(textbook),
+                             strict=True):
+        torch.testing.assert_close(got, expected, **EXACT)
+
+
 @given(cfg=tiny_gpt_configs(), seed=seeds, batch=st.integers(1, 3), data=st.data())
 def test_prefix_through_the_cache_then_chunks_give_the_logits_of_one_full_pass(
         cfg, seed, batch, data):
@@ -300,6 +321,9 @@ def test_bad_configs_and_caches_are_refused_naming_the_parameter():
         GPTConfig(drop_rate=1.0)
     with pytest.raises(ValueError, match="attn_kernel"):
         GPTConfig(attn_kernel="flash")
+    with pytest.raises(ValueError, match=r"^layer_kernel must be one of \('fused', 'textbook'\), "
+                                         r"got 'apex'$"):
+        GPTConfig(layer_kernel="apex")
     with pytest.raises(TypeError, match=r"^cfg must be a GPTConfig or a dict of its fields, "
                                         r"got str$"):
         GPTModel("gpt2-small")

@@ -56,6 +56,62 @@ def test_gelu_is_the_tanh_approximation_of_torch(seed):
     torch.testing.assert_close(GELU()(x), F.gelu(x, approximate="tanh"), rtol=1e-12, atol=1e-12)
 
 
+def values_and_gradients(module, x, upstream):
+    """The output of ``module(x)`` and the gradients of ``(out * upstream).sum()``."""
+    x = x.clone().requires_grad_(True)
+    out = module(x)
+    inputs = [x, *module.parameters()]
+    return [out, *torch.autograd.grad((out * upstream).sum(), inputs)]
+
+
+@given(seed=seeds, emb_dim=dims, batch=st.integers(1, 3), tokens=st.integers(1, 5),
+       eps=st.sampled_from([1e-5, 1e-3, 0.5]))
+def test_fused_and_textbook_layer_norms_compute_the_same_function_and_gradients(
+        seed, emb_dim, batch, tokens, eps):
+    fused = randomize(LayerNorm(emb_dim, eps=eps, kernel="fused").double(), seed)
+    textbook = LayerNorm(emb_dim, eps=eps).double()
+    textbook.load_state_dict(fused.state_dict())
+    x = randn(seed + 1, batch, tokens, emb_dim) * 3 + 1
+    upstream = randn(seed + 2, batch, tokens, emb_dim)
+    for got, expected in zip(values_and_gradients(fused, x, upstream),
+                             values_and_gradients(textbook, x, upstream), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-10)
+
+
+@given(seed=seeds, scale=st.sampled_from([0.1, 1.0, 4.0, 30.0]))
+def test_fused_and_textbook_gelus_compute_the_same_function_and_gradients(seed, scale):
+    x = randn(seed, 64) * scale
+    upstream = randn(seed + 1, 64)
+    for got, expected in zip(values_and_gradients(GELU(kernel="fused"), x, upstream),
+                             values_and_gradients(GELU(), x, upstream), strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("kernel", ["fused", "textbook"])
+def test_the_chosen_layer_kernel_is_the_one_that_runs(monkeypatch, kernel):
+    # Both kernels compute the same function, so only watching which runs tells them apart.
+    import gpt_components.transformer as transformer
+    from gpt_components.model import GPTConfig, GPTModel
+
+    calls = []
+    for name in ("layer_norm", "gelu"):
+        real = getattr(transformer.F, name)
+
+        def counting(*args, _real=real, _name=name, **kwargs):
+            calls.append(_name)
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(transformer.F, name, counting)
+    model = GPTModel(GPTConfig(vocab_size=20, context_length=6, emb_dim=8, n_heads=2,
+                               n_layers=2, layer_kernel=kernel))
+    model(torch.tensor([[1, 2, 3]]))
+    # Two norms and one GELU per block, then the final norm.
+    expected = [] if kernel == "textbook" else ["layer_norm"] * 5 + ["gelu"] * 2
+    assert sorted(calls) == sorted(expected)
+    assert {"norm1.scale", "norm1.shift", "norm2.scale"} <= {
+        key.split(".", 2)[2] for key in model.state_dict() if key.startswith("trf_blocks.")}
+
+
 @given(seed=seeds, emb_dim=dims)
 def test_feed_forward_is_linear_gelu_linear_through_four_times_the_width(seed, emb_dim):
     ff = randomize(FeedForward({"emb_dim": emb_dim}).double(), seed)
@@ -155,6 +211,11 @@ def test_bad_layer_norm_and_kernel_arguments_name_the_parameter():
         LayerNorm(4, eps=0.0)
     with pytest.raises(ValueError, match="kernel"):
         CausalSelfAttention(4, 4, 4, 0.0, 2, kernel="flash")
+    with pytest.raises(ValueError, match=r"^kernel must be one of \('fused', 'textbook'\), "
+                                         r"got 'apex'$"):
+        LayerNorm(4, kernel="apex")
+    with pytest.raises(ValueError, match=r"^kernel must be one of \('fused', 'textbook'\)"):
+        GELU(kernel="erf")
 
 
 @pytest.mark.parametrize("kernel", ["sdpa", "textbook"])
@@ -240,6 +301,8 @@ def test_the_books_plain_dict_gets_the_documented_defaults():
     # The book's chapter-3/4 dicts may leave out drop_rate, qkv_bias and the kernel.
     block = TransformerBlock({"emb_dim": 8, "context_length": 4, "n_heads": 2})
     assert block.att.kernel == "sdpa"
+    assert block.norm1.kernel == block.norm2.kernel == block.ff.layers[1].kernel == "fused"
+    assert LayerNorm(8).kernel == GELU().kernel == "textbook"  # the classes as the book has them
     assert block.att.W_query.bias is None and block.att.dropout.p == 0.0
     assert block.drop_shortcut.p == 0.0
     attention = CausalSelfAttention(8, 8, 4, 0.0, 2)
