@@ -11,15 +11,49 @@ Use in a benchmark file::
         run_synced(model, x, rounds=3)          # times model(x) + synchronize(device)
 
 or, with your own ``benchmark`` call, ``from benchmarks.conftest import synchronize``.
+
+``pytest benchmarks`` also gets defaults of its own (``pytest_configure`` below; ``pytest spec``
+never loads this file): every run is saved under the repository's ``.benchmarks/``, so
+``pytest benchmarks --benchmark-compare`` compares with the previous run by itself, and tables
+show ``min``, ``median`` and ``ops`` sorted by name so that they fit a terminal. Any of these
+given on the command line wins.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+
+STORAGE = Path(__file__).resolve().parent.parent / ".benchmarks"
+COLUMNS = ["min", "median", "ops"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Save every run and print narrow tables, unless the command line says otherwise.
+
+    pytest-benchmark reads its options in its own ``pytest_configure``, which runs last.
+    """
+    option = config.option
+    if not hasattr(option, "benchmark_autosave"):
+        return  # run with -p no:benchmark
+    given = {arg.split("=", 1)[0] for arg in config.invocation_params.args
+             if isinstance(arg, str) and arg.startswith("--benchmark-")}
+    saving = {"--benchmark-save", "--benchmark-autosave", "--benchmark-disable",
+              "--benchmark-skip"}
+    if not given & saving:
+        from pytest_benchmark.utils import get_tag
+
+        option.benchmark_autosave = get_tag()  # what --benchmark-autosave stores: commit_time
+    if "--benchmark-storage" not in given:
+        option.benchmark_storage = STORAGE.as_uri()
+    if "--benchmark-columns" not in given:
+        option.benchmark_columns = COLUMNS
+    if "--benchmark-sort" not in given:
+        option.benchmark_sort = "name"
 
 
 def benchmark_devices() -> list[str]:

@@ -11,6 +11,7 @@ True
 """
 
 from . import (
+    appendix_d,
     attention,
     bpe,
     bpe_files,
@@ -38,6 +39,7 @@ from . import (
     transformer,
     weights,
 )
+from .appendix_d import *
 from .attention import *
 from .bpe import *
 from .bpe_files import *
@@ -95,6 +97,7 @@ _MODULES = (
     checkpoint,
     metrics,
     training,
+    appendix_d,
     finetune,
 )
 
