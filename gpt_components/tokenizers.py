@@ -37,6 +37,7 @@ __all__ = [
     "build_vocab",
     "SimpleTokenizerV1",
     "SimpleTokenizerV2",
+    "UnknownWordError",
     "gpt2_tokenizer",
     "GPT2Encoding",
     "gpt2_byte_decoder",
@@ -51,8 +52,10 @@ UNK = "<|unk|>"
 # The book's split: these punctuation marks and "--" become words of their own; whitespace
 # separates words and is then dropped.
 _SPLIT = re.compile(r'([,.:;?_!"()\']|--|\s)')
-# Decoding joins words with single spaces, then removes the space before these marks.
-_SPACE_BEFORE_PUNCTUATION = re.compile(r'\s+([,.:;?!"()\'])')
+# Decoding joins words with single spaces, then removes the space before these marks: the book's
+# V1 keeps it before ":" and ";" ("'way up ; but"), its V2 removes it there too.
+_V1_SPACE_BEFORE = re.compile(r'\s+([,.?!"()\'])')
+_V2_SPACE_BEFORE = re.compile(r'\s+([,.:;?!"()\'])')
 
 # GPT-2's pre-tokenization, in tiktoken's spelling: contractions, letter runs, digit runs, other
 # symbol runs, each optionally after one space; then whitespace (a run before a word leaves its
@@ -158,13 +161,27 @@ def build_vocab(text: str, special_tokens: Iterable[str] = ()) -> dict[str, int]
     return {word: index for index, word in enumerate(words)}
 
 
+class UnknownWordError(ValueError, KeyError):
+    """A word outside ``SimpleTokenizerV1``'s vocabulary.
+
+    A ``ValueError`` like every bad argument here, and a ``KeyError`` like the book's V1 raises
+    (its ``str_to_int[s]`` lookup), so a reader's ``except KeyError`` still catches it.
+    """
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""  # KeyError would quote the message
+
+
 class SimpleTokenizerV1:
     """Words to ids through a fixed vocabulary; an unknown word is an error.
 
     ``decode`` joins the words with single spaces, then removes the space before
-    ``, . : ; ? ! " ( ) '``: so ``decode(encode(text))`` is ``text`` with its whitespace normalised
-    that way (``"It's"`` comes back as ``"It' s"``).
+    ``, . ? ! " ( ) '`` (as the book's V1 does; V2 also before ``:`` and ``;``): so
+    ``decode(encode(text))`` is ``text`` with its whitespace normalised that way (``"It's"``
+    comes back as ``"It' s"``).
     """
+
+    _space_before = _V1_SPACE_BEFORE
 
     def __init__(self, vocab: Mapping[str, int]) -> None:
         if not isinstance(vocab, Mapping):
@@ -188,11 +205,12 @@ class SimpleTokenizerV1:
         return f"not an id of the vocabulary (ids {min(self.int_to_str)}..{max(self.int_to_str)})"
 
     def encode(self, text: str) -> list[int]:
-        """The ids of the words of ``text``; a word not in the vocabulary raises ``ValueError``."""
+        """The ids of the words of ``text``; an unknown word raises ``UnknownWordError``."""
         ids = []
         for word in self._words(text):
             if word not in self.str_to_int:
-                raise ValueError(f"text contains the word {word!r}, which is not in the vocabulary")
+                raise UnknownWordError(f"text contains the word {word!r}, which is not in the "
+                                       "vocabulary")
             ids.append(self.str_to_int[word])
         return ids
 
@@ -207,7 +225,7 @@ class SimpleTokenizerV1:
             if token_id not in self.int_to_str:
                 raise ValueError(f"ids contains {token_id}, {self._id_range()}")
             words.append(self.int_to_str[token_id])
-        return _SPACE_BEFORE_PUNCTUATION.sub(r"\1", " ".join(words))
+        return self._space_before.sub(r"\1", " ".join(words))
 
 
 class SimpleTokenizerV2(SimpleTokenizerV1):
@@ -215,8 +233,10 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
 
     Special tokens of the vocabulary (``<|...|>`` entries such as ``<|endoftext|>``) are cut out
     of the text before splitting, so documents joined with ``<|endoftext|>`` keep it whole even
-    without spaces around it.
+    without spaces around it. ``decode`` also removes the space before ``:`` and ``;``.
     """
+
+    _space_before = _V2_SPACE_BEFORE
 
     def __init__(self, vocab: Mapping[str, int]) -> None:
         super().__init__(vocab)

@@ -84,6 +84,34 @@ def test_the_default_trains_the_last_block_final_norm_and_head():
     assert trained == {"trf_blocks.2", "final_norm", "out_head"}
 
 
+def test_seeding_as_the_book_does_gives_the_books_classifier_head():
+    # The book: torch.manual_seed(123), then model.out_head = nn.Linear(emb_dim, 2).
+    with torch.random.fork_rng(devices=[]):
+        model = GPTModel(GPTConfig(vocab_size=64, context_length=8, emb_dim=12, n_heads=2,
+                                   n_layers=1))
+        torch.manual_seed(123)
+        head = make_classifier(model).out_head
+        torch.manual_seed(123)
+        reference = torch.nn.Linear(12, 2)
+    assert [round(v, 4) for v in head.weight[0, :4].tolist()] == [-0.1177, 0.0096, -0.1434,
+                                                                  0.1089]
+    assert torch.equal(head.weight, reference.weight) and torch.equal(head.bias, reference.bias)
+
+
+@given(seeds, st.integers(1, 5), st.integers(1, 16))
+def test_a_generator_draws_the_head_nn_linear_would_draw_under_the_same_seed(
+        seed, num_classes, emb_dim):
+    cfg = GPTConfig(vocab_size=20, context_length=4, emb_dim=emb_dim, n_heads=1, n_layers=1)
+    with torch.random.fork_rng(devices=[]):
+        model = GPTModel(cfg)
+        torch.manual_seed(seed)
+        reference = torch.nn.Linear(emb_dim, num_classes)
+        state = torch.get_rng_state()
+        head = make_classifier(model, num_classes, generator=generator(seed)).out_head
+        assert torch.equal(torch.get_rng_state(), state)  # the global RNG is left alone
+    assert torch.equal(head.weight, reference.weight) and torch.equal(head.bias, reference.bias)
+
+
 @given(seeds, st.integers(2, 4), st.lists(st.integers(1, 8), min_size=1, max_size=5))
 def test_loss_and_accuracy_match_a_float64_recomputation(seed, num_classes, lengths):
     g = generator(seed)

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
@@ -67,7 +67,8 @@ def test_adapted_model_computes_exactly_the_base_function_at_initialisation(mlp,
 
 
 @given(dims, dims, ranks, alphas, seeds)
-def test_lora_layer_adds_alpha_times_x_a_b_to_the_linear_output(in_dim, out_dim, rank, alpha, seed):
+def test_lora_layer_adds_alpha_over_rank_times_x_a_b_to_the_linear_output(in_dim, out_dim, rank,
+                                                                          alpha, seed):
     g = generator(seed)
     linear = nn.Linear(in_dim, out_dim, dtype=torch.float64)
     layer = LinearWithLoRA(linear, rank, alpha, generator=g)
@@ -75,10 +76,32 @@ def test_lora_layer_adds_alpha_times_x_a_b_to_the_linear_output(in_dim, out_dim,
     x = torch.randn(2, 5, in_dim, generator=g, dtype=torch.float64)
     W, b = linear.weight.detach(), linear.bias.detach()
     A, B = layer.lora.A.detach(), layer.lora.B.detach()
-    reference = torch.einsum("bti,oi->bto", x, W) + b + alpha * torch.einsum(
+    reference = torch.einsum("bti,oi->bto", x, W) + b + (alpha / rank) * torch.einsum(
         "bti,ir,ro->bto", x, A, B
     )
     torch.testing.assert_close(layer(x), reference)
+
+
+@settings(max_examples=20)
+@given(dims, dims, ranks, st.floats(0.5, 64.0), st.booleans(), seeds)
+def test_lora_layer_equals_peft_lora_with_the_same_rank_alpha_and_matrices(
+        in_dim, out_dim, rank, alpha, bias, seed):
+    # PEFT's LoraConfig(r, lora_alpha) scales by lora_alpha / r, as the LoRA paper does.
+    peft = pytest.importorskip("peft")
+    g = generator(seed)
+    linear = nn.Linear(in_dim, out_dim, bias=bias, dtype=torch.float64)
+    ours = LinearWithLoRA(copy.deepcopy(linear), rank, alpha, generator=g)
+    _randomise_adapters(ours, g)
+    config = peft.LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=0.0, target_modules=["0"])
+    theirs = peft.get_peft_model(nn.Sequential(linear), config).double()
+    adapted = theirs.base_model.model[0]
+    with torch.no_grad():
+        adapted.lora_A["default"].weight.copy_(ours.lora.A.T)  # peft: A is Linear(in, r)
+        adapted.lora_B["default"].weight.copy_(ours.lora.B.T)  # peft: B is Linear(r, out)
+    x = torch.randn(3, in_dim, generator=g, dtype=torch.float64)
+    torch.testing.assert_close(ours(x), theirs(x), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(ours.merged().weight, adapted.get_delta_weight("default")
+                               + linear.weight, rtol=1e-12, atol=1e-12)
 
 
 @given(mlps, ranks, alphas)

@@ -56,7 +56,9 @@ def make_classifier(
 ) -> nn.Module:
     """Turn a ``GPTModel`` into a classifier, in place; returns ``model``.
 
-    ``out_head`` becomes a fresh ``nn.Linear(emb_dim, num_classes)``. Only the last
+    ``out_head`` becomes a fresh ``nn.Linear(emb_dim, num_classes)``, drawn once as
+    ``nn.Linear`` draws it: from ``generator`` when given, otherwise from torch's global RNG,
+    as the book does (``torch.manual_seed(123)`` then this gives the book's head). Only the last
     ``trainable_blocks`` transformer blocks, ``final_norm`` and the new head keep
     ``requires_grad`` (the book's choice: one block); ``trainable_blocks=None`` trains everything.
     """
@@ -72,11 +74,16 @@ def make_classifier(
             f"trainable_blocks must be in [0, {n_blocks}] or None, got {trainable_blocks}"
         )
     old = model.out_head
-    head = nn.Linear(old.in_features, num_classes, device=old.weight.device, dtype=old.weight.dtype)
-    bound = 1 / old.in_features**0.5  # nn.Linear's own initial range, drawn from ``generator``
-    with torch.no_grad():
-        for p in head.parameters():
-            p.uniform_(-bound, bound, generator=generator)
+    shape = {"in_features": old.in_features, "out_features": num_classes,
+             "device": old.weight.device, "dtype": old.weight.dtype}
+    if generator is None:
+        head = nn.Linear(**shape)  # the book's line: one draw from the global RNG
+    else:
+        head = torch.nn.utils.skip_init(nn.Linear, **shape)
+        bound = 1 / old.in_features**0.5  # nn.Linear's own range, and its order: weight, bias
+        with torch.no_grad():
+            for p in (head.weight, head.bias):
+                p.uniform_(-bound, bound, generator=generator)
     model.out_head = head
     if trainable_blocks is None:
         model.requires_grad_(True)

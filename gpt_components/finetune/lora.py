@@ -1,8 +1,9 @@
 """LoRA, low-rank adaptation (appendix E): train two thin matrices beside each frozen linear layer.
 
-A ``LoRALayer`` adds ``alpha * x @ A @ B`` to a layer's output. ``B`` starts at zero, so a freshly
-adapted model computes exactly the base model's function; training moves only ``A`` and ``B``
-(``rank * (in_dim + out_dim)`` numbers per layer instead of ``in_dim * out_dim``). Exports
+A ``LoRALayer`` adds ``(alpha / rank) * x @ A @ B`` to a layer's output. ``B`` starts at zero,
+so a freshly adapted model computes exactly the base model's function; training moves only
+``A`` and ``B`` (``rank * (in_dim + out_dim)`` numbers per layer instead of ``in_dim *
+out_dim``). Exports
 ``LoRALayer``, ``LinearWithLoRA``, ``replace_linear_with_lora``, ``merge_lora``,
 ``lora_state_dict``, ``save_lora``, ``load_lora`` and ``count_trainable_parameters``.
 
@@ -54,9 +55,11 @@ def _check_rank_alpha(rank: int, alpha: float) -> None:
 
 
 class LoRALayer(nn.Module):
-    """The low-rank update ``alpha * x @ A @ B`` with ``A`` (in_dim, rank) random, ``B`` zeros.
+    """The low-rank update ``(alpha / rank) * x @ A @ B``, ``A`` (in_dim, rank) random, ``B`` zeros.
 
-    As in the book, ``alpha`` scales the update directly (not ``alpha / rank``).
+    The scale is ``alpha / rank``, as in the LoRA paper, the PEFT library and the book's errata
+    and current code (the printed book scales by ``alpha`` alone), so ``LoraConfig(r=rank,
+    lora_alpha=alpha)`` in PEFT and ``--lora-rank``/``--lora-alpha`` here mean the same update.
     """
 
     def __init__(
@@ -74,17 +77,18 @@ class LoRALayer(nn.Module):
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
         self.rank = rank
         self.alpha = float(alpha)
+        self.scaling = self.alpha / rank
         self.A = nn.Parameter(torch.empty(in_dim, rank))
         # The same initialisation nn.Linear gives its weight: small and scaled by fan-in.
         nn.init.kaiming_uniform_(self.A, a=math.sqrt(5), generator=generator)
         self.B = nn.Parameter(torch.zeros(rank, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.alpha * (x @ self.A @ self.B)  # (..., in) -> (..., rank) -> (..., out)
+        return self.scaling * (x @ self.A @ self.B)  # (..., in) -> (..., rank) -> (..., out)
 
     def delta_weight(self) -> torch.Tensor:
         """The update as an ``nn.Linear`` weight, shape (out_dim, in_dim)."""
-        return self.alpha * (self.A @ self.B).T
+        return self.scaling * (self.A @ self.B).T
 
 
 class LinearWithLoRA(nn.Module):
