@@ -116,8 +116,12 @@ def generate(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
              use_cache: bool = True, generator: torch.Generator | None = None) -> torch.Tensor:
     """``idx`` [batch, tokens] followed by up to ``max_new_tokens`` generated tokens per row.
 
-    A row that produces ``eos_id`` is finished: later positions are padded with ``eos_id``, and
-    generation stops early once every row has finished. Call ``model.eval()`` first.
+    ``eos_id`` stops generation the way the book's ``generate`` does (chapters 5 and 7): the end
+    token is not appended, so for one row the output is the prompt and the answer, and
+    chapter 7's ``token_ids_to_text(...)[len(prompt):]`` prints what the book prints, with no
+    ``<|endoftext|>`` after it. In a batch, a row that produces ``eos_id`` is finished and is
+    padded with ``eos_id`` from there on; generation stops, again without appending that step,
+    once every row has finished. Call ``model.eval()`` first.
     """
     steps = generate_stream(model, idx, max_new_tokens, context_size, temperature, top_k,
                             top_p, eos_id, use_cache, generator)
@@ -166,12 +170,12 @@ def _stream(window: _Window, idx: torch.Tensor, max_new_tokens: int, temperature
             logits = window.next_logits(idx)
             next_ids = sample_next_token(logits, temperature, top_k, top_p, generator)
             if eos_id is not None:
-                next_ids = next_ids.masked_fill(finished.unsqueeze(1), eos_id)
                 finished |= next_ids.squeeze(1) == eos_id
+                if bool(finished.all()):
+                    return  # as the book: the last end token is not appended
+                next_ids = next_ids.masked_fill(finished.unsqueeze(1), eos_id)
             idx = torch.cat([idx, next_ids], dim=1)
         yield next_ids
-        if eos_id is not None and bool(finished.all()):
-            return
 
 
 class _Window:

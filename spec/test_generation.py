@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import example, given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gpt_components.generation import (
@@ -192,14 +192,40 @@ def test_each_row_stops_at_its_own_eos_and_is_padded_with_it(cfg, seed, batch, d
     ends = []
     for row in range(batch):
         hits = (free[row] == eos_id).nonzero()
-        end = int(hits[0]) + 1 if len(hits) else max_new_tokens
+        end = int(hits[0]) if len(hits) else max_new_tokens
         ends.append(end)
-        # Each row is the row's own free run up to and including its first eos...
+        # Each row is the row's own free run up to its first eos...
         assert torch.equal(new[row, :end], free[row, :end])
         # ...then eos padding.
         assert bool((new[row, end:] == eos_id).all())
-    # Generation stops as soon as every row has finished.
+    # Generation stops once every row has finished, without appending the last end token.
     assert new.shape[1] == max(ends)
+
+
+def books_generate(model, idx, max_new_tokens, context_size, eos_id):
+    """Chapter 5's greedy ``generate`` as the book writes it: stop before appending eos."""
+    for _ in range(max_new_tokens):
+        with torch.no_grad():
+            logits = model(idx[:, -context_size:])[:, -1, :]
+        idx_next = torch.argmax(logits, dim=-1, keepdim=True)
+        if idx_next == eos_id:
+            break
+        idx = torch.cat((idx, idx_next), dim=1)
+    return idx
+
+
+@settings(max_examples=25)
+@given(cfg=tiny_gpt_configs(), seed=seeds, data=st.data())
+def test_one_row_with_eos_gives_exactly_the_books_generate(cfg, seed, data):
+    model = random_gpt_model(cfg, seed)
+    idx = token_ids(cfg, seed + 1, 1, data.draw(st.integers(1, cfg.context_length)))
+    max_new_tokens = data.draw(st.integers(1, 2 * cfg.context_length))
+    free = generate(model, idx, max_new_tokens)[0, idx.shape[1]:].tolist()
+    eos_id = data.draw(st.sampled_from([*free, cfg.vocab_size - 1]))
+    expected = books_generate(model, idx, max_new_tokens, cfg.context_length, eos_id)
+    for use_cache in (True, False):
+        got = generate(model, idx, max_new_tokens, eos_id=eos_id, use_cache=use_cache)
+        assert torch.equal(got, expected)
 
 
 @given(run=runs(), seed=seeds)
