@@ -10,6 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from gpt_components.finetune.spam_data import (
+    SPAM_LABELS,
     LabeledText,
     SpamDataset,
     balance_classes,
@@ -17,6 +18,7 @@ from gpt_components.finetune.spam_data import (
     spam_splits,
     split_records,
 )
+from gpt_components.resources import resource_path
 from gpt_components.tokenizers import gpt2_tokenizer
 from spec.strategies import seeds
 
@@ -60,6 +62,21 @@ def test_bundled_spam_splits_balance_747_messages_per_class():
     assert Counter(r.label for r in combined) == {0: 747, 1: 747}
     assert Counter(r.label for r in _sms()) == {0: 4827, 1: 747}
     assert all(r in set(_sms()) for r in combined)
+
+
+def test_every_line_is_one_message_where_the_books_quote_handling_merges_three():
+    # The book reads the file with pandas.read_csv(sep="\t"), whose default quoting (a field
+    # that opens with '"' runs to the closing quote, across line ends) is the csv module's.
+    import csv
+
+    with open(resource_path("sms-spam-collection.tsv"), encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert len(rows) == 5572 and Counter(label for label, _ in rows) == {"ham": 4825, "spam": 747}
+    with open(resource_path("sms-spam-collection.tsv"), encoding="utf-8") as f:
+        lines = [line.rstrip("\n").split("\t", 1) for line in f]
+    assert [(text, SPAM_LABELS.index(label)) for label, text in lines] == list(_sms())
+    (merged,) = [text for _, text in rows if "\n" in text]
+    assert merged.startswith("Keep ur problems") and merged.count("\nham\t") == 2  # line 5,082
 
 
 texts = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1, max_size=40)
