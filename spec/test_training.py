@@ -117,6 +117,29 @@ def test_weight_decay_shrinks_weight_matrices_only(seed, lr, decay, tied):
         torch.testing.assert_close(p.detach(), before[name] * factor, rtol=1e-12, atol=0)
 
 
+@settings(max_examples=20)
+@given(seed=seeds, lr=st.floats(1e-4, 1e-1), decay=st.floats(0.0, 1.0), steps=st.integers(1, 3))
+def test_the_fused_optimizer_takes_the_steps_of_torchs_plain_adamw(seed, lr, decay, steps):
+    model, reference = _tiny(seed, torch.float64), _tiny(seed, torch.float64)
+    optimizer = configure_optimizer(model, lr, decay)
+    assert optimizer.defaults["fused"]  # one pass per tensor (benchmarks/README.md)
+    by_name = dict(reference.named_parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain = torch.optim.AdamW(
+        [{"params": [by_name[names[id(p)]] for p in group["params"]],
+          "weight_decay": group["weight_decay"]} for group in optimizer.param_groups],
+        lr=lr, foreach=False)
+    g = generator(seed + 1)
+    for _ in range(steps):
+        for p in model.parameters():
+            p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            by_name[names[id(p)]].grad = p.grad.clone()
+        optimizer.step()
+        plain.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, by_name[name], rtol=1e-12, atol=1e-15)
+
+
 @given(seed=seeds, scale=st.floats(1e-3, 1e3), clip=st.floats(1e-2, 10.0))
 def test_clipping_bounds_the_global_gradient_norm(seed, scale, clip):
     model = _tiny(seed, torch.float64)
