@@ -37,7 +37,6 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..model import _store_column_major
 from .family import Family
 from .rope import Llama3RopeScaling
 
@@ -226,6 +225,10 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
     wanted = {hf_param_name(layout.names, name): name
               for name, _ in _tensors(model)}  # a tied head appears once, as tok_emb
     shapes = dict(_tensors(model))
+    # Stored column-major as DecoderModel keeps them (model._store_column_major), converted as
+    # each is read, so the transient copy is one tensor, never the whole model.
+    widening = {f"trf_blocks.{name}.weight" for name, module in model.trf_blocks.named_modules()
+                if isinstance(module, nn.Linear) and module.out_features >= module.in_features}
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
         for key, tensor in stream_safetensors(file):  # one tensor at a time: no second copy
@@ -238,6 +241,8 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
             if tuple(tensor.shape) != expected:
                 raise ValueError(f"checkpoint tensor {key!r} has shape "
                                  f"{tuple(tensor.shape)}, the config needs {expected}")
+            if wanted[key] in widening:
+                tensor = tensor.t().contiguous().t()  # same [out, in], strides (1, out)
             state[wanted[key]] = tensor
     missing = sorted(hf for hf, ours in wanted.items() if ours not in state)
     if missing:
@@ -245,7 +250,6 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
     model.load_state_dict(state, strict=False, assign=True)
     if cfg.tie_weights:
         model.out_head.weight = model.tok_emb.weight
-    _store_column_major(model.trf_blocks)  # one matrix at a time: a transient copy each
     return model.eval()
 
 
