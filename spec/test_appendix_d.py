@@ -103,7 +103,7 @@ def books_loop(model, batches, optimizer, n_epochs, warmup, initial, low):
     return losses, rates_seen, clipped
 
 
-@settings(max_examples=6)
+@settings(max_examples=3)
 @given(seed=seeds, n_batches=st.integers(1, 3), n_epochs=st.integers(1, 2),
        warmup=st.integers(0, 3), eval_freq=st.integers(1, 4))
 def test_train_model_takes_the_books_steps_and_clips_only_after_the_warm_up(

@@ -57,7 +57,7 @@ def test_sdpa_and_textbook_kernels_give_the_same_logits(cfg, seed, batch, data):
     torch.testing.assert_close(fast(idx), textbook(idx), **EXACT)
 
 
-@settings(max_examples=30)
+@settings(max_examples=10)
 @given(cfg=tiny_gpt_configs(layer_kernel="fused"), seed=seeds, batch=st.integers(1, 3),
        data=st.data())
 def test_fused_and_textbook_layer_kernels_give_the_same_logits_and_gradients(
