@@ -126,7 +126,8 @@ class BPETokenizer:
         _check_int("min_frequency", min_frequency, 1)
         _check_int("vocab_size", vocab_size, 256 + len(specials))
         pretokenizer = _compile_pattern(pattern)
-        pieces = _split_on_specials(text, specials)
+        # Learn from the text as encode will see it: lone surrogates become U+FFFD.
+        pieces = _split_on_specials(_without_surrogates(text), specials)
         chunk_counts = Counter(itertools.chain.from_iterable(map(pretokenizer.findall, pieces)))
         vocab, merges = learn_merges(chunk_counts, vocab_size - len(specials), min_frequency)
         ranks = {token: rank for rank, token in enumerate(vocab)}

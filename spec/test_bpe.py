@@ -472,3 +472,11 @@ def test_gpt2_files_that_cannot_be_read_or_written_say_why(tmp_path):
     loaded = BPETokenizer.load(tmp_path / "bytes")
     assert loaded.merges == () and loaded.special_tokens == {ENDOFTEXT: 256}
 
+
+
+def test_training_on_lone_surrogates_learns_what_encode_sees():
+    text = "ab\ud800ab\ud800ab cd\udfffcd"
+    repaired = text.replace("\ud800", "\ufffd").replace("\udfff", "\ufffd")
+    tok = BPETokenizer.train(text, 260, min_frequency=1)
+    assert tok.merges == BPETokenizer.train(repaired, 260, min_frequency=1).merges
+    assert tok.decode(tok.encode(text)) == repaired

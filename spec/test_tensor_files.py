@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.torch import save_file
 
+import gpt_components
 from gpt_components import (
     CheckpointError,
     GPTConfig,
@@ -114,7 +115,8 @@ def _one_line_error(capsys) -> str:
 
 @pytest.mark.parametrize("kind", FAKES)
 @pytest.mark.parametrize("reader", ["from_pretrained directory", "from_pretrained file",
-                                    "load_lora", "load_checkpoint", "load_classifier"])
+                                    "load_lora", "load_checkpoint", "load_classifier",
+                                    "from_pretrained llama directory"])
 def test_a_file_that_is_not_safetensors_is_refused_by_every_reader_naming_it(
         kind, reader, tmp_path, tiny_model):
     marker = tmp_path / "code-ran"
@@ -125,6 +127,11 @@ def test_a_file_that_is_not_safetensors_is_refused_by_every_reader_naming_it(
         directory = save_checkpoint(tmp_path, model=tiny_model, state={}, meta={"step": 1})
     elif reader == "load_classifier":
         save_classifier(make_classifier(GPTModel(tiny_model.cfg), 2), directory)
+    elif reader == "from_pretrained llama directory":
+        from gpt_components import registry
+
+        llama = registry.preset_config("llama3-nano", vocab_size=16, n_layers=1)
+        gpt_components.save_pretrained(registry.build_model(llama), directory)
     else:
         save_pretrained(tiny_model, directory)
     weights = directory / "model.safetensors"
@@ -135,6 +142,7 @@ def test_a_file_that_is_not_safetensors_is_refused_by_every_reader_naming_it(
         "load_lora": lambda: load_lora(GPTModel(tiny_model.cfg), weights),
         "load_checkpoint": lambda: load_checkpoint(tmp_path),
         "load_classifier": lambda: load_classifier(directory),
+        "from_pretrained llama directory": lambda: gpt_components.from_pretrained(directory),
     }
     with pytest.raises(ValueError, match=re.escape(f"'{weights}' {_expected(kind)}")) as refused:
         calls[reader]()

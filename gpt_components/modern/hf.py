@@ -37,6 +37,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
+from ..tensor_files import TensorFileError, _header_problem
 from .family import Family
 from .rope import Llama3RopeScaling
 
@@ -172,6 +173,11 @@ def stream_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
     byte offsets into the data that follows), the data.
     """
     path = Path(path)
+    problem = _header_problem(path)  # a pickle or zip under this name is named, never opened
+    if problem is not None:
+        raise TensorFileError(f"{str(path)!r} is not a safetensors file: {problem}; give the "
+                              "model.safetensors that save_pretrained, transformers or "
+                              "`hf download` wrote")
     with open(path, "rb") as f:
         head = f.read(8)
         size = int.from_bytes(head, "little") if len(head) == 8 else -1
@@ -196,7 +202,8 @@ def stream_safetensors(path: str | Path) -> Iterator[tuple[str, torch.Tensor]]:
             raw = torch.empty(end - begin, dtype=torch.uint8)  # the tensor's own memory
             f.seek(start + begin)
             if count and f.readinto(raw.numpy()) != end - begin:
-                raise ValueError(f"{str(path)!r} is truncated: tensor {name!r} is incomplete")
+                raise TensorFileError(f"{str(path)!r} is truncated or corrupted (tensor "
+                                      f"{name!r} is incomplete): download or write it again")
             tensor = raw.view(dtype).reshape(info["shape"])
             yield name, tensor
 
