@@ -65,3 +65,8 @@ def test_the_readme_finetuning_table_counts_the_parameters_the_code_trains():
                 alpha = float(re.search(r"--lora-alpha (\d+)", flags).group(1))
                 replace_linear_with_lora(model, rank, alpha)
         assert count_trainable_parameters(model) == int(figure.replace(",", "")), flags
+
+
+def test_the_readme_names_the_hub_command_that_current_huggingface_hub_ships():
+    # huggingface_hub 1.x removed `huggingface-cli`; `hf download` is what a reader can run.
+    assert "huggingface-cli" not in README.read_text(encoding="utf-8")
