@@ -68,5 +68,5 @@ def test_the_readme_finetuning_table_counts_the_parameters_the_code_trains():
 
 
 def test_the_readme_names_the_hub_command_that_current_huggingface_hub_ships():
-    # huggingface_hub 1.x removed `huggingface-cli`; `hf download` is what a reader can run.
+    # Current huggingface_hub releases ship only the `hf` command, not `huggingface-cli`.
     assert "huggingface-cli" not in README.read_text(encoding="utf-8")
