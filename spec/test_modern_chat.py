@@ -16,7 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 
-from gpt_components.modern.chat import Llama3ChatFormat, Qwen3ChatFormat, chat_format_for
+from gpt_components.modern.chat import (
+    Gemma3ChatFormat,
+    Llama3ChatFormat,
+    Qwen3ChatFormat,
+    chat_format_for,
+)
 from gpt_components.modern.tokenizers import load_tokenizer
 from spec.test_modern_tokenizers import LLAMA3_SPECIALS, QWEN_ADDED, QWEN_SPECIALS
 
@@ -234,3 +239,67 @@ def test_bad_messages_are_named():
         chat.render("hello")
     with pytest.raises(TypeError, match="^enable_thinking must be True or False"):
         Qwen3ChatFormat(enable_thinking="no")
+
+
+# Gemma 3 instruct's published template (string contents), written out here.
+GEMMA3_TEMPLATE = (
+    "{{ bos_token }}"
+    "{%- if messages[0]['role'] == 'system' -%}"
+    "{%- set first_user_prefix = messages[0]['content'] + '\n\n' -%}"
+    "{%- set loop_messages = messages[1:] -%}"
+    "{%- else -%}{%- set first_user_prefix = '' -%}{%- set loop_messages = messages -%}"
+    "{%- endif -%}"
+    "{%- for message in loop_messages -%}"
+    "{%- if (message['role'] == 'user') != (loop.index0 % 2 == 0) -%}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}"
+    "{%- endif -%}"
+    "{%- if message['role'] == 'assistant' -%}{%- set role = 'model' -%}"
+    "{%- else -%}{%- set role = message['role'] -%}{%- endif -%}"
+    "{{ '<start_of_turn>' + role + '\n' + (first_user_prefix if loop.first else '') }}"
+    "{{ message['content'] | trim }}"
+    "{{ '<end_of_turn>\n' }}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '<start_of_turn>model\n' }}{%- endif -%}"
+)
+GEMMA3_SPECIALS = ["<pad>", "<eos>", "<bos>", "<start_of_turn>", "<end_of_turn>"]
+
+
+@pytest.fixture(scope="module")
+def gemma(tmp_path_factory):
+    path = _model_dir(tmp_path_factory.mktemp("g") / "gemma3",
+                      _byte_level_tokenizer(GEMMA3_SPECIALS),
+                      {"bos_token": "<bos>", "eos_token": "<eos>",
+                       "chat_template": GEMMA3_TEMPLATE})
+    return load_tokenizer(path), transformers.AutoTokenizer.from_pretrained(path)
+
+
+@settings(max_examples=25)
+@given(messages=conversations(), prompt=st.booleans())
+def test_gemma3_chat_renders_as_its_template_does_in_transformers(messages, prompt, gemma):
+    tok, hf = gemma
+    messages = [{"role": m["role"], "content": m["content"]} for m in messages]
+    turns = messages[1:] if messages[0]["role"] == "system" else messages
+    alternating = all((m["role"] == "user") == (i % 2 == 0) for i, m in enumerate(turns))
+    chat = Gemma3ChatFormat()
+    if not alternating:
+        with pytest.raises(ValueError, match="must alternate user / assistant"):
+            chat.render(messages, add_generation_prompt=prompt)
+        with pytest.raises(Exception, match="must alternate"):
+            hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+        return
+    text = chat.render(messages, add_generation_prompt=prompt)
+    assert text == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=prompt)
+    assert chat.encode(tok, messages, add_generation_prompt=prompt) == _hf_ids(
+        hf, messages, add_generation_prompt=prompt)
+
+
+def test_gemma3_chat_written_out_by_hand_and_picked_by_its_tokens(gemma):
+    tok, _ = gemma
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": " Hi "}, {"role": "assistant", "content": "Hello."}]
+    assert Gemma3ChatFormat().render(messages) == (
+        "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n"
+        "<start_of_turn>model\nHello.<end_of_turn>\n<start_of_turn>model\n")
+    assert isinstance(chat_format_for(tok), Gemma3ChatFormat)
+    assert Gemma3ChatFormat().stop_ids(tok) == tok.encode(
+        "<end_of_turn><eos>", allowed_special={"<end_of_turn>", "<eos>"})

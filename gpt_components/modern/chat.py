@@ -13,6 +13,10 @@ with that format's end-of-turn token; any other layout gives worse answers. Mess
   generation prompt ``<|im_start|>assistant\\n`` is followed by an empty
   ``<think>\\n\\n</think>\\n\\n`` block when thinking is switched off. An assistant turn after the
   last user message keeps its reasoning (``<think>...</think>``); earlier turns drop it.
+- ``Gemma3ChatFormat``: ``<bos>``, then ``<start_of_turn>user\\n`` or ``<start_of_turn>model\\n``
+  + stripped content + ``<end_of_turn>\\n``; turns must alternate user / assistant, a system
+  message has no turn of its own (its text and a blank line open the first user turn), and the
+  generation prompt is an open ``model`` turn.
 
 ``render`` returns the text (what ``transformers``' ``apply_chat_template`` renders);
 ``encode`` returns the ids, with the format's markers as special tokens and every message's
@@ -33,7 +37,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["Llama3ChatFormat", "Qwen3ChatFormat", "chat_format_for"]
+__all__ = ["Llama3ChatFormat", "Qwen3ChatFormat", "Gemma3ChatFormat", "chat_format_for"]
 
 _ROLES = ("system", "user", "assistant")
 # A rendered conversation is a list of pieces: (True, special-token name) or (False, text).
@@ -170,12 +174,40 @@ class Qwen3ChatFormat(_ChatFormat):
         return pieces
 
 
+class Gemma3ChatFormat(_ChatFormat):
+    """Gemma 3 instruct's turns: ``user`` and ``model`` alternate, the system text opens the first
+    user turn."""
+
+    stop_tokens = ("<end_of_turn>", "<eos>")
+
+    def _pieces(self, messages: list[Mapping[str, Any]], add_generation_prompt: bool) -> Pieces:
+        prefix = ""
+        if messages and messages[0]["role"] == "system":
+            prefix, messages = messages[0]["content"] + "\n\n", messages[1:]
+        pieces: Pieces = [(True, "<bos>")]
+        for index, message in enumerate(messages):
+            if (message["role"] == "user") != (index % 2 == 0):
+                raise ValueError(f"messages must alternate user / assistant after an optional "
+                                 f"system message; turn {index} is {message['role']!r}")
+            role = "model" if message["role"] == "assistant" else "user"
+            opening = "\n" + (prefix if index == 0 else "")
+            pieces += [(True, "<start_of_turn>"), (False, role + opening),
+                       (False, message["content"].strip()), (True, "<end_of_turn>"),
+                       (False, "\n")]
+        if add_generation_prompt:
+            pieces += [(True, "<start_of_turn>"), (False, "model\n")]
+        return pieces
+
+
 def chat_format_for(tokenizer: Any, *, enable_thinking: bool = True) -> _ChatFormat:
-    """The chat format whose markers the tokenizer has: Llama 3's or Qwen3's ChatML."""
+    """The chat format whose markers the tokenizer has: Llama 3's, Qwen3's ChatML or Gemma 3's."""
     specials = set(getattr(tokenizer, "special_tokens_set", ()))
     if {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"} <= specials:
         return Llama3ChatFormat()
     if {"<|im_start|>", "<|im_end|>"} <= specials:
         return Qwen3ChatFormat(enable_thinking=enable_thinking)
+    if {"<start_of_turn>", "<end_of_turn>"} <= specials:
+        return Gemma3ChatFormat()
     raise ValueError("tokenizer has neither Llama 3's chat tokens (<|start_header_id|>, "
-                     "<|end_header_id|>, <|eot_id|>) nor ChatML's (<|im_start|>, <|im_end|>)")
+                     "<|end_header_id|>, <|eot_id|>), ChatML's (<|im_start|>, <|im_end|>) nor "
+                     "Gemma 3's (<start_of_turn>, <end_of_turn>)")
