@@ -345,3 +345,18 @@ def test_generate_reads_a_checkpoint_directory_of_a_run(run, capsys):
     assert capsys.readouterr().out.startswith("Every effort moves you")
     meta = json.loads((run / "checkpoints" / "step-00000002" / "meta.json").read_text())
     assert meta["step"] == 2
+
+
+@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer.model"])
+def test_finetuning_refuses_weights_that_come_with_their_own_tokenizer(name, tmp_path,
+                                                                       tiny_model):
+    # The finetune commands encode with GPT-2's BPE: another tokenizer's model would get
+    # the wrong ids without a word.
+    save_pretrained(tiny_model, tmp_path / "weights")
+    (tmp_path / "weights" / name).write_text("{}")
+    for weights in (tmp_path / "weights", tmp_path / "weights" / "model.safetensors"):
+        with pytest.raises(ValueError, match=f"comes with its own tokenizer \\({name}\\)"):
+            load_start_model(weights=str(weights))
+    (tmp_path / "weights" / name).unlink()
+    model, origin = load_start_model(weights=str(tmp_path / "weights"))
+    assert origin.startswith("starting from GPT-2 weights")

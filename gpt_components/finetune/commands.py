@@ -199,6 +199,15 @@ def load_start_model(weights: str | None = None, run: str | None = None,
     if weights is not None and run is not None:
         raise ValueError("--weights and --run: give at most one starting model")
     if weights is not None:
+        source = Path(weights)
+        folder = source if source.is_dir() else source.parent
+        own = [name for name in ("tokenizer.json", "tokenizer.model") if (folder / name).is_file()]
+        if own:
+            # Real Llama 3 / Qwen3 / Gemma 3 weights come with their own tokenizer; these
+            # commands encode with GPT-2's BPE, which would feed such a model the wrong ids.
+            raise ValueError(f"--weights {weights!r} comes with its own tokenizer ({own[0]}); "
+                             "the finetune commands tokenize with GPT-2's BPE: give weights "
+                             "trained with the GPT-2 tokenizer")
         try:
             model = from_pretrained(weights, drop_rate=drop_rate)
         except (OSError, ValueError, TypeError) as error:
