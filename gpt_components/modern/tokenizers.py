@@ -38,6 +38,7 @@ from typing import Any, Literal
 
 import regex
 
+from ..bpe import _without_surrogates
 from ..tokenizers import GPT2Encoding
 
 __all__ = [
@@ -87,15 +88,6 @@ _END_OF_TEXT = ("<|endoftext|>", "<|end_of_text|>")
 
 def _digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
-
-
-def _without_surrogates(text: str) -> str:
-    """tiktoken's repair for strings UTF-8 cannot encode: lone surrogates become U+FFFD."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-    return text
 
 
 # -- Llama 3: tiktoken's file format -------------------------------------------------------------
