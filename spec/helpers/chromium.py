@@ -12,6 +12,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -47,11 +48,12 @@ class Chromium:
         self._next_id = 0
 
     def __enter__(self) -> Chromium:
-        self._profile = tempfile.TemporaryDirectory(prefix="chromium-profile-")
+        self._profile = tempfile.mkdtemp(prefix="chromium-profile-")
         self._process = subprocess.Popen(
-            [self.binary, *FLAGS, f"--user-data-dir={self._profile.name}",
+            [self.binary, *FLAGS, f"--user-data-dir={self._profile}",
              f"--window-size={self.size[0]},{self.size[1]}", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)
         try:
             self._socket = websocket.create_connection(self._browser_url(), timeout=30,
                                                        suppress_origin=True)
@@ -68,11 +70,42 @@ class Chromium:
         return self
 
     def __exit__(self, *_: Any) -> None:
+        """Close the browser and every process it started, then remove its profile.
+
+        Chromium runs renderer, GPU and utility processes of its own, which keep writing to the
+        profile for a moment after the main process dies: ask it to close, then kill its whole
+        process group, and only then remove the directory.
+        """
         if getattr(self, "_socket", None) is not None:
+            try:
+                self._send("Browser.close", {})
+            except Exception:  # noqa: BLE001 - already gone or not answering: killed below
+                pass
             self._socket.close()
-        self._process.kill()
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self._process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
         self._process.wait(timeout=30)
-        self._profile.cleanup()
+        self._remove_profile()
+
+    def _remove_profile(self) -> None:
+        """Remove the profile, retrying while a dying helper process still writes to it."""
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                shutil.rmtree(self._profile)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def _browser_url(self) -> str:
         """Chromium prints its DevTools address on stderr once it listens."""
