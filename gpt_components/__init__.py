@@ -32,6 +32,7 @@ from . import (
     pretrained,
     registry,
     resources,
+    sources,
     tensor_files,
     tokenizers,
     trace,
@@ -68,6 +69,7 @@ from .weights import *
 
 # isort: split
 from .pretrained import *  # after weights: its save_pretrained dispatches on the family
+from .sources import *
 
 __version__ = "0.1.0"
 
@@ -95,6 +97,7 @@ _MODULES = (
     pretrained,
     corpus,
     checkpoint,
+    sources,
     metrics,
     training,
     appendix_d,

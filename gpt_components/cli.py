@@ -6,7 +6,8 @@
   directory (``config.json``, checkpoints, ``metrics.jsonl``, ``loss.png``) and ``--resume``.
   Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel, or with the
   model sharded across the processes (FSDP2) with ``--strategy fsdp``.
-- ``generate``: continue a prompt from a run directory or GPT-2 weights, streaming tokens.
+- ``generate``: continue a prompt from a run directory or weights of any family, streaming
+  tokens, with the tokenizer the model comes with (see ``gpt_components.sources``).
 - ``inspect``: one self-contained HTML page (and ``--png`` pictures) of what a model does with
   a prompt (see ``gpt_components.inspection``).
 - ``finetune-classifier``, ``classify``, ``finetune-instructions``, ``instruction-responses``:
@@ -36,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from .finetune.commands import add_commands as add_finetune_commands
-from .finetune.commands import reword_for_flag
 
 __all__ = ["main", "build_parser"]
 
@@ -59,23 +59,12 @@ def _info(_: argparse.Namespace) -> None:
 
 
 def _load_tokenizer(spec: str) -> Any:
-    if spec == "gpt2":
-        from .tokenizers import gpt2_tokenizer
+    from .sources import load_tokenizer_spec
 
-        return gpt2_tokenizer()
-    from .bpe import BPETokenizer
-
-    if not Path(spec).is_dir():
-        raise CLIError(f"--tokenizer must be 'gpt2', a directory saved by BPETokenizer.save or "
-                       f"a model directory with tokenizer.model / tokenizer.json, got {spec!r}")
     try:
-        if (Path(spec) / "encoder.json").is_file():
-            return BPETokenizer.load(spec)
-        from .modern.tokenizers import load_tokenizer  # Llama 3's or Qwen3's files
-
-        return load_tokenizer(spec)
-    except (OSError, ValueError) as error:
-        raise CLIError(f"--tokenizer {spec!r} could not be loaded: {error}") from None
+        return load_tokenizer_spec(spec)
+    except ValueError as error:  # the library's parameter is the command's --tokenizer
+        raise CLIError(f"--{error}") from None
 
 
 _NOT_TOKENIZER_FILES = shutil.ignore_patterns("*.safetensors", "*.bin", "*.pth", "*.pt", "*.gguf")
@@ -404,53 +393,11 @@ def _train_locked(args: argparse.Namespace, run_dir: Path, rank: int, world: int
         dist.destroy_process_group()
 
 
-def _run_of(path: Path) -> tuple[Path, Path] | None:
-    """(run, what to load) when ``path`` is a run directory or one of its checkpoints."""
-    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
-        return path, path
-    run = path.parent.parent
-    if (path / "meta.json").is_file() and path.parent.name == "checkpoints" and (
-            run / "config.json").is_file():
-        return run, path
-    return None
-
-
 def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -> tuple:
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .pretrained import from_pretrained
-    from .registry import build_model
-    from .weights import GPT2_NAMES
+    from .sources import load_model_and_tokenizer
 
-    path = Path(source)
-    if not path.exists() and source not in GPT2_NAMES:
-        raise CLIError(f"source {source!r} does not exist: give a run directory, one of its "
-                       "checkpoints, a model.safetensors file or Hugging Face directory, or "
-                       f"one of {', '.join(GPT2_NAMES)}")
-    found = _run_of(path) if path.exists() else None
-    if found is not None:
-        run, target = found
-        try:
-            saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-            model = build_model(saved["model"])
-        except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
-                ValueError) as error:
-            raise CLIError(f"source {str(run / 'config.json')!r} is not a run configuration "
-                           f"written by train ({type(error).__name__}: {error})") from None
-        try:
-            load_checkpoint(target, load_state=False).load_into(model)  # no optimizer needed
-        except CheckpointError as error:
-            raise CLIError(f"source: {error}") from None
-        spec = tokenizer_spec or (saved["tokenizer"] if saved.get("tokenizer", "gpt2") == "gpt2"
-                                  else str(run / saved["tokenizer"]))
-    else:
-        try:
-            model = from_pretrained(path if path.exists() else source)
-        except (OSError, ValueError, TypeError, KeyError) as error:
-            raise CLIError(reword_for_flag("source", error)) from None
-        own = path.is_dir() and any((path / name).is_file()
-                                    for name in ("tokenizer.model", "tokenizer.json"))
-        spec = tokenizer_spec or (str(path) if own else "gpt2")  # a downloaded Llama 3 / Qwen3
-    return model.to(device).eval(), _load_tokenizer(spec)
+    model, tokenizer, _ = load_model_and_tokenizer(source, tokenizer_spec)
+    return model.to(device), tokenizer
 
 
 _BYTES_PER_GENERATED_TOKEN = 96
@@ -619,17 +566,19 @@ def _add_train(commands: Any) -> None:
 
 def _add_generate(commands: Any) -> None:
     gen = commands.add_parser(
-        "generate", help="continue a prompt from a run directory or GPT-2 weights",
+        "generate", help="continue a prompt from a run directory or weights of any family",
         description="Continue --prompt with the model of SOURCE, streaming tokens as they come: "
         "greedy by default, sampled with --temperature > 0 (then --top-k, --top-p, --seed). "
         "SOURCE is a run directory (its latest checkpoint), one of its checkpoints "
         "(RUN/checkpoints/step-NNNNNNNN), a Hugging Face directory or model.safetensors, or a "
         "GPT-2 size (gpt2, gpt2-medium, ...) found in the Hugging Face cache or downloaded; "
-        "offline, it says which `hf download` command fetches it.",
+        "offline, it says which `hf download` command fetches it. The prompt is read with the "
+        "tokenizer the model comes with (the run's, the files beside the weights, else "
+        "GPT-2's) unless --tokenizer says otherwise.",
         formatter_class=_DefaultsFormatter)
     add = gen.add_argument
     add("source", help="a run directory written by 'train', a Hugging Face directory "
-        "(GPT-2, Llama 3, Qwen3) or a GPT-2 model.safetensors file")
+        "(any family: GPT-2, Llama 3, Qwen3, Gemma 3, ...) or a GPT-2 model.safetensors file")
     add("--prompt", default="Every effort moves you", help="text to continue")
     add("--max-new-tokens", type=int, default=50, help="tokens to generate")
     add("--temperature", type=float, default=0.0, help="0: greedy; higher: more random")
@@ -651,8 +600,8 @@ def _add_inspect(commands: Any) -> None:
         "predictions, surprisal, logit lens, stage sizes (one offline HTML page)",
         formatter_class=_DefaultsFormatter)
     add = look.add_argument
-    add("source", help="a run directory written by 'train', or a GPT-2 model.safetensors "
-        "file or Hugging Face directory")
+    add("source", help="a run directory written by 'train', a Hugging Face directory (any "
+        "family) or a GPT-2 model.safetensors file")
     add("--prompt", default="Every effort moves you", help="the text to look at")
     add("--out", default="inspection.html", help="where to write the HTML report")
     add("--png", default=None, metavar="DIR", help="also write the main pictures as PNG files "

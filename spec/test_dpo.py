@@ -11,6 +11,7 @@ import argparse
 import copy
 import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -33,8 +34,9 @@ from gpt_components.finetune.dpo import (
 from gpt_components.finetune.instructions import format_input, instruction_splits
 from gpt_components.finetune.lora import replace_linear_with_lora
 from gpt_components.model import GPTConfig, GPTModel
+from gpt_components.pretrained import save_pretrained
+from gpt_components.registry import build_model, preset_config
 from gpt_components.tokenizers import gpt2_tokenizer
-from gpt_components.weights import save_pretrained
 from spec.strategies import generator, random_gpt_model, seeds
 
 pytestmark = [pytest.mark.ch07, pytest.mark.dpo]
@@ -529,3 +531,143 @@ def test_a_bad_finetune_dpo_argument_is_a_one_line_error(argv, fragment, tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("gpt-components: error:")
     assert fragment in err and "Traceback" not in err
+
+
+# ------------------------------------------------- every family, with the tokenizer it comes with
+
+def _learned_bpe(directory, texts: list[str]) -> int:
+    """A BPETokenizer learned here, saved in GPT-2's format; its end-of-text id, as the file
+    says it."""
+    from gpt_components.bpe import BPETokenizer
+
+    BPETokenizer.train("\n".join(texts), vocab_size=400).save(directory)
+    return json.loads((directory / "encoder.json").read_text(encoding="utf-8"))["<|endoftext|>"]
+
+
+def _tokenizer_json(directory, texts: list[str], specials: list[str], eos: str | None) -> int:
+    """A byte-level BPE tokenizer.json trained by the tokenizers library (specials first, so
+    the end of text is a low id), with a tokenizer_config.json naming ``eos``; the end id as
+    the library reads it."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    directory.mkdir()
+    tokenizer.save(str(directory / "tokenizer.json"))
+    if eos is not None:
+        (directory / "tokenizer_config.json").write_text(json.dumps({"eos_token": eos}))
+    return Tokenizer.from_file(str(directory / "tokenizer.json")).token_to_id(
+        eos or "<|endoftext|>")
+
+
+# preset: its tokenizer; whether DPO trains LoRA adapters or every weight; whether the model is
+# trained by the CLI with that tokenizer or comes as weights with the tokenizer files beside them
+# (as a download of Gemma 3 does)
+FAMILIES = {
+    "llama3-nano": ("bpe", ["--lora-rank", "2"], "train"),
+    "qwen3-nano": ("qwen", [], "train"),
+    "gemma3-nano": ("gemma", ["--lora-rank", "2"], "weights"),
+}
+
+
+@pytest.mark.modern
+@pytest.mark.parametrize("preset", sorted(FAMILIES))
+def test_every_family_finetunes_instructions_then_dpo_with_the_tokenizer_it_trained_with(
+        preset, tmp_path, capsys, monkeypatch):
+    from tokenizers import Tokenizer
+
+    from gpt_components.bpe import BPETokenizer
+    from gpt_components.cli import main
+    from gpt_components.finetune import dpo, instructions
+    from gpt_components.resources import load_text
+    from gpt_components.sources import tokenizer_of
+
+    pairs = _short_pairs(20)
+    text = load_text("the-verdict.txt")[:3000]
+    texts = [text, *(format_input(e) + "\n\n### Response:\n" + e["chosen"] for e in pairs)]
+    kind, dpo_flags, start = FAMILIES[preset]
+    tokenizer_dir = tmp_path / "tokenizer"
+    if kind == "bpe":
+        end = _learned_bpe(tokenizer_dir, texts)
+    elif kind == "qwen":
+        end = _tokenizer_json(tokenizer_dir, texts, ["<|endoftext|>", "<|im_start|>",
+                                                     "<|im_end|>"], None)
+    else:
+        end = _tokenizer_json(tokenizer_dir, texts, ["<pad>", "<eos>", "<bos>",
+                                                     "<start_of_turn>", "<end_of_turn>"], "<eos>")
+
+    def reference(sample: str) -> list[int]:
+        if kind == "bpe":
+            return BPETokenizer.load(tokenizer_dir).encode(sample)
+        return Tokenizer.from_file(str(tokenizer_dir / "tokenizer.json")).encode(
+            sample, add_special_tokens=False).ids
+
+    batches: dict[str, list] = {"instructions": [], "dpo": []}
+
+    def spy(real, kept: list):
+        def collate(batch, *args, **kwargs):
+            out = real(batch, *args, **kwargs)
+            kept.append((batch, out))
+            return out
+
+        return collate
+
+    monkeypatch.setattr(instructions, "instruction_collate",
+                        spy(instructions.instruction_collate, batches["instructions"]))
+    monkeypatch.setattr(dpo, "preference_collate", spy(dpo.preference_collate, batches["dpo"]))
+    corpus, data = tmp_path / "corpus.txt", tmp_path / "pairs.json"
+    corpus.write_text(text, encoding="utf-8")
+    data.write_text(json.dumps(pairs), encoding="utf-8")
+    run, sft, preferred = tmp_path / "run", tmp_path / "sft", tmp_path / "dpo"
+    common = ["--data", str(data), "--limit", "2", "--batch-size", "2", "--eval-iter", "1",
+              "--device", "cpu"]
+
+    def ok(*argv: str) -> str:
+        status = main(list(argv))
+        out, err = capsys.readouterr()
+        assert status == 0, err
+        return out
+
+    if start == "train":
+        ok("train", "--corpus", str(corpus), "--tokenizer", str(tokenizer_dir), "--run-dir",
+           str(run), "--preset", preset, "--batch-size", "2", "--steps", "2", "--eval-interval",
+           "2", "--eval-iters", "1", "--sample-tokens", "0", "--no-progress")
+        origin, flag = f"run {run} (step 2)", "--run"
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            save_pretrained(build_model(preset_config(preset, vocab_size=400)), run)
+        shutil.copytree(tokenizer_dir, run, dirs_exist_ok=True)
+        origin, flag = f"weights {run}", "--weights"
+    assert f"starting from {origin}" in ok(
+        "finetune-instructions", flag, str(run), *common, "--epochs", "1", "--out", str(sft))
+    assert f"starting from weights {sft}" in ok(
+        "finetune-dpo", "--weights", str(sft), *common, "--lr", "1e-3", "--out", str(preferred),
+        "--no-progress", *dpo_flags)
+    ok("instruction-responses", "--model", str(preferred), "--data", str(data),
+       "--max-new-tokens", "2", "--limit", "1")
+    assert len(json.loads((preferred / "test-responses.json").read_text())) == 1
+
+    sample = "Rewrite the sentence: the cat sat. 12345 don't!"
+    for directory in (sft, preferred):  # each output keeps the tokenizer, for whatever follows
+        assert tokenizer_of(directory).encode(sample) == reference(sample)
+    vocab = json.loads((sft / "config.json").read_text())["vocab_size"]
+    assert vocab == 400 and end != 50256
+    assert batches["instructions"] and batches["dpo"]
+    for batch, (inputs, targets) in batches["instructions"]:
+        assert int(inputs.max()) < vocab
+        for row, item in enumerate(batch):  # padding holds the end id and carries no loss
+            n = len(item.token_ids)
+            assert inputs[row, n:].eq(end).all() and targets[row, n:].eq(-100).all()
+            if n <= inputs.shape[1]:  # not cut to the context
+                assert targets[row, n - 1] == end  # the end of text the model learns to emit
+    for batch, out in batches["dpo"]:
+        for key in ("chosen", "rejected"):
+            assert int(out[key].max()) < vocab
+            for row, item in enumerate(batch):
+                n = len(item[key])
+                assert out[key][row, n:].eq(end).all() and not out[f"{key}_mask"][row, n:].any()

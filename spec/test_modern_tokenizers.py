@@ -322,3 +322,48 @@ def test_the_command_line_takes_a_model_directory_as_its_tokenizer(llama_dir, qw
     (tmp_path / "empty").mkdir()
     with pytest.raises(CLIError, match="holds no tokenizer this project reads"):
         _load_tokenizer(str(tmp_path / "empty"))
+
+
+# -- kept beside finetuned weights: save() writes what load_tokenizer reads ------------------------
+
+
+@pytest.fixture(scope="module")
+def saved_again(llama_dir, qwen_dir, tmp_path_factory):
+    """(Llama 3's, Qwen3's tokenizer, each read back after its own save(), and where)."""
+    root = tmp_path_factory.mktemp("saved")
+    return (load_tokenizer(load_tokenizer(llama_dir).save(root / "llama")),
+            load_tokenizer(load_tokenizer(qwen_dir).save(root / "qwen")), root)
+
+
+def test_a_saved_tokenizer_writes_the_files_it_was_read_from(llama_dir, qwen_dir, saved_again):
+    llama, qwen, root = saved_again
+    assert (root / "llama" / "tokenizer.model").read_bytes() == (
+        llama_dir / "tokenizer.model").read_bytes()
+    assert json.loads((root / "qwen" / "tokenizer.json").read_text()) == json.loads(
+        (qwen_dir / "tokenizer.json").read_text())
+    assert (root / "qwen" / "tokenizer_config.json").read_text() == (
+        qwen_dir / "tokenizer_config.json").read_text()
+    assert llama.name == load_tokenizer(llama_dir).name  # the same file: the same corpus cache
+    reference = Tokenizer.from_file(str(qwen_dir / "tokenizer.json"))
+    assert qwen.eot_token == reference.token_to_id("<|endoftext|>")
+    assert llama.eot_token == len(read_tiktoken_model(llama_dir / "tokenizer.model")) + 1
+
+
+@settings(max_examples=25)
+@given(text=texts_with(LLAMA3_SPECIALS[:12] + QWEN_SPECIALS + QWEN_ADDED))
+def test_a_saved_tokenizer_reads_back_encoding_as_the_reference_reading_the_original(
+        text, saved_again, llama_reference, qwen_tokenizers):
+    llama, qwen, _ = saved_again
+    assert llama.encode(text, allowed_special="all") == llama_reference.encode(
+        text, allowed_special="all")
+    assert qwen.encode(text, allowed_special="all") == qwen_tokenizers[1].encode(
+        text, add_special_tokens=False).ids
+
+
+def test_a_tokenizer_json_without_a_config_saves_its_end_of_text_as_the_eos_token(tmp_path):
+    library = Tokenizer(models.BPE({"a": 0, "b": 1}, []))
+    library.add_special_tokens([AddedToken("<eos>", special=True, normalized=False)])
+    tok = HFTokenizer(library, name="small", eos_token="<eos>")
+    again = HFTokenizer.from_file(tok.save(tmp_path) / "tokenizer.json")
+    assert json.loads((tmp_path / "tokenizer_config.json").read_text()) == {"eos_token": "<eos>"}
+    assert again.eot_token == tok.eot_token == library.token_to_id("<eos>")

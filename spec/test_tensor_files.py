@@ -286,7 +286,7 @@ def test_a_truncated_state_pt_does_not_stop_generate(run, capsys):
     capsys.readouterr()
     assert main(["generate", str(run), "--max-new-tokens", "2"]) == 0
     assert capsys.readouterr().out.startswith("Every effort moves you")
-    model, origin = load_start_model(run=str(run))  # finetuning from a run needs only weights
+    model, _, origin = load_start_model(run=str(run))  # finetuning from a run needs only weights
     assert origin.endswith("(step 3)") and model.cfg.context_length == 16
 
 
@@ -347,16 +347,22 @@ def test_generate_reads_a_checkpoint_directory_of_a_run(run, capsys):
     assert meta["step"] == 2
 
 
-@pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer.model"])
-def test_finetuning_refuses_weights_that_come_with_their_own_tokenizer(name, tmp_path,
-                                                                       tiny_model):
-    # The finetune commands encode with GPT-2's BPE: another tokenizer's model would get
-    # the wrong ids without a word.
+def test_finetuning_reads_weights_with_the_tokenizer_files_beside_them(tmp_path, tiny_model):
+    # Real Llama 3 / Qwen3 / Gemma 3 weights come with their own tokenizer: GPT-2's ids would
+    # feed such a model the wrong tokens without a word.
+    from gpt_components.bpe import BPETokenizer
+    from gpt_components.sources import save_tokenizer
+
+    learned = BPETokenizer.train("a small corpus, a small vocabulary", vocab_size=270)
     save_pretrained(tiny_model, tmp_path / "weights")
-    (tmp_path / "weights" / name).write_text("{}")
     for weights in (tmp_path / "weights", tmp_path / "weights" / "model.safetensors"):
-        with pytest.raises(ValueError, match=f"comes with its own tokenizer \\({name}\\)"):
-            load_start_model(weights=str(weights))
-    (tmp_path / "weights" / name).unlink()
-    model, origin = load_start_model(weights=str(tmp_path / "weights"))
-    assert origin.startswith("starting from GPT-2 weights")
+        _, tokenizer, origin = load_start_model(weights=str(weights))
+        assert tokenizer.name == "gpt2" and origin == f"starting from weights {weights}"
+    save_tokenizer(learned, tmp_path / "weights")
+    for weights in (tmp_path / "weights", tmp_path / "weights" / "model.safetensors"):
+        _, tokenizer, _ = load_start_model(weights=str(weights))
+        assert tokenizer.name == learned.name and tokenizer.eot_token == learned.n_vocab - 1
+    (tmp_path / "weights" / "encoder.json").unlink()
+    (tmp_path / "weights" / "tokenizer.json").write_text("{not json")  # not GPT-2's ids instead
+    with pytest.raises(ValueError, match="^--weights the weights' tokenizer .* could not be "):
+        load_start_model(weights=str(tmp_path / "weights"))

@@ -1,12 +1,16 @@
 """Finetuning from the command line: the subcommands ``gpt-components`` gets from this package.
 
 ``add_commands(subparsers)`` registers ``finetune-classifier``, ``classify``,
-``finetune-instructions`` and ``instruction-responses``. Both finetuning commands start from
-GPT-2 weights (``--weights``: a directory or ``model.safetensors`` in Hugging Face's layout, or a
-GPT-2 name to download), from a run directory of ``gpt-components train`` (``--run``), or, with
-neither, from random weights of a ``--preset`` (and say so); ``--lora-rank`` trains low-rank
-adapters instead of the model's own weights. Handlers raise ``ValueError`` or
-``FileNotFoundError`` with a one-line message; the CLI turns them into its own errors.
+``finetune-instructions`` and ``instruction-responses``. The finetuning commands start from
+weights in Hugging Face's layout of any family the project has (``--weights``: a directory, a
+GPT-2 ``model.safetensors``, or a GPT-2 name to download), from a run directory of
+``gpt-components train`` or a finetuned output (``--run``), or, with neither, from random weights
+of a ``--preset`` with GPT-2's tokenizer (and say so); ``--lora-rank`` trains low-rank adapters
+instead of the model's own weights. Each model is read with the tokenizer it comes with
+(``gpt_components.sources``), which pads its batches and ends its responses with its own
+end-of-text id, and its output keeps that tokenizer beside the weights. Handlers raise
+``ValueError`` or ``FileNotFoundError`` with a one-line message; the CLI turns them into its own
+errors.
 
 ``finetune-dpo`` (the chapter-7 bonus, at the end of this file) preference-tunes the output of
 ``finetune-instructions`` with DPO.
@@ -23,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import json
 import math
 from functools import partial
@@ -34,26 +37,22 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..checkpoint import CheckpointError, load_checkpoint
-from ..pretrained import from_pretrained, save_pretrained
-from ..registry import build_model, config_from_dict, preset_config, preset_names
-from ..tokenizers import gpt2_tokenizer
+from ..pretrained import save_pretrained
+from ..registry import build_model, preset_config, preset_names
+from ..sources import (
+    load_model_and_tokenizer,
+    load_tokenizer_spec,
+    reword_for_flag,
+    save_tokenizer,
+    tokenizer_of,
+)
 from ..training import calc_loss_loader, configure_optimizer
 from . import classification as cls
 from . import dpo, spam_data
 from . import instructions as ins
 from .lora import count_trainable_parameters, merge_lora, replace_linear_with_lora, save_lora
 
-__all__ = ["add_commands", "load_start_model", "reword_for_flag"]
-
-
-def reword_for_flag(flag: str, error: Exception) -> str:
-    """A library error about ``name_or_path``/``path``/``directory`` reworded for ``flag``."""
-    message = str(error)
-    for name in ("name_or_path ", "path ", "directory: ", "path: "):
-        if message.startswith(name):
-            return f"{flag} {message[len(name):]}"
-    return f"{flag}: {message}"
+__all__ = ["add_commands", "load_start_model"]
 
 
 def _flag_error(flag: str, error: Exception) -> Exception:
@@ -66,9 +65,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the finetuning subcommands on a ``parser.add_subparsers()`` object."""
     p = subparsers.add_parser(
         "finetune-classifier",
-        help="finetune a GPT into a spam classifier (chapter 6)",
-        description="Finetune a GPT on the SMS Spam Collection (balanced, split 70/10/20) and "
-        "write the classifier to --out; prints accuracy on the three splits.",
+        help="finetune a model into a spam classifier (chapter 6)",
+        description="Finetune a model of any family on the SMS Spam Collection (balanced, "
+        "split 70/10/20) and write the classifier, with its tokenizer, to --out; prints "
+        "accuracy on the three splits.",
     )
     _start_options(p)
     _training_options(p, epochs=5, lr=5e-5, batch_size=8)
@@ -92,9 +92,10 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
     p = subparsers.add_parser(
         "finetune-instructions",
-        help="finetune a GPT to follow instructions (chapter 7)",
-        description="Finetune a GPT on Alpaca-style records (split 85/5/10) and write it to "
-        "--out as config.json + model.safetensors (loadable by GPTModel.from_pretrained).",
+        help="finetune a model to follow instructions (chapter 7)",
+        description="Finetune a model of any family on Alpaca-style records (split 85/5/10) and "
+        "write it to --out as config.json + model.safetensors (loadable by "
+        "gpt_components.from_pretrained) with its tokenizer beside them.",
     )
     _start_options(p)
     _training_options(p, epochs=2, lr=5e-5, batch_size=8)
@@ -113,7 +114,9 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
         "records, expected output beside model_response, to a JSON file.",
     )
     p.add_argument("--model", required=True,
-                   help="directory written by finetune-instructions, or other GPT-2 weights")
+                   help="directory written by finetune-instructions or finetune-dpo, or "
+                   "any model generate reads (weights in Hugging Face's layout, a run "
+                   "directory), with the tokenizer it comes with")
     p.add_argument("--out", default=None,
                    help="JSON file to write (default: MODEL/test-responses.json)")
     p.add_argument("--data", help="the instruction JSON the model was finetuned on "
@@ -131,12 +134,17 @@ def add_commands(subparsers: argparse._SubParsersAction) -> None:
 
 def _start_options(p: argparse.ArgumentParser) -> None:
     start = p.add_argument_group("starting model (at most one of --weights and --run)")
-    start.add_argument("--weights", help="GPT-2 weights: a directory with model.safetensors "
-                       "(Hugging Face layout), such a file, or gpt2/gpt2-medium/... to download")
+    start.add_argument("--weights", help="weights in Hugging Face's layout, any family (GPT-2, "
+                       "Llama 3, Qwen3, Gemma 3, ...): a directory with config.json and "
+                       "model.safetensors, read with the tokenizer files beside them (GPT-2's "
+                       "when there are none), a GPT-2 model.safetensors, or "
+                       "gpt2/gpt2-medium/... to download")
     start.add_argument("--run", dest="run_dir", metavar="RUN",
-                       help="a run directory written by `gpt-components train`")
+                       help="a run directory written by `gpt-components train` (any preset, "
+                       "with the tokenizer it was trained with), or a finetune command's output")
     start.add_argument("--preset", default="gpt-micro", choices=preset_names(),
-                       help="model shape when starting from random weights (default gpt-micro)")
+                       help="model shape when starting from random weights, read with GPT-2's "
+                       "tokenizer (default gpt-micro)")
     start.add_argument("--drop-rate", type=float, default=0.0,
                        help="dropout while finetuning (default 0.0, as in the book)")
     lora = p.add_argument_group("LoRA (appendix E)")
@@ -178,58 +186,45 @@ def _device(name: str) -> torch.device:
         raise ValueError(f"--device must be cpu, cuda, mps or auto, got {name!r}") from None
 
 
-def _run_config(run: Path) -> Any:
-    """The model configuration ``gpt-components train`` keeps in a run's ``config.json``."""
-    config_file = run / "config.json"
-    if not config_file.is_file():
-        raise FileNotFoundError(f"--run {str(run)!r} has no config.json: not a training run")
-    saved = json.loads(config_file.read_text(encoding="utf-8"))
-    if saved.get("tokenizer", "gpt2") != "gpt2":
-        raise ValueError(f"--run {str(run)!r} uses its own tokenizer; finetuning needs a model "
-                         "trained with the GPT-2 tokenizer (--tokenizer gpt2)")
-    if not isinstance(saved.get("model"), dict):
-        raise ValueError(f"--run {str(run)!r}: config.json records no model configuration")
-    return config_from_dict(saved["model"])
-
-
 def load_start_model(weights: str | None = None, run: str | None = None,
                      preset: str = "gpt-micro", drop_rate: float = 0.0,
-                     seed: int = 123) -> tuple[nn.Module, str]:
-    """The model finetuning starts from, and a sentence saying what it is."""
+                     seed: int = 123) -> tuple[nn.Module, Any, str]:
+    """The model finetuning starts from, the tokenizer it comes with, and a sentence saying what
+    it is."""
     if weights is not None and run is not None:
         raise ValueError("--weights and --run: give at most one starting model")
-    if weights is not None:
-        source = Path(weights)
-        folder = source if source.is_dir() else source.parent
-        own = [name for name in ("tokenizer.json", "tokenizer.model") if (folder / name).is_file()]
-        if own:
-            # Real Llama 3 / Qwen3 / Gemma 3 weights come with their own tokenizer; these
-            # commands encode with GPT-2's BPE, which would feed such a model the wrong ids.
-            raise ValueError(f"--weights {weights!r} comes with its own tokenizer ({own[0]}); "
-                             "the finetune commands tokenize with GPT-2's BPE: give weights "
-                             "trained with the GPT-2 tokenizer")
-        try:
-            model = from_pretrained(weights, drop_rate=drop_rate)
-        except (OSError, ValueError, TypeError) as error:
-            raise _flag_error("--weights", error) from None
-        return model, f"starting from GPT-2 weights {weights}"
-    if run is not None:
-        if not Path(run).is_dir():
-            raise FileNotFoundError(f"--run {run!r} does not exist" if not Path(run).exists()
-                                    else f"--run {run!r} is not a directory")
-        cfg = dataclasses.replace(_run_config(Path(run)), drop_rate=drop_rate)
-        model = build_model(cfg)
-        try:
-            ckpt = load_checkpoint(run, load_state=False)  # the weights; no optimizer state
-            ckpt.load_into(model)
-        except CheckpointError as error:
-            raise ValueError(f"--run: {error}") from None
-        return model, f"starting from run {run} (step {ckpt.meta.get('step')})"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = build_model(preset_config(preset, drop_rate=drop_rate))
-    return model, (f"no --weights or --run given: starting from RANDOM weights ({preset}); "
-                   "the result shows the pipeline works, not what a pretrained model learns")
+    if weights is None and run is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = build_model(preset_config(preset, drop_rate=drop_rate))
+        return model, load_tokenizer_spec("gpt2"), (
+            f"no --weights or --run given: starting from RANDOM weights ({preset}) with GPT-2's "
+            "tokenizer; the result shows the pipeline works, not what a pretrained model learns")
+    flag, source = ("--weights", weights) if run is None else ("--run", run)
+    if run is not None and not Path(run).is_dir():
+        raise FileNotFoundError(f"--run {run!r} does not exist" if not Path(run).exists()
+                                else f"--run {run!r} is not a directory")
+    try:
+        model, tokenizer, origin = load_model_and_tokenizer(source, drop_rate=drop_rate)
+    except (OSError, ValueError, TypeError) as error:
+        raise _flag_error(flag, error) from None
+    return model, tokenizer, f"starting from {origin}"
+
+
+def _end_of_text(tokenizer: Any, model: nn.Module) -> int:
+    """The id batches are padded with and every response ends with: the tokenizer's end of text
+    (GPT-2's and Qwen3's ``<|endoftext|>``, Llama 3's ``<|end_of_text|>``, Gemma 3's ``<eos>``)."""
+    try:
+        end = tokenizer.eot_token
+    except AttributeError:
+        raise ValueError("the model's tokenizer has no end-of-text token (<|endoftext|>, or the "
+                         "eos_token of its tokenizer_config.json), which finetuning pads with "
+                         "and ends every response with") from None
+    vocab = model.cfg.vocab_size
+    if not 0 <= end < vocab:
+        raise ValueError(f"the tokenizer's end-of-text id {end} is outside the model's "
+                         f"vocab_size={vocab}: the model was not trained with this tokenizer")
+    return end
 
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
@@ -280,16 +275,16 @@ def finetune_classifier(args: argparse.Namespace) -> None:
     if args.trainable_blocks < 0:
         raise ValueError(f"--trainable-blocks must be >= 0, got {args.trainable_blocks}")
     device = _device(args.device)
-    model, origin = load_start_model(args.weights, args.run_dir, args.preset, args.drop_rate,
-                                     args.seed)
+    model, tok, origin = load_start_model(args.weights, args.run_dir, args.preset,
+                                          args.drop_rate, args.seed)
     print(origin, flush=True)
+    pad = _end_of_text(tok, model)
     splits = spam_data.spam_splits(args.data, seed=args.seed)
     train_records = splits.train[: args.limit]
-    tok = gpt2_tokenizer()
     context = model.cfg.context_length
     longest = max(len(tok.encode(r.text)) for r in train_records)
     max_length = min(args.max_length or longest, context)
-    datasets = [spam_data.SpamDataset(part, tok, max_length=max_length)
+    datasets = [spam_data.SpamDataset(part, tok, max_length=max_length, pad_token_id=pad)
                 for part in (train_records, splits.validation, splits.test)]
     g = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(datasets[0], args.batch_size, shuffle=True, drop_last=True,
@@ -320,6 +315,7 @@ def finetune_classifier(args: argparse.Namespace) -> None:
     lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
     cls.save_classifier(model, out, spam_data.SPAM_LABELS, max_length, started=origin, lora=lora,
                         accuracy=accuracy)
+    save_tokenizer(tok, out)
     _write_metrics(out, records, {"started": origin, "accuracy": accuracy, "lora": lora})
     print(" ".join(f"{k} accuracy {v:.2%}" for k, v in accuracy.items()))
     print(f"classifier written to {out}/")
@@ -329,9 +325,10 @@ def classify_command(args: argparse.Namespace) -> None:
     """Handler of ``classify``."""
     try:
         model, config = cls.load_classifier(args.model, _device(args.device))
+        tokenizer = tokenizer_of(args.model)
     except (OSError, ValueError) as error:
         raise _flag_error("--model", error) from None
-    print(cls.classify(args.text, model, labels=config["labels"],
+    print(cls.classify(args.text, model, tokenizer, labels=config["labels"],
                        max_length=config.get("max_length")))
 
 
@@ -342,15 +339,14 @@ def finetune_instructions(args: argparse.Namespace) -> None:
     _check_training_numbers(args)
     device = _device(args.device)
     data = ins.load_instruction_data(args.data)
-    model, origin = load_start_model(args.weights, args.run_dir, args.preset, args.drop_rate,
-                                     args.seed)
+    model, tok, origin = load_start_model(args.weights, args.run_dir, args.preset,
+                                          args.drop_rate, args.seed)
     print(origin, flush=True)
     splits = ins.instruction_splits(data, seed=args.seed)
-    tok = gpt2_tokenizer()
     context = model.cfg.context_length
     allowed = min(args.allowed_max_length or context, context)
-    collate = partial(ins.instruction_collate, allowed_max_length=allowed,
-                      mask_prompt=args.mask_prompt)
+    collate = partial(ins.instruction_collate, pad_token_id=_end_of_text(tok, model),
+                      allowed_max_length=allowed, mask_prompt=args.mask_prompt)
     g = torch.Generator().manual_seed(args.seed)
     train_set = ins.InstructionDataset(splits.train[: args.limit], tok)
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True, drop_last=True,
@@ -381,6 +377,7 @@ def finetune_instructions(args: argparse.Namespace) -> None:
         save_lora(model, out / "lora.safetensors")
         merge_lora(model)
     save_pretrained(model, out)
+    save_tokenizer(tok, out)
     _write_metrics(out, records, {"started": origin, "loss": losses, "lora": lora,
                                   "seed": args.seed, "mask_prompt": args.mask_prompt})
     print(" ".join(f"{k} loss {v:.3f}" for k, v in losses.items()))
@@ -393,9 +390,10 @@ def instruction_responses(args: argparse.Namespace) -> None:
     _check_positive(args, "limit", "max_new_tokens")
     device = _device(args.device)
     try:
-        model = from_pretrained(args.model).to(device)
+        model, tokenizer, _ = load_model_and_tokenizer(args.model)
     except (OSError, ValueError, TypeError) as error:
         raise _flag_error("--model", error) from None
+    model.to(device)
     test = ins.instruction_splits(ins.load_instruction_data(args.data), seed=args.seed).test
     test = test[: args.limit]
 
@@ -404,7 +402,7 @@ def instruction_responses(args: argparse.Namespace) -> None:
             print(f"### {record['instruction']}\nexpected: {record['output']}\n"
                   f"model:    {record['model_response']}\n", flush=True)
 
-    results = ins.generate_responses(model, test, max_new_tokens=args.max_new_tokens,
+    results = ins.generate_responses(model, test, tokenizer, max_new_tokens=args.max_new_tokens,
                                      progress=show)
     out = Path(args.out) if args.out else Path(args.model) / "test-responses.json"
     ins.write_responses(out, results)
@@ -442,15 +440,6 @@ def _add_dpo_command(subparsers: argparse._SubParsersAction) -> None:
                    help="score only the response tokens, not the prompt (default: on)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(run=finetune_dpo)
-
-
-def _dpo_start_model(args: argparse.Namespace) -> tuple[nn.Module, str]:
-    """``--run`` may name a finetune-instructions output (Hugging Face layout, any family)."""
-    run = args.run_dir
-    if args.weights is None and run is not None and (Path(run) / "model.safetensors").is_file():
-        return (from_pretrained(run, drop_rate=args.drop_rate),
-                f"starting from the finetuned model in {run}")
-    return load_start_model(args.weights, run, args.preset, args.drop_rate, args.seed)
 
 
 def _dpo_datasets(splits, tok, allowed: int, limit: int | None):
@@ -501,15 +490,15 @@ def finetune_dpo(args: argparse.Namespace) -> None:
         data = dpo.load_preference_data(args.data)
     except (ValueError, TypeError) as error:
         raise ValueError(f"--data: {error}") from None
-    model, origin = _dpo_start_model(args)
+    model, tok, origin = load_start_model(args.weights, args.run_dir, args.preset,
+                                          args.drop_rate, args.seed)
     print(origin, flush=True)
     splits = dpo.preference_splits(data, seed=args.seed)
-    tok = gpt2_tokenizer()
     context = model.cfg.context_length
     allowed = min(args.allowed_max_length or context, context)
     (train_set, dropped), (val_set, val_dropped) = _dpo_datasets(splits, tok, allowed, args.limit)
-    collate = partial(dpo.preference_collate, allowed_max_length=allowed,
-                      mask_prompt_tokens=args.mask_prompt)
+    collate = partial(dpo.preference_collate, pad_token_id=_end_of_text(tok, model),
+                      allowed_max_length=allowed, mask_prompt_tokens=args.mask_prompt)
     g = torch.Generator().manual_seed(args.seed)
     train_loader = DataLoader(train_set, args.batch_size, shuffle=True, drop_last=True,
                               collate_fn=collate, generator=g)
@@ -550,6 +539,7 @@ def finetune_dpo(args: argparse.Namespace) -> None:
         save_lora(model, out / "lora.safetensors")
         merge_lora(model)
     save_pretrained(model, out)
+    save_tokenizer(tok, out)
     _write_metrics(out, records, {"started": origin, "validation": validation, "beta": args.beta,
                                   "lora": lora, "seed": args.seed,
                                   "mask_prompt": args.mask_prompt})

@@ -273,11 +273,13 @@ def generate_responses(
 ) -> list[dict[str, str]]:
     """Each record with a ``model_response``: the model's answer to its prompt.
 
-    Decoding is greedy by default and stops at ``<|endoftext|>``; prompts longer than the
-    context keep their last tokens. ``progress(i, record)`` is called after each record.
+    Decoding is greedy by default and stops at the tokenizer's end of text (``eot_token``;
+    GPT-2's ``<|endoftext|>`` without a tokenizer); prompts longer than the context keep their
+    last tokens. ``progress(i, record)`` is called after each record.
     """
     check_int("max_new_tokens", max_new_tokens, 1)
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+    end = getattr(tokenizer, "eot_token", None)  # a tokenizer without one runs to the limit
     device = next(model.parameters()).device
     context = model.cfg.context_length
     was_training = model.training
@@ -287,8 +289,8 @@ def generate_responses(
         _check_entry(entry, f"data[{i}]")
         ids = tokenizer.encode(format_input(entry))[-context:]
         out = generate(model, torch.tensor([ids], device=device), max_new_tokens,
-                       temperature=temperature, eos_id=ENDOFTEXT_ID, generator=generator)
-        new = [t for t in out[0, len(ids):].tolist() if t != ENDOFTEXT_ID]
+                       temperature=temperature, eos_id=end, generator=generator)
+        new = [t for t in out[0, len(ids):].tolist() if t != end]
         results.append({**entry, "model_response": extract_response(tokenizer.decode(new))})
         if progress is not None:
             progress(i, results[-1])

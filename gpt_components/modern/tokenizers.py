@@ -14,7 +14,9 @@ special tokens; they ship it in two file formats:
 Both answer like tiktoken (``encode(text, allowed_special=..., disallowed_special=...)``,
 ``encode_ordinary``, ``decode``, ``n_vocab``, ``eot_token``, ``special_tokens_set``, ``name``),
 so training, the corpus cache and generation take them unchanged. ``load_tokenizer(directory)``
-picks the right one for a downloaded model directory. Chat formats live in ``modern.chat``.
+picks the right one for a downloaded model directory; each one's ``save(directory)`` writes its
+file back (beside finetuned weights, see ``gpt_components.sources``). Chat formats live in
+``modern.chat``.
 
 >>> import regex
 >>> regex.findall(LLAMA3_PATTERN, "I'll pay 12345 dollars!\\n")
@@ -136,6 +138,16 @@ class Llama3Encoding(GPT2Encoding):
     def eot_token(self) -> int:
         return self._special_tokens["<|end_of_text|>"]
 
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``tokenizer.model`` (the ranks in tiktoken's format, in rank order) into
+        ``directory``, which ``load_tokenizer`` reads back as this tokenizer; returns it."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        ranks = sorted(self._mergeable_ranks.items(), key=lambda item: item[1])
+        lines = b"".join(base64.b64encode(token) + b" %d\n" % rank for token, rank in ranks)
+        (directory / "tokenizer.model").write_bytes(lines)
+        return directory
+
 
 def llama3_tokenizer(path: str | os.PathLike[str]) -> Llama3Encoding:
     """Llama 3's tokenizer from its ``tokenizer.model``: the file's ranks, ``LLAMA3_PATTERN``,
@@ -173,6 +185,7 @@ class HFTokenizer:
         self._ordinary = Tokenizer.from_str(tokenizer.to_str())
         self._ordinary.encode_special_tokens = True
         self._decoder = tokenizer
+        self._config: str | None = None  # the text of the tokenizer_config.json read with it
         self.name = name
         added = tokenizer.get_added_tokens_decoder()
         self._special_tokens = {t.content: i for i, t in added.items() if t.special}
@@ -199,7 +212,23 @@ class HFTokenizer:
         if config.is_file():
             eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
             eos = eos.get("content") if isinstance(eos, dict) else eos
-        return cls(tokenizer, name=f"hf-{_digest(path)}", eos_token=eos)
+        loaded = cls(tokenizer, name=f"hf-{_digest(path)}", eos_token=eos)
+        loaded._config = config.read_text(encoding="utf-8") if config.is_file() else None
+        return loaded
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``tokenizer.json``, and ``tokenizer_config.json`` (the one read with it, or the
+        end-of-text token's name as ``eos_token``), into ``directory``; returns it.
+        ``from_file`` reads them back as this tokenizer."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self._decoder.save(str(directory / "tokenizer.json"))
+        config_file = directory / "tokenizer_config.json"
+        if self._config is not None:
+            config_file.write_text(self._config, encoding="utf-8")
+        elif self._eot is not None:
+            config_file.write_text(json.dumps({"eos_token": self._eot}) + "\n", encoding="utf-8")
+        return directory
 
     # -- what the tokenizer knows ---------------------------------------------------------------
 
