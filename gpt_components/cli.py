@@ -415,7 +415,7 @@ def _generate(args: argparse.Namespace) -> None:
     generator = None
     if args.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(args.seed)
-    ids = tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"})
+    ids, stops = _prompt_ids(args, tokenizer)
     if not ids:
         raise CLIError("--prompt must encode to at least one token, got an empty prompt")
     idx = torch.tensor([ids], device=device)
@@ -432,17 +432,44 @@ def _generate(args: argparse.Namespace) -> None:
         raise CLIError(f"--max-new-tokens {args.max_new_tokens} needs about {_gb(need)} to hold "
                        f"the tokens and their text, more than the {_gb(available)} available: "
                        "ask for fewer")
-    print(args.prompt, end="", flush=True)
+    if not args.chat:  # a continuation follows its prompt; a chat answer stands alone
+        print(args.prompt, end="", flush=True)
 
     produced: list[int] = []
     shown = ""
     for step in stream:
+        if int(step[0, 0]) in stops:  # the end of the answer's turn, not part of it
+            break
         produced.append(int(step[0, 0]))
         text = tokenizer.decode(produced)
         if not text.endswith("\ufffd"):  # wait until a multi-byte character is complete
             print(text[len(shown):], end="", flush=True)
             shown = text
     print(tokenizer.decode(produced)[len(shown):])
+
+
+def _prompt_ids(args: argparse.Namespace, tokenizer: Any) -> tuple[list[int], set[int]]:
+    """The ids generation continues, and the ids that end it early (besides --eos-id).
+
+    With --chat, --prompt is a user message (after --system, if given) in the chat format of the
+    model's tokenizer, with an open assistant turn; the format's end-of-turn ids stop the answer.
+    """
+    if args.system is not None and not args.chat:
+        raise CLIError("--system is the system message of a chat: give it with --chat")
+    if not args.chat:
+        return tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}), set()
+    from .modern.chat import chat_format_for
+
+    try:
+        chat = chat_format_for(tokenizer)
+    except ValueError:
+        raise CLIError("--chat needs a tokenizer with a chat format (the special tokens of Llama "
+                       "3's, Qwen3's ChatML or Gemma 3's), and this model's has none: leave out "
+                       "--chat to continue --prompt as plain text") from None
+    messages = [{"role": "user", "content": args.prompt}]
+    if args.system is not None:
+        messages.insert(0, {"role": "system", "content": args.system})
+    return chat.encode(tokenizer, messages), set(chat.stop_ids(tokenizer))
 
 
 def _inspect(args: argparse.Namespace) -> None:
@@ -574,7 +601,8 @@ def _add_generate(commands: Any) -> None:
         "GPT-2 size (gpt2, gpt2-medium, ...) found in the Hugging Face cache or downloaded; "
         "offline, it says which `hf download` command fetches it. The prompt is read with the "
         "tokenizer the model comes with (the run's, the files beside the weights, else "
-        "GPT-2's) unless --tokenizer says otherwise.",
+        "GPT-2's) unless --tokenizer says otherwise; with --chat, as a user message in the chat "
+        "format of instruct weights (Llama 3, Qwen3, Gemma 3), whose answer is printed alone.",
         formatter_class=_DefaultsFormatter)
     add = gen.add_argument
     add("source", help="a run directory written by 'train', a Hugging Face directory "
@@ -585,6 +613,10 @@ def _add_generate(commands: Any) -> None:
     add("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     add("--top-p", type=float, default=None, help="nucleus sampling: smallest set reaching p")
     add("--eos-id", type=int, default=None, help="stop at this token id")
+    add("--chat", action="store_true", help="instruct weights: send --prompt as a user message "
+        "in the chat format of the model's tokenizer (Llama 3, Qwen3, Gemma 3) and print the "
+        "answer, which stops at the format's end-of-turn tokens")
+    add("--system", default=None, help="with --chat: a system message before --prompt")
     add("--context-size", type=int, default=None,
         help="tokens the model sees (default: its whole context)")
     add("--no-cache", action="store_true", help="recompute every step without the KV cache")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 import transformers
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -303,3 +304,66 @@ def test_gemma3_chat_written_out_by_hand_and_picked_by_its_tokens(gemma):
     assert isinstance(chat_format_for(tok), Gemma3ChatFormat)
     assert Gemma3ChatFormat().stop_ids(tok) == tok.encode(
         "<end_of_turn><eos>", allowed_special={"<end_of_turn>", "<eos>"})
+
+
+# -- gpt-components generate --chat ----------------------------------------------------------------
+
+CHATS = {  # preset: its tokenizer's specials, tokenizer_config.json, and the end of a turn
+    "llama3-nano": (LLAMA3_SPECIALS, {"bos_token": "<|begin_of_text|>", "eos_token": "<|eot_id|>",
+                                      "chat_template": LLAMA3_TEMPLATE}, "<|eot_id|>"),
+    "qwen3-nano": (QWEN_SPECIALS, {"eos_token": "<|im_end|>", "chat_template": QWEN3_TEMPLATE},
+                   "<|im_end|>"),
+    "gemma3-nano": (GEMMA3_SPECIALS, {"bos_token": "<bos>", "eos_token": "<eos>",
+                                      "chat_template": GEMMA3_TEMPLATE}, "<end_of_turn>"),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(CHATS))
+def test_generate_chat_sends_the_prompt_in_the_format_and_stops_at_the_end_of_the_turn(
+        preset, tmp_path, capsys, monkeypatch):
+    from gpt_components import generation
+    from gpt_components.cli import main
+    from gpt_components.pretrained import save_pretrained
+    from gpt_components.registry import build_model, preset_config
+
+    specials, config, end_of_turn = CHATS[preset]
+    library = _byte_level_tokenizer(specials)
+    directory = _model_dir(tmp_path / "instruct", library, config)
+    vocab = library.get_vocab_size(with_added_tokens=True)
+    save_pretrained(build_model(preset_config(preset, vocab_size=vocab)), directory)
+    answer = library.encode("Hi, I'm here.").ids
+    script = [*answer, library.token_to_id(end_of_turn), *library.encode(" and on").ids]
+    prompts = []
+    real = generation.generate_stream
+
+    def scripted(model, idx, *args, **kwargs):
+        real(model, idx, *args, **kwargs)  # the command's arguments are checked as always
+        prompts.append(idx[0].tolist())
+        return (torch.tensor([[token]]) for token in script)
+
+    monkeypatch.setattr(generation, "generate_stream", scripted)
+    messages = [{"role": "system", "content": "Answer briefly."},
+                {"role": "user", "content": "Who painted it?"}]
+    assert main(["generate", str(directory), "--chat", "--system", messages[0]["content"],
+                 "--prompt", messages[1]["content"], "--max-new-tokens", "8"]) == 0
+    assert capsys.readouterr().out == "Hi, I'm here.\n"  # the answer alone, not its end
+    hf = transformers.AutoTokenizer.from_pretrained(directory)
+    rendered = library.decode(prompts[0], skip_special_tokens=False)
+    assert rendered == hf.apply_chat_template(messages, tokenize=False,
+                                              add_generation_prompt=True)
+    assert rendered == chat_format_for(load_tokenizer(directory)).render(messages)
+
+
+def test_generate_chat_needs_a_tokenizer_with_a_chat_format(tmp_path, capsys):
+    from gpt_components.cli import main
+    from gpt_components.model import GPTConfig, GPTModel
+    from gpt_components.pretrained import save_pretrained
+
+    save_pretrained(GPTModel(GPTConfig(context_length=8, emb_dim=8, n_heads=2, n_layers=1)),
+                    tmp_path / "gpt2")  # no tokenizer files: GPT-2's, which has no chat tokens
+    for extra, message in ((["--chat"], "--chat needs a tokenizer with a chat format"),
+                           (["--system", "Be brief."], "--system is the system message of a "
+                                                       "chat: give it with --chat")):
+        assert main(["generate", str(tmp_path / "gpt2"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"gpt-components: error: {message}") and err.count("\n") == 1
