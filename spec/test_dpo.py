@@ -640,7 +640,8 @@ def test_every_family_finetunes_instructions_then_dpo_with_the_tokenizer_it_trai
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            save_pretrained(build_model(preset_config(preset, vocab_size=400)), run)
+            small = {"n_layers": 2, "layer_types": ("sliding_attention", "full_attention")}
+            save_pretrained(build_model(preset_config(preset, vocab_size=400, **small)), run)
         shutil.copytree(tokenizer_dir, run, dirs_exist_ok=True)
         origin, flag = f"weights {run}", "--weights"
     assert f"starting from {origin}" in ok(

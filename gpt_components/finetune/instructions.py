@@ -162,7 +162,8 @@ def instruction_collate(
     stop) and sets every later padding position to ``ignore_index``. With ``mask_prompt`` the
     targets that are prompt tokens are ``ignore_index`` too. Rows are cut to
     ``allowed_max_length``. Items are ``InstructionExample``s or plain lists of token ids.
-    Returns ``(inputs, targets)``, both (batch, length) int64.
+    Returns ``(inputs, targets)``, both (batch, length) int64. ``pad_token_id`` is GPT-2's
+    ``<|endoftext|>`` by default: pass your tokenizer's ``eot_token`` for any other vocabulary.
     """
     if len(batch) == 0:
         raise ValueError("batch must hold at least one sequence, got an empty batch")

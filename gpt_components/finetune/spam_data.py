@@ -154,7 +154,8 @@ class SpamDataset(Dataset):
     """Texts tokenized, cut to ``max_length`` and padded to it with ``pad_token_id``.
 
     ``max_length`` defaults to the longest text. Items are ``(input_ids, label, length)``:
-    ``length`` counts the real tokens, so the classifier can read the last one.
+    ``length`` counts the real tokens, so the classifier can read the last one. ``pad_token_id``
+    is GPT-2's ``<|endoftext|>`` by default: pass the tokenizer's ``eot_token`` for another.
     """
 
     def __init__(
