@@ -158,8 +158,9 @@ def preference_collate(
     the response tokens (and the prompt's too unless ``mask_prompt_tokens``), never on padding;
     and ``prompt``, the list of prompt tensors. Rows are cut to ``allowed_max_length``.
     ``pad_token_id`` is GPT-2's ``<|endoftext|>`` by default: pass your tokenizer's
-    ``eot_token`` for any other vocabulary. (The book's ``custom_collate_fn`` masks two tokens past the prompt; here the prompt
-    includes the ``### Response:`` header, so the mask covers exactly the answer.)
+    ``eot_token`` for any other vocabulary. (The book's ``custom_collate_fn`` masks two tokens
+    past the prompt; here the prompt includes the ``### Response:`` header, so the mask covers
+    exactly the answer.)
     """
     if len(batch) == 0:
         raise ValueError("batch must hold at least one pair, got an empty batch")
