@@ -172,9 +172,16 @@ def _check_training_fits(model_cfg: Any, batch_size: int, train_tokens: int, dev
 
 
 def _resume_command(run_dir: Path) -> str:
+    """The command that resumes ``run_dir``: under torchrun, with this run's process count."""
     import shlex
 
-    return f"gpt-components train --resume {shlex.quote(str(run_dir))}"
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return f"gpt-components train --resume {shlex.quote(str(run_dir))}"
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)))
+    nodes = f"--nnodes={world // per_node} " if world != per_node else ""
+    return (f"torchrun {nodes}--nproc_per_node={per_node} -m gpt_components.cli train "
+            f"--resume {shlex.quote(str(run_dir))}")
 
 
 def _corpus(corpus_path: str, tokenizer: Any, cache_dir: Path, rank: int, world: int) -> Any:
@@ -301,14 +308,17 @@ def _train(args: argparse.Namespace) -> None:
             if created and not started[0] and rank == 0:  # a failed start leaves no run
                 shutil.rmtree(run_dir, ignore_errors=True)
             if isinstance(error, KeyboardInterrupt) and not isinstance(error, _Interrupted):
-                _explain_interrupt(error, run_dir, started[0])
+                _explain_interrupt(error, run_dir, started[0], rank)
             raise
 
 
-def _explain_interrupt(error: KeyboardInterrupt, run_dir: Path, started: bool) -> None:
+def _explain_interrupt(error: KeyboardInterrupt, run_dir: Path, started: bool,
+                       rank: int = 0) -> None:
     from .checkpoint import latest_checkpoint
     from .training import TrainingInterrupted
 
+    if rank != 0:  # under torchrun, rank 0 says it for the whole run
+        raise _Interrupted("") from None
     if isinstance(error, TrainingInterrupted):
         raise _Interrupted(f"interrupted: saved the checkpoint of step {error.step} "
                            f"({str(error.checkpoint)!r}); resume with: "
@@ -703,7 +713,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt as interrupt:
             message = str(interrupt) if isinstance(interrupt, _Interrupted) else "interrupted"
-            print(f"gpt-components: {message}", file=sys.stderr)
+            if message:
+                print(f"gpt-components: {message}", file=sys.stderr)
             return 130
     return 0
 

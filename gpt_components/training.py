@@ -419,23 +419,32 @@ def _sample(model: nn.Module, tokenizer: Any, prompt: str, n: int, context: int,
     return tokenizer.decode(out[0].tolist())
 
 
+#: Under torchrun a Ctrl-C reaches each worker twice: from the terminal, which signals the whole
+#: process group, and from torchrun, which forwards it. There, presses this close count as one.
+SAME_PRESS_S = 1.0
+
+
 @contextlib.contextmanager
-def _stop_on_interrupt(enabled: bool) -> Any:
+def _stop_on_interrupt(same_press_s: float = 0.0) -> Any:
     """Yield a function telling whether Ctrl-C was pressed; the first press only asks to stop.
 
-    A second press finds Python's own handler back in place and raises ``KeyboardInterrupt``
-    at once. Only the main thread can catch signals, and only a handler nobody replaced is
+    A second press (more than ``same_press_s`` after the first) raises ``KeyboardInterrupt`` at
+    once. Only the main thread can catch signals, and only a handler nobody replaced is
     replaced; otherwise Ctrl-C keeps its usual meaning.
     """
-    if (not enabled or threading.current_thread() is not threading.main_thread()
+    if (threading.current_thread() is not threading.main_thread()
             or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
         yield lambda: False
         return
-    pressed: list[bool] = []
+    pressed: list[float] = []
 
     def handler(signum: int, frame: Any) -> None:
-        pressed.append(True)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        if pressed:
+            if time.monotonic() - pressed[0] >= same_press_s:
+                signal.signal(signal.SIGINT, signal.default_int_handler)
+                raise KeyboardInterrupt
+            return
+        pressed.append(time.monotonic())
         print("\ninterrupted: stopping after this step to save a checkpoint "
               "(press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
 
@@ -444,6 +453,17 @@ def _stop_on_interrupt(enabled: bool) -> Any:
         yield lambda: bool(pressed)
     finally:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _on_any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` is set on any process of the group (every rank gets the same answer)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return flag
+    # NCCL reduces device tensors only; gloo takes the CPU.
+    where = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    seen = torch.tensor([int(flag)], device=where)
+    dist.all_reduce(seen, op=dist.ReduceOp.MAX)
+    return bool(seen.item())
 
 
 def train(
@@ -507,6 +527,15 @@ def _loop(model: nn.Module, windows: TokenWindows, val_windows: TokenWindows,
     ckpt = None
     if resume and latest_checkpoint(run_dir) is not None:
         ckpt = load_checkpoint(run_dir, map_location=str(device))
+        saved_world = ckpt.meta.get("world_size", 1)
+        if saved_world != world:  # the global batch, and so the order of the data, depend on it
+            raise ValueError(f"world size must be the run's own, {saved_world} processes, to "
+                             f"resume it exactly, got {world} (resume it with torchrun "
+                             f"--nproc_per_node={saved_world}, or start a new run)"
+                             if saved_world > 1 else
+                             f"world size must be 1 to resume this run exactly, as it was "
+                             f"trained by one process, got {world} (run it without torchrun, "
+                             "or start a new run)")
         ckpt.load_into(model)  # names any tensor of the wrong name, shape or dtype
         step = ckpt.meta["step"]
     raw_model = model
@@ -544,7 +573,8 @@ def _loop(model: nn.Module, windows: TokenWindows, val_windows: TokenWindows,
         from tqdm.auto import tqdm
         bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     fork_devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices), _stop_on_interrupt(world == 1) as stopping:
+    same_press_s = SAME_PRESS_S if world > 1 else 0.0
+    with torch.random.fork_rng(devices=fork_devices), _stop_on_interrupt(same_press_s) as stopping:
         model.train()
         while step < total_steps:
             started = time.perf_counter()
@@ -587,10 +617,13 @@ def _loop(model: nn.Module, windows: TokenWindows, val_windows: TokenWindows,
                               (f" | {e['sample']!r}" if "sample" in e else ""))
             if on_step is not None:
                 on_step(record)
-            if stopping() and step < total_steps:
+            # Every rank stops at the same step, so the save's collectives all meet.
+            if _on_any_rank(stopping(), device) and step < total_steps:
                 if bar is not None:
                     bar.close()
                 path = latest_checkpoint(run_dir) if saved else save(step)
+                if world > 1:  # no rank leaves before rank 0 has written the checkpoint
+                    dist.barrier()
                 raise TrainingInterrupted(step, path)
     if bar is not None:
         bar.close()

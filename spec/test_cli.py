@@ -202,6 +202,49 @@ def test_ctrl_c_in_train_saves_the_step_reached_and_prints_the_command_that_resu
         range(1, steps[-1] + 3))
 
 
+def test_ctrl_c_under_torchrun_saves_one_step_on_every_rank_and_names_the_resume(tmp_path,
+                                                                                  capsys):
+    # A terminal's Ctrl-C signals the whole process group: torchrun, which forwards it to its
+    # workers, and the workers themselves, so each worker sees it twice.
+    import socket
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    run = tmp_path / "run"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    child = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+         f"--master_port={port}", "-m", "gpt_components.cli",
+         *_train_argv(corpus, run, "--steps", "100000", "--checkpoint-interval", "1000")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        _until(lambda: any("loss" in r for r in read_metrics(run)))
+        os.killpg(child.pid, signal.SIGINT)
+        _, err = child.communicate(timeout=120)
+    finally:
+        os.killpg(child.pid, signal.SIGKILL) if child.poll() is None else None
+    said = [line for line in err.splitlines() if line.startswith("gpt-components: ")]
+    assert len(said) == 1, err[-3000:]  # rank 0 speaks for the run; no worker aborted
+    assert said[0].startswith("gpt-components: interrupted: saved the checkpoint of step "), err
+    steps = [r["step"] for r in read_metrics(run) if "loss" in r]
+    assert steps == list(range(1, steps[-1] + 1)) and steps[-1] < 1000
+    assert load_checkpoint(run).meta["step"] == steps[-1]
+    command = shlex.split(said[0].partition("resume with: ")[2])
+    assert command == ["torchrun", "--nproc_per_node=2", "-m", "gpt_components.cli", "train",
+                       "--resume", str(run)]
+    # One process cannot continue it exactly (its global batch would be half as large).
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "--no-progress"]) == 2
+    assert capsys.readouterr().err.startswith(
+        "gpt-components: error: world size must be the run's own, 2 processes, to resume it "
+        "exactly, got 1 (resume it with torchrun --nproc_per_node=2")
+    assert load_checkpoint(run).meta["step"] == steps[-1]
+
+
 def test_ctrl_c_in_generate_is_one_line_and_exit_status_130(finished):
     child = _child("generate", str(finished), "--max-new-tokens", "1000000", "--temperature",
                    "1")
