@@ -2,7 +2,8 @@
 
 ``python -m benchmarks.measure_training [rounds]``: each rival of
 ``test_training_step_against_a_rival`` in turn, alternating one rival step and one of ours in
-this process, then each preset's tokens/s and MFU in the ``fast`` and ``book`` forms. Every
+this process, then what an ``eval()``/``train()`` pair (the layout switch) costs beside an
+evaluation, then each preset's tokens/s and MFU in the ``fast`` and ``book`` forms. Every
 line is printed as soon as it is known, so a run cut short still leaves its results.
 """
 
@@ -27,9 +28,9 @@ from benchmarks.test_training import (
     _reference_step,
 )
 from gpt_components.model import GPTConfig, GPTModel
-from gpt_components.training import configure_optimizer, train_step
+from gpt_components.training import configure_optimizer, evaluate, train_step
 
-RIVALS = ["nanogpt", "foreach-adamw", "book-layers", "row-major", "compiled"]
+RIVALS = ["nanogpt", "foreach-adamw", "book-layers", "row-major", "column-major", "compiled"]
 
 
 def _timed(fn) -> float:
@@ -51,6 +52,23 @@ def compare(rival: str, rounds: int) -> None:
     print(f"{rival:14s} rival {rival_t:7.2f} s  ours {ours_t:7.2f} s  speedup "
           f"{rival_t / ours_t:.3f}x (median of per-round ratios {per_round:.3f}x, "
           f"min {min(a for a, _ in pairs):.2f} / {min(b for _, b in pairs):.2f} s)", flush=True)
+
+
+def toggle(rounds: int) -> None:
+    """What ``eval()`` then ``train()`` (two layout changes) cost beside the evaluation they
+    bracket: ``evaluate`` with the loop's default 5 training and 5 validation batches of the
+    rival shape."""
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    model = GPTModel(RIVAL_SHAPE).train()
+    batches = [_batch(RIVAL_SHAPE, RIVAL_BATCH, cpu)] * 5
+    pairs = [(_timed(lambda: model.eval().train()),
+              _timed(lambda: evaluate(model, batches, batches, cpu, 5)))
+             for _ in range(rounds)]
+    switch, evaluation = (statistics.median(t) for t in zip(*pairs, strict=True))
+    print(f"eval()+train() {switch * 1000:.1f} ms, evaluate() over 5 + 5 batches "
+          f"{evaluation * 1000:.0f} ms (its own eval()/train() included): "
+          f"{switch / evaluation:.1%}", flush=True)
 
 
 def presets(rounds: int) -> None:
@@ -87,12 +105,14 @@ def presets(rounds: int) -> None:
 
 if __name__ == "__main__":
     rounds = int(sys.argv[1]) if len(sys.argv) > 1 else 5
-    which = sys.argv[2].split(",") if len(sys.argv) > 2 else [*RIVALS, "presets"]
+    which = sys.argv[2].split(",") if len(sys.argv) > 2 else [*RIVALS, "toggle", "presets"]
     print(f"threads {torch.get_num_threads()}, load {os.getloadavg()}, shape {RIVAL_SHAPE} "
           f"batch {RIVAL_BATCH}", flush=True)
     for name in which:
         if name == "presets":
             presets(rounds)
+        elif name == "toggle":
+            toggle(rounds)
         else:
             compare(name, rounds)
     print(f"load {os.getloadavg()}", flush=True)

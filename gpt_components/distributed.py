@@ -62,8 +62,9 @@ def parallelize(model: nn.Module, strategy: str, device: torch.device, *, world:
     if world > 1 and strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
-        # FSDP2 shards flat storage: a weight kept column-major for fast decoding
-        # (model._store_column_major) is made row-major again; values do not change.
+        # FSDP2 shards flat storage: a model in eval mode keeps some weights column-major for
+        # fast decoding (model._lay_out_blocks); they are made row-major, as training mode
+        # keeps them (values do not change). train()/eval() then leave the shards alone.
         with torch.no_grad():
             for parameter in model.parameters():
                 if not parameter.is_contiguous():

@@ -135,23 +135,43 @@ def check_token_ids(idx: Any, vocab_size: int, name: str = "idx") -> None:
         raise ValueError(f"{name} holds token id {bad}, outside [0, vocab_size={vocab_size})")
 
 
-def _store_column_major(blocks: nn.Module) -> None:
-    """Keep each widening ``nn.Linear`` weight [out, in] of the blocks in column-major order.
+def _widening_linears(blocks: nn.Module) -> list[nn.Linear]:
+    """The blocks' ``nn.Linear`` layers with ``out_features >= in_features``."""
+    return [m for m in blocks.modules()
+            if isinstance(m, nn.Linear) and m.out_features >= m.in_features]
+
+
+def _lay_out_blocks(blocks: nn.Module, decoding: bool) -> None:
+    """Lay the blocks' widening weights out for decoding (column-major) or training (row-major).
 
     Generating one token multiplies a single row by every weight matrix: a pass bound by how
     fast the weights stream from memory. On the CPU measured (MKL, one thread), that product
     reads a matrix with ``out >= in`` 20-50% faster when it is stored as its transpose [in, out]
     (the layout of GPT-2's own ``Conv1D``) than in ``nn.Linear``'s [out, in]; narrowing matrices
-    (the feed-forward's 4*emb -> emb) are faster as they are (``benchmarks/README.md``). Only
-    the memory order changes: shapes, values, ``state_dict`` keys and the function computed stay
-    the same. The output head is left alone: training computes its weight gradient much faster
-    in row-major order, so ``generation`` takes a transposed copy of it instead.
+    (the feed-forward's 4*emb -> emb) are faster as they are. A training step, though, is
+    about 4% faster with every weight row-major (``benchmarks/README.md``). So the models call
+    this from ``train(mode)``: row-major in training mode, column-major widening weights in eval
+    mode. Only the memory order changes: shapes, values, the ``Parameter`` objects (which an
+    optimizer holds), ``state_dict`` keys and the function computed stay the same; a gradient
+    moves with its weight. The output head is left alone: training computes its weight gradient
+    much faster row-major, so ``generation`` takes a transposed copy of it instead. Shards of a
+    sharded model (FSDP's DTensors) keep their layout.
     """
     with torch.no_grad():
-        for module in blocks.modules():
-            if isinstance(module, nn.Linear) and module.out_features >= module.in_features:
-                weight = module.weight
-                weight.data = weight.data.t().contiguous().t()  # same [out, in], strides (1, out)
+        for module in _widening_linears(blocks):
+            weight = module.weight
+            if type(weight.data) is not torch.Tensor:  # a DTensor shard: FSDP owns its storage
+                continue
+            weight.data = _laid_out(weight.data, decoding)
+            if weight.grad is not None:
+                weight.grad = _laid_out(weight.grad, decoding)
+
+
+def _laid_out(matrix: torch.Tensor, column_major: bool) -> torch.Tensor:
+    """``matrix`` [out, in] itself if already in the order asked, else a copy in that order."""
+    if column_major:
+        return matrix if matrix.t().is_contiguous() else matrix.t().contiguous().t()
+    return matrix.contiguous()
 
 
 class GPTModel(nn.Module):
@@ -169,7 +189,16 @@ class GPTModel(nn.Module):
         self.out_head = nn.Linear(cfg.emb_dim, cfg.vocab_size, bias=False)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
-        _store_column_major(self.trf_blocks)
+
+    def train(self, mode: bool = True) -> GPTModel:
+        """Set training (or, ``False``, eval) mode and the blocks' weight layout for it.
+
+        Eval mode keeps the widening weights column-major, for fast decoding; training mode
+        keeps every weight row-major, for a fast training step (see ``_lay_out_blocks``).
+        """
+        super().train(mode)
+        _lay_out_blocks(self.trf_blocks, decoding=not mode)
+        return self
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:
         """Logits [batch, tokens, vocab] for token ids ``idx`` [batch, tokens].

@@ -260,7 +260,31 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float,
     params = decay + no_decay
     fused = bool(params) and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
                                  for p in params)
-    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    optimizer = torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None)
+    if fused:
+        optimizer.register_step_pre_hook(_lay_out_as_parameters)
+    return optimizer
+
+
+def _lay_out_as_parameters(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    """Give each gradient and moment its parameter's memory order before a fused step.
+
+    torch's fused AdamW reads a parameter, its gradient and its moments as flat arrays, so a
+    tensor laid out differently from its parameter is silently updated with the wrong
+    elements. That happens when the layout changes between steps: the models keep some weights
+    column-major in eval mode and row-major in training mode (``model._lay_out_blocks``), and
+    moments keep the layout of the step that made them (or of the checkpoint they came from).
+    Copying one into its parameter's order changes no value; usually nothing needs it.
+    """
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.stride() != p.stride():
+                p.grad = torch.empty_like(p).copy_(p.grad)
+            state = optimizer.state.get(p, {})
+            for key, value in state.items():
+                if (isinstance(value, torch.Tensor) and value.shape == p.shape
+                        and value.stride() != p.stride()):
+                    state[key] = torch.empty_like(p).copy_(value)
 
 
 def _is_ddp(model: nn.Module) -> bool:

@@ -53,3 +53,18 @@ def random_gpt_model(cfg, seed: int, dtype: torch.dtype = torch.float64, std: fl
             noise = torch.randn(p.shape, generator=g, dtype=dtype) * std
             p.copy_(noise + 1 if name.endswith(".scale") else noise)
     return model.eval()
+
+
+def layouts(model) -> dict[str, tuple[int, ...]]:
+    """Each weight matrix's strides, by name."""
+    return {name: p.stride() for name, p in model.named_parameters() if p.dim() == 2}
+
+
+def decoding_layout(model) -> dict[str, tuple[int, ...]]:
+    """The strides eval mode promises (GPTModel, DecoderModel): the blocks' widening weights
+    [out, in] column-major, every other matrix (narrowing ones, embeddings, head) row-major."""
+    expected = {name: (p.shape[1], 1) for name, p in model.named_parameters() if p.dim() == 2}
+    for name, module in model.trf_blocks.named_modules():
+        if isinstance(module, torch.nn.Linear) and module.out_features >= module.in_features:
+            expected[f"trf_blocks.{name}.weight"] = (1, module.out_features)
+    return expected

@@ -16,7 +16,14 @@ from gpt_components.model import (
     count_parameters,
     memory_footprint_mb,
 )
-from spec.strategies import generator, random_gpt_model, seeds, tiny_gpt_configs
+from spec.strategies import (
+    decoding_layout,
+    generator,
+    layouts,
+    random_gpt_model,
+    seeds,
+    tiny_gpt_configs,
+)
 
 pytestmark = pytest.mark.ch04
 
@@ -195,35 +202,39 @@ def test_the_blocks_read_token_plus_position_embeddings_positions_continuing_the
     torch.testing.assert_close(first_block_input, expected, rtol=0, atol=0)
 
 
-def layouts(model):
-    """Each weight matrix's strides, by name."""
-    return {name: p.stride() for name, p in model.named_parameters() if p.dim() == 2}
-
-
 @given(cfg=tiny_gpt_configs(), seed=seeds, batch=st.integers(1, 2), data=st.data())
-def test_widening_block_weights_are_column_major_without_changing_the_function(
+def test_eval_mode_lays_widening_weights_out_column_major_training_row_major_same_function(
         cfg, seed, batch, data):
-    model = random_gpt_model(cfg, seed)
-    for name, module in model.trf_blocks.named_modules():
-        if isinstance(module, torch.nn.Linear):
-            out_dim, in_dim = module.weight.shape
-            expected = (1, out_dim) if out_dim >= in_dim else (in_dim, 1)
-            assert module.weight.stride() == expected, name
-    assert model.out_head.weight.is_contiguous() and model.tok_emb.weight.is_contiguous()
-    # The same values stored row-major compute the same logits (float64).
-    row_major = random_gpt_model(cfg, seed)
-    for p in row_major.parameters():
-        p.data = p.data.contiguous()
+    model = random_gpt_model(cfg, seed)  # in eval mode
+    assert layouts(model) == decoding_layout(model)
     idx = torch.randint(0, cfg.vocab_size, (batch, data.draw(st.integers(1, cfg.context_length))),
                         generator=generator(seed + 1))
-    torch.testing.assert_close(model(idx), row_major(idx), rtol=1e-12, atol=1e-12)
-    # Loading a state dict (whose tensors have nn.Linear's [out, in] shapes) keeps the layout.
-    fresh = GPTModel(cfg).to(torch.float64)
-    state = {k: v.contiguous() for k, v in row_major.state_dict().items()}
-    assert all(state[k].shape == v.shape for k, v in model.state_dict().items())
+    decoding = model(idx)
+    decoding.square().sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters()}
+    parameters = dict(model.named_parameters())
+    values = {name: p.detach().clone() for name, p in parameters.items()}
+    model.train()  # drop_rate 0: the same function
+    assert all(p.is_contiguous() and p.grad.is_contiguous() for p in model.parameters())
+    assert dict(model.named_parameters()) == parameters  # the same Parameter objects
+    assert all(torch.equal(p, values[name]) and torch.equal(p.grad, grads[name])
+               for name, p in model.named_parameters())
+    model.zero_grad()
+    training = model(idx)
+    training.square().sum().backward()
+    torch.testing.assert_close(training, decoding, rtol=1e-12, atol=1e-12)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, grads[name], rtol=1e-10, atol=1e-10)
+    model.eval()
+    assert layouts(model) == decoding_layout(model)
+    assert all(p.grad.stride() == p.stride() for p in model.parameters())
+    # Loading a state dict (tensors in any order) keeps the layout of the mode.
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    fresh = GPTModel(cfg).to(torch.float64).train(data.draw(st.booleans(), label="training"))
+    before = layouts(fresh)
     fresh.load_state_dict(state)
-    assert layouts(fresh) == layouts(model)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in fresh.state_dict().items())
+    assert layouts(fresh) == before
+    assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
 
 
 def expected_parameter_count(cfg):

@@ -27,7 +27,7 @@ from gpt_components.registry import (
     preset_names,
 )
 from spec.helpers.hf_exact import Float64Mode
-from spec.strategies import generator, seeds
+from spec.strategies import decoding_layout, generator, layouts, seeds
 
 pytestmark = pytest.mark.modern
 transformers = pytest.importorskip("transformers")
@@ -100,8 +100,13 @@ def check_equal_to_transformers(family, config, seed):
         assert type(ours.cfg) is {"llama": LlamaConfig, "qwen3": Qwen3Config}[family]
         assert ours.tok_emb.weight.dtype == f64 and not ours.training
         assert count_parameters(ours) == count_parameters(hf)
+        assert layouts(ours) == decoding_layout(ours)  # laid out for decoding as it was read
         expected = hf_logits(hf, ids, output_attentions=True)
         torch.testing.assert_close(ours(ids), expected.logits, **EXACT)
+        ours.train()  # every weight row-major for training: the same function
+        assert all(p.is_contiguous() for p in ours.parameters())
+        torch.testing.assert_close(ours(ids), expected.logits, **EXACT)
+        ours.eval()
         trace = ours.trace(ids)
         for mine, theirs_att in zip(trace.attentions, expected.attentions, strict=True):
             torch.testing.assert_close(mine, theirs_att, **EXACT)

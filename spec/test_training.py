@@ -140,6 +140,67 @@ def test_the_fused_optimizer_takes_the_steps_of_torchs_plain_adamw(seed, lr, dec
         torch.testing.assert_close(p, by_name[name], rtol=1e-12, atol=1e-15)
 
 
+def _tiny_gpt(seed: int, dtype: torch.dtype = torch.float64, drop_rate: float = 0.0) -> GPTModel:
+    cfg = GPTConfig(vocab_size=32, context_length=8, emb_dim=8, n_heads=2, n_layers=2,
+                    drop_rate=drop_rate)
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return GPTModel(cfg).to(dtype)
+
+
+@settings(max_examples=20)
+@given(seed=seeds, lr=st.floats(1e-4, 1e-1), modes=st.lists(st.booleans(), min_size=2,
+                                                            max_size=4))
+def test_the_fused_optimizer_takes_plain_adamws_steps_while_eval_and_train_change_layouts(
+        seed, lr, modes):
+    # Steps alternate between eval mode (widening weights column-major) and training mode (row-
+    # major), so moments made under one layout are used under the other; gradients come in
+    # either layout. torch's fused kernel alone would read them with the wrong strides.
+    model, reference = _tiny_gpt(seed), _tiny_gpt(seed)
+    optimizer = configure_optimizer(model, lr, 0.1)
+    by_name = dict(reference.named_parameters())
+    names = {id(p): n for n, p in model.named_parameters()}
+    plain = torch.optim.AdamW(
+        [{"params": [by_name[names[id(p)]] for p in group["params"]],
+          "weight_decay": group["weight_decay"]} for group in optimizer.param_groups],
+        lr=lr, foreach=False)
+    g = generator(seed + 1)
+    for training in modes:
+        model.train(training)
+        for p in model.parameters():
+            grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            by_name[names[id(p)]].grad = grad
+            p.grad = grad.t().contiguous().t() if p.dim() == 2 and training else grad.clone()
+        optimizer.step()
+        plain.step()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p, by_name[name], rtol=1e-12, atol=1e-15)
+
+
+@settings(max_examples=10)
+@given(seed=seeds, steps=st.integers(2, 4), data=st.data())
+def test_an_evaluation_between_steps_leaves_training_bit_for_bit_unchanged(seed, steps, data):
+    evaluated = data.draw(st.integers(1, steps - 1), label="evaluated after step")
+    x, y = _batch(seed, 2, 8)
+    runs = []
+    for evaluate_between in (False, True):
+        model = _tiny_gpt(seed, torch.float32, drop_rate=0.2).train()
+        optimizer = configure_optimizer(model, 1e-2, 0.1)
+        losses = []
+        for step in range(steps):
+            torch.manual_seed(seed + step)  # the same dropout masks in both runs
+            losses.append(train_step(model, optimizer, [(x, y)], "cpu", grad_clip=1.0))
+            if evaluate_between and step + 1 == evaluated:
+                evaluate(model, [(x, y)], [(y, x)], "cpu", 1)  # eval(), then train() again
+        runs.append((losses, model, optimizer))
+    (losses, model, optimizer), (losses_evaluated, model_evaluated, optimizer_evaluated) = runs
+    assert losses == losses_evaluated
+    for p, q in zip(model.parameters(), model_evaluated.parameters(), strict=True):
+        assert torch.equal(p, q) and p.stride() == q.stride()
+        for key, value in optimizer.state[p].items():
+            assert torch.equal(value, optimizer_evaluated.state[q][key])
+
+
 @given(seed=seeds, scale=st.floats(1e-3, 1e3), clip=st.floats(1e-2, 10.0))
 def test_clipping_bounds_the_global_gradient_norm(seed, scale, clip):
     model = _tiny(seed, torch.float64)

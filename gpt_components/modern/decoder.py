@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..model import _store_column_major, check_token_ids
+from ..model import _lay_out_blocks, check_token_ids
 from ..trace import ModelTrace
 from .cache import DecoderKVCache
 from .components import ATTENTIONS, FEED_FORWARDS, make_norm
@@ -86,7 +86,13 @@ class DecoderModel(nn.Module):
         self.apply(_init_weights)
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
-        _store_column_major(self.trf_blocks)  # faster decoding, same function (see model.py)
+
+    def train(self, mode: bool = True) -> DecoderModel:
+        """Set training (or eval) mode and the blocks' weight layout for it, as ``GPTModel``
+        does: row-major for training, column-major widening weights for decoding."""
+        super().train(mode)
+        _lay_out_blocks(self.trf_blocks, decoding=not mode)
+        return self
 
     def forward(self, idx: torch.Tensor, kv_cache: DecoderKVCache | None = None) -> torch.Tensor:
         """Logits [batch, tokens, vocab] for token ids ``idx`` [batch, tokens].

@@ -228,14 +228,10 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
     if overrides:
         cfg = dataclasses.replace(cfg, **overrides)
     with torch.device("meta"):
-        model = model_class(cfg)
+        model = model_class(cfg).eval()  # eval mode chooses the decoding layout of the weights
     wanted = {hf_param_name(layout.names, name): name
               for name, _ in _tensors(model)}  # a tied head appears once, as tok_emb
-    shapes = dict(_tensors(model))
-    # Stored column-major as DecoderModel keeps them (model._store_column_major), converted as
-    # each is read, so the transient copy is one tensor, never the whole model.
-    widening = {f"trf_blocks.{name}.weight" for name, module in model.trf_blocks.named_modules()
-                if isinstance(module, nn.Linear) and module.out_features >= module.in_features}
+    places = dict(_tensors(model))
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
         for key, tensor in stream_safetensors(file):  # one tensor at a time: no second copy
@@ -244,12 +240,14 @@ def _load(layout: HFLayout, model_class: type[nn.Module], path: str | Path,
                     continue  # some tied checkpoints store the head as well
                 raise ValueError(f"checkpoint tensor {key!r} has no place in the model: "
                                  "config.json does not match the weights")
-            expected = tuple(shapes[wanted[key]].shape)
+            place = places[wanted[key]]
+            expected = tuple(place.shape)
             if tuple(tensor.shape) != expected:
                 raise ValueError(f"checkpoint tensor {key!r} has shape "
                                  f"{tuple(tensor.shape)}, the config needs {expected}")
-            if wanted[key] in widening:
-                tensor = tensor.t().contiguous().t()  # same [out, in], strides (1, out)
+            if tensor.stride() != place.stride():  # laid out as it is read: one copy at a time
+                tensor = torch.empty_strided(place.shape, place.stride(),
+                                             dtype=tensor.dtype).copy_(tensor)
             state[wanted[key]] = tensor
     missing = sorted(hf for hf, ours in wanted.items() if ours not in state)
     if missing:
