@@ -122,7 +122,7 @@ class LinearWithLoRA(nn.Module):
             dtype=base.weight.dtype,
         )
         with torch.no_grad():
-            # Keep the base weight's memory order (GPTModel stores some column-major).
+            # Keep the base weight's memory order (column-major in an eval-mode GPTModel).
             linear.weight.data = torch.empty_like(base.weight)
             linear.weight.copy_(base.weight + self.lora.delta_weight())
             if base.bias is not None:
