@@ -32,6 +32,7 @@ from . import (
     pretrained,
     registry,
     resources,
+    simple_loop,
     sources,
     tensor_files,
     tokenizers,
@@ -60,6 +61,7 @@ from .model import *
 from .modern import *
 from .registry import *
 from .resources import *
+from .simple_loop import *
 from .tensor_files import *
 from .tokenizers import *
 from .trace import *
@@ -100,6 +102,7 @@ _MODULES = (
     sources,
     metrics,
     training,
+    simple_loop,
     appendix_d,
     finetune,
 )

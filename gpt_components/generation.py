@@ -1,6 +1,7 @@
 """Text generation (chapters 4 and 5): greedy decoding, sampling, streaming, a KV cache.
 
-Exports ``generate_text_simple`` (the book's greedy loop), ``generate`` (temperature, top-k,
+Exports ``generate_text_simple`` (the book's greedy loop, with or without a KV cache) and
+``generate_text_simple_stream`` (the book's streaming form), ``generate`` (temperature, top-k,
 nucleus/top-p, per-row ``eos_id``, a KV cache), ``generate_stream`` (the same, yielding each
 step's tokens), ``sample_next_token`` and the tokenizer helpers ``text_to_token_ids`` /
 ``token_ids_to_text``.
@@ -34,6 +35,7 @@ from .tokenizers import ENDOFTEXT, gpt2_tokenizer
 
 __all__ = [
     "generate_text_simple",
+    "generate_text_simple_stream",
     "generate",
     "generate_stream",
     "sample_next_token",
@@ -67,15 +69,40 @@ def token_ids_to_text(token_ids: torch.Tensor | list[int], tokenizer: Any = None
 
 
 def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
-                         context_size: int) -> torch.Tensor:
-    """The book's greedy loop: crop to ``context_size``, take the argmax, append, repeat."""
+                         context_size: int | None = None, use_cache: bool = False) -> torch.Tensor:
+    """The book's greedy loop: crop to ``context_size``, take the argmax, append, repeat.
+
+    Chapter 4's loop runs the whole window through ``model`` at every step, so any module that
+    maps ids to logits works. ``use_cache=True`` is the book's KV-cache form of it (its bonus
+    material's ``generate_text_simple(..., use_cache=True)``): the same tokens from ``generate``
+    with a cache, for a model of this package. ``context_size`` None is the model's
+    ``cfg.context_length``.
+    """
     _check_count(max_new_tokens, "max_new_tokens", 0)
+    if context_size is None:
+        _check_model(model)
+        context_size = model.cfg.context_length
     _check_count(context_size, "context_size", 1)
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be a bool, got {use_cache!r}")
+    if use_cache:
+        return generate(model, idx, max_new_tokens, context_size, use_cache=True)
     for _ in range(max_new_tokens):
         with torch.no_grad():
             logits = model(idx[:, -context_size:])[:, -1, :]  # (B, vocab)
         idx = torch.cat([idx, logits.argmax(dim=-1, keepdim=True)], dim=1)
     return idx
+
+
+def generate_text_simple_stream(model: nn.Module, token_ids: torch.Tensor, max_new_tokens: int,
+                                eos_token_id: int | None = None,
+                                context_size: int | None = None) -> Iterator[torch.Tensor]:
+    """The book's streaming greedy generator (its KV-cache bonus): yields [batch, 1] ids.
+
+    ``generate_stream`` with a cache, greedy, stopping before ``eos_token_id`` once every row
+    has produced it (a row that finished earlier is padded with it meanwhile).
+    """
+    return generate_stream(model, token_ids, max_new_tokens, context_size, eos_id=eos_token_id)
 
 
 def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int | None = None,

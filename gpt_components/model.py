@@ -225,12 +225,15 @@ class GPTModel(nn.Module):
                 raise ValueError(f"kv_cache was made for batch_size={kv_cache.batch_size}, "
                                  f"idx has {b} rows")
             start = kv_cache.length
-            if start + t > min(kv_cache.max_tokens, self.cfg.context_length):
-                raise ValueError(f"idx adds {t} tokens to a kv_cache holding {start} of "
-                                 f"max_tokens={kv_cache.max_tokens} (context_length="
+            limit = min(kv_cache.max_tokens, self.cfg.context_length)
+            if start + t > limit:
+                raise ValueError(f"Sequence length {start + t} exceeds the cache's {limit} "
+                                 f"tokens: idx adds {t} tokens to a kv_cache holding {start} "
+                                 f"of max_tokens={kv_cache.max_tokens} (context_length="
                                  f"{self.cfg.context_length})")
         if start + t > self.cfg.context_length:
-            raise ValueError(f"idx has {t} tokens, more than context_length="
+            raise ValueError(f"Sequence length {t} exceeds the model's {self.cfg.context_length} "
+                             f"tokens: idx has {t} tokens, more than context_length="
                              f"{self.cfg.context_length}")
         x = self._embed(idx, start)  # (B, T, emb)
         for layer, block in enumerate(self.trf_blocks):

@@ -10,8 +10,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt_components.appendix_d import appendix_d_lr, generate_and_print_sample, train_model
+from gpt_components.appendix_d import appendix_d_lr, train_model
 from gpt_components.model import GPTConfig, GPTModel
+from gpt_components.simple_loop import generate_and_print_sample
 from gpt_components.tokenizers import gpt2_tokenizer
 from spec.strategies import generator, seeds
 

@@ -346,7 +346,8 @@ def test_bad_configs_and_caches_are_refused_naming_the_parameter():
         model(torch.zeros(2, 1, dtype=torch.long), kv_cache=model.new_kv_cache(1))
     cache = model.new_kv_cache(1, max_tokens=4)
     model(torch.zeros(1, 3, dtype=torch.long), kv_cache=cache)
-    with pytest.raises(ValueError, match=r"^idx adds 2 tokens to a kv_cache holding 3 of "
+    with pytest.raises(ValueError, match=r"^Sequence length 5 exceeds the cache's 4 tokens: idx "
+                                         r"adds 2 tokens to a kv_cache holding 3 of "
                                          r"max_tokens=4 \(context_length=8\)$"):
         model(torch.zeros(1, 2, dtype=torch.long), kv_cache=cache)
     one = model.new_kv_cache(1, max_tokens=1)  # the smallest cache: one position

@@ -124,11 +124,14 @@ class DecoderModel(nn.Module):
                                  f"idx has {b} rows")
             start = kv_cache.length
             if start + t > kv_cache.max_tokens:
-                raise ValueError(f"idx adds {t} tokens to a kv_cache holding {start} of "
-                                 f"max_tokens={kv_cache.max_tokens}")
+                raise ValueError(f"Sequence length {start + t} exceeds the cache's "
+                                 f"{kv_cache.max_tokens} tokens: idx adds {t} tokens to a "
+                                 f"kv_cache holding {start} of max_tokens={kv_cache.max_tokens}")
         if start + t > self.cfg.context_length:
-            raise ValueError(f"idx has {t} tokens after {start} cached ones, more than "
-                             f"context_length={self.cfg.context_length}")
+            raise ValueError(f"Sequence length {start + t} exceeds the model's "
+                             f"{self.cfg.context_length} tokens: idx has {t} tokens after "
+                             f"{start} cached ones, more than context_length="
+                             f"{self.cfg.context_length}")
         x = self.tok_emb(idx)  # (B, T, emb)
         if self.cfg.scale_embeddings:  # rounded to the weights' dtype first, as Gemma does
             x = x * torch.tensor(self.cfg.emb_dim**0.5, dtype=x.dtype, device=x.device)
