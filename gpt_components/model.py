@@ -177,6 +177,11 @@ def _laid_out(matrix: torch.Tensor, column_major: bool) -> torch.Tensor:
 class GPTModel(nn.Module):
     """GPT-2: embeddings, ``n_layers`` transformer blocks, final norm, output head."""
 
+    #: Whether eval mode lays the widening weights out for decoding (``_lay_out_blocks``).
+    #: False keeps training's layout in eval mode too, for a model that scores beside one in
+    #: training mode and must round as it does (DPO's frozen reference).
+    decoding_layout: bool = True
+
     def __init__(self, cfg: GPTConfig | dict[str, Any]) -> None:
         super().__init__()
         cfg = _as_config(cfg)
@@ -197,7 +202,7 @@ class GPTModel(nn.Module):
         keeps every weight row-major, for a fast training step (see ``_lay_out_blocks``).
         """
         super().train(mode)
-        _lay_out_blocks(self.trf_blocks, decoding=not mode)
+        _lay_out_blocks(self.trf_blocks, decoding=not mode and self.decoding_layout)
         return self
 
     def forward(self, idx: torch.Tensor, kv_cache: KVCache | None = None) -> torch.Tensor:

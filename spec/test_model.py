@@ -237,6 +237,21 @@ def test_eval_mode_lays_widening_weights_out_column_major_training_row_major_sam
     assert all(torch.equal(v, state[k]) for k, v in fresh.state_dict().items())
 
 
+@given(cfg=tiny_gpt_configs(), seed=seeds, data=st.data())
+def test_without_the_decoding_layout_eval_mode_rounds_exactly_as_training_mode(cfg, seed, data):
+    model = random_gpt_model(cfg, seed).train()  # drop_rate 0: the same function in both modes
+    idx = torch.randint(0, cfg.vocab_size, (2, data.draw(st.integers(1, cfg.context_length))),
+                        generator=generator(seed + 1))
+    training = model(idx)
+    model.decoding_layout = False
+    model.eval()
+    assert all(p.is_contiguous() for p in model.parameters())  # training's row-major layout
+    assert torch.equal(model(idx), training)
+    model.decoding_layout = True
+    model.eval()
+    assert layouts(model) == decoding_layout(model)
+
+
 def expected_parameter_count(cfg):
     """GPT-2's size in closed form, term by term."""
     e, v = cfg.emb_dim, cfg.vocab_size

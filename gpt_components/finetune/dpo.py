@@ -387,6 +387,9 @@ def train_model_dpo_simple(
     if reference_model is policy_model:
         raise ValueError("reference_model must be a frozen copy of the policy "
                          "(copy.deepcopy(policy_model)), not the policy itself")
+    # Eval mode for the reference's dropout, with training's weight layout: it scores beside a
+    # policy in training mode, so a policy equal to it gets its very log-probabilities.
+    reference_model.decoding_layout = False
     reference_model.eval()
 
     def dpo_loss(model: nn.Module, batch: Mapping[str, Any], device: torch.device):

@@ -72,6 +72,8 @@ class DecoderBlock(nn.Module):
 class DecoderModel(nn.Module):
     """A decoder-only transformer whose components its ``DecoderConfig`` names."""
 
+    decoding_layout: bool = True  #: as ``GPTModel.decoding_layout``
+
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         if not isinstance(cfg, DecoderConfig):
@@ -91,7 +93,7 @@ class DecoderModel(nn.Module):
         """Set training (or eval) mode and the blocks' weight layout for it, as ``GPTModel``
         does: row-major for training, column-major widening weights for decoding."""
         super().train(mode)
-        _lay_out_blocks(self.trf_blocks, decoding=not mode)
+        _lay_out_blocks(self.trf_blocks, decoding=not mode and self.decoding_layout)
         return self
 
     def forward(self, idx: torch.Tensor, kv_cache: DecoderKVCache | None = None) -> torch.Tensor:
