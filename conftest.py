@@ -77,3 +77,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     torch.set_num_threads(max(1, (cores or 1) // int(workerinput["workercount"])))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave the ``slow`` checks out unless the -m expression names them (``-m slow``)."""
+    if "slow" in (config.option.markexpr or ""):
+        return
+    skip = pytest.mark.skip(reason="slow (minutes on two cores): run with -m slow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

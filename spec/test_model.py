@@ -7,6 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
+from torch import nn
 
 from gpt_components.kv_cache import KVCache
 from gpt_components.model import (
@@ -304,6 +305,45 @@ def test_the_books_dict_config_builds_the_same_model():
             "drop_rate": 0.1, "qkv_bias": False}
     assert GPTModel(book).cfg == GPTConfig(**book)
 
+
+
+def books_draws(cfg, seed):
+    """The book's GPTModel construction written out as plain layers, in its order, seeded.
+
+    tok_emb, pos_emb; per block W_query, W_key, W_value, out_proj, the feed-forward's two
+    linears (norms draw nothing); the output head. Named as the state dict names them.
+    """
+    torch.manual_seed(seed)
+    e, bias = cfg.emb_dim, cfg.qkv_bias
+    layers = {"tok_emb": nn.Embedding(cfg.vocab_size, e),
+              "pos_emb": nn.Embedding(cfg.context_length, e)}
+    for i in range(cfg.n_layers):
+        for name, layer in (("att.W_query", nn.Linear(e, e, bias=bias)),
+                            ("att.W_key", nn.Linear(e, e, bias=bias)),
+                            ("att.W_value", nn.Linear(e, e, bias=bias)),
+                            ("att.out_proj", nn.Linear(e, e)),
+                            ("ff.layers.0", nn.Linear(e, 4 * e)),
+                            ("ff.layers.2", nn.Linear(4 * e, e))):
+            layers[f"trf_blocks.{i}.{name}"] = layer
+    layers["out_head"] = nn.Linear(e, cfg.vocab_size, bias=False)
+    return {f"{name}.{key}": value for name, layer in layers.items()
+            for key, value in layer.state_dict().items()}
+
+
+@settings(max_examples=10)
+@given(cfg=tiny_gpt_configs(tie_weights=False), seed=seeds)
+def test_a_seeded_model_draws_the_books_weights_in_the_books_order(cfg, seed):
+    # Why the book's seeded numbers come out here (chapter 4's "Hello, I am" ids, chapters 5
+    # and 7 and appendix D's first losses): the same draws from torch's global generator.
+    expected = books_draws(cfg, seed)
+    torch.manual_seed(seed)
+    got = GPTModel(cfg).state_dict()
+    drawn = {name: value for name, value in got.items() if name in expected}
+    assert sorted(drawn) == sorted(expected)
+    for name, value in expected.items():
+        assert torch.equal(drawn[name], value), name
+    for name in set(got) - set(expected):  # the norms: ones and zeros, as the book's
+        assert torch.equal(got[name], torch.full_like(got[name], float(name.endswith("scale"))))
 
 @pytest.mark.parametrize(
     ("idx", "error", "match"),

@@ -9,7 +9,8 @@ KV caches). ``config`` (``DecoderConfig``, ``LayerSpec``) names the components a
 them. One short file per family: ``llama``, ``qwen3``, ``gemma3``, ``qwen3_moe``,
 ``deepseek_v3`` (choices, presets, Hugging Face names); ``hf`` reads and writes their weights.
 ``tokenizers`` reads their tokenizer files (``load_tokenizer``) and ``chat`` writes their
-instruct models' chat formats.
+instruct models' chat formats; ``book_names`` gives the book's bonus-chapter names
+(``Llama3Model(cfg)``, ``Qwen3Model(cfg)`` from its config dicts, ``compute_rope_params``).
 
 >>> import torch
 >>> from gpt_components.modern import DecoderModel, Qwen3Config
@@ -20,6 +21,7 @@ torch.Size([1, 3, 100])
 
 from . import (
     attention,
+    book_names,
     cache,
     chat,
     components,
@@ -40,6 +42,7 @@ from . import (
     tokenizers,
 )
 from .attention import *
+from .book_names import *
 from .cache import *
 from .chat import *
 from .config import *
@@ -59,5 +62,5 @@ from .tokenizers import *
 
 __all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, moe,
                                latent_attention, cache, config, decoder, llama, qwen3, gemma3,
-                               qwen3_moe, deepseek_v3, tokenizers, chat)
+                               qwen3_moe, deepseek_v3, tokenizers, chat, book_names)
            for name in module.__all__]
