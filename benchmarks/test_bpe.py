@@ -14,7 +14,7 @@ from __future__ import annotations
 import pytest
 
 from gpt_components.bpe import BPETokenizer
-from gpt_components.resources import load_text
+from gpt_components.machinery.resources import load_text
 from gpt_components.tokenizers import gpt2_tokenizer
 
 

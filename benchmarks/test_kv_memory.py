@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from gpt_components.machinery.registry import preset_config
 from gpt_components.modern import DecoderModel
-from gpt_components.registry import preset_config
 
 BF16 = 2
 # Published sizes: what each model's cache is made of.

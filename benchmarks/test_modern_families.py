@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from gpt_components import from_pretrained, generate, save_pretrained
-from gpt_components.registry import build_model, preset_config
+from gpt_components.machinery.registry import build_model, preset_config
 
 transformers = pytest.importorskip("transformers")
 

@@ -12,7 +12,7 @@ so it plugs in wherever the project takes a tokenizer.
 - ``save(directory)`` / ``BPETokenizer.load(directory)``: GPT-2's own two-file format (plus
   ``pattern.txt`` when the pre-tokenization pattern is not GPT-2's).
 
->>> from gpt_components.resources import load_text
+>>> from gpt_components.machinery.resources import load_text
 >>> tok = BPETokenizer.train(load_text("the-verdict.txt"), vocab_size=300)
 >>> tok.n_vocab, tok.eot_token
 (300, 299)

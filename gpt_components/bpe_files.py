@@ -21,7 +21,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from .resources import resource_path
+from .machinery.resources import resource_path
 from .tokenizers import gpt2_byte_decoder
 
 __all__ = ["read_gpt2_files", "write_gpt2_files", "bundled_gpt2_files"]

@@ -7,9 +7,9 @@
   Under ``torchrun --nproc_per_node=N`` it trains with DistributedDataParallel, or with the
   model sharded across the processes (FSDP2) with ``--strategy fsdp``.
 - ``generate``: continue a prompt from a run directory or weights of any family, streaming
-  tokens, with the tokenizer the model comes with (see ``gpt_components.sources``).
+  tokens, with the tokenizer the model comes with (see ``gpt_components.machinery.sources``).
 - ``inspect``: one self-contained HTML page (and ``--png`` pictures) of what a model does with
-  a prompt (see ``gpt_components.inspection``).
+  a prompt (see ``gpt_components.inspect.inspection``).
 - ``finetune-classifier``, ``classify``, ``finetune-instructions``, ``instruction-responses``:
   chapters 6 and 7 (see ``gpt_components.finetune.commands``).
 
@@ -59,7 +59,7 @@ def _info(_: argparse.Namespace) -> None:
 
 
 def _load_tokenizer(spec: str) -> Any:
-    from .sources import load_tokenizer_spec
+    from .machinery.sources import load_tokenizer_spec
 
     try:
         return load_tokenizer_spec(spec)
@@ -144,7 +144,7 @@ def _check_training_fits(model_cfg: Any, batch_size: int, train_tokens: int, dev
     """Refuse a context longer than the training split, or a run that cannot fit in memory."""
     import torch
 
-    from .registry import build_model
+    from .machinery.registry import build_model
 
     context = model_cfg.context_length
     if train_tokens < 2:
@@ -207,7 +207,7 @@ def _corpus(corpus_path: str, tokenizer: Any, cache_dir: Path, rank: int, world:
 
 def _resumed_config(args: argparse.Namespace, run_dir: Path) -> tuple[dict, Any, Any]:
     """The saved (config, model config, train config) of the run ``--resume`` names."""
-    from .registry import config_from_dict
+    from .machinery.registry import config_from_dict
     from .training import TrainConfig
 
     refused = [f"--{name.replace('_', '-')}" for name in sorted(getattr(args, "given", ()))
@@ -227,7 +227,7 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> tuple[dict, Any,
 
 
 def _new_config(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
-    from .registry import preset_config
+    from .machinery.registry import preset_config
     from .training import TrainConfig
 
     try:
@@ -279,8 +279,8 @@ def _extend(args: argparse.Namespace, run_dir: Path, train_cfg: Any, total: int,
 
 
 def _train(args: argparse.Namespace) -> None:
-    from .checkpoint import lock_run
-    from .resources import resource_path
+    from .machinery.checkpoint import lock_run
+    from .machinery.resources import resource_path
 
     device = _pick_device(args.device)
     rank, world, device = _distributed(device)
@@ -314,7 +314,7 @@ def _train(args: argparse.Namespace) -> None:
 
 def _explain_interrupt(error: KeyboardInterrupt, run_dir: Path, started: bool,
                        rank: int = 0) -> None:
-    from .checkpoint import latest_checkpoint
+    from .machinery.checkpoint import latest_checkpoint
     from .training import TrainingInterrupted
 
     if rank != 0:  # under torchrun, rank 0 says it for the whole run
@@ -336,9 +336,14 @@ def _train_locked(args: argparse.Namespace, run_dir: Path, rank: int, world: int
                   saved: dict | None, started: list) -> None:
     import torch
 
-    from .checkpoint import CheckpointWriteError, _atomic_json, latest_checkpoint, load_checkpoint
     from .corpus import TokenWindows
-    from .registry import build_model, config_to_dict
+    from .machinery.checkpoint import (
+        CheckpointWriteError,
+        _atomic_json,
+        latest_checkpoint,
+        load_checkpoint,
+    )
+    from .machinery.registry import build_model, config_to_dict
     from .training import TrainingDivergedError, train
 
     if saved is None and (run_dir / "config.json").exists():
@@ -404,7 +409,7 @@ def _train_locked(args: argparse.Namespace, run_dir: Path, rank: int, world: int
 
 
 def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -> tuple:
-    from .sources import load_model_and_tokenizer
+    from .machinery.sources import load_model_and_tokenizer
 
     model, tokenizer, _ = load_model_and_tokenizer(source, tokenizer_spec)
     return model.to(device), tokenizer
@@ -483,8 +488,8 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: Any) -> tuple[list[int], se
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from .inspection import inspect_prompt
-    from .inspection_report import write_pngs, write_report
+    from .inspect.inspection import inspect_prompt
+    from .inspect.inspection_report import write_pngs, write_report
 
     model, tokenizer = _load_for_generation(args.source, args.tokenizer,
                                             _pick_device(args.device))
@@ -529,7 +534,7 @@ class _StoreTrueGiven(argparse._StoreTrueAction):
 
 
 def _presets_text() -> str:
-    from .registry import FAMILIES
+    from .machinery.registry import FAMILIES
 
     presets = [(name, family.name, c) for family in FAMILIES.values()
                for name, c in family.presets.items()]
@@ -696,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     0 on success; 2 on an error, printed as one line ``gpt-components: error: ...``; 130 after
     Ctrl-C, printed as one line saying what was kept.
     """
-    from .checkpoint import RunLockedError
+    from .machinery.checkpoint import RunLockedError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .inspect.trace import ModelTrace
 from .kv_cache import KVCache
-from .trace import ModelTrace
 from .transformer import ATTENTION_KERNELS, LAYER_KERNELS, LayerNorm, TransformerBlock
 
 __all__ = ["GPTConfig", "GPTModel", "MODEL_PRESETS", "count_parameters", "memory_footprint_mb"]
@@ -252,7 +252,7 @@ class GPTModel(nn.Module):
         return self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions))  # (B, T, emb)
 
     def trace(self, idx: torch.Tensor) -> ModelTrace:
-        """One pass over ``idx`` [batch, tokens] laid open (see ``gpt_components.trace``).
+        """One pass over ``idx`` [batch, tokens] laid open (see ``gpt_components.inspect.trace``).
 
         Runs in eval mode (restoring the mode after) without gradients or a KV cache, through
         each block's ``forward_with_weights``: the attention maps are the probabilities that

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import tiktoken
 
-from .resources import resource_path
+from .machinery.resources import resource_path
 
 __all__ = [
     "split_words",

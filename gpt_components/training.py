@@ -44,16 +44,22 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import (
+from .corpus import TokenWindows
+from .machinery.checkpoint import (
     NonFiniteStateError,
     latest_checkpoint,
     load_checkpoint,
     lock_run,
     save_checkpoint,
 )
-from .corpus import TokenWindows
-from .distributed import STRATEGIES, full_state, is_sharded, load_optimizer_state, parallelize
-from .metrics import append_metrics, plot_losses, read_metrics, start_metrics
+from .machinery.distributed import (
+    STRATEGIES,
+    full_state,
+    is_sharded,
+    load_optimizer_state,
+    parallelize,
+)
+from .machinery.metrics import append_metrics, plot_losses, read_metrics, start_metrics
 
 __all__ = [
     "calc_loss_batch",

@@ -29,8 +29,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from .machinery.tensor_files import read_safetensors
 from .model import GPTConfig, GPTModel
-from .tensor_files import read_safetensors
 
 __all__ = [
     "BOOK_TO_HF",

@@ -45,8 +45,8 @@ def main() -> None:
             os.kill(os.getpid(), signal.SIGKILL)
 
     spec = importlib.util.spec_from_file_location(
-        "metrics_under_test", Path(__file__).resolve().parent.parent / "gpt_components" /
-        "metrics.py")
+        "metrics_under_test",
+        Path(__file__).resolve().parent.parent / "gpt_components" / "machinery" / "metrics.py")
     metrics = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(metrics)
     sys.addaudithook(hook)

@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader, Subset
 from gpt_components.appendix_d import train_model
 from gpt_components.data import create_dataloader_v1
 from gpt_components.generation import generate_text_simple
+from gpt_components.machinery.resources import load_text
 from gpt_components.model import GPTModel
-from gpt_components.resources import load_text
 from gpt_components.simple_loop import train_model_simple
 from gpt_components.tokenizers import gpt2_tokenizer
 

@@ -19,7 +19,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gpt_components.bpe import BPETokenizer
-from gpt_components.resources import load_text
+from gpt_components.machinery.resources import load_text
 from gpt_components.tokenizers import ENDOFTEXT, GPT2_PATTERN, gpt2_tokenizer
 
 pytestmark = [pytest.mark.bpe, pytest.mark.ch02]
@@ -322,7 +322,7 @@ def test_a_pair_seen_only_once_is_not_merged_by_default():
 
 
 def test_saving_gpt2_writes_back_its_bundled_files(tmp_path):
-    from gpt_components.resources import resource_path
+    from gpt_components.machinery.resources import resource_path
 
     GPT2.save(tmp_path)
     for name in ("encoder.json", "vocab.bpe"):

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt_components import checkpoint as ckpt_module
-from gpt_components.checkpoint import (
+from gpt_components.machinery.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
     NonFiniteStateError,

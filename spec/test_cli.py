@@ -19,12 +19,12 @@ import pytest
 
 from gpt_components import cli
 from gpt_components.bpe import BPETokenizer
-from gpt_components.checkpoint import RunLockedError, load_checkpoint, lock_run
 from gpt_components.cli import build_parser, main
 from gpt_components.finetune import commands as finetune_commands
-from gpt_components.metrics import read_metrics
-from gpt_components.registry import FAMILIES
-from gpt_components.resources import load_text
+from gpt_components.machinery.checkpoint import RunLockedError, load_checkpoint, lock_run
+from gpt_components.machinery.metrics import read_metrics
+from gpt_components.machinery.registry import FAMILIES
+from gpt_components.machinery.resources import load_text
 
 pytestmark = pytest.mark.ch05
 

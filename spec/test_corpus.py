@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gpt_components.bpe import BPETokenizer
 from gpt_components.corpus import TokenCorpus, TokenWindows, prepare_corpus
-from gpt_components.resources import load_text
+from gpt_components.machinery.resources import load_text
 from gpt_components.tokenizers import gpt2_tokenizer
 
 pytestmark = pytest.mark.ch05

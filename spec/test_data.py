@@ -9,7 +9,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from gpt_components.data import GPTDatasetV1, create_dataloader_v1
-from gpt_components.resources import load_text
+from gpt_components.machinery.resources import load_text
 from gpt_components.tokenizers import (
     ENDOFTEXT,
     UNK,

@@ -1,4 +1,4 @@
-"""Spec for gpt_components.distributed: FSDP2 under torchrun equals one process, and resumes.
+"""Spec for machinery.distributed: FSDP2 under torchrun equals one process, and resumes.
 
 Reference: the same run in one process reading the whole global batch (the loop's own
 single-process path, which ``test_training`` checks against float64 losses and exact resume).
@@ -17,8 +17,8 @@ import torch
 from safetensors.torch import load_file
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
 
-from gpt_components.distributed import full_state, load_optimizer_state, parallelize
-from gpt_components.metrics import read_metrics
+from gpt_components.machinery.distributed import full_state, load_optimizer_state, parallelize
+from gpt_components.machinery.metrics import read_metrics
 from gpt_components.training import TrainConfig
 from spec._train_script import run as run_in_process
 from spec.test_training import ROOT, SCRIPT

@@ -33,9 +33,9 @@ from gpt_components.finetune.dpo import (
 )
 from gpt_components.finetune.instructions import format_input, instruction_splits
 from gpt_components.finetune.lora import replace_linear_with_lora
+from gpt_components.machinery.pretrained import save_pretrained
+from gpt_components.machinery.registry import build_model, preset_config
 from gpt_components.model import GPTConfig, GPTModel
-from gpt_components.pretrained import save_pretrained
-from gpt_components.registry import build_model, preset_config
 from gpt_components.tokenizers import gpt2_tokenizer
 from spec.strategies import generator, random_gpt_model, seeds
 
@@ -387,10 +387,10 @@ def test_with_lora_only_the_adapters_move_and_training_starts_at_log_2(seed, dat
 
 def tiny_model(family: str, seed: int) -> torch.nn.Module:
     """A float64 one-layer model of ``family`` (emb 16, vocab 60), every parameter drawn."""
+    from gpt_components.machinery.registry import build_model
     from gpt_components.modern.gemma3 import FULL, SLIDING, Gemma3Config
     from gpt_components.modern.llama import LlamaConfig
     from gpt_components.modern.qwen3 import Qwen3Config
-    from gpt_components.registry import build_model
 
     sizes = {"vocab_size": VOCAB, "context_length": 24, "emb_dim": 16, "n_heads": 2,
              "n_kv_heads": 1, "hidden_dim": 32}
@@ -583,8 +583,8 @@ def test_every_family_finetunes_instructions_then_dpo_with_the_tokenizer_it_trai
     from gpt_components.bpe import BPETokenizer
     from gpt_components.cli import main
     from gpt_components.finetune import dpo, instructions
-    from gpt_components.resources import load_text
-    from gpt_components.sources import tokenizer_of
+    from gpt_components.machinery.resources import load_text
+    from gpt_components.machinery.sources import tokenizer_of
 
     pairs = _short_pairs(20)
     text = load_text("the-verdict.txt")[:3000]

@@ -176,7 +176,7 @@ def test_published_sizes_have_their_parameter_counts():
 
 @pytest.mark.parametrize("preset", ["gemma3-nano", "qwen3-moe-nano", "deepseek-v3-nano"])
 def test_a_small_preset_saves_what_transformers_loads(preset, tmp_path):
-    from gpt_components.registry import build_model, preset_config
+    from gpt_components.machinery.registry import build_model, preset_config
 
     torch.manual_seed(0)
     model = build_model(preset_config(preset, vocab_size=60)).eval()

@@ -15,12 +15,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt_components.bpe import BPETokenizer
-from gpt_components.checkpoint import save_checkpoint
 from gpt_components.cli import main
-from gpt_components.inspection import inspect_prompt, logit_lens
-from gpt_components.inspection_report import render_html, report_data, write_report
+from gpt_components.inspect.inspection import inspect_prompt, logit_lens
+from gpt_components.inspect.inspection_report import render_html, report_data, write_report
+from gpt_components.machinery.checkpoint import save_checkpoint
+from gpt_components.machinery.resources import load_text, resource_path
 from gpt_components.model import GPTConfig
-from gpt_components.resources import load_text, resource_path
 from gpt_components.tokenizers import gpt2_byte_decoder, gpt2_tokenizer
 from gpt_components.training import calc_loss_batch
 from gpt_components.weights import save_pretrained
@@ -361,7 +361,7 @@ MODERN = {  # a small model of each modern family, with grouped-query attention
 
 @pytest.mark.parametrize("preset", sorted(MODERN))
 def test_inspect_prompt_reads_every_family_through_its_trace(preset):
-    from gpt_components.registry import build_model, preset_config
+    from gpt_components.machinery.registry import build_model, preset_config
 
     cfg = preset_config(preset, vocab_size=TOKENIZER.n_vocab, context_length=16, n_layers=2,
                         **MODERN[preset])

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt_components.metrics import (
+from gpt_components.machinery.metrics import (
     METRICS_FILE,
     append_metrics,
     plot_losses,

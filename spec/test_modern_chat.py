@@ -323,8 +323,8 @@ def test_generate_chat_sends_the_prompt_in_the_format_and_stops_at_the_end_of_th
         preset, tmp_path, capsys, monkeypatch):
     from gpt_components import generation
     from gpt_components.cli import main
-    from gpt_components.pretrained import save_pretrained
-    from gpt_components.registry import build_model, preset_config
+    from gpt_components.machinery.pretrained import save_pretrained
+    from gpt_components.machinery.registry import build_model, preset_config
 
     specials, config, end_of_turn = CHATS[preset]
     library = _byte_level_tokenizer(specials)
@@ -356,8 +356,8 @@ def test_generate_chat_sends_the_prompt_in_the_format_and_stops_at_the_end_of_th
 
 def test_generate_chat_needs_a_tokenizer_with_a_chat_format(tmp_path, capsys):
     from gpt_components.cli import main
+    from gpt_components.machinery.pretrained import save_pretrained
     from gpt_components.model import GPTConfig, GPTModel
-    from gpt_components.pretrained import save_pretrained
 
     save_pretrained(GPTModel(GPTConfig(context_length=8, emb_dim=8, n_heads=2, n_layers=1)),
                     tmp_path / "gpt2")  # no tokenizer files: GPT-2's, which has no chat tokens

@@ -16,9 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt_components import from_pretrained, generate, save_pretrained
-from gpt_components.model import GPTConfig, GPTModel, count_parameters
-from gpt_components.modern import DecoderModel, LlamaConfig, Qwen3Config, llama, qwen3
-from gpt_components.registry import (
+from gpt_components.machinery.registry import (
     build_model,
     config_from_dict,
     config_to_dict,
@@ -26,6 +24,8 @@ from gpt_components.registry import (
     preset_config,
     preset_names,
 )
+from gpt_components.model import GPTConfig, GPTModel, count_parameters
+from gpt_components.modern import DecoderModel, LlamaConfig, Qwen3Config, llama, qwen3
 from spec.helpers.hf_exact import Float64Mode
 from spec.strategies import decoding_layout, generator, layouts, seeds
 
@@ -255,7 +255,7 @@ def test_the_cli_trains_generates_and_resumes_a_small_preset_of_each_family(pres
     from safetensors.torch import load_file
 
     from gpt_components.cli import main
-    from gpt_components.resources import load_text
+    from gpt_components.machinery.resources import load_text
 
     corpus = tmp_path / "corpus.txt"
     corpus.write_text(load_text("the-verdict.txt")[:3000], encoding="utf-8")

@@ -24,6 +24,7 @@ from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalize
 from gpt_components.bpe import BPETokenizer
 from gpt_components.corpus import prepare_corpus
 from gpt_components.generation import text_to_token_ids, token_ids_to_text
+from gpt_components.machinery.resources import load_text
 from gpt_components.modern.tokenizers import (
     LLAMA3_PATTERN,
     QWEN2_PATTERN,
@@ -33,7 +34,6 @@ from gpt_components.modern.tokenizers import (
     load_tokenizer,
     read_tiktoken_model,
 )
-from gpt_components.resources import load_text
 from gpt_components.tokenizers import gpt2_byte_decoder
 
 pytestmark = pytest.mark.modern

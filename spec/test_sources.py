@@ -1,4 +1,4 @@
-"""Spec for gpt_components.sources: a model and the tokenizer it comes with, from wherever it is.
+"""Spec for machinery.sources: a model and the tokenizer it comes with, from wherever it is.
 
 References: the tokenizer files themselves (``encoder.json`` read as JSON, the ``tokenizers``
 library reading ``tokenizer.json``), ``tiktoken``'s GPT-2 encoding, and the model's own config.
@@ -15,10 +15,10 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from gpt_components.bpe import BPETokenizer
 from gpt_components.cli import main
-from gpt_components.pretrained import save_pretrained
-from gpt_components.registry import build_model, preset_config
-from gpt_components.resources import load_text
-from gpt_components.sources import (
+from gpt_components.machinery.pretrained import save_pretrained
+from gpt_components.machinery.registry import build_model, preset_config
+from gpt_components.machinery.resources import load_text
+from gpt_components.machinery.sources import (
     TOKENIZER_FILES,
     load_model_and_tokenizer,
     load_tokenizer_spec,

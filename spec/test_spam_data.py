@@ -18,7 +18,7 @@ from gpt_components.finetune.spam_data import (
     spam_splits,
     split_records,
 )
-from gpt_components.resources import resource_path
+from gpt_components.machinery.resources import resource_path
 from gpt_components.tokenizers import gpt2_tokenizer
 from spec.strategies import seeds
 

@@ -39,7 +39,7 @@ from gpt_components import (
 )
 from gpt_components.cli import main
 from gpt_components.finetune.commands import load_start_model
-from gpt_components.resources import load_text
+from gpt_components.machinery.resources import load_text
 
 pytestmark = pytest.mark.ch05
 
@@ -351,7 +351,7 @@ def test_finetuning_reads_weights_with_the_tokenizer_files_beside_them(tmp_path,
     # Real Llama 3 / Qwen3 / Gemma 3 weights come with their own tokenizer: GPT-2's ids would
     # feed such a model the wrong tokens without a word.
     from gpt_components.bpe import BPETokenizer
-    from gpt_components.sources import save_tokenizer
+    from gpt_components.machinery.sources import save_tokenizer
 
     learned = BPETokenizer.train("a small corpus, a small vocabulary", vocab_size=270)
     save_pretrained(tiny_model, tmp_path / "weights")

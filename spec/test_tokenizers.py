@@ -12,7 +12,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 from tiktoken.load import data_gym_to_mergeable_bpe_ranks
 
-from gpt_components.resources import load_text, resource_path
+from gpt_components.machinery.resources import load_text, resource_path
 from gpt_components.tokenizers import (
     ENDOFTEXT,
     GPT2_PATTERN,

@@ -7,8 +7,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpt_components.inspect.trace import ModelTrace
 from gpt_components.model import GPTConfig, GPTModel
-from gpt_components.trace import ModelTrace
 from spec.strategies import generator, random_gpt_model, seeds, tiny_gpt_configs
 
 pytestmark = pytest.mark.inspect

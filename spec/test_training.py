@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from gpt_components import training as training_module
-from gpt_components.checkpoint import latest_checkpoint, load_checkpoint
-from gpt_components.metrics import read_metrics
+from gpt_components.machinery.checkpoint import latest_checkpoint, load_checkpoint
+from gpt_components.machinery.metrics import read_metrics
 from gpt_components.model import GPTConfig, GPTModel
 from gpt_components.training import (
     TrainConfig,

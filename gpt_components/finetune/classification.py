@@ -29,8 +29,8 @@ from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..registry import build_model, config_to_dict
-from ..tensor_files import check_state_dict, read_safetensors
+from ..machinery.registry import build_model, config_to_dict
+from ..machinery.tensor_files import check_state_dict, read_safetensors
 from ..tokenizers import gpt2_tokenizer
 from .loop import check_counts, check_int, finetune_loop
 from .spam_data import SPAM_LABELS

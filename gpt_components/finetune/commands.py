@@ -7,7 +7,7 @@ GPT-2 ``model.safetensors``, or a GPT-2 name to download), from a run directory 
 ``gpt-components train`` or a finetuned output (``--run``), or, with neither, from random weights
 of a ``--preset`` with GPT-2's tokenizer (and say so); ``--lora-rank`` trains low-rank adapters
 instead of the model's own weights. Each model is read with the tokenizer it comes with
-(``gpt_components.sources``), which pads its batches and ends its responses with its own
+(``gpt_components.machinery.sources``), which pads its batches and ends its responses with its own
 end-of-text id, and its output keeps that tokenizer beside the weights. Handlers raise
 ``ValueError`` or ``FileNotFoundError`` with a one-line message; the CLI turns them into its own
 errors.
@@ -37,9 +37,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from ..pretrained import save_pretrained
-from ..registry import build_model, preset_config, preset_names
-from ..sources import (
+from ..machinery.pretrained import save_pretrained
+from ..machinery.registry import build_model, preset_config, preset_names
+from ..machinery.sources import (
     load_model_and_tokenizer,
     load_tokenizer_spec,
     reword_for_flag,

@@ -82,7 +82,7 @@ def load_preference_data(path: str | os.PathLike | None = None) -> list[dict[str
     The bundled ``instruction-data-with-preference.json`` by default: the 1,100 instruction
     records, each with a polite (chosen) and an impolite (rejected) answer.
     """
-    from ..resources import resource_path
+    from ..machinery.resources import resource_path
 
     path = resource_path("instruction-data-with-preference.json") if path is None else path
     if not os.path.isfile(path):

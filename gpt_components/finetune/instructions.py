@@ -31,7 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..generation import generate
-from ..resources import resource_path
+from ..machinery.resources import resource_path
 from ..tokenizers import gpt2_tokenizer
 from ..training import evaluate
 from .loop import check_counts, check_int, finetune_loop

@@ -29,7 +29,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from ..tensor_files import read_safetensors
+from ..machinery.tensor_files import read_safetensors
 
 __all__ = [
     "LoRALayer",

@@ -33,7 +33,7 @@ from typing import NamedTuple, TypeVar
 import torch
 from torch.utils.data import Dataset
 
-from ..resources import resource_path
+from ..machinery.resources import resource_path
 from ..tokenizers import gpt2_tokenizer
 from .loop import check_int
 

@@ -26,8 +26,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..inspect.trace import ModelTrace
 from ..model import _lay_out_blocks, check_token_ids
-from ..trace import ModelTrace
 from .cache import DecoderKVCache
 from .components import ATTENTIONS, FEED_FORWARDS, make_norm
 from .config import DecoderConfig
@@ -142,8 +142,8 @@ class DecoderModel(nn.Module):
         return x, rope, start
 
     def trace(self, idx: torch.Tensor) -> ModelTrace:
-        """One pass over ``idx`` laid open (see ``gpt_components.trace``): each block's input,
-        the attention probabilities of every query head, the logits.
+        """One pass over ``idx`` laid open (see ``gpt_components.inspect.trace``): each block's
+        input, the attention probabilities of every query head, the logits.
 
         Runs in eval mode (restoring the mode after), without gradients or a KV cache.
         """

@@ -1,8 +1,9 @@
 """A model family as the registry sees it: its config class, model class, presets, weights.
 
-A family file (``llama.py``, ``qwen3.py``) declares one ``Family``; ``gpt_components.registry``
-lists them. ``load_pretrained(path, **overrides)`` and ``save_pretrained(model, directory)``
-read and write Hugging Face's layout for the ``model_type`` values in ``hf_model_types``.
+A family file (``llama.py``, ``qwen3.py``) declares one ``Family``;
+``gpt_components.machinery.registry`` lists them. ``load_pretrained(path, **overrides)`` and
+``save_pretrained(model, directory)`` read and write Hugging Face's layout for the
+``model_type`` values in ``hf_model_types``.
 
 >>> from gpt_components.modern import llama
 >>> llama.FAMILY.name, llama.FAMILY.hf_model_types

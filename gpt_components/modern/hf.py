@@ -37,7 +37,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..tensor_files import TensorFileError, _header_problem
+from ..machinery.tensor_files import TensorFileError, _header_problem
 from .family import Family
 from .rope import Llama3RopeScaling
 

@@ -15,7 +15,7 @@ Both answer like tiktoken (``encode(text, allowed_special=..., disallowed_specia
 ``encode_ordinary``, ``decode``, ``n_vocab``, ``eot_token``, ``special_tokens_set``, ``name``),
 so training, the corpus cache and generation take them unchanged. ``load_tokenizer(directory)``
 picks the right one for a downloaded model directory; each one's ``save(directory)`` writes its
-file back (beside finetuned weights, see ``gpt_components.sources``). Chat formats live in
+file back (beside finetuned weights, see ``gpt_components.machinery.sources``). Chat formats live in
 ``modern.chat``.
 
 >>> import regex

@@ -8,10 +8,10 @@ logit lens (each layer's residual stream read through the final norm and the out
 the size of each stage (the norm of the residual stream entering each layer and of what each
 block adds). It uses only ``model.trace``, ``model.final_norm``, ``model.out_head`` and the
 tokenizer, so it works for every model family that implements ``trace``.
-``gpt_components.inspection_report`` draws an ``Inspection`` as an HTML page or PNG files.
+``gpt_components.inspect.inspection_report`` draws an ``Inspection`` as an HTML page or PNG files.
 
-(The module is not called ``inspect``: a file of that name would shadow the standard library's
-``inspect``, which torch imports, for any script run from inside the package's folder.)
+(Its folder is ``inspect``, as the standard library's module is: harmless with the package's
+absolute imports; see ``gpt_components.inspect``.)
 
 >>> import torch
 >>> from gpt_components.model import GPTConfig, GPTModel
@@ -111,8 +111,8 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
 
 def _check(model: Any, text: Any, top_k: Any) -> None:
     if not callable(getattr(model, "trace", None)):
-        raise TypeError(f"model must implement trace(idx) -> ModelTrace (gpt_components.trace), "
-                        f"got {type(model).__name__}")
+        raise TypeError(f"model must implement trace(idx) -> ModelTrace "
+                        f"(gpt_components.inspect.trace), got {type(model).__name__}")
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, got {type(text).__name__}")
     if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:

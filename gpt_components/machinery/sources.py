@@ -77,7 +77,7 @@ def load_tokenizer_spec(spec: str) -> Any:
     if not isinstance(spec, str):
         raise TypeError(f"tokenizer must be 'gpt2' or a directory path, got {spec!r}")
     if spec == "gpt2":
-        from .tokenizers import gpt2_tokenizer
+        from ..tokenizers import gpt2_tokenizer
 
         return gpt2_tokenizer()
     if not Path(spec).is_dir():
@@ -85,10 +85,10 @@ def load_tokenizer_spec(spec: str) -> Any:
                          f"a model directory with tokenizer.model / tokenizer.json, got {spec!r}")
     try:
         if (Path(spec) / "encoder.json").is_file():
-            from .bpe import BPETokenizer
+            from ..bpe import BPETokenizer
 
             return BPETokenizer.load(spec)
-        from .modern.tokenizers import load_tokenizer  # Llama 3's, Qwen3's, Gemma 3's files
+        from ..modern.tokenizers import load_tokenizer  # Llama 3's, Qwen3's, Gemma 3's files
 
         return load_tokenizer(spec)
     except (OSError, ValueError) as error:
@@ -171,8 +171,8 @@ def load_model_and_tokenizer(source: str | os.PathLike[str], tokenizer: str | No
     GPT-2's. ``tokenizer`` (``"gpt2"`` or a directory) overrides that choice. ``overrides`` set
     config fields that do not change shapes (``drop_rate``, ``attn_kernel``).
     """
+    from ..weights import GPT2_NAMES
     from .pretrained import from_pretrained
-    from .weights import GPT2_NAMES
 
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"source must be a path or a GPT-2 name, got {type(source).__name__}")

@@ -9,7 +9,7 @@ family's names live in its own module (``weights`` for GPT-2, ``modern.llama``,
 
 >>> import tempfile
 >>> import torch
->>> from gpt_components.registry import preset_config, build_model
+>>> from gpt_components.machinery.registry import preset_config, build_model
 >>> model = build_model(preset_config("qwen3-nano", vocab_size=100)).eval()
 >>> with tempfile.TemporaryDirectory() as directory:
 ...     again = from_pretrained(save_pretrained(model, directory))

@@ -10,7 +10,7 @@ gradients, in eval mode and without a KV cache, that keeps what a reader wants t
   attention): row ``i`` is how query ``i`` spreads its attention over the keys; rows sum to one.
 - ``logits``: ``[B, T, vocab_size]``, equal to ``model(idx)``.
 
-``gpt_components.inspection`` builds its report from this and ``model.final_norm`` and
+``gpt_components.inspect.inspection`` builds its report from this and ``model.final_norm`` and
 ``model.out_head`` alone, so a family that implements ``trace`` can be inspected.
 
 >>> import torch

@@ -18,7 +18,7 @@ page that links a token to its losses and logit lens. Drawing a causal heatmap o
 few lines, so the page does it itself (``assets/inspection_report.html``).
 
 >>> import torch
->>> from gpt_components.inspection import inspect_prompt
+>>> from gpt_components.inspect.inspection import inspect_prompt
 >>> from gpt_components.model import GPTConfig, GPTModel
 >>> from gpt_components.tokenizers import gpt2_tokenizer
 >>> _ = torch.manual_seed(0)

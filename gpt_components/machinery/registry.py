@@ -22,22 +22,22 @@ from typing import Any
 
 from torch import nn
 
-from .model import MODEL_PRESETS, GPTConfig, GPTModel
-from .modern import deepseek_v3, gemma3, llama, qwen3, qwen3_moe
-from .modern.family import Family
+from ..model import MODEL_PRESETS, GPTConfig, GPTModel
+from ..modern import deepseek_v3, gemma3, llama, qwen3, qwen3_moe
+from ..modern.family import Family
 
 __all__ = ["Family", "FAMILIES", "family_of", "family_for_model_type", "config_to_dict",
            "config_from_dict", "build_model", "preset_config", "preset_names"]
 
 
 def _load_gpt2(path: Any, **overrides: Any) -> nn.Module:
-    from .weights import load_pretrained
+    from ..weights import load_pretrained
 
     return load_pretrained(path, **overrides)
 
 
 def _save_gpt2(model: nn.Module, directory: Any) -> Any:
-    from .weights import save_pretrained
+    from ..weights import save_pretrained
 
     return save_pretrained(model, directory)
 
