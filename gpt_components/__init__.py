@@ -21,6 +21,7 @@ __version__ = "0.1.0"
 #: The modules whose ``__all__`` makes up the public API, in the order of the pipeline. Making a
 #: module public is one line here: every name in its ``__all__`` becomes ``gpt_components.NAME``.
 _PUBLIC_MODULES = (
+    "machinery.checks",
     "fundamentals",
     "machinery.resources",
     "tokenizers",
