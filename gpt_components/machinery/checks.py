@@ -13,10 +13,10 @@ The rules they hold to:
 
 >>> check_int("batch_size", 8, low=1)
 8
->>> check_float("lr", 0, low=0.0, low_open=True)
+>>> check_float("lr", 0, low=0, low_open=True)
 Traceback (most recent call last):
 ...
-gpt_components.machinery.checks.ArgumentValueError: lr must be a float > 0, got 0
+ArgumentValueError: lr must be a float > 0, got 0
 >>> try:
 ...     check_choice("attn_kernel", "spda", ("sdpa", "textbook"))
 ... except ArgumentError as error:
