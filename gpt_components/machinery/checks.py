@@ -16,7 +16,7 @@ The rules they hold to:
 >>> check_float("lr", 0, low=0, low_open=True)
 Traceback (most recent call last):
 ...
-ArgumentValueError: lr must be a float > 0, got 0
+gpt_components.machinery.checks.ArgumentValueError: lr must be a float > 0, got 0
 >>> try:
 ...     check_choice("attn_kernel", "spda", ("sdpa", "textbook"))
 ... except ArgumentError as error:
