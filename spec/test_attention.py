@@ -502,9 +502,7 @@ BAD_ARGUMENTS = [
 @pytest.mark.parametrize(("cls", "name", "value", "error"), BAD_ARGUMENTS,
                          ids=lambda v: getattr(v, "__name__", repr(v)))
 def test_bad_constructor_arguments_raise_errors_naming_the_parameter(cls, name, value, error):
-    message = rf"^{name} must be .*{re.escape(repr(value))}"
-    if error is TypeError:  # a wrong type is named too
-        message += rf" \({type(value).__name__}\)"
+    message = rf"^{name} must be .*{re.escape(repr(value))}$"
     with pytest.raises(error, match=message):
         cls(**{**VALID[cls], name: value})
 
@@ -527,7 +525,8 @@ def test_dropout_in_zero_to_one_is_accepted(dropout):
 CAUSAL_MODULES = [CausalAttention, MultiHeadAttentionWrapper, MultiHeadAttention]
 BAD_INPUTS = [
     ([[0.0] * 4], TypeError, r"^x must be a torch\.Tensor, got list"),
-    (torch.zeros(1, 2, 4, dtype=torch.long), TypeError, r"^x must be a floating-point.*int64"),
+    (torch.zeros(1, 2, 4, dtype=torch.long), TypeError,
+     r"^x must hold floating numbers, got dtype torch\.int64$"),
     (torch.zeros(4), ValueError, r"^x must be .*3-D.*got shape \(4,\)"),
     (torch.zeros(1, 1, 2, 4), ValueError, r"^x must be .*3-D.*got shape \(1, 1, 2, 4\)"),
     (torch.zeros(1, 2, 3), ValueError, r"^x must have d_in=4 features in its last dim, got 3"),
@@ -571,7 +570,8 @@ def test_more_tokens_than_context_length_is_rejected_and_a_full_context_accepted
                                 SelfAttentionV2(4, 4)], ids=["simple", "V1", "V2"])
 @pytest.mark.parametrize(("x", "error", "message"), [
     ("text", TypeError, r"^x must be a torch\.Tensor, got str"),
-    (torch.zeros(2, 4, dtype=torch.int32), TypeError, r"^x must be a floating-point.*int32"),
+    (torch.zeros(2, 4, dtype=torch.int32), TypeError,
+     r"^x must hold floating numbers, got dtype torch\.int32$"),
     (torch.zeros(4), ValueError, r"^x must be 2-D or 3-D .*got shape \(4,\)"),
     (torch.zeros(1, 1, 2, 4), ValueError, r"^x must be 2-D or 3-D .*got shape \(1, 1, 2, 4\)"),
 ], ids=["str", "int32", "1-D", "4-D"])
