@@ -260,7 +260,10 @@ def _decoding_head(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _check_logits(logits: Any) -> None:
-    check_tensor("logits", logits, dims=2, kind="floating")
+    check_tensor("logits", logits, kind="floating")
+    if logits.dim() != 2:
+        raise value_error("logits", f"logits must be a 2-D [batch, vocab] tensor, got shape "
+                                    f"{tuple(logits.shape)}")
     if logits.is_meta:
         raise value_error("logits", "logits must hold values, got a tensor on the meta device")
     if bool((~(logits < math.inf)).any()):  # NaN compares False, so one pass finds both
@@ -279,8 +282,8 @@ def _check_model(model: Any) -> None:
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None,
                     generator: torch.Generator | None) -> None:
-    check_float("temperature", temperature, low=0.0)
+    check_float("temperature", temperature, low=0)
     check_int("top_k", top_k, low=1, optional=True)
-    check_float("top_p", top_p, low=0.0, high=1.0, low_open=True, optional=True)
+    check_float("top_p", top_p, low=0, high=1, low_open=True, optional=True)
     if generator is not None:
         check_instance("generator", generator, torch.Generator, "a torch.Generator or None")

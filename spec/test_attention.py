@@ -584,3 +584,80 @@ def test_bad_inputs_to_self_attention_raise_errors_naming_x(fn, x, error, messag
 def test_self_attention_rejects_inputs_with_the_wrong_feature_count(cls):
     with pytest.raises(ValueError, match=r"^x must have d_in=4 features in its last dim, got 5"):
         cls(4, 3)(torch.zeros(2, 5))
+
+
+def every_attention_module():
+    """One of each attention module and block, the book's and the modern ones, float32."""
+    from gpt_components.modern.attention import GroupedQueryAttention
+    from gpt_components.modern.config import DecoderConfig
+    from gpt_components.modern.decoder import DecoderBlock
+    from gpt_components.modern.latent_attention import MultiHeadLatentAttention
+    from gpt_components.modern.sliding_window import SlidingWindowAttention
+    from gpt_components.transformer import CausalSelfAttention, TransformerBlock
+
+    cfg = {"emb_dim": 8, "context_length": 4, "n_heads": 2, "drop_rate": 0.0}
+    decoder = DecoderConfig(vocab_size=16, context_length=4, emb_dim=8, n_layers=1, n_heads=2,
+                            n_kv_heads=1, hidden_dim=16)
+    return {
+        "MultiHeadAttention": MultiHeadAttention(8, 8, 4, 0.0, 2),
+        "CausalSelfAttention": CausalSelfAttention(8, 8, 4, 0.0, 2),
+        "TransformerBlock": TransformerBlock(cfg),
+        "GroupedQueryAttention": GroupedQueryAttention(8, 2, 1, 4),
+        "SlidingWindowAttention": SlidingWindowAttention(8, 2, 1, 4, window=2),
+        "MultiHeadLatentAttention": MultiHeadLatentAttention(
+            8, 2, q_lora_rank=None, kv_lora_rank=4, qk_nope_head_dim=2, qk_rope_head_dim=2,
+            v_head_dim=2),
+        "DecoderBlock": DecoderBlock(decoder, 0),
+    }
+
+
+def call(name, module, x):
+    if name == "DecoderBlock":  # the block takes the model's RoPE tables: here no rotation
+        return module(x, {module.rope: (torch.ones(3, 4), torch.zeros(3, 4))})
+    return module(x)
+
+
+@pytest.mark.parametrize("name", sorted(every_attention_module()))
+@pytest.mark.parametrize("dtype", [torch.long, torch.int32, torch.bool])
+def test_integer_or_bool_activations_are_a_type_error_naming_x_in_every_attention(name, dtype):
+    module = every_attention_module()[name]
+    assert call(name, module, torch.zeros(1, 3, 8)).shape == (1, 3, 8)
+    with pytest.raises(TypeError, match=r"^x must hold floating numbers") as error:
+        call(name, module, torch.zeros(1, 3, 8, dtype=dtype))
+    assert error.value.parameter == "x"
+
+
+def constructors():
+    """The book's and the modern attention, each made from (size, kernel, dropout)."""
+    from gpt_components.modern.attention import GroupedQueryAttention
+    from gpt_components.modern.latent_attention import MultiHeadLatentAttention
+    from gpt_components.transformer import CausalSelfAttention
+
+    return {
+        "CausalSelfAttention": lambda size=2, kernel="sdpa", dropout=0.0: CausalSelfAttention(
+            8, 8, 4, dropout, size, kernel=kernel),
+        "GroupedQueryAttention": lambda size=2, kernel="sdpa", dropout=0.0:
+            GroupedQueryAttention(8, size, 1, 4, kernel=kernel, dropout=dropout),
+        "MultiHeadLatentAttention": lambda size=2, kernel="sdpa", dropout=0.0:
+            MultiHeadLatentAttention(8, size, q_lora_rank=None, kv_lora_rank=4,
+                                     qk_nope_head_dim=2, qk_rope_head_dim=2, v_head_dim=2,
+                                     kernel=kernel),
+    }
+
+
+@pytest.mark.parametrize(("mistake", "error", "parameter"), [
+    ({"size": True}, TypeError, None), ({"size": 2.5}, TypeError, None),
+    ({"size": "2"}, TypeError, None), ({"size": 0}, ValueError, None),
+    ({"kernel": "flash"}, ValueError, "kernel"), ({"kernel": None}, ValueError, "kernel"),
+    ({"dropout": "0.1"}, TypeError, "dropout"), ({"dropout": 1.0}, ValueError, "dropout"),
+    ({"dropout": True}, TypeError, "dropout"),
+])
+def test_the_same_constructor_mistake_is_the_same_error_in_every_attention(
+        mistake, error, parameter):
+    for name, make in constructors().items():
+        if "dropout" in mistake and name == "MultiHeadLatentAttention":
+            continue  # DeepSeek's attention has no dropout
+        with pytest.raises(error) as raised:
+            make(**mistake)
+        expected = parameter or ("num_heads" if name == "CausalSelfAttention" else "n_heads")
+        assert raised.value.parameter == expected, name
