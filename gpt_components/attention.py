@@ -30,7 +30,14 @@ import math
 import torch
 from torch import nn
 
-from .machinery.checks import check_bool, check_float, check_int, check_tensor, value_error
+from .machinery.checks import (
+    check_bool,
+    check_float,
+    check_int,
+    check_tensor,
+    type_error,
+    value_error,
+)
 
 __all__ = [
     "ATTENTION_KERNELS",
@@ -68,16 +75,17 @@ def _check_like(x: torch.Tensor, weight: torch.Tensor, name: str = "x") -> None:
                                 f"on {weight.device}: move one to the other ({name}.to(...) or "
                                 f"module.to(...))")
     if x.dtype != weight.dtype and not _autocasting(x.device.type):
-        raise value_error(name, f"{name} has dtype {x.dtype}, but the module's weights are "
-                                f"{weight.dtype}: convert one to the other "
-                                f"({name}.to({weight.dtype}) or module.to({x.dtype}))")
+        raise type_error(name, f"{name} has dtype {x.dtype}, but the module's weights are "
+                               f"{weight.dtype}: convert one to the other "
+                               f"({name}.to({weight.dtype}) or module.to({x.dtype}))")
 
 
-def _check_features(x: object, d_in: int | None, dims: tuple[int, ...],
+def check_features(x: object, d_in: int | None, dims: tuple[int, ...],
                     like: torch.Tensor | None = None, name: str = "x") -> torch.Tensor:
     """``x`` is a floating tensor with ``len(x.shape)`` in ``dims`` and ``d_in`` features.
 
-    With ``like`` (a weight of the module), ``x`` must also share its device and dtype.
+    With ``like`` (a weight of the module), ``x`` must also share its device and dtype. Every
+    attention module checks its input with this, the modern ones too: one mistake, one error.
     """
     check_tensor(name, x, kind="floating")
     if like is not None:
@@ -95,7 +103,7 @@ def _check_features(x: object, d_in: int | None, dims: tuple[int, ...],
 def _check_tokens(x: object, d_in: int, context_length: int,
                   like: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` is ``[batch, tokens, d_in]`` floating point with ``tokens <= context_length``."""
-    x = _check_features(x, d_in, (3,), like)
+    x = check_features(x, d_in, (3,), like)
     if x.shape[1] > context_length:
         raise value_error("x", f"x has {x.shape[1]} tokens, more than context_length="
                                f"{context_length} (tokens must be <= context_length)")
@@ -113,7 +121,7 @@ def simple_self_attention(x: torch.Tensor) -> torch.Tensor:
 
     ``x`` is ``[T, d]`` or ``[B, T, d]``; the result has the same shape. No scaling, no weights.
     """
-    x = _check_features(x, None, (2, 3))
+    x = check_features(x, None, (2, 3))
     scores = x @ x.transpose(-2, -1)  # (..., T, T)
     weights = torch.softmax(scores, dim=-1)
     return weights @ x  # (..., T, d)
@@ -136,7 +144,7 @@ class SelfAttentionV1(nn.Module):
         self.W_value = nn.Parameter(torch.rand(d_in, d_out, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_features(x, self.d_in, (2, 3), self.W_query)
+        x = check_features(x, self.d_in, (2, 3), self.W_query)
         # (..., T, d_in) @ (d_in, d_out) -> (..., T, d_out)
         queries, keys, values = x @ self.W_query, x @ self.W_key, x @ self.W_value
         scores = queries @ keys.transpose(-2, -1)  # (..., T, T)
@@ -159,7 +167,7 @@ class SelfAttentionV2(nn.Module):
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_features(x, self.d_in, (2, 3), _a_weight(self))
+        x = check_features(x, self.d_in, (2, 3), _a_weight(self))
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)  # (..., T, d_out)
         scores = queries @ keys.transpose(-2, -1)  # (..., T, T)
         weights = torch.softmax(scores / math.sqrt(self.d_out), dim=-1)

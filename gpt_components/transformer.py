@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ATTENTION_KERNELS, MultiHeadAttention, _a_weight, _check_features
+from .attention import ATTENTION_KERNELS, MultiHeadAttention, _a_weight, check_features
 from .kv_cache import CacheStack, LayerCache
 from .machinery.checks import (
     check_choice,
@@ -155,7 +155,7 @@ class CausalSelfAttention(MultiHeadAttention):
         """
         if kv_cache is None and self.kernel == "textbook":
             return super().forward(x)
-        x = _check_features(x, self.d_in, (3,), _a_weight(self))
+        x = check_features(x, self.d_in, (3,), _a_weight(self))
         kv_cache = _layer_cache(kv_cache, layer)
         b, t, _ = x.shape
         start = 0 if kv_cache is None else kv_cache.length
@@ -220,7 +220,7 @@ class TransformerBlock(nn.Module):
     def forward(self, x: torch.Tensor, kv_cache: LayerCache | CacheStack | None = None,
                 layer: int = 0) -> torch.Tensor:
         """``x`` (B, T, emb) through attention and feed-forward; ``kv_cache`` as attention's."""
-        _check_features(x, self.norm1.scale.shape[0], (3,), _a_weight(self))
+        check_features(x, self.norm1.scale.shape[0], (3,), _a_weight(self))
         x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache=kv_cache, layer=layer))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
@@ -230,7 +230,7 @@ class TransformerBlock(nn.Module):
         Whatever ``attn_kernel`` the block has, this computes the same function (the spec
         proves the kernels agree), so the weights returned are the ones that made the output.
         """
-        _check_features(x, self.norm1.scale.shape[0], (3,), _a_weight(self))
+        check_features(x, self.norm1.scale.shape[0], (3,), _a_weight(self))
         attended, weights = self.att.forward_with_weights(self.norm1(x))
         x = x + self.drop_shortcut(attended)
         return x + self.drop_shortcut(self.ff(self.norm2(x))), weights

@@ -627,6 +627,19 @@ def test_integer_or_bool_activations_are_a_type_error_naming_x_in_every_attentio
     assert error.value.parameter == "x"
 
 
+@pytest.mark.parametrize("name", sorted(every_attention_module()))
+def test_activations_of_another_dtype_or_width_are_refused_alike_in_every_attention(name):
+    module = every_attention_module()[name]
+    for x, error, message in ((torch.zeros(1, 3, 8, dtype=torch.float64), TypeError,
+                               r"^x has dtype torch\.float64, but the module's weights are "
+                               r"torch\.float32"),
+                              (torch.zeros(1, 3, 5), ValueError, r"^x must have .*8 features"),
+                              (torch.zeros(3, 8), ValueError, r"^x must be 3-D")):
+        with pytest.raises(error, match=message) as raised:
+            call(name, module, x)
+        assert raised.value.parameter == "x"
+
+
 def constructors():
     """The book's and the modern attention, each made from (size, kernel, dropout)."""
     from gpt_components.modern.attention import GroupedQueryAttention

@@ -29,14 +29,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import ATTENTION_KERNELS  # the one definition (config reads it from here too)
+from ..attention import ATTENTION_KERNELS, check_features  # (config reads the kernels here)
 from ..kv_cache import LayerCache, LayerKVCache
 from ..machinery.checks import (
     check_bool,
     check_choice,
     check_float,
     check_int,
-    check_tensor,
     type_error,
     value_error,
 )
@@ -44,15 +43,6 @@ from .norms import RMSNorm
 from .rope import apply_rope
 
 __all__ = ["GroupedQueryAttention"]
-
-def check_attention_input(x: object, features: int, weight: torch.Tensor) -> torch.Tensor:
-    """``x`` is a floating (B, T, ``features``) tensor on the device of the module's ``weight``."""
-    check_tensor("x", x, dims=3, kind="floating", device=weight.device)
-    if x.shape[-1] != features:
-        raise value_error("x", f"x must have emb_dim={features} features in its last dim, got "
-                               f"shape {tuple(x.shape)}")
-    return x
-
 
 def first_position(cache: LayerCache | None, start: int | None) -> int:
     """The position of the first new token: after the cache's, or ``start`` (0) without one."""
@@ -123,7 +113,7 @@ class GroupedQueryAttention(nn.Module):
         without a cache); the new keys and values are stored in it.
         ``need_weights``: also return the probabilities (B, n_heads, T, start + T).
         """
-        check_attention_input(x, self.emb_dim, self.W_query.weight)
+        check_features(x, self.emb_dim, (3,), next(self.parameters()))
         start = first_position(cache, start)
         b, t, _ = x.shape
         q = self.W_query(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, nh, hd)

@@ -25,8 +25,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..attention import check_features
 from ..kv_cache import LayerCache
-from ..machinery.checks import check_instance, check_tensor
+from ..machinery.checks import check_instance
 from ..machinery.language_model import LanguageModel
 from .cache import DecoderKVCache
 from .components import ATTENTIONS, FEED_FORWARDS, make_norm
@@ -45,6 +46,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, cfg: DecoderConfig, index: int) -> None:
         super().__init__()
         spec = cfg.layer(index)
+        self.emb_dim = cfg.emb_dim
         self.rope = spec.rope  # which of the model's RoPE tables this block's attention uses
         self.norm1 = make_norm(cfg, cfg.emb_dim)
         self.att = ATTENTIONS[spec.attention](cfg, spec)
@@ -59,7 +61,7 @@ class DecoderBlock(nn.Module):
                 need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """``x`` (B, T, emb) at positions ``start ..`` (default: after ``cache``'s positions)
         through attention and feed-forward; ``rope`` holds the model's tables for them."""
-        check_tensor("x", x, dims=3, kind="floating")
+        check_features(x, self.emb_dim, (3,), next(self.parameters()))
         table = None if self.rope is None else rope[self.rope]
         attended = self.att(self.norm1(x), table, cache, start, need_weights)
         weights = None

@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..attention import ATTENTION_KERNELS
+from ..attention import ATTENTION_KERNELS, check_features
 from ..kv_cache import LayerCache
 from ..machinery.checks import check_bool, check_choice, check_float, check_int, value_error
-from .attention import check_attention_input, first_position
+from .attention import first_position
 from .norms import RMSNorm
 from .rope import apply_rope
 
@@ -168,7 +168,7 @@ class MultiHeadLatentAttention(nn.Module):
         ``absorb=True`` attends over the latents with the up-projections folded into the query
         and the output (the decoding path); ``need_weights`` returns the probabilities too.
         """
-        check_attention_input(x, self.emb_dim, self.W_kv_down.weight)
+        check_features(x, self.emb_dim, (3,), next(self.parameters()))
         start = first_position(cache, start)
         b, t, _ = x.shape
         q_nope, q_rope = self._queries(x, rope)
