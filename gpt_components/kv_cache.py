@@ -170,6 +170,8 @@ class CacheStack(Cache):
         for layer in layers:
             check_instance("layers", layer, LayerCache, "a LayerCache per layer")
         self.layers = nn.ModuleList(layers)
+        # Read at every forward pass, so worked out once: a layer's kind and shapes never change.
+        self._layout = tuple(layer.layout for layer in layers)
 
     def _distinct(self) -> list[LayerCache]:
         return list({id(layer): layer for layer in self.layers}.values())
@@ -187,7 +189,7 @@ class CacheStack(Cache):
     @property
     def layout(self) -> tuple:
         """Every layer's ``layout``: a model accepts a stack whose layout is its own."""
-        return tuple(layer.layout for layer in self.layers)
+        return self._layout
 
 
 class KVCache(CacheStack):

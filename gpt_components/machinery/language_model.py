@@ -230,7 +230,7 @@ class LanguageModel(nn.Module):
             raise value_error("kv_cache", f"kv_cache was not made for this model: its layer "
                                           f"{layer} holds {got[layer]}, the model's needs "
                                           f"{want[layer]} ({remedy})")
-        buffer = next(kv_cache.buffers(), None)
+        buffer = next(kv_cache.layers[0].buffers(), None)  # the stack's all share one
         if buffer is not None and (buffer.device, buffer.dtype) != (weight.device, weight.dtype):
             raise value_error("kv_cache", f"kv_cache holds {buffer.dtype} on {buffer.device}, "
                                           f"but the model is {weight.dtype} on {weight.device}: "
