@@ -10,7 +10,10 @@ Sampling order: top-k, then top-p (on the top-k distribution), then temperature,
 from the given ``torch.Generator``; ``temperature=0`` is greedy. Past the context length the
 model sees the last ``context_size`` tokens (a sliding window). With the cache, a full window
 rebuilds the cache from those tokens, because GPT-2's absolute position embeddings make shifted
-keys wrong: cached and uncached decoding compute the same function.
+keys wrong: cached and uncached decoding compute the same function. The cache is made for the
+positions generation will feed (the prompt and every new token but the last, at most the
+window), not for the whole context: a few tokens of a model with a long context cost a few
+tokens of cache.
 
 >>> import torch
 >>> from gpt_components.model import GPTConfig, GPTModel

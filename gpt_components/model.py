@@ -3,7 +3,9 @@
 Exports ``GPTConfig`` (a dataclass with named presets: ``GPTConfig.from_name("gpt2-small")``,
 the four published GPT-2 sizes and small ones that train on a laptop CPU), ``GPTModel``
 (token and position embeddings, ``n_layers`` transformer blocks, a final norm and the output
-head), ``count_parameters`` and ``memory_footprint_mb``.
+head), ``count_parameters`` and ``memory_footprint_mb``. ``GPTModel`` is a ``LanguageModel``
+(``gpt_components.machinery.language_model``): the checks, the cache, ``trace`` and the weight
+layout are the interface every family shares; this module writes what is GPT-2's own.
 
 >>> import torch
 >>> cfg = GPTConfig.from_name("gpt-nano", vocab_size=100)
