@@ -275,3 +275,4 @@ def test_every_family_is_a_language_model_whose_forward_is_the_head_of_its_hidde
     assert isinstance(cache, CacheStack) and cache.max_tokens == 5
     assert len(cache.layers) == len(model.trf_blocks)
     assert isinstance(family("gpt2").new_kv_cache(1), KVCache)
+    assert family("gpt2").auxiliary_loss() is None  # a dense model adds no training loss

@@ -10,7 +10,8 @@ modern families). It owns what they do the same way, once:
   advances the cache;
 - ``trace(idx)`` lays one pass open (``gpt_components.inspect.trace``);
 - ``new_kv_cache(batch_size, max_tokens=None)`` checks its sizes and makes the cache;
-- ``train(mode)`` switches the blocks' weight layout (``lay_out_blocks``).
+- ``train(mode)`` switches the blocks' weight layout (``lay_out_blocks``);
+- ``auxiliary_loss()`` is None unless a family adds a training loss (a mixture of experts).
 
 A family writes only what differs, as four hooks: ``_embed(idx, start)`` (the embeddings of
 the ids at positions ``start ..``, with whatever its blocks need besides, such as RoPE tables),
@@ -192,6 +193,13 @@ class LanguageModel(nn.Module):
                                             f"{context}], got {max_tokens!r}")
         weight = self.tok_emb.weight
         return self._new_cache(batch_size, max_tokens, weight.device, weight.dtype)
+
+    def auxiliary_loss(self) -> torch.Tensor | None:
+        """A loss the last forward pass adds to the next-token loss in training (None: none).
+
+        Dense models have none; a mixture of experts returns its routers' load-balancing loss.
+        """
+        return None
 
     def _check_input(self, idx: Any, kv_cache: Any) -> int:
         """Refuse bad ids or a cache that does not fit, before any work; the first position."""
