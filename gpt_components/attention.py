@@ -30,7 +30,17 @@ import math
 import torch
 from torch import nn
 
+from .machinery.checks import (
+    check_bool,
+    check_float,
+    check_int,
+    check_tensor,
+    type_error,
+    value_error,
+)
+
 __all__ = [
+    "ATTENTION_KERNELS",
     "simple_self_attention",
     "SelfAttentionV1",
     "SelfAttentionV2",
@@ -40,29 +50,10 @@ __all__ = [
 ]
 
 
-def _check_size(name: str, value: object) -> int:
-    """A positive integer size (bool rejected: ``True`` is not a size)."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r} ({type(value).__name__})")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
-    return value
-
-
-def _check_dropout(dropout: object) -> float:
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)):
-        raise TypeError(
-            f"dropout must be a float in [0, 1), got {dropout!r} ({type(dropout).__name__})"
-        )
-    if not 0.0 <= dropout < 1.0:  # also rejects NaN
-        raise ValueError(f"dropout must be a float in [0, 1), got {dropout}")
-    return float(dropout)
-
-
-def _check_bool(name: str, value: object) -> bool:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
-    return value
+#: How an attention layer computes ``softmax(q k^T / sqrt(d)) v``: ``"sdpa"`` calls
+#: ``torch.nn.functional.scaled_dot_product_attention`` (fused kernels), ``"textbook"`` writes the
+#: scores, mask and softmax out as this chapter does. Every attention module takes one of these.
+ATTENTION_KERNELS = ("sdpa", "textbook")
 
 
 def _autocasting(device_type: str) -> bool:
@@ -77,46 +68,45 @@ def _a_weight(module: nn.Module) -> torch.Tensor | None:
     return next(module.parameters(), None)
 
 
-def _check_like(x: torch.Tensor, weight: torch.Tensor) -> None:
+def _check_like(x: torch.Tensor, weight: torch.Tensor, name: str = "x") -> None:
     """``x`` sits on the weights' device in their dtype (autocast may lower the dtype)."""
     if x.device != weight.device:
-        raise ValueError(f"x is on device {x.device}, but the module's weights are on "
-                         f"{weight.device}: move one to the other (x.to(...) or module.to(...))")
+        raise value_error(name, f"{name} is on device {x.device}, but the module's weights are "
+                                f"on {weight.device}: move one to the other ({name}.to(...) or "
+                                f"module.to(...))")
     if x.dtype != weight.dtype and not _autocasting(x.device.type):
-        raise TypeError(f"x has dtype {x.dtype}, but the module's weights are {weight.dtype}: "
-                        f"convert one to the other (x.to({weight.dtype}) or "
-                        f"module.to({x.dtype}))")
+        raise type_error(name, f"{name} has dtype {x.dtype}, but the module's weights are "
+                               f"{weight.dtype}: convert one to the other "
+                               f"({name}.to({weight.dtype}) or module.to({x.dtype}))")
 
 
-def _check_features(x: object, d_in: int | None, dims: tuple[int, ...],
-                    like: torch.Tensor | None = None) -> torch.Tensor:
+def check_features(x: object, d_in: int | None, dims: tuple[int, ...],
+                    like: torch.Tensor | None = None, name: str = "x") -> torch.Tensor:
     """``x`` is a floating tensor with ``len(x.shape)`` in ``dims`` and ``d_in`` features.
 
-    With ``like`` (a weight of the module), ``x`` must also share its device and dtype.
+    With ``like`` (a weight of the module), ``x`` must also share its device and dtype. Every
+    attention module checks its input with this, the modern ones too: one mistake, one error.
     """
-    if not isinstance(x, torch.Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
+    check_tensor(name, x, kind="floating")
     if like is not None:
-        _check_like(x, like)
+        _check_like(x, like, name)
     if x.dim() not in dims:
         allowed = " or ".join(f"{d}-D" for d in dims)
-        raise ValueError(f"x must be {allowed} [..., tokens, d_in], got shape {tuple(x.shape)}")
+        raise value_error(name, f"{name} must be {allowed} [..., tokens, d_in], got shape "
+                                f"{tuple(x.shape)}")
     if d_in is not None and x.shape[-1] != d_in:
-        raise ValueError(f"x must have d_in={d_in} features in its last dim, got {x.shape[-1]}")
+        raise value_error(name, f"{name} must have d_in={d_in} features in its last dim, got "
+                                f"{x.shape[-1]}")
     return x
 
 
 def _check_tokens(x: object, d_in: int, context_length: int,
                   like: torch.Tensor | None = None) -> torch.Tensor:
     """``x`` is ``[batch, tokens, d_in]`` floating point with ``tokens <= context_length``."""
-    x = _check_features(x, d_in, (3,), like)
+    x = check_features(x, d_in, (3,), like)
     if x.shape[1] > context_length:
-        raise ValueError(
-            f"x has {x.shape[1]} tokens, more than context_length={context_length} "
-            f"(tokens must be <= context_length)"
-        )
+        raise value_error("x", f"x has {x.shape[1]} tokens, more than context_length="
+                               f"{context_length} (tokens must be <= context_length)")
     return x
 
 
@@ -131,7 +121,7 @@ def simple_self_attention(x: torch.Tensor) -> torch.Tensor:
 
     ``x`` is ``[T, d]`` or ``[B, T, d]``; the result has the same shape. No scaling, no weights.
     """
-    x = _check_features(x, None, (2, 3))
+    x = check_features(x, None, (2, 3))
     scores = x @ x.transpose(-2, -1)  # (..., T, T)
     weights = torch.softmax(scores, dim=-1)
     return weights @ x  # (..., T, d)
@@ -147,14 +137,14 @@ class SelfAttentionV1(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        self.d_in = _check_size("d_in", d_in)
-        self.d_out = _check_size("d_out", d_out)
+        self.d_in = check_int("d_in", d_in, low=1)
+        self.d_out = check_int("d_out", d_out, low=1)
         self.W_query = nn.Parameter(torch.rand(d_in, d_out, generator=generator))
         self.W_key = nn.Parameter(torch.rand(d_in, d_out, generator=generator))
         self.W_value = nn.Parameter(torch.rand(d_in, d_out, generator=generator))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_features(x, self.d_in, (2, 3), self.W_query)
+        x = check_features(x, self.d_in, (2, 3), self.W_query)
         # (..., T, d_in) @ (d_in, d_out) -> (..., T, d_out)
         queries, keys, values = x @ self.W_query, x @ self.W_key, x @ self.W_value
         scores = queries @ keys.transpose(-2, -1)  # (..., T, T)
@@ -170,14 +160,14 @@ class SelfAttentionV2(nn.Module):
 
     def __init__(self, d_in: int, d_out: int, qkv_bias: bool = False) -> None:
         super().__init__()
-        self.d_in = _check_size("d_in", d_in)
-        self.d_out = _check_size("d_out", d_out)
-        self.W_query = nn.Linear(d_in, d_out, bias=_check_bool("qkv_bias", qkv_bias))
+        self.d_in = check_int("d_in", d_in, low=1)
+        self.d_out = check_int("d_out", d_out, low=1)
+        self.W_query = nn.Linear(d_in, d_out, bias=check_bool("qkv_bias", qkv_bias))
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = _check_features(x, self.d_in, (2, 3), _a_weight(self))
+        x = check_features(x, self.d_in, (2, 3), _a_weight(self))
         queries, keys, values = self.W_query(x), self.W_key(x), self.W_value(x)  # (..., T, d_out)
         scores = queries @ keys.transpose(-2, -1)  # (..., T, T)
         weights = torch.softmax(scores / math.sqrt(self.d_out), dim=-1)
@@ -195,13 +185,14 @@ class CausalAttention(nn.Module):
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
                  qkv_bias: bool = False) -> None:
         super().__init__()
-        self.d_in = _check_size("d_in", d_in)
-        self.d_out = _check_size("d_out", d_out)
-        self.context_length = _check_size("context_length", context_length)
-        self.W_query = nn.Linear(d_in, d_out, bias=_check_bool("qkv_bias", qkv_bias))
+        self.d_in = check_int("d_in", d_in, low=1)
+        self.d_out = check_int("d_out", d_out, low=1)
+        self.context_length = check_int("context_length", context_length, low=1)
+        self.W_query = nn.Linear(d_in, d_out, bias=check_bool("qkv_bias", qkv_bias))
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
-        self.dropout = nn.Dropout(_check_dropout(dropout))
+        self.dropout = nn.Dropout(check_float("dropout", dropout, low=0.0, high=1.0,
+                                              high_open=True))
         self.register_buffer("mask", _causal_mask(context_length), persistent=False)
 
     def attention_weights(self, x: torch.Tensor) -> torch.Tensor:
@@ -232,7 +223,7 @@ class MultiHeadAttentionWrapper(nn.Module):
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
                  num_heads: int, qkv_bias: bool = False) -> None:
         super().__init__()
-        self.num_heads = _check_size("num_heads", num_heads)
+        self.num_heads = check_int("num_heads", num_heads, low=1)
         self.heads = nn.ModuleList(
             CausalAttention(d_in, d_out, context_length, dropout, qkv_bias)
             for _ in range(num_heads)
@@ -256,21 +247,21 @@ class MultiHeadAttention(nn.Module):
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
                  num_heads: int, qkv_bias: bool = False) -> None:
         super().__init__()
-        self.d_in = _check_size("d_in", d_in)
-        self.d_out = _check_size("d_out", d_out)
-        self.num_heads = _check_size("num_heads", num_heads)
-        self.context_length = _check_size("context_length", context_length)
+        self.d_in = check_int("d_in", d_in, low=1)
+        self.d_out = check_int("d_out", d_out, low=1)
+        self.num_heads = check_int("num_heads", num_heads, low=1)
+        self.context_length = check_int("context_length", context_length, low=1)
         if d_out % num_heads != 0:
-            raise ValueError(
-                f"d_out ({d_out}) must be divisible by num_heads ({num_heads}): "
-                f"each head gets d_out // num_heads features"
-            )
+            raise value_error("d_out", f"d_out ({d_out}) must be divisible by num_heads "
+                                       f"({num_heads}): each head gets d_out // num_heads "
+                                       f"features")
         self.head_dim = d_out // num_heads
-        self.W_query = nn.Linear(d_in, d_out, bias=_check_bool("qkv_bias", qkv_bias))
+        self.W_query = nn.Linear(d_in, d_out, bias=check_bool("qkv_bias", qkv_bias))
         self.W_key = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.W_value = nn.Linear(d_in, d_out, bias=qkv_bias)
         self.out_proj = nn.Linear(d_out, d_out)
-        self.dropout = nn.Dropout(_check_dropout(dropout))
+        self.dropout = nn.Dropout(check_float("dropout", dropout, low=0.0, high=1.0,
+                                              high_open=True))
         self.register_buffer("mask", _causal_mask(context_length), persistent=False)
 
     def _split_heads(self, projected: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,10 @@ Sampling order: top-k, then top-p (on the top-k distribution), then temperature,
 from the given ``torch.Generator``; ``temperature=0`` is greedy. Past the context length the
 model sees the last ``context_size`` tokens (a sliding window). With the cache, a full window
 rebuilds the cache from those tokens, because GPT-2's absolute position embeddings make shifted
-keys wrong: cached and uncached decoding compute the same function.
+keys wrong: cached and uncached decoding compute the same function. The cache is made for the
+positions generation will feed (the prompt and every new token but the last, at most the
+window), not for the whole context: a few tokens of a model with a long context cost a few
+tokens of cache.
 
 >>> import torch
 >>> from gpt_components.model import GPTConfig, GPTModel
@@ -30,7 +33,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from .model import check_token_ids
+from .machinery.checks import (
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    check_str,
+    check_tensor,
+    check_token_ids,
+    type_error,
+    value_error,
+)
 from .tokenizers import ENDOFTEXT, gpt2_tokenizer
 
 __all__ = [
@@ -46,8 +59,7 @@ __all__ = [
 
 def text_to_token_ids(text: str, tokenizer: Any = None) -> torch.Tensor:
     """Encode ``text`` to a [1, tokens] tensor (GPT-2 BPE by default; ``<|endoftext|>`` allowed)."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    check_str("text", text, empty=True)
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
     ids = tokenizer.encode(text, allowed_special={ENDOFTEXT})
     return torch.tensor(ids, dtype=torch.long).unsqueeze(0)
@@ -59,10 +71,10 @@ def token_ids_to_text(token_ids: torch.Tensor | list[int], tokenizer: Any = None
         if token_ids.dim() == 2 and token_ids.shape[0] == 1:
             token_ids = token_ids.squeeze(0)
         if token_ids.dim() != 1:
-            raise ValueError(f"token_ids must be [tokens] or [1, tokens], got shape "
-                             f"{tuple(token_ids.shape)}")
-        if token_ids.numel() and (token_ids.is_floating_point() or token_ids.is_complex()):
-            raise TypeError(f"token_ids must hold integer ids, got dtype {token_ids.dtype}")
+            raise value_error("token_ids", f"token_ids must be [tokens] or [1, tokens], got "
+                                           f"shape {tuple(token_ids.shape)}")
+        if token_ids.numel():
+            check_tensor("token_ids", token_ids, kind="integer")
         token_ids = token_ids.tolist()
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
     return tokenizer.decode(list(token_ids))
@@ -78,14 +90,12 @@ def generate_text_simple(model: nn.Module, idx: torch.Tensor, max_new_tokens: in
     with a cache, for a model of this package. ``context_size`` None is the model's
     ``cfg.context_length``.
     """
-    _check_count(max_new_tokens, "max_new_tokens", 0)
+    check_int("max_new_tokens", max_new_tokens, low=0)
     if context_size is None:
         _check_model(model)
         context_size = model.cfg.context_length
-    _check_count(context_size, "context_size", 1)
-    if not isinstance(use_cache, bool):
-        raise TypeError(f"use_cache must be a bool, got {use_cache!r}")
-    if use_cache:
+    check_int("context_size", context_size, low=1)
+    if check_bool("use_cache", use_cache):
         return generate(model, idx, max_new_tokens, context_size, use_cache=True)
     for _ in range(max_new_tokens):
         with torch.no_grad():
@@ -116,8 +126,8 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     _check_sampling(temperature, top_k, top_p, generator)
     _check_logits(logits)
     if top_k is not None and top_k > logits.shape[-1]:
-        raise ValueError(f"top_k must be <= the {logits.shape[-1]} logits per row (the "
-                         f"vocabulary), got {top_k}")
+        raise value_error("top_k", f"top_k must be <= the {logits.shape[-1]} logits per row "
+                                   f"(the vocabulary), got {top_k}")
     if temperature == 0:
         return logits.argmax(dim=-1, keepdim=True)
     if top_k is not None and top_k < logits.shape[-1]:
@@ -167,23 +177,23 @@ def generate_stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
     _check_model(model)
     cfg = model.cfg
     check_token_ids(idx, cfg.vocab_size)
-    _check_count(max_new_tokens, "max_new_tokens", 0)
+    check_int("max_new_tokens", max_new_tokens, low=0)
     context_size = cfg.context_length if context_size is None else context_size
-    _check_count(context_size, "context_size", 1)
-    if context_size > cfg.context_length:
-        raise ValueError(f"context_size must be <= the model's context_length="
-                         f"{cfg.context_length}, got {context_size}")
+    if check_int("context_size", context_size, low=1) > cfg.context_length:
+        raise value_error("context_size", f"context_size must be <= the model's context_length="
+                                          f"{cfg.context_length}, got {context_size}")
     _check_sampling(temperature, top_k, top_p, generator)
     if top_k is not None and top_k > cfg.vocab_size:
-        raise ValueError(f"top_k must be <= the model's vocab_size={cfg.vocab_size}, got "
-                         f"{top_k}")
-    if eos_id is not None:
-        _check_count(eos_id, "eos_id", 0)
-        if eos_id >= cfg.vocab_size:
-            raise ValueError(f"eos_id must be in [0, vocab_size={cfg.vocab_size}), got {eos_id}")
-    if not isinstance(use_cache, bool):
-        raise TypeError(f"use_cache must be a bool, got {use_cache!r}")
-    window = _Window(model, context_size, idx.shape[0] if use_cache else None)
+        raise value_error("top_k", f"top_k must be <= the model's vocab_size={cfg.vocab_size}, "
+                                   f"got {top_k}")
+    if eos_id is not None and check_int("eos_id", eos_id, low=0) >= cfg.vocab_size:
+        raise value_error("eos_id", f"eos_id must be in [0, vocab_size={cfg.vocab_size}), got "
+                                    f"{eos_id}")
+    # The cache holds what will be fed: the prompt and every new token but the last, at most
+    # the window (a cache sized for the whole context would be gigabytes for a few tokens).
+    fed = min(context_size, idx.shape[1] + max_new_tokens - 1)
+    window = _Window(model, context_size, idx.shape[0] if check_bool("use_cache", use_cache)
+                     else None, max(1, fed))
     return _stream(window, idx, max_new_tokens, temperature, top_k, top_p, eos_id, generator)
 
 
@@ -208,15 +218,17 @@ def _stream(window: _Window, idx: torch.Tensor, max_new_tokens: int, temperature
 class _Window:
     """Last-position logits of the last ``context_size`` tokens, with or without a KV cache.
 
-    The cache holds the window's tokens at positions ``0 .. length - 1``. While it has room, a
-    step feeds only the newest token. Once full, the window slides: every position changes, so
-    the cache is refilled from the last ``context_size`` tokens, exactly as without a cache.
+    The cache holds the window's tokens at positions ``0 .. length - 1``, with room for
+    ``cache_tokens`` of them (at most ``context_size``). While it has room, a step feeds only
+    the newest token. Once full, the window slides: every position changes, so the cache is
+    refilled from the last ``context_size`` tokens, exactly as without a cache.
     """
 
-    def __init__(self, model: nn.Module, context_size: int, batch_size: int | None) -> None:
+    def __init__(self, model: nn.Module, context_size: int, batch_size: int | None,
+                 cache_tokens: int) -> None:
         self.model = model
         self.context_size = context_size
-        self.cache = None if batch_size is None else model.new_kv_cache(batch_size, context_size)
+        self.cache = None if batch_size is None else model.new_kv_cache(batch_size, cache_tokens)
         self.covered = 0  # tokens of the sequence seen by the cache so far
         self.head = _decoding_head(model.out_head)
 
@@ -251,18 +263,15 @@ def _decoding_head(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def _check_logits(logits: Any) -> None:
-    if not isinstance(logits, torch.Tensor):
-        raise TypeError(f"logits must be a torch.Tensor, got {type(logits).__name__}")
-    if not logits.is_floating_point():
-        raise TypeError(f"logits must be floating point, got dtype {logits.dtype}")
+    check_tensor("logits", logits, kind="floating")
     if logits.dim() != 2:
-        raise ValueError(f"logits must be a 2-D [batch, vocab] tensor, got shape "
-                         f"{tuple(logits.shape)}")
+        raise value_error("logits", f"logits must be a 2-D [batch, vocab] tensor, got shape "
+                                    f"{tuple(logits.shape)}")
     if logits.is_meta:
-        raise ValueError("logits must hold values, got a tensor on the meta device")
+        raise value_error("logits", "logits must hold values, got a tensor on the meta device")
     if bool((~(logits < math.inf)).any()):  # NaN compares False, so one pass finds both
-        raise ValueError("logits hold NaN or +inf (has the model diverged?): no token can be "
-                         "sampled from them")
+        raise value_error("logits", "logits hold NaN or +inf (has the model diverged?): no token "
+                                    "can be sampled from them")
 
 
 def _check_model(model: Any) -> None:
@@ -270,30 +279,14 @@ def _check_model(model: Any) -> None:
     missing = [name for name in ("cfg", "hidden_states", "out_head", "new_kv_cache")
                if not hasattr(model, name)]
     if not isinstance(model, nn.Module) or missing:
-        raise TypeError(f"model must be a language model of gpt_components (GPTModel, "
-                        f"DecoderModel), got {type(model).__name__}")
-
-
-def _check_count(value: Any, name: str, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+        raise type_error("model", f"model must be a language model of gpt_components "
+                                  f"(GPTModel, DecoderModel), got {type(model).__name__}")
 
 
 def _check_sampling(temperature: float, top_k: int | None, top_p: float | None,
                     generator: torch.Generator | None) -> None:
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool):
-        raise TypeError(f"temperature must be a float, got {temperature!r}")
-    if not (temperature >= 0 and math.isfinite(temperature)):
-        raise ValueError(f"temperature must be a finite float >= 0, got {temperature}")
-    if top_k is not None:
-        _check_count(top_k, "top_k", 1)
-    if top_p is not None:
-        if not isinstance(top_p, (int, float)) or isinstance(top_p, bool):
-            raise TypeError(f"top_p must be a float in (0, 1], got {top_p!r}")
-        if not 0 < top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator or None, got "
-                        f"{type(generator).__name__}")
+    check_float("temperature", temperature, low=0)
+    check_int("top_k", top_k, low=1, optional=True)
+    check_float("top_p", top_p, low=0, high=1, low_open=True, optional=True)
+    if generator is not None:
+        check_instance("generator", generator, torch.Generator, "a torch.Generator or None")

@@ -29,10 +29,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import MultiHeadAttention, _a_weight, _check_features
+from .attention import ATTENTION_KERNELS, MultiHeadAttention, _a_weight, check_features
+from .kv_cache import CacheStack, LayerCache
+from .machinery.checks import (
+    check_choice,
+    check_float,
+    check_instance,
+    check_int,
+    check_tensor,
+    type_error,
+    value_error,
+)
 
 __all__ = [
-    "ATTENTION_KERNELS",
     "LAYER_KERNELS",
     "LayerNorm",
     "GELU",
@@ -41,7 +50,6 @@ __all__ = [
     "TransformerBlock",
 ]
 
-ATTENTION_KERNELS = ("sdpa", "textbook")
 LAYER_KERNELS = ("fused", "textbook")  # LayerNorm and GELU: torch's fused op or the book's math
 
 
@@ -52,14 +60,8 @@ def _cfg(cfg: Any, key: str, default: Any = _MISSING) -> Any:
     """One field of a ``GPTConfig`` or of the book's plain dict; a missing one is named."""
     value = cfg.get(key, default) if isinstance(cfg, Mapping) else getattr(cfg, key, default)
     if value is _MISSING:
-        raise TypeError(f"cfg must give {key}, got {type(cfg).__name__} without it")
+        raise type_error("cfg", f"cfg must give {key}, got {type(cfg).__name__} without it")
     return value
-
-
-def _check_layer_kernel(kernel: Any) -> str:
-    if kernel not in LAYER_KERNELS:
-        raise ValueError(f"kernel must be one of {LAYER_KERNELS}, got {kernel!r}")
-    return kernel
 
 
 class LayerNorm(nn.Module):
@@ -70,21 +72,18 @@ class LayerNorm(nn.Module):
 
     def __init__(self, emb_dim: int, eps: float = 1e-5, kernel: str = "textbook") -> None:
         super().__init__()
-        if isinstance(emb_dim, bool) or not isinstance(emb_dim, int) or emb_dim < 1:
-            raise ValueError(f"emb_dim must be a positive int, got {emb_dim!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)):
-            raise TypeError(f"eps must be a float > 0, got {eps!r}")
-        if not eps > 0 or not math.isfinite(eps):
-            raise ValueError(f"eps must be a finite float > 0, got {eps!r}")
-        self.kernel = _check_layer_kernel(kernel)
+        check_int("emb_dim", emb_dim, low=1)
+        check_float("eps", eps, low=0, low_open=True)
+        self.kernel = check_choice("kernel", kernel, LAYER_KERNELS)
         self.eps = eps
         self.scale = nn.Parameter(torch.ones(emb_dim))
         self.shift = nn.Parameter(torch.zeros(emb_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[-1:] != self.scale.shape:
-            raise ValueError(f"x must have emb_dim={self.scale.shape[0]} features in its last "
-                             f"dim, got shape {tuple(x.shape)}")
+        check_tensor("x", x, kind="floating")
+        if x.dim() < 1 or x.shape[-1] != self.scale.shape[0]:
+            raise value_error("x", f"x must have emb_dim={self.scale.shape[0]} features in its "
+                                   f"last dim, got shape {tuple(x.shape)}")
         if self.kernel == "fused":
             return F.layer_norm(x, self.scale.shape, self.scale, self.shift, self.eps)
         mean = x.mean(dim=-1, keepdim=True)
@@ -101,7 +100,7 @@ class GELU(nn.Module):
 
     def __init__(self, kernel: str = "textbook") -> None:
         super().__init__()
-        self.kernel = _check_layer_kernel(kernel)
+        self.kernel = check_choice("kernel", kernel, LAYER_KERNELS)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kernel == "fused":
@@ -136,9 +135,7 @@ class CausalSelfAttention(MultiHeadAttention):
     def __init__(self, d_in: int, d_out: int, context_length: int, dropout: float,
                  num_heads: int, qkv_bias: bool = False, kernel: str = "sdpa") -> None:
         super().__init__(d_in, d_out, context_length, dropout, num_heads, qkv_bias)
-        if kernel not in ATTENTION_KERNELS:
-            raise ValueError(f"kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}")
-        self.kernel = kernel
+        self.kernel = check_choice("kernel", kernel, ATTENTION_KERNELS)
 
     def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         b, t, _ = x.shape
@@ -148,23 +145,26 @@ class CausalSelfAttention(MultiHeadAttention):
         v = self.W_value(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         return q, k, v
 
-    def forward(self, x: torch.Tensor, kv_cache: Any = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: LayerCache | CacheStack | None = None,
+                layer: int = 0) -> torch.Tensor:
         """Attend over ``x`` (B, T, d_in), after the cached tokens when ``kv_cache`` is given.
 
-        With a cache, the new keys and values are written to ``kv_cache`` at
-        ``kv_cache.length`` (for ``layer``) and the queries attend to every cached token.
+        ``kv_cache`` is this layer's cache, or a whole ``KVCache`` whose ``layers[layer]`` it
+        is. The new keys and values are stored after its ``length`` positions and the queries
+        attend to every cached token.
         """
         if kv_cache is None and self.kernel == "textbook":
             return super().forward(x)
-        x = _check_features(x, self.d_in, (3,), _a_weight(self))
+        x = check_features(x, self.d_in, (3,), _a_weight(self))
+        kv_cache = _layer_cache(kv_cache, layer)
         b, t, _ = x.shape
         start = 0 if kv_cache is None else kv_cache.length
         if start + t > self.context_length:
-            raise ValueError(f"x has {t} tokens after {start} cached ones, more than "
-                             f"context_length={self.context_length}")
+            raise value_error("x", f"x has {t} tokens after {start} cached ones, more than "
+                                   f"context_length={self.context_length}")
         q, k, v = self._heads(x)
         if kv_cache is not None:
-            k, v = kv_cache.store(layer, k, v)  # (B, nh, start + T, hd)
+            k, v = kv_cache.store(k, v)  # (B, nh, start + T, hd)
         # Query i sits at absolute position start + i: it sees keys 0 .. start + i.
         future = self.mask[start:start + t, :start + t]
         if self.kernel == "textbook":
@@ -185,6 +185,14 @@ class CausalSelfAttention(MultiHeadAttention):
                                                          dropout_p=dropout_p)
         context = context.transpose(1, 2).reshape(b, t, self.d_out)  # (B, T, d_out)
         return self.out_proj(context)
+
+
+def _layer_cache(kv_cache: Any, layer: int) -> LayerCache | None:
+    """The layer cache meant: ``kv_cache`` itself, or a stack's ``layers[layer]``."""
+    if kv_cache is None or isinstance(kv_cache, LayerCache):
+        return kv_cache
+    check_instance("kv_cache", kv_cache, CacheStack, "a KVCache, a LayerCache or None")
+    return kv_cache.layers[check_int("layer", layer, low=0, high=len(kv_cache.layers) - 1)]
 
 
 class TransformerBlock(nn.Module):
@@ -209,7 +217,10 @@ class TransformerBlock(nn.Module):
         self.norm2 = LayerNorm(emb_dim, kernel=layer_kernel)
         self.drop_shortcut = nn.Dropout(drop_rate)
 
-    def forward(self, x: torch.Tensor, kv_cache: Any = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, kv_cache: LayerCache | CacheStack | None = None,
+                layer: int = 0) -> torch.Tensor:
+        """``x`` (B, T, emb) through attention and feed-forward; ``kv_cache`` as attention's."""
+        check_features(x, self.norm1.scale.shape[0], (3,), _a_weight(self))
         x = x + self.drop_shortcut(self.att(self.norm1(x), kv_cache=kv_cache, layer=layer))
         return x + self.drop_shortcut(self.ff(self.norm2(x)))
 
@@ -219,6 +230,7 @@ class TransformerBlock(nn.Module):
         Whatever ``attn_kernel`` the block has, this computes the same function (the spec
         proves the kernels agree), so the weights returned are the ones that made the output.
         """
+        check_features(x, self.norm1.scale.shape[0], (3,), _a_weight(self))
         attended, weights = self.att.forward_with_weights(self.norm1(x))
         x = x + self.drop_shortcut(attended)
         return x + self.drop_shortcut(self.ff(self.norm2(x))), weights

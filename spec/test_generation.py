@@ -263,25 +263,26 @@ def test_the_books_example_tokens():
 
 BAD_GENERATE_ARGUMENTS = [  # each message starts with the parameter's name
     ({"idx": [[1, 2]]}, TypeError, r"^idx must be a torch\.Tensor"),
-    ({"idx": torch.tensor([[1.0]])}, TypeError, r"^idx must hold integer token ids"),
+    ({"idx": torch.tensor([[1.0]])}, TypeError, r"^idx must hold integer numbers"),
     ({"idx": torch.tensor([1, 2])}, ValueError, r"^idx must be 2-D"),
     ({"idx": torch.tensor([[1, 50]])}, ValueError, r"^idx holds token id 50, .*vocab_size=50"),
-    ({"max_new_tokens": -1}, ValueError, r"^max_new_tokens must be >= 0, got -1$"),
-    ({"max_new_tokens": 2.0}, TypeError, r"^max_new_tokens must be an int, got 2\.0$"),
+    ({"max_new_tokens": -1}, ValueError, r"^max_new_tokens must be an int >= 0, got -1$"),
+    ({"max_new_tokens": 2.0}, TypeError, r"^max_new_tokens must be an int >= 0, got 2\.0$"),
     ({"context_size": 65}, ValueError, r"^context_size must be <= .*=64, got 65$"),
-    ({"context_size": 0}, ValueError, r"^context_size must be >= 1, got 0$"),
-    ({"temperature": -0.5}, ValueError, r"^temperature must be a finite float >= 0"),
-    ({"temperature": float("inf")}, ValueError, r"^temperature must be a finite float"),
-    ({"temperature": "hot"}, TypeError, r"^temperature must be a float, got 'hot'$"),
-    ({"top_k": 0}, ValueError, r"^top_k must be >= 1, got 0$"),
-    ({"top_p": 0.0}, ValueError, r"^top_p must be in \(0, 1\], got 0\.0$"),
-    ({"top_p": 1.5}, ValueError, r"^top_p must be in \(0, 1\], got 1\.5$"),
-    ({"top_p": True}, TypeError, r"^top_p must be a float in \(0, 1\], got True$"),
+    ({"context_size": 0}, ValueError, r"^context_size must be an int >= 1, got 0$"),
+    ({"temperature": -0.5}, ValueError, r"^temperature must be a float >= 0, got -0\.5$"),
+    ({"temperature": float("inf")}, ValueError,
+     r"^temperature must be a float >= 0 \(finite\), got inf$"),
+    ({"temperature": "hot"}, TypeError, r"^temperature must be a float >= 0, got 'hot'$"),
+    ({"top_k": 0}, ValueError, r"^top_k must be an int >= 1 or None, got 0$"),
+    ({"top_p": 0.0}, ValueError, r"^top_p must be a float in \(0, 1\] or None, got 0\.0$"),
+    ({"top_p": 1.5}, ValueError, r"^top_p must be a float in \(0, 1\] or None, got 1\.5$"),
+    ({"top_p": True}, TypeError, r"^top_p must be a float in \(0, 1\] or None, got True$"),
     ({"top_p": "0.5"}, TypeError, r"^top_p must be a float"),
     ({"eos_id": 50}, ValueError, r"^eos_id must be in \[0, vocab_size=50\), got 50$"),
-    ({"eos_id": -1}, ValueError, r"^eos_id must be >= 0, got -1$"),
+    ({"eos_id": -1}, ValueError, r"^eos_id must be an int >= 0, got -1$"),
     ({"generator": 42}, TypeError, r"^generator must be a torch\.Generator or None, got int$"),
-    ({"use_cache": "yes"}, TypeError, r"^use_cache must be a bool"),
+    ({"use_cache": "yes"}, TypeError, r"^use_cache must be True or False, got 'yes'$"),
 ]
 
 
@@ -306,17 +307,17 @@ def test_other_bad_inputs_are_refused_naming_the_parameter():
         text_to_token_ids(b"bytes")
     with pytest.raises(ValueError, match="token_ids"):
         token_ids_to_text(torch.zeros(2, 3, dtype=torch.long))
-    with pytest.raises(ValueError, match=r"^context_size must be >= 1, got 0$"):
+    with pytest.raises(ValueError, match=r"^context_size must be an int >= 1, got 0$"):
         generate_text_simple(torch.nn.Identity(), torch.tensor([[1]]), 1, 0)
-    with pytest.raises(ValueError, match=r"^max_new_tokens must be >= 0, got -1$"):
+    with pytest.raises(ValueError, match=r"^max_new_tokens must be an int >= 0, got -1$"):
         generate_text_simple(torch.nn.Identity(), torch.tensor([[1]]), -1, 1)
     with pytest.raises(TypeError, match=r"^max_new_tokens must be an int"):
         generate_text_simple(torch.nn.Identity(), torch.tensor([[1]]), None, 1)
 
 
 @pytest.mark.parametrize(("override", "error", "match"), [
-    ({"top_k": 0}, ValueError, r"^top_k must be >= 1"),
-    ({"top_p": 1.5}, ValueError, r"^top_p must be in"),
+    ({"top_k": 0}, ValueError, r"^top_k must be an int >= 1"),
+    ({"top_p": 1.5}, ValueError, r"^top_p must be a float in"),
     ({"temperature": -1.0}, ValueError, r"^temperature must be"),
     ({"generator": 7}, TypeError, r"^generator must be a torch\.Generator"),
 ])
@@ -486,3 +487,39 @@ def test_a_plain_cpu_head_is_applied_through_a_row_major_copy_of_its_weight():
     biased = torch.nn.Linear(8, 20, dtype=torch.float64)
     for head in (column_major, biased, LinearWithLoRA(plain, 2, 1.0)):
         assert _decoding_head(head) is head
+
+
+@given(run=runs(), stream=st.booleans())
+def test_the_cache_made_holds_exactly_the_positions_generation_will_feed(run, stream):
+    # The prompt and every new token but the last are fed, within the window: a cache sized
+    # for the whole context would be gigabytes for a few tokens of a large model.
+    model, idx, max_new_tokens, context_size = run
+    made = []
+    new_kv_cache = model.new_kv_cache
+
+    def spy(batch_size, max_tokens=None):
+        made.append(new_kv_cache(batch_size, max_tokens))
+        return made[-1]
+
+    model.new_kv_cache = spy
+    if stream:
+        list(generate_stream(model, idx, max_new_tokens, context_size))
+    else:
+        generate(model, idx, max_new_tokens, context_size)
+    needed = max(1, min(context_size, idx.shape[1] + max_new_tokens - 1))
+    assert [cache.max_tokens for cache in made] == [needed]
+    assert all(layer.keys.shape[2] == needed for layer in made[0].layers)
+    assert made[0].length <= needed
+
+
+def test_top_k_comes_before_top_p_as_in_transformers_logits_processors():
+    # Probabilities 0.5, 0.3, 0.2 with top_k=2, top_p=0.6. Top-k first keeps 0.5 and 0.3,
+    # renormalised to 0.625 and 0.375: 0.625 already reaches 0.6, so only token 0 is left.
+    # Top-p first would keep tokens 0 and 1 (0.5 < 0.6) and draw token 1 about 3 times in 8.
+    logits = torch.tensor([[0.5, 0.3, 0.2]]).log().expand(400, 3)
+    draws = sample_next_token(logits, temperature=1.0, top_k=2, top_p=0.6,
+                              generator=torch.Generator().manual_seed(0))
+    assert draws.unique().tolist() == [0]
+    only_top_p = sample_next_token(logits, temperature=1.0, top_p=0.6,
+                                   generator=torch.Generator().manual_seed(0))
+    assert only_top_p.unique().tolist() == [0, 1]  # the example tells the two orders apart

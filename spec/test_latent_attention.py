@@ -96,9 +96,11 @@ def test_the_absorbed_path_and_the_latent_cache_compute_the_plain_path(setup, da
         cache = mla.new_cache(b, t, dtype=F64)
         prefill = data.draw(st.integers(1, t))
         steps = [mla(x[:, :prefill], our_rope(sizes, theta, torch.arange(prefill)), cache, 0)]
+        cache.advance(prefill)
         for p in range(prefill, t):
             steps.append(mla(x[:, p:p + 1], our_rope(sizes, theta, torch.tensor([p])), cache, p,
                              absorb=data.draw(st.booleans())))
+            cache.advance(1)
         torch.testing.assert_close(torch.cat(steps, dim=1), plain, **EXACT)
 
 

@@ -269,7 +269,7 @@ def test_future_tokens_never_change_past_outputs_and_both_kernels_agree(
 def test_attention_refuses_bad_shapes_naming_the_parameter():
     with pytest.raises(ValueError, match=r"^n_kv_heads \(3\) must divide n_heads \(4\)$"):
         GroupedQueryAttention(16, 4, 3, 4)
-    with pytest.raises(ValueError, match=r"^kernel must be one of \('sdpa', 'textbook'\)"):
+    with pytest.raises(ValueError, match=r"^kernel must be one of \['sdpa', 'textbook'\]"):
         GroupedQueryAttention(16, 4, 2, 4, kernel="flash")
     with pytest.raises(ValueError, match=r"^head_dim must be an int >= 1, got 0$"):
         GroupedQueryAttention(16, 4, 2, 0)

@@ -131,11 +131,13 @@ def test_decoding_through_the_window_cache_equals_the_uncached_computation(tenso
     window = data.draw(st.integers(1, t))
     sizes = data.draw(chunkings(t))
     expected = windowed_attention(q, k, v, window=window, kernel=kernel)
-    cache = WindowLayerCache(b, k.shape[1], k.shape[3], window, value_dim=v.shape[3], dtype=F64)
+    cache = WindowLayerCache(b, k.shape[1], k.shape[3], window, t, value_dim=v.shape[3],
+                             dtype=F64)
     outputs, start = [], 0
     for size in sizes:
         chunk = slice(start, start + size)
-        keys, values = cache.store(k[:, :, chunk], v[:, :, chunk], start)
+        keys, values = cache.store(k[:, :, chunk], v[:, :, chunk])
+        cache.advance(size)
         end = start + size
         outputs.append(windowed_attention(
             q[:, :, chunk], keys, values, window=window, kernel=kernel,
@@ -150,16 +152,17 @@ def test_decoding_through_the_window_cache_equals_the_uncached_computation(tenso
 @given(st.integers(1, 6), st.integers(1, 40), seeds)
 def test_a_window_cache_holds_window_positions_whatever_the_length(window, length, seed):
     g = generator(seed)
-    cache = WindowLayerCache(2, 1, 3, window, value_dim=2, dtype=F64)
-    assert (tuple(cache.keys.shape), tuple(cache.values.shape)) == ((2, 1, window, 3),
-                                                                    (2, 1, window, 2))
+    cache = WindowLayerCache(2, 1, 3, window, length, value_dim=2, dtype=F64)
+    slots = min(window, length)  # a ring that never wraps needs no more than it will hold
+    assert (tuple(cache.keys.shape), tuple(cache.values.shape)) == ((2, 1, slots, 3),
+                                                                    (2, 1, slots, 2))
     k = torch.randn(2, 1, length, 3, generator=g, dtype=F64)
     for p in range(length):
-        keys, _ = cache.store(k[:, :, p:p + 1], k[:, :, p:p + 1, :2], p)
-        assert tuple(cache.keys.shape) == (2, 1, window, 3)
+        keys, _ = cache.store(k[:, :, p:p + 1], k[:, :, p:p + 1, :2])
+        cache.advance(1)
+        assert tuple(cache.keys.shape) == (2, 1, slots, 3)
         torch.testing.assert_close(keys, k[:, :, max(0, p - window + 1):p + 1], rtol=0, atol=0)
-    bytes_held = sum(b.numel() * b.element_size() for b in cache.buffers())
-    assert bytes_held == 2 * 1 * window * (3 + 2) * 8
+    assert cache.memory_bytes() == 2 * 1 * slots * (3 + 2) * 8
 
 
 def test_the_mask_follows_positions_and_hides_empty_slots():
@@ -181,7 +184,10 @@ def test_caches_and_windows_refuse_bad_arguments():
         windowed_attention(torch.ones(1, 3, 2, 2), torch.ones(1, 2, 2, 2),
                            torch.ones(1, 2, 2, 2), window=2)
     with pytest.raises(ValueError, match="window must be an int >= 1"):
-        WindowLayerCache(1, 1, 2, window=0)
+        WindowLayerCache(1, 1, 2, window=0, max_tokens=4)
+    with pytest.raises(TypeError, match=r"^q must hold floating numbers"):
+        windowed_attention(torch.ones(1, 1, 2, 2, dtype=torch.long), torch.ones(1, 1, 2, 2),
+                           torch.ones(1, 1, 2, 2), window=2)
 
 
 @settings(max_examples=20)

@@ -29,19 +29,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .cache import LayerKVCache
+from ..attention import ATTENTION_KERNELS, check_features  # (config reads the kernels here)
+from ..kv_cache import LayerCache, LayerKVCache
+from ..machinery.checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    type_error,
+    value_error,
+)
 from .norms import RMSNorm
 from .rope import apply_rope
 
 __all__ = ["GroupedQueryAttention"]
 
-ATTENTION_KERNELS = ("sdpa", "textbook")
-
-
-def _check_count(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+def first_position(cache: LayerCache | None, start: int | None) -> int:
+    """The position of the first new token: after the cache's, or ``start`` (0) without one."""
+    if cache is None:
+        return 0 if start is None else check_int("start", start, low=0)
+    if start is not None and start != cache.length:
+        raise value_error("start", f"start must be the cache's length {cache.length} (the next "
+                                   f"position), got {start!r}")
+    return cache.length
 
 
 class GroupedQueryAttention(nn.Module):
@@ -58,18 +68,22 @@ class GroupedQueryAttention(nn.Module):
                  qkv_bias: bool = False, out_bias: bool = False, dropout: float = 0.0,
                  kernel: str = "sdpa", scale: float | None = None) -> None:
         super().__init__()
-        self.emb_dim = _check_count("emb_dim", emb_dim)
-        self.n_heads = _check_count("n_heads", n_heads)
-        self.n_kv_heads = _check_count("n_kv_heads", n_kv_heads)
-        self.head_dim = _check_count("head_dim", head_dim)
+        self.emb_dim = check_int("emb_dim", emb_dim, low=1)
+        self.n_heads = check_int("n_heads", n_heads, low=1)
+        self.n_kv_heads = check_int("n_kv_heads", n_kv_heads, low=1)
+        self.head_dim = check_int("head_dim", head_dim, low=1)
         if n_heads % n_kv_heads:
-            raise ValueError(f"n_kv_heads ({n_kv_heads}) must divide n_heads ({n_heads})")
-        if kernel not in ATTENTION_KERNELS:
-            raise ValueError(f"kernel must be one of {ATTENTION_KERNELS}, got {kernel!r}")
-        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) \
-                or not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.kernel = kernel
+            raise value_error("n_kv_heads", f"n_kv_heads ({n_kv_heads}) must divide n_heads "
+                                            f"({n_heads})")
+        self.kernel = check_choice("kernel", kernel, ATTENTION_KERNELS)
+        check_float("dropout", dropout, low=0.0, high=1.0, high_open=True)
+        check_float("norm_eps", norm_eps, low=0.0, low_open=True)
+        check_float("scale", scale, low=0.0, low_open=True, optional=True)
+        check_bool("qkv_bias", qkv_bias)
+        check_bool("out_bias", out_bias)
+        if not isinstance(qk_norm, bool) and not callable(qk_norm):
+            raise type_error("qk_norm", f"qk_norm must be True, False or a function head_dim -> "
+                                        f"nn.Module, got {qk_norm!r}")
         self.group = n_heads // n_kv_heads  # query heads per key/value head
         self.scale = head_dim**-0.5 if scale is None else float(scale)
         self.dropout = float(dropout)
@@ -90,14 +104,17 @@ class GroupedQueryAttention(nn.Module):
 
     def forward(self, x: torch.Tensor,
                 rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: LayerKVCache | None = None, start: int = 0,
+                cache: LayerCache | None = None, start: int | None = None,
                 need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Attend over ``x`` (B, T, emb), whose first token sits at position ``start``.
 
         ``rope``: ``(cos, sin)`` [T, head_dim] for those positions, or None (no rotation).
-        ``cache``: the tokens before ``start``; the new keys and values are written to it.
+        ``cache``: the tokens before ``start`` (which defaults to its ``length``, and to 0
+        without a cache); the new keys and values are stored in it.
         ``need_weights``: also return the probabilities (B, n_heads, T, start + T).
         """
+        check_features(x, self.emb_dim, (3,), next(self.parameters()))
+        start = first_position(cache, start)
         b, t, _ = x.shape
         q = self.W_query(x).view(b, t, self.n_heads, self.head_dim)  # (B, T, nh, hd)
         k = self.W_key(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
@@ -109,7 +126,7 @@ class GroupedQueryAttention(nn.Module):
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
-            k, v = cache.store(k, v, start)  # (B, nkv, start + T, hd)
+            k, v = cache.store(k, v)  # what the queries see: (B, nkv, start + T, hd) here
         if need_weights or self.kernel == "textbook":
             context, weights = self._textbook(q, k, v, start)
         else:

@@ -2,9 +2,10 @@
 
 ``DecoderBlock`` is GPT-2's pre-norm block with its parts chosen by the config: ``x + att(norm1
 (x))``, then ``x + ff(norm2(x))``, where ``components`` builds ``norm1``/``norm2``, ``att`` and
-``ff`` from ``cfg`` and the block's ``cfg.layer(i)``. ``DecoderModel`` has GPT-2's interface
-(``cfg``, ``forward(idx, kv_cache)``, ``hidden_states``, ``tok_emb``, ``trf_blocks``,
-``final_norm``, ``out_head``, ``new_kv_cache``, ``trace``) and no position embedding: each block
+``ff`` from ``cfg`` and the block's ``cfg.layer(i)``. ``DecoderModel`` is a ``LanguageModel``
+(``gpt_components.machinery.language_model``), as GPT-2 is: ``cfg``, ``forward(idx,
+kv_cache)``, ``hidden_states``, ``tok_emb``, ``trf_blocks``, ``final_norm``, ``out_head``,
+``new_kv_cache``, ``trace``; it has no position embedding: each block
 rotates its queries and keys with the RoPE table its ``LayerSpec`` names, computed once per
 forward pass for the positions in hand.
 
@@ -21,13 +22,13 @@ torch.Size([1, 2, 16, 8])
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from ..inspect.trace import ModelTrace
-from ..model import _lay_out_blocks, check_token_ids
+from ..attention import check_features
+from ..kv_cache import LayerCache
+from ..machinery.checks import check_instance
+from ..machinery.language_model import LanguageModel
 from .cache import DecoderKVCache
 from .components import ATTENTIONS, FEED_FORWARDS, make_norm
 from .config import DecoderConfig
@@ -45,6 +46,7 @@ class DecoderBlock(nn.Module):
     def __init__(self, cfg: DecoderConfig, index: int) -> None:
         super().__init__()
         spec = cfg.layer(index)
+        self.emb_dim = cfg.emb_dim
         self.rope = spec.rope  # which of the model's RoPE tables this block's attention uses
         self.norm1 = make_norm(cfg, cfg.emb_dim)
         self.att = ATTENTIONS[spec.attention](cfg, spec)
@@ -54,8 +56,12 @@ class DecoderBlock(nn.Module):
         self.post_norm1 = make_norm(cfg, cfg.emb_dim) if cfg.post_norms else None
         self.post_norm2 = make_norm(cfg, cfg.emb_dim) if cfg.post_norms else None
 
-    def forward(self, x: torch.Tensor, rope: RopeTables, cache: Any = None, start: int = 0,
+    def forward(self, x: torch.Tensor, rope: RopeTables, cache: LayerCache | None = None,
+                start: int | None = None,
                 need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, T, emb) at positions ``start ..`` (default: after ``cache``'s positions)
+        through attention and feed-forward; ``rope`` holds the model's tables for them."""
+        check_features(x, self.emb_dim, (3,), next(self.parameters()))
         table = None if self.rope is None else rope[self.rope]
         attended = self.att(self.norm1(x), table, cache, start, need_weights)
         weights = None
@@ -69,15 +75,18 @@ class DecoderBlock(nn.Module):
         return (x, weights) if need_weights else x
 
 
-class DecoderModel(nn.Module):
-    """A decoder-only transformer whose components its ``DecoderConfig`` names."""
+class DecoderModel(LanguageModel):
+    """A decoder-only transformer whose components its ``DecoderConfig`` names.
 
-    decoding_layout: bool = True  #: as ``GPTModel.decoding_layout``
+    ``forward``, ``hidden_states``, ``trace``, ``new_kv_cache`` and ``train`` are the shared
+    ``LanguageModel``'s; the decoder's own part is embedding without positions (``_embed``
+    computes the RoPE tables for the positions in hand instead) and blocks that rotate with
+    them.
+    """
 
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
-        if not isinstance(cfg, DecoderConfig):
-            raise TypeError(f"cfg must be a DecoderConfig, got {type(cfg).__name__}")
+        check_instance("cfg", cfg, DecoderConfig, "a DecoderConfig")
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.trf_blocks = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.n_layers))
@@ -89,78 +98,35 @@ class DecoderModel(nn.Module):
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
 
-    def train(self, mode: bool = True) -> DecoderModel:
-        """Set training (or eval) mode and the blocks' weight layout for it, as ``GPTModel``
-        does: row-major for training, column-major widening weights for decoding."""
-        super().train(mode)
-        _lay_out_blocks(self.trf_blocks, decoding=not mode and self.decoding_layout)
-        return self
-
-    def forward(self, idx: torch.Tensor, kv_cache: DecoderKVCache | None = None) -> torch.Tensor:
-        """Logits [batch, tokens, vocab] for token ids ``idx`` [batch, tokens].
-
-        With ``kv_cache`` (from ``new_kv_cache``), ``idx`` continues the cached tokens: its
-        first token sits at position ``kv_cache.length``, and the cache grows by its length.
-        """
-        return self.out_head(self.hidden_states(idx, kv_cache))  # (B, T, vocab)
-
-    def hidden_states(self, idx: torch.Tensor,
-                      kv_cache: DecoderKVCache | None = None) -> torch.Tensor:
-        """What the output head reads: the final norm's output [batch, tokens, emb_dim]."""
-        x, rope, start = self._embed(idx, kv_cache)
-        for i, block in enumerate(self.trf_blocks):
-            x = block(x, rope, None if kv_cache is None else kv_cache.layers[i], start)
-        if kv_cache is not None:
-            kv_cache.advance(idx.shape[1])
-        return self.final_norm(x)  # (B, T, emb)
-
     def _embed(self, idx: torch.Tensor,
-               kv_cache: DecoderKVCache | None) -> tuple[torch.Tensor, RopeTables, int]:
-        """Checked ids -> embeddings (B, T, emb), the RoPE tables for their positions, start."""
-        check_token_ids(idx, self.cfg.vocab_size)
-        b, t = idx.shape
-        start = 0
-        if kv_cache is not None:
-            if kv_cache.batch_size != b:
-                raise ValueError(f"kv_cache was made for batch_size={kv_cache.batch_size}, "
-                                 f"idx has {b} rows")
-            start = kv_cache.length
-            if start + t > kv_cache.max_tokens:
-                raise ValueError(f"Sequence length {start + t} exceeds the cache's "
-                                 f"{kv_cache.max_tokens} tokens: idx adds {t} tokens to a "
-                                 f"kv_cache holding {start} of max_tokens={kv_cache.max_tokens}")
-        if start + t > self.cfg.context_length:
-            raise ValueError(f"Sequence length {start + t} exceeds the model's "
-                             f"{self.cfg.context_length} tokens: idx has {t} tokens after "
-                             f"{start} cached ones, more than context_length="
-                             f"{self.cfg.context_length}")
+               start: int) -> tuple[torch.Tensor, tuple[RopeTables, int]]:
+        """Embeddings (B, T, emb), and the RoPE tables for positions ``start ..`` with start."""
         x = self.tok_emb(idx)  # (B, T, emb)
         if self.cfg.scale_embeddings:  # rounded to the weights' dtype first, as Gemma does
             x = x * torch.tensor(self.cfg.emb_dim**0.5, dtype=x.dtype, device=x.device)
-        positions = torch.arange(start, start + t, device=idx.device)
+        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
         rope = {name: table(positions, x.dtype) for name, table in self.rope.items()}
-        return x, rope, start
+        return x, (rope, start)
 
-    def trace(self, idx: torch.Tensor) -> ModelTrace:
-        """One pass over ``idx`` laid open (see ``gpt_components.inspect.trace``): each block's
-        input, the attention probabilities of every query head, the logits.
+    def _block(self, block: nn.Module, x: torch.Tensor, context: tuple[RopeTables, int],
+               cache: LayerCache | None) -> torch.Tensor:
+        rope, start = context
+        return block(x, rope, cache, start)
 
-        Runs in eval mode (restoring the mode after), without gradients or a KV cache.
-        """
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                x, rope, _ = self._embed(idx, None)
-                residuals, attentions = [x], []
-                for block in self.trf_blocks:
-                    x, weights = block(x, rope, need_weights=True)
-                    residuals.append(x)
-                    attentions.append(weights)  # (B, n_heads, T, T)
-                logits = self.out_head(self.final_norm(x))  # (B, T, vocab)
-        finally:
-            self.train(was_training)
-        return ModelTrace(residuals, attentions, logits)
+    def _block_with_weights(self, block: nn.Module, x: torch.Tensor,
+                            context: tuple[RopeTables, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        return block(x, context[0], need_weights=True)
+
+    def _new_cache(self, batch_size: int, max_tokens: int, device: torch.device,
+                   dtype: torch.dtype) -> DecoderKVCache:
+        """One cache per layer, of the kind its attention keeps."""
+        layers = [block.att.new_cache(batch_size, max_tokens, device=device, dtype=dtype)
+                  for block in self.trf_blocks]
+        return DecoderKVCache(layers, batch_size, max_tokens)
+
+    def new_kv_cache(self, batch_size: int, max_tokens: int | None = None) -> DecoderKVCache:
+        """An empty cache for this model (one per layer), on its device and dtype."""
+        return super().new_kv_cache(batch_size, max_tokens)
 
     def auxiliary_loss(self) -> torch.Tensor | None:
         """The last forward's load-balancing loss times ``cfg.aux_loss_coef`` (None: no routers).
@@ -174,18 +140,6 @@ class DecoderModel(nn.Module):
         gate = mixtures[0].gate
         return self.cfg.aux_loss_coef * load_balancing_loss(
             [moe.router_logits for moe in mixtures], gate.n_experts, gate.top_k)
-
-    def new_kv_cache(self, batch_size: int, max_tokens: int | None = None) -> DecoderKVCache:
-        """An empty cache for this model (one per layer), on its device and dtype."""
-        max_tokens = self.cfg.context_length if max_tokens is None else max_tokens
-        if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) \
-                or not 1 <= max_tokens <= self.cfg.context_length:
-            raise ValueError(f"max_tokens must be an int in [1, context_length="
-                             f"{self.cfg.context_length}], got {max_tokens!r}")
-        weight = self.tok_emb.weight
-        layers = [block.att.new_cache(batch_size, max_tokens, device=weight.device,
-                                      dtype=weight.dtype) for block in self.trf_blocks]
-        return DecoderKVCache(layers, batch_size, max_tokens)
 
 
 def _init_weights(module: nn.Module) -> None:

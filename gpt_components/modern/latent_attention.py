@@ -37,28 +37,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..attention import ATTENTION_KERNELS, check_features
+from ..kv_cache import LayerCache
+from ..machinery.checks import check_bool, check_choice, check_float, check_int, value_error
+from .attention import first_position
 from .norms import RMSNorm
 from .rope import apply_rope
 
 __all__ = ["LatentKVCache", "MultiHeadLatentAttention"]
 
-KERNELS = ("sdpa", "textbook")
 
+class LatentKVCache(LayerCache):
+    """One MLA layer's cache: the latents (B, T, kv_lora_rank) and RoPE keys (B, T, rope_dim).
 
-def _check_size(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-    return value
+    ``store(latents, rope_keys)`` is the protocol's ``store(k, v)``: positions on axis 1.
+    """
 
-
-class LatentKVCache(nn.Module):
-    """One MLA layer's cache: the latents (B, T, kv_lora_rank) and RoPE keys (B, T, rope_dim)."""
+    token_dim = 1
 
     def __init__(self, batch_size: int, max_tokens: int, kv_lora_rank: int,
                  qk_rope_head_dim: int, *, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.max_tokens = _check_size("max_tokens", max_tokens)
+        super().__init__(batch_size, max_tokens)
+        check_int("kv_lora_rank", kv_lora_rank, low=1)
+        check_int("qk_rope_head_dim", qk_rope_head_dim, low=1)
         self.register_buffer("latents", torch.zeros(batch_size, max_tokens, kv_lora_rank,
                                                     device=device, dtype=dtype),
                              persistent=False)
@@ -66,13 +68,10 @@ class LatentKVCache(nn.Module):
                                                       device=device, dtype=dtype),
                              persistent=False)
 
-    def store(self, latents: torch.Tensor, rope_keys: torch.Tensor,
-              start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _write(self, latents: torch.Tensor, rope_keys: torch.Tensor,
+               start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Write the new tokens' (B, T, .) at ``start ..``; return everything held so far."""
         end = start + latents.shape[1]
-        if end > self.max_tokens:
-            raise ValueError(f"the cache holds {start} of max_tokens={self.max_tokens} "
-                             f"positions; {latents.shape[1]} more do not fit")
         self.latents[:, start:end] = latents
         self.rope_keys[:, start:end] = rope_keys
         return self.latents[:, :end], self.rope_keys[:, :end]
@@ -97,14 +96,17 @@ class MultiHeadLatentAttention(nn.Module):
                             ("kv_lora_rank", kv_lora_rank),
                             ("qk_nope_head_dim", qk_nope_head_dim),
                             ("qk_rope_head_dim", qk_rope_head_dim), ("v_head_dim", v_head_dim)):
-            _check_size(name, value)
-        if q_lora_rank is not None:
-            _check_size("q_lora_rank", q_lora_rank)
+            check_int(name, value, low=1)
+        check_int("q_lora_rank", q_lora_rank, low=1, optional=True)
         if qk_rope_head_dim % 2:
-            raise ValueError(f"qk_rope_head_dim must be even (RoPE turns pairs), got "
-                             f"{qk_rope_head_dim}")
-        if kernel not in KERNELS:
-            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+            raise value_error("qk_rope_head_dim", f"qk_rope_head_dim must be even (RoPE turns "
+                                                  f"pairs), got {qk_rope_head_dim}")
+        check_choice("kernel", kernel, ATTENTION_KERNELS)
+        check_float("latent_eps", latent_eps, low=0.0, low_open=True)
+        check_float("scale", scale, low=0.0, low_open=True, optional=True)
+        check_bool("interleaved", interleaved)
+        check_bool("bias", bias)
+        self.emb_dim = emb_dim
         self.n_heads, self.kv_lora_rank = n_heads, kv_lora_rank
         self.nope, self.rope_dim, self.v_dim = qk_nope_head_dim, qk_rope_head_dim, v_head_dim
         self.interleaved, self.kernel = interleaved, kernel
@@ -158,18 +160,21 @@ class MultiHeadLatentAttention(nn.Module):
         return w[:, :self.nope], w[:, self.nope:]
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                cache: LatentKVCache | None = None, start: int = 0,
+                cache: LatentKVCache | None = None, start: int | None = None,
                 need_weights: bool = False, absorb: bool = False):
-        """Attend over ``x`` (B, T, emb) at positions ``start ..``, like ``GroupedQueryAttention``.
+        """Attend over ``x`` (B, T, emb) at positions ``start ..``, like ``GroupedQueryAttention``
+        (``start`` defaults to the cache's length, 0 without one).
 
         ``absorb=True`` attends over the latents with the up-projections folded into the query
         and the output (the decoding path); ``need_weights`` returns the probabilities too.
         """
+        check_features(x, self.emb_dim, (3,), next(self.parameters()))
+        start = first_position(cache, start)
         b, t, _ = x.shape
         q_nope, q_rope = self._queries(x, rope)
         latents, k_rope = self._latents(x, rope)
         if cache is not None:
-            latents, k_rope = cache.store(latents, k_rope, start)  # (B, S, r), (B, S, rope)
+            latents, k_rope = cache.store(latents, k_rope)  # (B, S, r), (B, S, rope)
         s = latents.shape[1]
         future = torch.arange(s, device=x.device)[None, :] > \
             torch.arange(start, start + t, device=x.device)[:, None]  # (T, S)

@@ -14,8 +14,8 @@ Exports:
 - ``windowed_attention_weights(...)``: the textbook path's probabilities (for ``trace``).
 - ``SlidingWindowAttention``: ``GroupedQueryAttention`` whose queries see ``window`` keys and
   whose cache is a ``WindowLayerCache``; everything else (QK-norm, RoPE, kernels) is GQA's.
-- ``WindowLayerCache``: one windowed layer's ring buffer, with the interface of a layer cache
-  (``store(k, v, start)`` returns the keys and values the new queries attend to, oldest first).
+- ``WindowLayerCache``: one windowed layer's ring buffer, a ``LayerCache`` like any other
+  (``store(k, v)`` returns the keys and values the new queries attend to, oldest first).
 
 The mask is built from positions, so keys that start later than position 0 (a cache's last
 ``window`` positions) are masked by where they are, not by their index.
@@ -29,9 +29,10 @@ tensor([[1, 0, 0, 0],
 >>> q, k = torch.randn(1, 2, 6, 4), torch.randn(1, 1, 6, 4)
 >>> windowed_attention(q, k, k, window=3).shape
 torch.Size([1, 2, 6, 4])
->>> cache = WindowLayerCache(batch_size=1, n_kv_heads=1, head_dim=4, window=3)
+>>> cache = WindowLayerCache(batch_size=1, n_kv_heads=1, head_dim=4, window=3, max_tokens=6)
 >>> for step in range(6):
-...     keys, values = cache.store(k[:, :, step:step + 1], k[:, :, step:step + 1], start=step)
+...     keys, values = cache.store(k[:, :, step:step + 1], k[:, :, step:step + 1])
+...     cache.advance(1)
 >>> torch.equal(keys, k[:, :, 3:6]), tuple(cache.keys.shape)  # positions 3, 4, 5; 3 slots
 (True, (1, 1, 3, 4))
 """
@@ -42,8 +43,10 @@ import math
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from ..attention import ATTENTION_KERNELS
+from ..kv_cache import LayerCache
+from ..machinery.checks import check_choice, check_int, check_tensor, value_error
 from .attention import GroupedQueryAttention
 
 __all__ = [
@@ -54,19 +57,6 @@ __all__ = [
     "SlidingWindowAttention",
 ]
 
-KERNELS = ("sdpa", "textbook")
-
-
-def _check_window(window: object) -> int | None:
-    if window is None:
-        return None
-    if isinstance(window, bool) or not isinstance(window, int):
-        raise TypeError(f"window must be an int >= 1 or None, got {window!r}")
-    if window < 1:
-        raise ValueError(f"window must be an int >= 1 or None, got {window}")
-    return window
-
-
 def window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor,
                 window: int | None) -> torch.Tensor:
     """``[Tq, Tk]`` bool, True where the query may see the key.
@@ -75,7 +65,7 @@ def window_mask(query_positions: torch.Tensor, key_positions: torch.Tensor,
     (``window=None``: no limit, plain causal attention). Negative key positions mark empty
     cache slots and are never visible.
     """
-    window = _check_window(window)
+    check_int("window", window, low=1, optional=True)
     distance = query_positions[:, None] - key_positions[None, :]  # (Tq, Tk)
     visible = (distance >= 0) & (key_positions[None, :] >= 0)
     if window is not None:
@@ -95,13 +85,13 @@ def _positions(q: torch.Tensor, k: torch.Tensor, query_positions: torch.Tensor |
 
 
 def _check_heads(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
-    if q.dim() != 4 or k.dim() != 4 or v.dim() != 4:
-        raise ValueError(f"q, k and v must be 4-D [batch, heads, tokens, head_dim], got shapes "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    """The query heads per key/value head, once q, k, v are [batch, heads, tokens, hd]."""
+    for name, tensor in (("q", q), ("k", k), ("v", v)):
+        check_tensor(name, tensor, dims=4, kind="floating")
     n_heads, n_kv = q.shape[1], k.shape[1]
     if v.shape[1] != n_kv or n_heads % n_kv != 0:
-        raise ValueError(f"k and v must have the same number of heads, dividing q's {n_heads}; "
-                         f"got {n_kv} and {v.shape[1]}")
+        raise value_error("k", f"k and v must have the same number of heads, dividing q's "
+                               f"{n_heads}; got {n_kv} and {v.shape[1]}")
     return n_heads // n_kv
 
 
@@ -131,8 +121,7 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
     mask, ``"textbook"`` writes out scores, mask, softmax and the weighted sum. ``dropout``
     drops attention probabilities (pass 0 outside training).
     """
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    check_choice("kernel", kernel, ATTENTION_KERNELS)
     if kernel == "textbook":
         weights = windowed_attention_weights(q, k, window, scale=scale,
                                              query_positions=query_positions,
@@ -147,40 +136,48 @@ def windowed_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, window
                                           scale=scale, enable_gqa=group > 1)
 
 
-class WindowLayerCache(nn.Module):
+class WindowLayerCache(LayerCache):
     """One windowed layer's keys and values: a ring buffer of ``window`` slots per head.
 
-    Position ``p`` lives in slot ``p % window``, so the memory held is ``window`` positions
-    whatever the length generated. ``store(k, v, start)`` takes the keys and values of the
-    positions ``start .. start + T - 1`` and returns, oldest first, the keys and values those
-    queries may see: the held positions from ``start - window + 1`` on, then the new ones. The
-    ring needs no state beyond its buffers: which slot holds what follows from ``start``.
+    Position ``p`` lives in slot ``p % slots``, so the memory held is ``window`` positions
+    whatever the length generated (``max_tokens`` of them when that is fewer: such a ring never
+    wraps). ``store(k, v)`` takes the keys and values of the positions ``length .. length +
+    T - 1`` and returns, oldest first, the keys and values those queries may see: the held
+    positions from ``length - window + 1`` on, then the new ones. Which slot holds what follows
+    from ``length``: the ring needs no state beyond its buffers and the protocol's count.
     """
 
-    def __init__(self, batch_size: int, n_kv_heads: int, head_dim: int, window: int, *,
-                 value_dim: int | None = None, device: torch.device | str | None = None,
+    def __init__(self, batch_size: int, n_kv_heads: int, head_dim: int, window: int,
+                 max_tokens: int, *, value_dim: int | None = None,
+                 device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
-        super().__init__()
-        self.window = _check_window(window)
-        value_dim = head_dim if value_dim is None else value_dim
-        self.register_buffer("keys", torch.zeros(batch_size, n_kv_heads, window, head_dim,
+        super().__init__(batch_size, max_tokens)
+        self.window = check_int("window", window, low=1)
+        check_int("n_kv_heads", n_kv_heads, low=1)
+        check_int("head_dim", head_dim, low=1)
+        value_dim = head_dim if value_dim is None else check_int("value_dim", value_dim, low=1)
+        slots = min(window, max_tokens)
+        self.register_buffer("keys", torch.zeros(batch_size, n_kv_heads, slots, head_dim,
                                                  device=device, dtype=dtype), persistent=False)
-        self.register_buffer("values", torch.zeros(batch_size, n_kv_heads, window, value_dim,
+        self.register_buffer("values", torch.zeros(batch_size, n_kv_heads, slots, value_dim,
                                                    device=device, dtype=dtype),
-                             persistent=False)  # each (B, nkv, W, hd)
+                             persistent=False)  # each (B, nkv, slots, hd)
 
-    def store(self, k: torch.Tensor, v: torch.Tensor,
-              start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write ``k``, ``v`` (B, nkv, T, hd) at ``start ..``; return what those queries see."""
-        t = k.shape[2]
-        held = torch.arange(max(0, start - self.window + 1), start, device=k.device)
-        keys = torch.cat([self.keys[:, :, held % self.window], k], dim=2)  # (B, nkv, S, hd)
-        values = torch.cat([self.values[:, :, held % self.window], v], dim=2)
-        kept = slice(max(0, t - self.window), t)  # only the last window positions stay
-        slots = torch.arange(start, start + t, device=k.device)[kept] % self.window
-        self.keys[:, :, slots] = k[:, :, kept]
-        self.values[:, :, slots] = v[:, :, kept]
+    def _write(self, k: torch.Tensor, v: torch.Tensor,
+               start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        t, slots = k.shape[2], self.keys.shape[2]
+        held = torch.arange(max(0, start - self.window + 1), start, device=k.device) % slots
+        keys = torch.cat([self.keys[:, :, held], k], dim=2)  # (B, nkv, S, hd)
+        values = torch.cat([self.values[:, :, held], v], dim=2)
+        kept = slice(max(0, t - slots), t)  # only the last slots positions stay
+        written = torch.arange(start, start + t, device=k.device)[kept] % slots
+        self.keys[:, :, written] = k[:, :, kept]
+        self.values[:, :, written] = v[:, :, kept]
         return keys, values
+
+    @property
+    def layout(self) -> tuple:
+        return (*super().layout, ("window", self.window))
 
 
 class SlidingWindowAttention(GroupedQueryAttention):
@@ -195,16 +192,14 @@ class SlidingWindowAttention(GroupedQueryAttention):
     def __init__(self, emb_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                  window: int, **options: object) -> None:
         super().__init__(emb_dim, n_heads, n_kv_heads, head_dim, **options)
-        self.window = _check_window(window)
-        if self.window is None:
-            raise TypeError("window must be an int >= 1, got None")
+        self.window = check_int("window", window, low=1)
 
     def new_cache(self, batch_size: int, max_tokens: int, *,
                   device: torch.device | str | None = None,
                   dtype: torch.dtype | None = None) -> WindowLayerCache:
-        """A ring buffer of ``window`` positions, whatever ``max_tokens`` is."""
+        """A ring buffer of ``window`` positions (fewer if ``max_tokens`` is less)."""
         return WindowLayerCache(batch_size, self.n_kv_heads, self.head_dim, self.window,
-                                device=device, dtype=dtype)
+                                max_tokens, device=device, dtype=dtype)
 
     def _positions(self, t: int, s: int, start: int,
                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
