@@ -289,7 +289,7 @@ def test_the_cli_trains_generates_and_resumes_a_small_preset_of_each_family(pres
 def test_streamed_safetensors_equal_what_the_safetensors_library_reads(specs, seed):
     from safetensors.torch import load_file, save_file
 
-    from gpt_components.modern.hf import stream_safetensors
+    from gpt_components.machinery.tensor_files import stream_safetensors
 
     g = generator(seed)
     tensors = {f"t{i}": (torch.randn(shape, generator=g) * 50).to(dtype)
