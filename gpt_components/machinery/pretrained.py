@@ -262,7 +262,10 @@ class HFLayout:
                 model = model_class(cfg).eval()  # eval mode picks the weights' decoding layout
         else:  # a model whose buffers need real data (GPT-2's causal masks)
             model = model_class(cfg).eval()
-        stand_ins = self.check(model, found, lambda key: f"file {str(file_of[key])!r}")
+        where = (f"file {str(files[0])!r}" if len(files) == 1
+                 else f"checkpoint {str(files[0].parent)!r}")  # what holds none of a tensor
+        stand_ins = self.check(model, found, lambda key: f"file {str(file_of[key])!r}"
+                               if key in file_of else where)
         if not self.on_meta:
             dtype = self.dtype or next(iter(found.values())).dtype
             state = {k: v for file in files for k, v in stream_safetensors(file)}
@@ -283,8 +286,9 @@ class HFLayout:
                             piece = torch.empty_strided(place.shape, place.stride(),
                                                         dtype=piece.dtype).copy_(piece)
                         state[name] = piece
+        ties = _ties(model)  # before assigning: the new tensors tie nothing yet
         model.load_state_dict(state, strict=False, assign=True)
-        for name, first in _ties(model).items():  # a tied head is the embedding again
+        for name, first in ties.items():  # a tied head is the embedding again
             module, _, leaf = name.rpartition(".")
             setattr(model.get_submodule(module), leaf, model.get_parameter(first))
         return model.eval()
