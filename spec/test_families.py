@@ -23,6 +23,7 @@ import dataclasses
 import importlib
 import json
 import pkgutil
+import re
 from pathlib import Path
 
 import pytest
@@ -263,6 +264,13 @@ def test_a_family_name_is_declared_once():
         Family(name="another", config_class=mistral_style.MistralStyleConfig,
                model_class=family.model_class, presets={"x": preset_config("llama3-nano")})
     assert "another" not in FAMILIES
+
+
+def test_the_guide_lists_the_single_file_family_as_it_is():
+    guide = Path(__file__).resolve().parent.parent / "docs" / "adding-a-family.md"
+    listing = re.search(r"```py\n(.*?)```", guide.read_text(encoding="utf-8"), flags=re.S)
+    assert listing is not None
+    assert listing.group(1) == Path(mistral_style.__file__).read_text(encoding="utf-8")
 
 
 def test_modern_exports_every_module_without_a_list():
