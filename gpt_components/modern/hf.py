@@ -17,8 +17,8 @@ and ``rope_theta`` + ``rope_scaling`` (the published checkpoints).
 ...     "low_freq_factor": 1.0, "high_freq_factor": 4.0,
 ...     "original_max_position_embeddings": 8192}})[1].factor
 32.0
->>> from gpt_components.modern.llama import LLAMA_HF_NAMES
->>> hf_param_name(LLAMA_HF_NAMES, "trf_blocks.3.ff.fc1.weight")
+>>> from gpt_components.modern.llama import HF_LAYOUT
+>>> HF_LAYOUT.hf_name("trf_blocks.3.ff.fc1.weight")
 'model.layers.3.mlp.gate_proj.weight'
 """
 
@@ -28,11 +28,9 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..machinery.checks import value_error
-from ..machinery.pretrained import HFLayout
 from .rope import Llama3RopeScaling
 
-__all__ = ["rope_from_hf", "rope_to_hf", "decoder_fields_from_hf", "decoder_fields_to_hf",
-           "hf_param_name"]
+__all__ = ["rope_from_hf", "rope_to_hf", "decoder_fields_from_hf", "decoder_fields_to_hf"]
 
 
 def rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, Llama3RopeScaling | None]:
@@ -98,9 +96,10 @@ def decoder_fields_from_hf(hf: Mapping[str, Any], *, activation: str = "silu") -
     }
 
 
-def decoder_fields_to_hf(cfg: Any, layout: HFLayout, *,
+def decoder_fields_to_hf(cfg: Any, layout: Any, *,
                          activation: tuple[str, str] = ("hidden_act", "silu")) -> dict[str, Any]:
-    """A Llama-style ``config.json`` for ``cfg``; ``activation``: its key and value."""
+    """A Llama-style ``config.json`` for ``cfg`` in ``layout`` (an ``HFLayout``: its model type
+    and architecture); ``activation``: the key and value of the feed-forward's activation."""
     return {
         "architectures": [layout.architecture],
         "model_type": layout.model_type,
@@ -121,7 +120,3 @@ def decoder_fields_to_hf(cfg: Any, layout: HFLayout, *,
         "tie_word_embeddings": cfg.tie_weights,
     }
 
-
-def hf_param_name(names: Mapping[str, str], name: str) -> str:
-    """The HF name of one of our parameters, e.g. ``trf_blocks.0.att.W_query.weight``."""
-    return HFLayout("", "", names, dict, dict).hf_name(name)
