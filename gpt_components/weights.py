@@ -105,22 +105,15 @@ class WeightsNotFoundError(FileNotFoundError, ValueError):
     """No weights at the given path, and none could be downloaded."""
 
 
-def _pattern(book_name: str) -> tuple[str, str | None]:
-    """The ``BOOK_TO_HF`` key for a concrete name, and its block index (None outside blocks)."""
-    match = re.fullmatch(r"trf_blocks\.(\d+)\.(.+)", book_name)
-    if match:
-        return f"trf_blocks.{{i}}.{match.group(2)}", match.group(1)
-    return book_name, None
-
-
 def hf_name(book_name: str) -> str:
     """The Hugging Face name of one of the book's parameters."""
     if not isinstance(book_name, str):
         raise TypeError(f"book_name must be a str, got {type(book_name).__name__}")
-    key, block = _pattern(book_name)
-    if key not in BOOK_TO_HF:
-        raise ValueError(f"book_name must name a GPTModel parameter, got {book_name!r}")
-    return BOOK_TO_HF[key].format(i=block)
+    try:
+        return GPT2_LAYOUT.hf_name(book_name)
+    except ValueError:
+        raise value_error("book_name", f"book_name must name a GPTModel parameter, got "
+                                       f"{book_name!r}") from None
 
 
 def _is_conv1d(hf: str) -> bool:

@@ -42,7 +42,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from .checks import check_instance, value_error
+from .checks import check_instance, type_error, value_error
 from .registry import FAMILIES, family_for_model_type, family_of
 from .tensor_files import TensorEntry, safetensors_header, stream_safetensors
 
@@ -247,6 +247,10 @@ class HFLayout:
         """The model that ``config`` (a ``config.json`` dict) and the safetensors ``files``
         describe, checked from the headers first, then streamed in; in eval mode."""
         cfg = self.config_from_hf(config)
+        unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(cfg)})
+        if unknown:
+            raise type_error("overrides", f"overrides must be {type(cfg).__name__} fields, got "
+                                          f"{unknown}")
         if overrides:
             cfg = dataclasses.replace(cfg, **overrides)
         files = list(files)
