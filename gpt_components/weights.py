@@ -107,8 +107,7 @@ class WeightsNotFoundError(FileNotFoundError, ValueError):
 
 def hf_name(book_name: str) -> str:
     """The Hugging Face name of one of the book's parameters."""
-    if not isinstance(book_name, str):
-        raise TypeError(f"book_name must be a str, got {type(book_name).__name__}")
+    check_instance("book_name", book_name, str, "a str")
     try:
         return GPT2_LAYOUT.hf_name(book_name)
     except ValueError:
@@ -147,11 +146,8 @@ def load_hf_state_dict(model: GPTModel,
     precision (float16, bfloat16) are converted to the model's with a ``UserWarning`` saying so.
     A missing ``lm_head.weight`` means the head is tied to ``wte``.
     """
-    if not isinstance(model, GPTModel):
-        raise TypeError(f"model must be a GPTModel, got {type(model).__name__}")
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to tensors, got "
-                        f"{type(state_dict).__name__}")
+    check_instance("model", model, GPTModel, "a GPTModel")
+    check_instance("state_dict", state_dict, Mapping, "a mapping of names to tensors")
     return GPT2_LAYOUT.read_state_dict(model, state_dict)
 
 
@@ -160,8 +156,7 @@ def to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
 
     A model without query/key/value biases exports zero biases (GPT-2 always has them).
     """
-    if not isinstance(model, GPTModel):
-        raise TypeError(f"model must be a GPTModel, got {type(model).__name__}")
+    check_instance("model", model, GPTModel, "a GPTModel")
     state = GPT2_LAYOUT.state_dict(model)
     if model.cfg.tie_weights:  # transformers' state dict names the tied head as well
         state["lm_head.weight"] = state["transformer.wte.weight"]
@@ -196,18 +191,18 @@ def config_from_hf(config: Mapping[str, Any] | Any, **overrides: Any) -> GPTConf
         config = config.to_dict() if hasattr(config, "to_dict") else vars(config)
     absent = [key for key in _HF_REQUIRED if key not in config]
     if absent:
-        raise ValueError(f"config must give {', '.join(_HF_REQUIRED)}; it has no "
-                         f"{', '.join(absent)}")
+        raise value_error("config", f"config must give {', '.join(_HF_REQUIRED)}; it has no "
+                                    f"{', '.join(absent)}")
     emb_dim = config["n_embd"]
     if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"config activation_function must be GPT-2's tanh GELU ('gelu_new'), "
-                         f"got {config['activation_function']!r}")
+        raise value_error("config", f"config activation_function must be GPT-2's tanh GELU "
+                                    f"('gelu_new'), got {config['activation_function']!r}")
     if config.get("n_inner") not in (None, 4 * emb_dim):
-        raise ValueError(f"config n_inner must be None or 4 * n_embd = {4 * emb_dim}, "
-                         f"got {config['n_inner']!r}")
+        raise value_error("config", f"config n_inner must be None or 4 * n_embd = "
+                                    f"{4 * emb_dim}, got {config['n_inner']!r}")
     if config.get("layer_norm_epsilon", 1e-5) != 1e-5:
-        raise ValueError(f"config layer_norm_epsilon must be 1e-5, got "
-                         f"{config['layer_norm_epsilon']!r}")
+        raise value_error("config", f"config layer_norm_epsilon must be 1e-5, got "
+                                    f"{config['layer_norm_epsilon']!r}")
     fields = {
         "vocab_size": config["vocab_size"],
         "context_length": config["n_positions"],
@@ -253,7 +248,7 @@ def _config_from_shapes(path: Path) -> dict[str, Any]:
 def download_command(name: str) -> str:
     """The shell command that fetches GPT-2 size ``name`` into a directory of that name."""
     if name not in _HUB_NAMES:
-        raise ValueError(f"name must be one of {sorted(_HUB_NAMES)}, got {name!r}")
+        raise value_error("name", f"name must be one of {sorted(_HUB_NAMES)}, got {name!r}")
     return (f"hf download {_HUB_NAMES[name]} config.json model.safetensors "
             f"--local-dir {name}")
 
@@ -310,8 +305,7 @@ def _download(name: str) -> Path:
 
 def _locate(name_or_path: str | Path) -> tuple[list[Path], dict[str, Any]]:
     """The weights file and ``config.json`` of a directory, a lone file, or a size's name."""
-    if not isinstance(name_or_path, (str, Path)):
-        raise TypeError(f"name_or_path must be a str or Path, got {type(name_or_path).__name__}")
+    check_instance("name_or_path", name_or_path, (str, Path), "a str or Path")
     path = Path(name_or_path)
     if not path.exists():
         if str(name_or_path) not in _HUB_NAMES:

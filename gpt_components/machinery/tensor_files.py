@@ -47,6 +47,8 @@ from typing import NamedTuple
 import torch
 from safetensors import SafetensorError, safe_open
 
+from .checks import check_instance
+
 __all__ = ["read_safetensors", "safetensors_header", "stream_safetensors", "TensorEntry",
            "check_state_dict", "TensorFileError"]
 
@@ -83,8 +85,7 @@ def _header_problem(path: Path) -> str | None:
 
 def _checked_file(path: str | os.PathLike) -> Path:
     """``path`` as a ``Path`` to a file that starts like a safetensors file, else the reason."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or PathLike, got {type(path).__name__}")
+    check_instance("path", path, (str, os.PathLike), "a str or PathLike")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path {str(path)!r} does not exist" if not path.exists()
