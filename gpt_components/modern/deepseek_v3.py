@@ -80,7 +80,6 @@ class DeepseekV3Config(DecoderConfig):
         return {"default": RopeSpec(self.qk_rope_head_dim, self.rope_theta)}
 
 
-
 DEEPSEEK_V3_PRESETS: dict[str, DeepseekV3Config] = {
     # Small for a laptop CPU (GPT-2's BPE): one dense layer, then 8 experts (2 per token) in
     # 2 groups, one shared expert.

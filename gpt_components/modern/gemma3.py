@@ -98,7 +98,6 @@ class Gemma3Config(DecoderConfig):
                 "local": RopeSpec(self.head_dim, self.rope_local_theta)}
 
 
-
 GEMMA3_PRESETS: dict[str, Gemma3Config] = {
     # Published sizes (Hugging Face config.json of google/gemma-3-270m and gemma-3-1b-pt).
     "gemma3-270m": Gemma3Config(emb_dim=640, n_layers=18, n_heads=4, n_kv_heads=1,

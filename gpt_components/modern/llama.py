@@ -39,7 +39,6 @@ class LlamaConfig(DecoderConfig):
     qk_norm: bool = False
 
 
-
 _LLAMA_3_1_SCALING = Llama3RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
                                        original_context_length=8192)
 _LLAMA_3_2_SCALING = Llama3RopeScaling(factor=32.0, low_freq_factor=1.0, high_freq_factor=4.0,

@@ -38,7 +38,6 @@ class Qwen3Config(DecoderConfig):
     qk_norm: bool = True
 
 
-
 _SMALL = {"vocab_size": 50257, "n_kv_heads": 2, "rope_theta": 10000.0}  # GPT-2's BPE, CPU sizes
 
 QWEN3_PRESETS: dict[str, Qwen3Config] = {

@@ -63,7 +63,6 @@ class Qwen3MoeConfig(Qwen3Config):
                          feed_forward="moe" if self.is_sparse(index) else self.feed_forward)
 
 
-
 QWEN3_MOE_PRESETS: dict[str, Qwen3MoeConfig] = {
     # Published size (Hugging Face config.json of Qwen/Qwen3-30B-A3B).
     "qwen3-30b-a3b": Qwen3MoeConfig(emb_dim=2048, n_layers=48, n_heads=32, n_kv_heads=4,
