@@ -264,38 +264,50 @@ class HFLayout:
         if self.on_meta:
             with torch.device("meta"):
                 model = model_class(cfg).eval()  # eval mode picks the weights' decoding layout
-        else:  # a model whose buffers need real data (GPT-2's causal masks)
+        else:  # a model whose buffers need real data (GPT-2's causal masks): filled in place
             model = model_class(cfg).eval()
         where = (f"file {str(files[0])!r}" if len(files) == 1
                  else f"checkpoint {str(files[0].parent)!r}")  # what holds none of a tensor
         stand_ins = self.check(model, found, lambda key: f"file {str(file_of[key])!r}"
                                if key in file_of else where)
+        floats = [entry.dtype for entry in found.values() if entry.dtype.is_floating_point]
+        dtype = self.dtype or (floats[0] if floats else torch.get_default_dtype())
         if not self.on_meta:
-            dtype = self.dtype or next(iter(found.values())).dtype
-            state = {k: v for file in files for k, v in stream_safetensors(file)}
-            return self.read_state_dict(model.to(dtype), state, f"file {str(files[0])!r}")
+            model.to(dtype)
+        places, zeros, ties = self.places(model), self.zeros(cfg), _ties(model)
         wanted: dict[str, list[str]] = {}
-        for hf in self.places(model):
+        for hf in places:
             wanted.setdefault(stand_ins.get(hf, hf), []).append(hf)
-        places, state = self.places(model), {}
+        state: dict[str, torch.Tensor] = {}
         for file in files:
             for key, tensor in stream_safetensors(file):  # one at a time: never a second copy
-                for hf in wanted.get(self.canonical(key) or "", ()):
-                    parts = places[hf]
-                    pieces = self.split(hf, tensor, [t.shape[0] for _, t in parts])
-                    for (name, place), piece in zip(parts, pieces, strict=True):
-                        if self.dtype is not None:
-                            piece = piece.to(self.dtype)
-                        if piece.stride() != place.stride():  # the layout eval mode chose
-                            piece = torch.empty_strided(place.shape, place.stride(),
-                                                        dtype=piece.dtype).copy_(piece)
-                        state[name] = piece
-        ties = _ties(model)  # before assigning: the new tensors tie nothing yet
-        model.load_state_dict(state, strict=False, assign=True)
-        for name, first in ties.items():  # a tied head is the embedding again
-            module, _, leaf = name.rpartition(".")
-            setattr(model.get_submodule(module), leaf, model.get_parameter(first))
+                key = self.canonical(key) or ""
+                if key in zeros and bool(tensor.any()):
+                    raise value_error("path", f"file {str(file)!r} tensor {key!r} {zeros[key][1]}")
+                for hf in wanted.get(key, ()):
+                    pieces = self.split(hf, tensor, [t.shape[0] for _, t in places[hf]])
+                    for (name, place), piece in zip(places[hf], pieces, strict=True):
+                        if self.on_meta:
+                            state[name] = self._placed(piece.to(dtype), place)
+                        else:
+                            with torch.no_grad():
+                                place.copy_(piece)
+        if self.on_meta:
+            model.load_state_dict(state, strict=False, assign=True)
+            for name, first in ties.items():  # a tied head is the embedding again
+                module, _, leaf = name.rpartition(".")
+                setattr(model.get_submodule(module), leaf, model.get_parameter(first))
+        if floats and floats[0] != dtype:
+            warnings.warn(f"converted {self.title or self.model_type} weights from {floats[0]} "
+                          f"to {dtype}", UserWarning, stacklevel=3)
         return model.eval()
+
+    @staticmethod
+    def _placed(piece: torch.Tensor, place: torch.Tensor) -> torch.Tensor:
+        """``piece`` laid out as ``place`` is (the layout eval mode chose for decoding)."""
+        if piece.stride() == place.stride():
+            return piece
+        return torch.empty_strided(place.shape, place.stride(), dtype=piece.dtype).copy_(piece)
 
     def save(self, model: nn.Module, directory: Path) -> Path:
         """``config.json`` + ``model.safetensors`` as transformers writes them; the directory."""
