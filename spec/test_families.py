@@ -168,21 +168,31 @@ def test_the_model_computes_in_its_parameters_dtype_and_builds_on_meta(name):
 @pytest.mark.parametrize("name", [n for n in NAMES if FAMILIES[n].layout is not None])
 def test_saved_weights_load_into_transformers_and_come_back_unchanged(name, tmp_path):
     transformers = pytest.importorskip("transformers")
-    model = tiny_model(name, 2, dtype=torch.float32)  # float64 equality: each family's own file
+    model = tiny_model(name, 2)
     directory = save_pretrained(model, tmp_path / name)
     assert json.loads((directory / "config.json").read_text())["model_type"] \
         == FAMILIES[name].layout.model_type
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(directory).eval()
+    experts = any(".experts." in n for n, _ in model.named_parameters())
+    eager = {"experts_implementation": "eager"} if experts else {}  # its fused kernel: no float64
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=F64,
+                                                               **eager).eval()
     ids = torch.randint(0, 64, (2, window_of(model.cfg) + 6), generator=generator(3))
     with torch.no_grad():
         ours = model(ids)
         expected = theirs(ids).logits
-    torch.testing.assert_close(expected, ours, rtol=1e-4, atol=1e-4 * ours.abs().max().item())
-    back = from_pretrained(directory)
+    # transformers keeps float32 islands (RoPE frequencies, routers): a float32 bound here; each
+    # family's own file widens them (spec/helpers/hf_exact.py) and asks for ~1e-10.
+    torch.testing.assert_close(expected, ours, rtol=1e-5, atol=1e-5 * ours.abs().max().item())
+    dtype = FAMILIES[name].layout.dtype or F64  # the layout's dtype, else the file's
+    if dtype == F64:
+        back = from_pretrained(directory)
+    else:  # never silently
+        with pytest.warns(UserWarning, match=f"converted .* weights from torch.float64 to {dtype}"):
+            back = from_pretrained(directory)
     assert type(back.cfg) is type(model.cfg) and not back.training
     assert back.cfg == dataclasses.replace(model.cfg, attn_kernel=back.cfg.attn_kernel)
     with torch.no_grad():
-        assert torch.equal(back(ids), ours)
+        assert torch.equal(back(ids), model.to(dtype)(ids))
 
 
 @pytest.mark.slow
