@@ -163,9 +163,9 @@ class GPTModel(LanguageModel):
     @classmethod
     def from_pretrained(cls, name_or_path: str | Path, **overrides: Any) -> GPTModel:
         """GPT-2 weights in Hugging Face's layout; see ``gpt_components.weights``."""
-        from .weights import load_pretrained
+        from .machinery.registry import FAMILIES  # GPT-2's family is declared in `weights`
 
-        return load_pretrained(name_or_path, **overrides)
+        return FAMILIES["gpt2"].load_pretrained(name_or_path, **overrides)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -3,11 +3,14 @@
 OpenAI's GPT-2 checkpoints, as Hugging Face ``transformers`` stores them, name the book's parts
 differently (``wte`` for ``tok_emb``, ``h.N.attn.c_attn`` for ``W_query``/``W_key``/``W_value``
 fused into one matrix) and keep linear weights as ``Conv1D`` matrices, transposed relative to
-``nn.Linear``. ``BOOK_TO_HF`` is the one mapping between the two; ``load_hf_state_dict`` and
-``to_hf_state_dict`` apply it both ways, ``save_pretrained`` writes ``config.json`` +
-``model.safetensors`` as ``transformers`` does, and ``load_pretrained`` (also
-``GPTModel.from_pretrained``) reads such a directory, a lone ``model.safetensors``, or downloads
-a GPT-2 size by name when ``huggingface_hub`` and a network are there.
+``nn.Linear``. ``BOOK_TO_HF`` is the one mapping between the two, and ``GPT2_LAYOUT`` says the
+rest (the fused and transposed tensors, OpenAI's older spelling, the head read from ``wte`` when a
+file has none); the loading itself is ``machinery.pretrained``'s, the same for every family.
+``load_hf_state_dict`` and ``to_hf_state_dict`` apply the layout both ways, ``save_pretrained``
+writes ``config.json`` + ``model.safetensors`` as ``transformers`` does, and ``load_pretrained``
+(also ``GPTModel.from_pretrained``) reads such a directory, a lone ``model.safetensors``, or
+downloads a GPT-2 size by name when ``huggingface_hub`` and a network are there. The module ends
+with GPT-2's ``Family`` declaration: GPT-2 is registered as every other family is.
 
 >>> hf_name("trf_blocks.3.att.W_key.bias")
 'transformer.h.3.attn.c_attn.bias'
@@ -17,20 +20,20 @@ a GPT-2 size by name when ``huggingface_hub`` and a network are there.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import socket
-import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
-from .machinery.tensor_files import read_safetensors
-from .model import GPTConfig, GPTModel
+from .machinery.checks import check_instance, value_error
+from .machinery.pretrained import HFLayout, read_config_json
+from .machinery.registry import Family
+from .machinery.tensor_files import safetensors_header
+from .model import MODEL_PRESETS, GPTConfig, GPTModel
 
 __all__ = [
     "BOOK_TO_HF",
@@ -44,9 +47,11 @@ __all__ = [
     "load_pretrained",
     "download_command",
     "GPT2_NAMES",
+    "GPT2_LAYOUT",
 ]
 
-# Book parameter name -> Hugging Face GPT2LMHeadModel name; "{i}" is the block index.
+# Book parameter name -> Hugging Face GPT2LMHeadModel name; "{i}" is the block index. The three
+# names mapped to c_attn are fused into it in this order (query, key, value).
 BOOK_TO_HF: dict[str, str] = {
     "tok_emb.weight": "transformer.wte.weight",
     "pos_emb.weight": "transformer.wpe.weight",
@@ -70,8 +75,6 @@ BOOK_TO_HF: dict[str, str] = {
     "final_norm.shift": "transformer.ln_f.bias",
     "out_head.weight": "lm_head.weight",
 }
-# Which third of the fused c_attn projection holds each of the book's matrices.
-_QKV_PART = {"W_query": 0, "W_key": 1, "W_value": 2}
 # Causal-mask buffers some checkpoints carry; they hold no weights.
 _HF_BUFFERS = re.compile(r"(transformer\.)?h\.\d+\.attn\.(bias|masked_bias)")
 # The four published sizes: (emb_dim, n_layers) -> (hub repository, n_heads).
@@ -102,57 +105,36 @@ class WeightsNotFoundError(FileNotFoundError, ValueError):
     """No weights at the given path, and none could be downloaded."""
 
 
-def _pattern(book_name: str) -> tuple[str, str | None]:
-    """The ``BOOK_TO_HF`` key for a concrete name, and its block index (None outside blocks)."""
-    match = re.fullmatch(r"trf_blocks\.(\d+)\.(.+)", book_name)
-    if match:
-        return f"trf_blocks.{{i}}.{match.group(2)}", match.group(1)
-    return book_name, None
-
-
 def hf_name(book_name: str) -> str:
     """The Hugging Face name of one of the book's parameters."""
-    if not isinstance(book_name, str):
-        raise TypeError(f"book_name must be a str, got {type(book_name).__name__}")
-    key, block = _pattern(book_name)
-    if key not in BOOK_TO_HF:
-        raise ValueError(f"book_name must name a GPTModel parameter, got {book_name!r}")
-    return BOOK_TO_HF[key].format(i=block)
+    check_instance("book_name", book_name, str, "a str")
+    try:
+        return GPT2_LAYOUT.hf_name(book_name)
+    except ValueError:
+        raise value_error("book_name", f"book_name must name a GPTModel parameter, got "
+                                       f"{book_name!r}") from None
 
 
 def _is_conv1d(hf: str) -> bool:
+    """Whether transformers keeps this tensor as a ``Conv1D`` matrix, transposed."""
     return hf.endswith(".weight") and (".attn." in hf or ".mlp." in hf)
 
 
-def _qkv_part(book_name: str) -> int | None:
-    match = re.search(r"\.att\.(W_query|W_key|W_value)\.", book_name)
-    return _QKV_PART[match.group(1)] if match else None
+def _canonical(key: str) -> str | None:
+    """A checkpoint key in GPT2LMHeadModel's spelling (OpenAI's own files drop
+    ``transformer.``); None for the causal-mask buffers, which hold no weights."""
+    if _HF_BUFFERS.fullmatch(key):
+        return None
+    return key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"
 
 
-def _hf_shape(book_name: str, shape: torch.Size) -> tuple[int, ...]:
-    """The shape of the HF tensor that holds a book parameter of ``shape``."""
-    hf_shape = tuple(shape)
-    if _qkv_part(book_name) is not None:
-        hf_shape = (3 * hf_shape[0], *hf_shape[1:])  # fused along the out dimension
-    return hf_shape[::-1] if _is_conv1d(hf_name(book_name)) else hf_shape
-
-
-def _from_hf(book_name: str, tensor: torch.Tensor) -> torch.Tensor:
-    """An HF tensor converted to the book's layout: Conv1D transposed, c_attn split."""
-    part = _qkv_part(book_name)
-    if part is not None:
-        tensor = tensor.chunk(3, dim=-1)[part]  # the out dimension is the last in Conv1D
-    return tensor.t() if _is_conv1d(hf_name(book_name)) else tensor
-
-
-def _normalized(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Keys in GPT2LMHeadModel's spelling (OpenAI's own files drop ``transformer.``)."""
-    out = {}
-    for key, tensor in state_dict.items():
-        if _HF_BUFFERS.fullmatch(key):
-            continue
-        out[key if key.startswith(("transformer.", "lm_head.")) else f"transformer.{key}"] = tensor
-    return out
+def _absent_biases(cfg: GPTConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """GPT-2 always has query/key/value biases: a model without them saves zeros there."""
+    if cfg.qkv_bias:
+        return {}
+    why = "holds query/key/value biases, but the model has none: build it with qkv_bias=True"
+    return {f"transformer.h.{i}.attn.c_attn.bias": ((3 * cfg.emb_dim,), why)
+            for i in range(cfg.n_layers)}
 
 
 def load_hf_state_dict(model: GPTModel,
@@ -164,50 +146,9 @@ def load_hf_state_dict(model: GPTModel,
     precision (float16, bfloat16) are converted to the model's with a ``UserWarning`` saying so.
     A missing ``lm_head.weight`` means the head is tied to ``wte``.
     """
-    if not isinstance(model, GPTModel):
-        raise TypeError(f"model must be a GPTModel, got {type(model).__name__}")
-    if not isinstance(state_dict, Mapping):
-        raise TypeError(f"state_dict must be a mapping of names to tensors, got "
-                        f"{type(state_dict).__name__}")
-    hf = _normalized(state_dict)
-    targets = dict(model.named_parameters())  # a tied head appears once, as tok_emb
-    converted, precisions = {}, set()
-    for name, param in targets.items():
-        source = hf_name(name)
-        if source == "lm_head.weight" and source not in hf:
-            source = "transformer.wte.weight"
-        if source not in hf:
-            raise ValueError(f"state_dict has no tensor {source!r} (for {name!r})")
-        tensor = hf[source]
-        expected = _hf_shape(name, param.shape)
-        if tuple(tensor.shape) != expected:
-            raise ValueError(f"state_dict tensor {source!r} has shape {tuple(tensor.shape)}, "
-                             f"but {name!r} needs {tuple(expected)}: the config does not match")
-        if not tensor.is_floating_point():
-            raise ValueError(f"state_dict tensor {source!r} has dtype {tensor.dtype}, but "
-                             f"{name!r} needs floating-point weights ({param.dtype})")
-        if tensor.dtype != param.dtype:
-            precisions.add(f"{tensor.dtype} to {param.dtype}")
-        converted[name] = _from_hf(name, tensor)
-    used = {hf_name(name) for name in targets} | {"lm_head.weight"}
-    unexpected = sorted(set(hf) - used)
-    if not model.cfg.qkv_bias:
-        biases = [key for key in unexpected if key.endswith("attn.c_attn.bias")]
-        nonzero = [key for key in biases if bool(hf[key].any())]
-        if nonzero:
-            raise ValueError(f"state_dict tensor {nonzero[0]!r} holds query/key/value biases, "
-                             "but the model has none: build it with qkv_bias=True")
-        unexpected = [key for key in unexpected if key not in biases]
-    if unexpected:
-        raise ValueError(f"state_dict has tensor {unexpected[0]!r}, which the model has no place "
-                         f"for: the config does not match")
-    if precisions:
-        warnings.warn(f"converted GPT-2 weights from {', '.join(sorted(precisions))}",
-                      UserWarning, stacklevel=2)
-    with torch.no_grad():
-        for name, param in targets.items():
-            param.copy_(converted[name])
-    return model
+    check_instance("model", model, GPTModel, "a GPTModel")
+    check_instance("state_dict", state_dict, Mapping, "a mapping of names to tensors")
+    return GPT2_LAYOUT.read_state_dict(model, state_dict)
 
 
 def to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
@@ -215,25 +156,11 @@ def to_hf_state_dict(model: GPTModel) -> dict[str, torch.Tensor]:
 
     A model without query/key/value biases exports zero biases (GPT-2 always has them).
     """
-    if not isinstance(model, GPTModel):
-        raise TypeError(f"model must be a GPTModel, got {type(model).__name__}")
-    params = dict(model.named_parameters(remove_duplicate=False))
-    out: dict[str, torch.Tensor] = {}
-    for i in range(model.cfg.n_layers):
-        att = model.trf_blocks[i].att
-        weights = [getattr(att, w).weight for w in _QKV_PART]
-        out[f"transformer.h.{i}.attn.c_attn.weight"] = torch.cat(weights, dim=0).t()
-        biases = [getattr(att, w).bias for w in _QKV_PART]
-        out[f"transformer.h.{i}.attn.c_attn.bias"] = (
-            torch.cat(biases) if model.cfg.qkv_bias
-            else torch.zeros(3 * model.cfg.emb_dim, dtype=weights[0].dtype,
-                             device=weights[0].device)
-        )
-    for name, param in params.items():
-        target = hf_name(name)
-        if target not in out:
-            out[target] = param.t() if _is_conv1d(target) else param
-    return {key: tensor.detach().clone().contiguous() for key, tensor in out.items()}
+    check_instance("model", model, GPTModel, "a GPTModel")
+    state = GPT2_LAYOUT.state_dict(model)
+    if model.cfg.tie_weights:  # transformers' state dict names the tied head as well
+        state["lm_head.weight"] = state["transformer.wte.weight"]
+    return {key: tensor.clone().contiguous() for key, tensor in state.items()}
 
 
 def hf_config(cfg: GPTConfig) -> dict[str, Any]:
@@ -264,18 +191,18 @@ def config_from_hf(config: Mapping[str, Any] | Any, **overrides: Any) -> GPTConf
         config = config.to_dict() if hasattr(config, "to_dict") else vars(config)
     absent = [key for key in _HF_REQUIRED if key not in config]
     if absent:
-        raise ValueError(f"config must give {', '.join(_HF_REQUIRED)}; it has no "
-                         f"{', '.join(absent)}")
+        raise value_error("config", f"config must give {', '.join(_HF_REQUIRED)}; it has no "
+                                    f"{', '.join(absent)}")
     emb_dim = config["n_embd"]
     if config.get("activation_function", "gelu_new") not in ("gelu_new", "gelu_pytorch_tanh"):
-        raise ValueError(f"config activation_function must be GPT-2's tanh GELU ('gelu_new'), "
-                         f"got {config['activation_function']!r}")
+        raise value_error("config", f"config activation_function must be GPT-2's tanh GELU "
+                                    f"('gelu_new'), got {config['activation_function']!r}")
     if config.get("n_inner") not in (None, 4 * emb_dim):
-        raise ValueError(f"config n_inner must be None or 4 * n_embd = {4 * emb_dim}, "
-                         f"got {config['n_inner']!r}")
+        raise value_error("config", f"config n_inner must be None or 4 * n_embd = "
+                                    f"{4 * emb_dim}, got {config['n_inner']!r}")
     if config.get("layer_norm_epsilon", 1e-5) != 1e-5:
-        raise ValueError(f"config layer_norm_epsilon must be 1e-5, got "
-                         f"{config['layer_norm_epsilon']!r}")
+        raise value_error("config", f"config layer_norm_epsilon must be 1e-5, got "
+                                    f"{config['layer_norm_epsilon']!r}")
     fields = {
         "vocab_size": config["vocab_size"],
         "context_length": config["n_positions"],
@@ -294,39 +221,34 @@ def save_pretrained(model: GPTModel, directory: str | Path) -> Path:
 
     ``transformers.GPT2LMHeadModel.from_pretrained(directory)`` loads the result.
     """
-    state = to_hf_state_dict(model)
-    if model.cfg.tie_weights:
-        del state["lm_head.weight"]  # tied: transformers rebuilds it from wte
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(hf_config(model.cfg), indent=2) + "\n")
-    save_file({k: v.cpu() for k, v in state.items()}, directory / "model.safetensors",
-              metadata={"format": "pt"})
-    return directory
+    check_instance("model", model, GPTModel, "a GPTModel")
+    return FAMILY.save_pretrained(model, Path(directory))
 
 
-def _config_from_shapes(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, Any]:
-    """The ``config.json`` of one of the four GPT-2 sizes, recognized from tensor shapes."""
-    hf = _normalized(state)
+def _config_from_shapes(path: Path) -> dict[str, Any]:
+    """The ``config.json`` of one of the four GPT-2 sizes, recognized from the tensor shapes in
+    the file's header; a file with a head of its own is read as untied."""
+    hf = {_canonical(key): entry.shape for key, entry in safetensors_header(path).items()}
     if "transformer.wte.weight" not in hf or "transformer.wpe.weight" not in hf:
-        raise ValueError(f"{str(path)!r} holds no wte/wpe embeddings: it is not GPT-2 weights "
-                         "(put the config.json of its model beside it)")
-    vocab_size, emb_dim = hf["transformer.wte.weight"].shape
-    n_layers = len({key.split(".")[2] for key in hf if key.startswith("transformer.h.")})
+        raise value_error("name_or_path", f"{str(path)!r} holds no wte/wpe embeddings: it is "
+                                          "not GPT-2 weights (put the config.json of its model "
+                                          "beside it)")
+    vocab_size, emb_dim = hf["transformer.wte.weight"]
+    n_layers = len({key.split(".")[2] for key in hf if key and key.startswith("transformer.h.")})
     if (emb_dim, n_layers) not in _GPT2_SIZES:
-        raise ValueError(f"{path} is not one of the four GPT-2 sizes (emb_dim={emb_dim}, "
-                         f"{n_layers} layers): put its config.json beside it")
-    head = hf.get("lm_head.weight")
-    tied = head is None or torch.equal(head, hf["transformer.wte.weight"])
-    return {"vocab_size": vocab_size, "n_positions": hf["transformer.wpe.weight"].shape[0],
+        raise value_error("name_or_path", f"{path} is not one of the four GPT-2 sizes "
+                                          f"(emb_dim={emb_dim}, {n_layers} layers): put its "
+                                          "config.json beside it")
+    return {"vocab_size": vocab_size, "n_positions": hf["transformer.wpe.weight"][0],
             "n_embd": emb_dim, "n_layer": n_layers,
-            "n_head": _GPT2_SIZES[(emb_dim, n_layers)][1], "tie_word_embeddings": tied}
+            "n_head": _GPT2_SIZES[(emb_dim, n_layers)][1],
+            "tie_word_embeddings": "lm_head.weight" not in hf}
 
 
 def download_command(name: str) -> str:
     """The shell command that fetches GPT-2 size ``name`` into a directory of that name."""
     if name not in _HUB_NAMES:
-        raise ValueError(f"name must be one of {sorted(_HUB_NAMES)}, got {name!r}")
+        raise value_error("name", f"name must be one of {sorted(_HUB_NAMES)}, got {name!r}")
     return (f"hf download {_HUB_NAMES[name]} config.json model.safetensors "
             f"--local-dir {name}")
 
@@ -381,27 +303,9 @@ def _download(name: str) -> Path:
             f"run: {how}") from None
 
 
-def _read_config(config_file: Path) -> dict[str, Any]:
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{str(config_file)!r} is not valid JSON: {error}") from None
-    if not isinstance(config, dict):
-        raise ValueError(f"{str(config_file)!r} must hold a JSON object, got "
-                         f"{type(config).__name__}")
-    return config
-
-
-def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPTModel:
-    """A ``GPTModel`` (in eval mode) with GPT-2 weights in Hugging Face's layout.
-
-    ``name_or_path``: a directory holding ``model.safetensors`` (and ``config.json``, as
-    ``save_pretrained`` writes it), a lone ``model.safetensors`` of one of the four GPT-2 sizes,
-    or a name (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``) to download.
-    ``overrides`` set ``GPTConfig`` fields that do not change shapes, e.g. ``attn_kernel``.
-    """
-    if not isinstance(name_or_path, (str, Path)):
-        raise TypeError(f"name_or_path must be a str or Path, got {type(name_or_path).__name__}")
+def _locate(name_or_path: str | Path) -> tuple[list[Path], dict[str, Any]]:
+    """The weights file and ``config.json`` of a directory, a lone file, or a size's name."""
+    check_instance("name_or_path", name_or_path, (str, Path), "a str or Path")
     path = Path(name_or_path)
     if not path.exists():
         if str(name_or_path) not in _HUB_NAMES:
@@ -412,9 +316,32 @@ def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPTModel:
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
         raise WeightsNotFoundError(f"name_or_path {str(name_or_path)!r} has no model.safetensors")
-    state = read_safetensors(weights)
     config_file = weights.parent / "config.json"
-    config = (_read_config(config_file) if config_file.is_file()
-              else _config_from_shapes(state, weights))
-    model = GPTModel(config_from_hf(config, **overrides))
-    return load_hf_state_dict(model, state).eval()
+    config = (read_config_json(config_file) if config_file.is_file()
+              else _config_from_shapes(weights))
+    return [weights], config
+
+
+def load_pretrained(name_or_path: str | Path, **overrides: Any) -> GPTModel:
+    """A ``GPTModel`` (in eval mode) with GPT-2 weights in Hugging Face's layout.
+
+    ``name_or_path``: a directory holding ``model.safetensors`` (and ``config.json``, as
+    ``save_pretrained`` writes it), a lone ``model.safetensors`` of one of the four GPT-2 sizes,
+    or a name (``gpt2``, ``gpt2-medium``, ``gpt2-large``, ``gpt2-xl``) to download.
+    ``overrides`` set ``GPTConfig`` fields that do not change shapes, e.g. ``attn_kernel``.
+    """
+    return FAMILY.load_pretrained(name_or_path, **overrides)
+
+
+GPT2_LAYOUT = HFLayout(
+    model_type="gpt2", architecture="GPT2LMHeadModel", names=BOOK_TO_HF,
+    config_from_hf=config_from_hf, config_to_hf=hf_config, title="GPT-2",
+    transposed=_is_conv1d, canonical=_canonical,
+    stand_ins={"lm_head.weight": "transformer.wte.weight"},  # OpenAI's files hold no head
+    zeros=_absent_biases,
+    dtype=torch.float32,  # the book's model computes in float32; other precisions converted
+    on_meta=False,  # its causal masks are buffers computed when it is built
+    locate=_locate)
+
+FAMILY = Family(name="gpt2", config_class=GPTConfig, model_class=GPTModel,
+                presets=MODEL_PRESETS, layout=GPT2_LAYOUT, tokenizer="gpt2")

@@ -174,25 +174,12 @@ def test_published_sizes_have_their_parameter_counts():
         assert sum(p.numel() for p in model.parameters()) == count
 
 
-@pytest.mark.parametrize("preset", ["gemma3-nano", "qwen3-moe-nano", "deepseek-v3-nano"])
-def test_a_small_preset_saves_what_transformers_loads(preset, tmp_path):
-    from gpt_components.machinery.registry import build_model, preset_config
-
-    torch.manual_seed(0)
-    model = build_model(preset_config(preset, vocab_size=60)).eval()
-    save_pretrained(model, tmp_path)
-    theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path).eval()
-    ids = torch.tensor([[1, 2, 3, 4]])
-    with torch.no_grad():
-        torch.testing.assert_close(theirs(ids).logits, model(ids), rtol=1e-4, atol=1e-5)
-
-
 def test_the_config_refuses_what_gemma3_is_not():
     with pytest.raises(ValueError, match="layer_types must name 2 layers"):
         Gemma3Config(n_layers=2, layer_types=("sliding_attention",))
     with pytest.raises(ValueError, match="sliding_window must be an int >= 1"):
         Gemma3Config(n_layers=1, sliding_window=0)
-    with pytest.raises(ValueError, match="query_pre_attn_scalar must be a whole number > 0"):
+    with pytest.raises(TypeError, match="query_pre_attn_scalar must be an int >= 1, got 16.5"):
         Gemma3Config(n_layers=1, query_pre_attn_scalar=16.5)
     config = transformers.Gemma3TextConfig(num_hidden_layers=1, hidden_size=8, head_dim=4,
                                            num_attention_heads=2, num_key_value_heads=1,

@@ -12,12 +12,14 @@ import pickle
 import re
 import shutil
 import subprocess
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 import gpt_components
 from gpt_components import (
@@ -33,13 +35,16 @@ from gpt_components import (
     make_classifier,
     read_safetensors,
     replace_linear_with_lora,
+    safetensors_header,
     save_classifier,
     save_lora,
     save_pretrained,
+    stream_safetensors,
 )
 from gpt_components.cli import main
 from gpt_components.finetune.commands import load_start_model
 from gpt_components.machinery.resources import load_text
+from spec.strategies import generator, seeds
 
 pytestmark = pytest.mark.ch05
 
@@ -366,3 +371,45 @@ def test_finetuning_reads_weights_with_the_tokenizer_files_beside_them(tmp_path,
     (tmp_path / "weights" / "tokenizer.json").write_text("{not json")  # not GPT-2's ids instead
     with pytest.raises(ValueError, match="^--weights the weights' tokenizer .* could not be "):
         load_start_model(weights=str(tmp_path / "weights"))
+
+
+@given(st.lists(st.tuples(st.sampled_from([torch.float64, torch.float32, torch.bfloat16,
+                                           torch.float16, torch.int64, torch.int8, torch.bool]),
+                          st.lists(st.integers(0, 4), max_size=3)), min_size=1, max_size=5),
+       seeds)
+@settings(deadline=None, max_examples=20)
+def test_streamed_safetensors_equal_what_the_safetensors_library_reads(specs, seed):
+    g = generator(seed)
+    tensors = {f"t{i}": (torch.randn(shape, generator=g) * 50).to(dtype)
+               for i, (dtype, shape) in enumerate(specs)}
+    with tempfile.TemporaryDirectory() as directory:
+        path = Path(directory) / "model.safetensors"
+        save_file(tensors, str(path), metadata={"format": "pt"})
+        streamed = dict(stream_safetensors(path))
+        expected = {k: v.clone() for k, v in load_file(str(path)).items()}  # not the file's map
+        path.write_bytes(path.read_bytes()[:-1])
+        if any(t.numel() for t in tensors.values()):
+            with pytest.raises(ValueError, match="is truncated or corrupted"):
+                dict(stream_safetensors(path))
+    assert streamed.keys() == expected.keys()
+    for name, tensor in expected.items():
+        assert streamed[name].dtype == tensor.dtype and torch.equal(streamed[name], tensor)
+
+
+def test_the_header_alone_names_a_truncated_file_and_an_unknown_dtype(tmp_path):
+    path = tmp_path / "model.safetensors"
+    save_file({"a": torch.ones(4, 2), "b": torch.zeros(3, dtype=torch.int8)}, str(path))
+    header = safetensors_header(path)
+    assert {k: (v.dtype, v.shape) for k, v in header.items()} == {
+        "a": (torch.float32, (4, 2)), "b": (torch.int8, (3,))}
+    assert max(entry.end for entry in header.values()) == path.stat().st_size
+    path.write_bytes(path.read_bytes()[:-2])
+    with pytest.raises(TensorFileError, match=r"is truncated or corrupted \(tensor '.' does not "
+                                              r"fit its \d+ bytes\)"):
+        safetensors_header(path)
+    raw = json.dumps({"c": {"dtype": "F8_E4M3", "shape": [1], "data_offsets": [0, 1]}}).encode()
+    path.write_bytes(len(raw).to_bytes(8, "little") + raw + b"\0")
+    with pytest.raises(TensorFileError, match="tensor 'c' has dtype F8_E4M3, which this reader "
+                                              "does not know"):
+        safetensors_header(path)
+

@@ -216,7 +216,8 @@ def test_a_saved_directory_holds_transformers_config_and_safetensors_metadata(tm
         "architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 50,
         "n_positions": 4, "n_embd": 8, "n_layer": 1, "n_head": 2, "n_inner": None,
         "activation_function": "gelu_new", "layer_norm_epsilon": 1e-5, "resid_pdrop": 0.25,
-        "embd_pdrop": 0.25, "attn_pdrop": 0.25, "tie_word_embeddings": False, "qkv_bias": False}
+        "embd_pdrop": 0.25, "attn_pdrop": 0.25, "tie_word_embeddings": False, "qkv_bias": False,
+        "dtype": "float32"}
     with safe_open(str(directory / "model.safetensors"), framework="pt") as f:
         assert f.metadata() == {"format": "pt"}
     config = transformers.AutoConfig.from_pretrained(directory)

@@ -7,9 +7,14 @@ anything that is not a safetensors file (a pickle or a ``torch.save`` archive re
 file and what it is instead; it never unpickles. ``check_state_dict`` compares a file's tensors
 with what a model expects and names the first tensor that is missing, extra, of another shape or
 of a dtype that cannot hold weights; floating-point tensors of another precision are converted to
-the model's, with a warning that says so.
+the model's, with a warning that says so. ``safetensors_header`` reads only a file's table of
+contents (each tensor's dtype and shape: enough to check a checkpoint against a model before a
+byte of weights is read) and ``stream_safetensors`` then yields its tensors one at a time, each
+read straight into its own memory (a model too big to hold twice loads in one copy). This module
+is the project's one safetensors reader.
 
-Exports: ``read_safetensors``, ``check_state_dict``, ``TensorFileError``.
+Exports: ``read_safetensors``, ``safetensors_header``, ``stream_safetensors``, ``TensorEntry``,
+``check_state_dict``, ``TensorFileError``.
 
 >>> import tempfile, torch
 >>> from safetensors.torch import save_file
@@ -17,6 +22,8 @@ Exports: ``read_safetensors``, ``check_state_dict``, ``TensorFileError``.
 >>> save_file({"weight": torch.ones(2, 2)}, path)
 >>> sorted(read_safetensors(path))
 ['weight']
+>>> safetensors_header(path)["weight"].shape
+(2, 2)
 >>> _ = open(path, "wb").write(b"\\x80\\x02}q\\x00.")  # a pickle under a safetensors name
 >>> try:
 ...     read_safetensors(path)
@@ -29,16 +36,21 @@ save_pretrained, transformers or `hf download` wrote
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 from safetensors import SafetensorError, safe_open
 
-__all__ = ["read_safetensors", "check_state_dict", "TensorFileError"]
+from .checks import check_instance
+
+__all__ = ["read_safetensors", "safetensors_header", "stream_safetensors", "TensorEntry",
+           "check_state_dict", "TensorFileError"]
 
 
 class TensorFileError(ValueError):
@@ -71,10 +83,9 @@ def _header_problem(path: Path) -> str | None:
     return None
 
 
-def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Every tensor of a safetensors file, on the CPU; ``TensorFileError`` if it is not one."""
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or PathLike, got {type(path).__name__}")
+def _checked_file(path: str | os.PathLike) -> Path:
+    """``path`` as a ``Path`` to a file that starts like a safetensors file, else the reason."""
+    check_instance("path", path, (str, os.PathLike), "a str or PathLike")
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"path {str(path)!r} does not exist" if not path.exists()
@@ -84,6 +95,77 @@ def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise TensorFileError(f"{str(path)!r} is not a safetensors file: {problem}; give the "
                               "model.safetensors that save_pretrained, transformers or "
                               "`hf download` wrote")
+    return path
+
+
+_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8,
+    "U8": torch.uint8, "BOOL": torch.bool,
+}
+
+
+class TensorEntry(NamedTuple):
+    """One tensor in a safetensors file's header: its dtype, shape and bytes in the data."""
+
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    begin: int  # offset of its first byte, counted from the start of the file
+    end: int
+
+
+def safetensors_header(path: str | os.PathLike) -> dict[str, TensorEntry]:
+    """Each tensor's ``TensorEntry``, from the header alone; every entry is checked against the
+    file's size, so a truncated download is named here, before any weight is read."""
+    path = _checked_file(path)
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        (length,) = struct.unpack("<Q", f.read(8))
+        try:
+            header = json.loads(f.read(length))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            header = None
+    if not isinstance(header, dict):
+        raise TensorFileError(f"{str(path)!r} is not a safetensors file (its header is not a "
+                              "JSON object): download or write it again")
+    header.pop("__metadata__", None)
+    entries = {}
+    for name, info in header.items():
+        try:
+            dtype, shape = _DTYPES.get(info["dtype"]), tuple(int(n) for n in info["shape"])
+            begin, end = (8 + length + int(n) for n in info["data_offsets"])
+        except (KeyError, TypeError, ValueError):
+            raise TensorFileError(f"{str(path)!r}: tensor {name!r} has an unreadable header "
+                                  "entry: download or write it again") from None
+        if dtype is None:
+            raise TensorFileError(f"{str(path)!r}: tensor {name!r} has dtype {info['dtype']}, "
+                                  "which this reader does not know")
+        if end - begin != math.prod(shape) * dtype.itemsize or end > size:
+            raise TensorFileError(f"{str(path)!r} is truncated or corrupted (tensor {name!r} "
+                                  f"does not fit its {end - begin} bytes): download or write "
+                                  "it again")
+        entries[name] = TensorEntry(dtype, shape, begin, end)
+    return entries
+
+
+def stream_safetensors(path: str | os.PathLike) -> Iterator[tuple[str, torch.Tensor]]:
+    """``(name, tensor)`` for each tensor of a safetensors file, in file order, each read with
+    plain reads into its own memory: no memory map, whose touched pages would count as a
+    second copy of the weights while the file is open."""
+    entries = safetensors_header(path)
+    with open(path, "rb") as f:
+        for name, entry in sorted(entries.items(), key=lambda item: item[1].begin):
+            raw = torch.empty(entry.end - entry.begin, dtype=torch.uint8)  # its own memory
+            f.seek(entry.begin)
+            if raw.numel() and f.readinto(raw.numpy()) != raw.numel():
+                raise TensorFileError(f"{str(path)!r} is truncated or corrupted (tensor "
+                                      f"{name!r} is incomplete): download or write it again")
+            yield name, raw.view(entry.dtype).reshape(entry.shape)
+
+
+def read_safetensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, on the CPU; ``TensorFileError`` if it is not one."""
+    path = _checked_file(path)
     try:
         with safe_open(str(path), framework="pt") as f:
             return {key: f.get_tensor(key) for key in f.keys()}

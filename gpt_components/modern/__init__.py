@@ -7,7 +7,9 @@ experts, the load-balancing loss), ``latent_attention`` (DeepSeek's MLA), ``cach
 KV caches). ``config`` (``DecoderConfig``, ``LayerSpec``) names the components a family uses,
 ``components`` builds them by name, ``decoder`` (``DecoderBlock``, ``DecoderModel``) stacks
 them. One short file per family: ``llama``, ``qwen3``, ``gemma3``, ``qwen3_moe``,
-``deepseek_v3`` (choices, presets, Hugging Face names); ``hf`` reads and writes their weights.
+``deepseek_v3`` (choices, presets, Hugging Face names), each ending in the ``Family(...)`` that
+registers it (``family``); ``hf`` holds the ``config.json`` fields they share. Every module here
+is imported and its ``__all__`` exported without a list, so a new family is one new file.
 ``tokenizers`` reads their tokenizer files (``load_tokenizer``) and ``chat`` writes their
 instruct models' chat formats; ``book_names`` gives the book's bonus-chapter names
 (``Llama3Model(cfg)``, ``Qwen3Model(cfg)`` from its config dicts, ``compute_rope_params``).
@@ -19,48 +21,15 @@ instruct models' chat formats; ``book_names`` gives the book's bonus-chapter nam
 torch.Size([1, 3, 100])
 """
 
-from . import (
-    attention,
-    book_names,
-    cache,
-    chat,
-    components,
-    config,
-    decoder,
-    deepseek_v3,
-    feedforward,
-    gemma3,
-    hf,
-    latent_attention,
-    llama,
-    moe,
-    norms,
-    qwen3,
-    qwen3_moe,
-    rope,
-    sliding_window,
-    tokenizers,
-)
-from .attention import *
-from .book_names import *
-from .cache import *
-from .chat import *
-from .config import *
-from .decoder import *
-from .deepseek_v3 import *
-from .feedforward import *
-from .gemma3 import *
-from .latent_attention import *
-from .llama import *
-from .moe import *
-from .norms import *
-from .qwen3 import *
-from .qwen3_moe import *
-from .rope import *
-from .sliding_window import *
-from .tokenizers import *
+import importlib
+import pkgutil
 
-__all__ = [name for module in (norms, rope, feedforward, attention, sliding_window, moe,
-                               latent_attention, cache, config, decoder, llama, qwen3, gemma3,
-                               qwen3_moe, deepseek_v3, tokenizers, chat, book_names)
-           for name in module.__all__]
+# Every module of the chapter, imported in name order: a family file declares its Family on
+# import (that registers it), and what a module lists in ``__all__`` is exported from here.
+# A new family is one new file in this folder; nothing here names it.
+_MODULES = [importlib.import_module(f"{__name__}.{info.name}")
+            for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name)
+            if not info.name.startswith("_")]
+__all__ = [name for module in _MODULES for name in getattr(module, "__all__", ())]
+globals().update({name: getattr(module, name) for module in _MODULES
+                  for name in getattr(module, "__all__", ())})

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..machinery.checks import check_instance, type_error, value_error
 from .decoder import DecoderModel
 from .llama import LlamaConfig
 from .qwen3 import Qwen3Config
@@ -61,15 +62,14 @@ _BOOK_KEYS = {*_SIZES, "n_kv_groups", "rope_base", "rope_freq", "dtype", "head_d
 
 
 def _fields(cfg: Any) -> dict[str, Any]:
-    if not isinstance(cfg, Mapping):
-        raise TypeError(f"cfg must be a dict with the book's keys, got {type(cfg).__name__}")
+    check_instance("cfg", cfg, Mapping, "a dict with the book's keys")
     unknown = sorted(set(cfg) - _BOOK_KEYS)
     if unknown:
-        raise TypeError(f"cfg has keys the book's models do not read: {unknown} (known: "
-                        f"{sorted(_BOOK_KEYS)})")
+        raise type_error("cfg", f"cfg has keys the book's models do not read: {unknown} "
+                                f"(known: {sorted(_BOOK_KEYS)})")
     missing = [key for key in (*_SIZES, "n_kv_groups") if key not in cfg]
     if missing:
-        raise ValueError(f"cfg must give {missing}")
+        raise value_error("cfg", f"cfg must give {missing}")
     return {**{key: cfg[key] for key in _SIZES}, "n_kv_heads": cfg["n_kv_groups"]}
 
 

@@ -34,6 +34,7 @@ assistant<|end_header_id|>\\n\\n'
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -200,14 +201,18 @@ class Gemma3ChatFormat(_ChatFormat):
 
 
 def chat_format_for(tokenizer: Any, *, enable_thinking: bool = True) -> _ChatFormat:
-    """The chat format whose markers the tokenizer has: Llama 3's, Qwen3's ChatML or Gemma 3's."""
+    """The chat format whose markers the tokenizer has, among the registered families' formats
+    (each family names its own: Llama 3's, Qwen3's ChatML, Gemma 3's, ...)."""
+    from ..machinery.registry import FAMILIES
+
     specials = set(getattr(tokenizer, "special_tokens_set", ()))
-    if {"<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"} <= specials:
-        return Llama3ChatFormat()
-    if {"<|im_start|>", "<|im_end|>"} <= specials:
-        return Qwen3ChatFormat(enable_thinking=enable_thinking)
-    if {"<start_of_turn>", "<end_of_turn>"} <= specials:
-        return Gemma3ChatFormat()
-    raise ValueError("tokenizer has neither Llama 3's chat tokens (<|start_header_id|>, "
-                     "<|end_header_id|>, <|eot_id|>), ChatML's (<|im_start|>, <|im_end|>) nor "
-                     "Gemma 3's (<start_of_turn>, <end_of_turn>)")
+    formats = dict.fromkeys(f.chat_format for f in FAMILIES.values() if f.chat_format)
+    for chat_format in formats:
+        made = (chat_format(enable_thinking=enable_thinking)
+                if "enable_thinking" in inspect.signature(chat_format).parameters
+                else chat_format())
+        probe = made._pieces([{"role": "user", "content": "?"}], True)
+        if {text for special, text in probe if special} <= specials:
+            return made
+    raise ValueError("tokenizer has the chat tokens of no registered family's format ("
+                     + ", ".join(f.__name__ for f in formats) + ")")

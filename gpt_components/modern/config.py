@@ -21,6 +21,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..machinery.checks import (
+    check_choice,
+    check_float,
+    check_instance,
+    check_int,
+    did_you_mean,
+    type_error,
+    value_error,
+)
+from ..machinery.registry import FAMILIES
 from .attention import ATTENTION_KERNELS
 from .rope import Llama3RopeScaling
 
@@ -49,7 +59,7 @@ class RopeSpec:
 class DecoderConfig:
     """Sizes and component choices of a ``DecoderModel``; defaults are Llama 3.2 1B's."""
 
-    family: ClassVar[str] = "decoder"  # the registry's name for this config's family
+    family: ClassVar[str] = "decoder"  # set by the family's declaration (registry.Family)
 
     vocab_size: int = 128256  # Llama 3's tiktoken vocabulary
     context_length: int = 131072  # the most positions the model is run at
@@ -81,34 +91,31 @@ class DecoderConfig:
             object.__setattr__(self, "head_dim", self.emb_dim // max(self.n_heads, 1))
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads",
                      "n_kv_heads", "head_dim", "hidden_dim"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            check_int(name, getattr(self, name), low=1)
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads "
-                             f"({self.n_heads})")
+            raise value_error("n_kv_heads", f"n_kv_heads ({self.n_kv_heads}) must divide n_heads "
+                                            f"({self.n_heads})")
         if self.head_dim % 2:
-            raise ValueError(f"head_dim must be even (RoPE turns pairs), got {self.head_dim}")
-        if not isinstance(self.norm_eps, (int, float)) or not self.norm_eps > 0:
-            raise ValueError(f"norm_eps must be a float > 0, got {self.norm_eps!r}")
-        if not isinstance(self.rope_theta, (int, float)) or not self.rope_theta > 1:
-            raise ValueError(f"rope_theta must be a float > 1, got {self.rope_theta!r}")
-        if self.rope_scaling is not None and not isinstance(self.rope_scaling,
-                                                            Llama3RopeScaling):
-            raise TypeError(f"rope_scaling must be a Llama3RopeScaling, its dict or None, got "
-                            f"{type(self.rope_scaling).__name__}")
-        if not isinstance(self.drop_rate, (int, float)) or not 0.0 <= self.drop_rate < 1.0:
-            raise ValueError(f"drop_rate must be in [0, 1), got {self.drop_rate!r}")
-        if self.attn_kernel not in ATTENTION_KERNELS:
-            raise ValueError(f"attn_kernel must be one of {ATTENTION_KERNELS}, got "
-                             f"{self.attn_kernel!r}")
+            raise value_error("head_dim", f"head_dim must be even (RoPE turns pairs), got "
+                                          f"{self.head_dim}")
+        check_float("norm_eps", self.norm_eps, low=0, low_open=True)
+        check_float("rope_theta", self.rope_theta, low=1, low_open=True)
+        check_instance("rope_scaling", self.rope_scaling, (Llama3RopeScaling, type(None)),
+                       "a Llama3RopeScaling, its dict or None")
+        if self.rope_scaling is not None:
+            for name in ("factor", "low_freq_factor", "high_freq_factor"):
+                check_float(f"rope_scaling.{name}", getattr(self.rope_scaling, name), low=0,
+                            low_open=True)
+            check_int("rope_scaling.original_context_length",
+                      self.rope_scaling.original_context_length, low=1)
+        check_float("aux_loss_coef", self.aux_loss_coef, low=0)
+        check_float("drop_rate", self.drop_rate, low=0, high=1, high_open=True)
+        check_choice("attn_kernel", self.attn_kernel, ATTENTION_KERNELS)
         from .components import ATTENTIONS, FEED_FORWARDS, NORMS
 
         for name, table in (("norm", NORMS), ("feed_forward", FEED_FORWARDS),
                             ("attention", ATTENTIONS)):
-            if getattr(self, name) not in table:
-                raise ValueError(f"{name} must be one of {sorted(table)}, got "
-                                 f"{getattr(self, name)!r}")
+            check_choice(name, getattr(self, name), table)
 
     def layer(self, index: int) -> LayerSpec:
         """The components of block ``index``: the same for every block unless a family says."""
@@ -124,18 +131,20 @@ class DecoderConfig:
 
     @classmethod
     def presets(cls) -> Mapping[str, DecoderConfig]:
-        """This family's named configurations (a family file overrides this)."""
-        return {}
+        """This family's named configurations, as its declaration gives them."""
+        family = FAMILIES.get(cls.family)
+        return {} if family is None or family.config_class is not cls else family.presets
 
     @classmethod
     def from_name(cls, name: str, **overrides: Any) -> DecoderConfig:
         """A named preset of this family, with any field overridden by keyword."""
         presets = cls.presets()
         if name not in presets:
-            raise ValueError(f"name must be one of {sorted(presets)}, got {name!r}")
+            raise value_error("name", f"name must be a {cls.__name__} preset, got {name!r}"
+                                      f"{did_you_mean(name, presets) or f' ({sorted(presets)})'}")
         fields = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(overrides) - fields)
         if unknown:
-            raise TypeError(f"overrides must be {cls.__name__} fields {sorted(fields)}, got "
-                            f"{unknown}")
+            raise type_error("overrides", f"overrides must be {cls.__name__} fields, got "
+                                          f"{unknown}{did_you_mean(unknown[0], fields)}")
         return dataclasses.replace(presets[name], **overrides)

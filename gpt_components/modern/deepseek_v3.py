@@ -20,9 +20,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..machinery.checks import check_float, check_int, value_error
 from .config import DecoderConfig, LayerSpec, RopeSpec
 from .decoder import DecoderModel
-from .hf import HFLayout, decoder_family, decoder_fields_from_hf, decoder_fields_to_hf
+from .family import Family, HFLayout
+from .hf import decoder_fields_from_hf, decoder_fields_to_hf
 from .llama import LLAMA_HF_NAMES
 
 __all__ = ["DeepseekV3Config", "DEEPSEEK_V3_PRESETS", "DEEPSEEK_V3_HF_NAMES"]
@@ -31,8 +33,6 @@ __all__ = ["DeepseekV3Config", "DEEPSEEK_V3_PRESETS", "DEEPSEEK_V3_HF_NAMES"]
 @dataclass(frozen=True)
 class DeepseekV3Config(DecoderConfig):
     """DeepSeek-V3's choices; ``hidden_dim`` is the dense layers' width, ``head_dim`` unused."""
-
-    family = "deepseek_v3"
 
     vocab_size: int = 129280
     context_length: int = 4096
@@ -58,6 +58,18 @@ class DeepseekV3Config(DecoderConfig):
         object.__setattr__(self, "n_kv_heads", self.n_heads)  # MLA has no key/value heads
         object.__setattr__(self, "head_dim", self.qk_rope_head_dim)  # the RoPE table's width
         super().__post_init__()
+        check_int("q_lora_rank", self.q_lora_rank, low=1, optional=True)
+        for name in ("kv_lora_rank", "qk_nope_head_dim", "v_head_dim", "n_experts",
+                     "moe_hidden_dim", "n_group"):
+            check_int(name, getattr(self, name), low=1)
+        check_int("n_shared_experts", self.n_shared_experts, low=0)
+        check_int("first_k_dense_replace", self.first_k_dense_replace, low=0)
+        check_int("n_experts_per_token", self.n_experts_per_token, low=1, high=self.n_experts)
+        check_int("topk_group", self.topk_group, low=1, high=self.n_group)
+        check_float("routed_scaling_factor", self.routed_scaling_factor, low=0, low_open=True)
+        if self.n_experts % self.n_group:
+            raise value_error("n_group", f"n_group ({self.n_group}) must divide n_experts "
+                                         f"({self.n_experts})")
 
     def layer(self, index: int) -> LayerSpec:
         dense = index < self.first_k_dense_replace
@@ -66,10 +78,6 @@ class DeepseekV3Config(DecoderConfig):
 
     def rope_specs(self) -> dict[str, RopeSpec]:
         return {"default": RopeSpec(self.qk_rope_head_dim, self.rope_theta)}
-
-    @classmethod
-    def presets(cls) -> Mapping[str, DecoderConfig]:
-        return DEEPSEEK_V3_PRESETS
 
 
 DEEPSEEK_V3_PRESETS: dict[str, DeepseekV3Config] = {
@@ -107,12 +115,13 @@ DEEPSEEK_V3_HF_NAMES: dict[str, str] = {
 def config_from_hf(hf: Mapping[str, Any]) -> DeepseekV3Config:
     """A ``DeepseekV3Config`` from a ``DeepseekV3ForCausalLM`` ``config.json``."""
     if not hf.get("rope_interleave", True):
-        raise ValueError("config rope_interleave must be true (DeepSeek-V3's RoPE pairs)")
+        raise value_error("config", "config rope_interleave must be true (DeepSeek-V3's RoPE "
+                                    "pairs)")
     hf = {"head_dim": hf.get("qk_rope_head_dim", 64), **hf}
     fields = decoder_fields_from_hf(hf)
     if fields.pop("rope_scaling") is not None:
-        raise ValueError("config rope_parameters must be of rope_type 'default' (YaRN is not "
-                         "supported yet)")
+        raise value_error("config", "config rope_parameters must be of rope_type 'default' "
+                                    "(YaRN is not supported yet)")
     for name in ("head_dim", "n_kv_heads"):  # MLA's sizes replace them
         fields.pop(name)
     return DeepseekV3Config(
@@ -142,6 +151,6 @@ def config_to_hf(cfg: DeepseekV3Config) -> dict[str, Any]:
 
 HF_LAYOUT = HFLayout(model_type="deepseek_v3", architecture="DeepseekV3ForCausalLM",
                      names=DEEPSEEK_V3_HF_NAMES, config_from_hf=config_from_hf,
-                     config_to_hf=config_to_hf)
-FAMILY = decoder_family("deepseek_v3", DeepseekV3Config, DecoderModel, DEEPSEEK_V3_PRESETS,
-                        HF_LAYOUT)
+                     config_to_hf=config_to_hf, title="DeepSeek-V3")
+FAMILY = Family(name="deepseek_v3", config_class=DeepseekV3Config, model_class=DecoderModel,
+                presets=DEEPSEEK_V3_PRESETS, layout=HF_LAYOUT)

@@ -1,35 +1,19 @@
-"""A model family as the registry sees it: its config class, model class, presets, weights.
+"""What a modern family file declares, in one place: ``Family`` and ``HFLayout``.
 
-A family file (``llama.py``, ``qwen3.py``) declares one ``Family``;
-``gpt_components.machinery.registry`` lists them. ``load_pretrained(path, **overrides)`` and
-``save_pretrained(model, directory)`` read and write Hugging Face's layout for the
-``model_type`` values in ``hf_model_types``.
+A family file (``llama.py``, ``qwen3.py``, ...) writes its config subclass (the choices it makes
+and its own fields), its presets, its Hugging Face names and ``config.json`` mapping (an
+``HFLayout``, built on ``hf.decoder_fields_from_hf``/``decoder_fields_to_hf``), and then one
+``Family(...)``: declaring it registers it (``machinery.registry``), so no other file changes.
+``docs/adding-a-family.md`` walks through writing one.
 
 >>> from gpt_components.modern import llama
->>> llama.FAMILY.name, llama.FAMILY.hf_model_types
-('llama', ('llama',))
+>>> llama.FAMILY.name, llama.FAMILY.hf_model_types, llama.LlamaConfig.family
+('llama', ('llama',), 'llama')
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from ..machinery.pretrained import HFLayout
+from ..machinery.registry import Family
 
-from torch import nn
-
-__all__ = ["Family"]
-
-
-@dataclass(frozen=True)
-class Family:
-    """Everything the registry needs to build, name, load and save one family's models."""
-
-    name: str  # the "family" key of a saved config dict
-    config_class: type  # a frozen dataclass with the interface fields
-    model_class: type[nn.Module]  # built as model_class(cfg)
-    presets: Mapping[str, Any] = field(default_factory=dict)  # name -> config
-    hf_model_types: tuple[str, ...] = ()  # config.json "model_type" values it reads
-    load_pretrained: Callable[..., nn.Module] | None = None  # (path, **overrides) -> model
-    save_pretrained: Callable[[nn.Module, Path], Path] | None = None  # (model, dir) -> dir
+__all__ = ["Family", "HFLayout"]

@@ -25,9 +25,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..machinery.checks import check_choice, check_float, check_int, value_error
+from .chat import Gemma3ChatFormat
 from .config import DecoderConfig, LayerSpec, RopeSpec
 from .decoder import DecoderModel
-from .hf import HFLayout, decoder_family, rope_from_hf, rope_to_hf
+from .family import Family, HFLayout
+from .hf import decoder_fields_from_hf, decoder_fields_to_hf, rope_from_hf
 from .llama import LLAMA_HF_NAMES
 
 __all__ = ["Gemma3Config", "GEMMA3_PRESETS", "GEMMA3_HF_NAMES"]
@@ -44,8 +47,6 @@ def gemma3_layer_types(n_layers: int, pattern: int = 6) -> tuple[str, ...]:
 class Gemma3Config(DecoderConfig):
     """Gemma 3's choices; ``rope_theta`` is the global layers' base, ``rope_local_theta`` the
     sliding layers'. ``layer_types`` names each layer's kind (``None``: 5 sliding, 1 global)."""
-
-    family = "gemma3"
 
     vocab_size: int = 262144
     context_length: int = 32768
@@ -65,25 +66,23 @@ class Gemma3Config(DecoderConfig):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.attention_bias:
-            raise ValueError("attention_bias must be False: Gemma 3 has no attention biases")
+            raise value_error("attention_bias", "attention_bias must be False: Gemma 3 has no "
+                                                "attention biases")
         if self.layer_types is None:
             object.__setattr__(self, "layer_types", gemma3_layer_types(self.n_layers))
         object.__setattr__(self, "layer_types", tuple(self.layer_types))
-        if len(self.layer_types) != self.n_layers or set(self.layer_types) - {SLIDING, FULL}:
-            raise ValueError(f"layer_types must name {self.n_layers} layers, each {SLIDING!r} "
-                             f"or {FULL!r}, got {self.layer_types!r}")
-        if isinstance(self.sliding_window, bool) or not isinstance(self.sliding_window, int) \
-                or self.sliding_window < 1:
-            raise ValueError(f"sliding_window must be an int >= 1, got {self.sliding_window!r}")
+        if len(self.layer_types) != self.n_layers:
+            raise value_error("layer_types", f"layer_types must name {self.n_layers} layers, "
+                                             f"got {len(self.layer_types)}")
+        for kind in self.layer_types:
+            check_choice("layer_types", kind, (SLIDING, FULL))
+        check_int("sliding_window", self.sliding_window, low=1)
+        check_float("rope_local_theta", self.rope_local_theta, low=1, low_open=True)
         # transformers' Gemma3TextConfig takes an int only: a whole float becomes one.
         scalar = self.query_pre_attn_scalar
         if isinstance(scalar, float) and scalar.is_integer():
             object.__setattr__(self, "query_pre_attn_scalar", int(scalar))
-        if isinstance(self.query_pre_attn_scalar, bool) \
-                or not isinstance(self.query_pre_attn_scalar, int) \
-                or not self.query_pre_attn_scalar > 0:
-            raise ValueError(f"query_pre_attn_scalar must be a whole number > 0, got "
-                             f"{self.query_pre_attn_scalar!r}")
+        check_int("query_pre_attn_scalar", self.query_pre_attn_scalar, low=1)
 
     def layer(self, index: int) -> LayerSpec:
         if self.layer_types[index] == SLIDING:
@@ -97,10 +96,6 @@ class Gemma3Config(DecoderConfig):
     def rope_specs(self) -> dict[str, RopeSpec]:
         return {"default": RopeSpec(self.head_dim, self.rope_theta, self.rope_scaling),
                 "local": RopeSpec(self.head_dim, self.rope_local_theta)}
-
-    @classmethod
-    def presets(cls) -> Mapping[str, DecoderConfig]:
-        return GEMMA3_PRESETS
 
 
 GEMMA3_PRESETS: dict[str, Gemma3Config] = {
@@ -137,7 +132,8 @@ def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, Any, float]:
         theta, scaling = rope_from_hf({"rope_parameters": params.get(FULL) or {}})
         local, local_scaling = rope_from_hf({"rope_parameters": params.get(SLIDING) or {}})
         if local_scaling is not None:
-            raise ValueError("config rope_parameters of sliding_attention must be 'default'")
+            raise value_error("config", "config rope_parameters of sliding_attention must be "
+                                        "'default'")
         return theta, scaling, local
     theta, scaling = rope_from_hf({"rope_theta": hf.get("rope_theta", 1000000.0),
                                    "rope_scaling": hf.get("rope_scaling")})
@@ -145,67 +141,40 @@ def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, Any, float]:
 
 
 def config_from_hf(hf: Mapping[str, Any]) -> Gemma3Config:
-    """A ``Gemma3Config`` from a ``Gemma3ForCausalLM`` (``gemma3_text``) ``config.json``."""
-    activation = hf.get("hidden_activation") or hf.get("hidden_act") or "gelu_pytorch_tanh"
-    if activation != "gelu_pytorch_tanh":
-        raise ValueError(f"config hidden_activation must be 'gelu_pytorch_tanh', got "
-                         f"{activation!r}")
+    """A ``Gemma3Config`` from a ``Gemma3ForCausalLM`` (``gemma3_text``) ``config.json``: the
+    shared decoder fields, with Gemma's defaults, RoPE bases and layer kinds layered on."""
     for name in ("final_logit_softcapping", "attn_logit_softcapping"):
         if hf.get(name) is not None:
-            raise ValueError(f"config {name} must be null (Gemma 2's soft-capping is not "
-                             f"Gemma 3's), got {hf[name]!r}")
-    if hf.get("attention_bias", False):
-        raise ValueError("config attention_bias must be false (Gemma 3 has no attention biases)")
+            raise value_error("config", f"config {name} must be null (Gemma 2's soft-capping "
+                                        f"is not Gemma 3's), got {hf[name]!r}")
     if hf.get("use_bidirectional_attention"):
-        raise ValueError("config use_bidirectional_attention must be false: a causal model")
-    n_heads = hf["num_attention_heads"]
-    n_layers = hf["num_hidden_layers"]
+        raise value_error("config", "config use_bidirectional_attention must be false: a "
+                                    "causal model")
     theta, scaling, local = _rope_from_hf(hf)
+    rope_keys = ("rope_parameters", "rope_scaling", "rope_theta")
+    shared = {"head_dim": 256, "tie_word_embeddings": True,  # transformers' Gemma 3 defaults
+              **{key: value for key, value in hf.items() if key not in rope_keys}}
+    fields = decoder_fields_from_hf(shared, activation="gelu_pytorch_tanh")
     layer_types = hf.get("layer_types") or gemma3_layer_types(
-        n_layers, hf.get("sliding_window_pattern", 6))
-    return Gemma3Config(
-        vocab_size=hf["vocab_size"], context_length=hf["max_position_embeddings"],
-        emb_dim=hf["hidden_size"], n_layers=n_layers, n_heads=n_heads,
-        n_kv_heads=hf.get("num_key_value_heads") or n_heads,
-        head_dim=hf.get("head_dim") or 256, hidden_dim=hf["intermediate_size"],
-        norm_eps=hf.get("rms_norm_eps", 1e-6), rope_theta=theta, rope_scaling=scaling,
-        rope_local_theta=local,
-        tie_weights=bool(hf.get("tie_word_embeddings", True)),
-        drop_rate=float(hf.get("attention_dropout", 0.0) or 0.0),
-        sliding_window=hf.get("sliding_window") or 4096,
-        query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256),
-        layer_types=tuple(layer_types))
+        fields["n_layers"], hf.get("sliding_window_pattern", 6))
+    return Gemma3Config(**{**fields, "rope_theta": theta, "rope_scaling": scaling},
+                        rope_local_theta=local, sliding_window=hf.get("sliding_window") or 4096,
+                        query_pre_attn_scalar=hf.get("query_pre_attn_scalar", 256),
+                        layer_types=tuple(layer_types))
 
 
 def config_to_hf(cfg: Gemma3Config) -> dict[str, Any]:
-    """The ``config.json`` of a ``Gemma3ForCausalLM``, in the published spelling."""
-    return {
-        "architectures": [HF_LAYOUT.architecture],
-        "model_type": HF_LAYOUT.model_type,
-        "vocab_size": cfg.vocab_size,
-        "max_position_embeddings": cfg.context_length,
-        "hidden_size": cfg.emb_dim,
-        "num_hidden_layers": cfg.n_layers,
-        "num_attention_heads": cfg.n_heads,
-        "num_key_value_heads": cfg.n_kv_heads,
-        "head_dim": cfg.head_dim,
-        "intermediate_size": cfg.hidden_dim,
-        "hidden_activation": "gelu_pytorch_tanh",
-        "rms_norm_eps": cfg.norm_eps,
-        **rope_to_hf(cfg.rope_theta, cfg.rope_scaling),
-        "rope_local_base_freq": cfg.rope_local_theta,
-        "attention_bias": False,
-        "attention_dropout": cfg.drop_rate,
-        "tie_word_embeddings": cfg.tie_weights,
-        "sliding_window": cfg.sliding_window,
-        "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
-        "layer_types": list(cfg.layer_types),
-        "final_logit_softcapping": None,
-        "attn_logit_softcapping": None,
-    }
+    """The ``config.json`` of a ``Gemma3ForCausalLM``: the shared fields, and Gemma's."""
+    return {**decoder_fields_to_hf(cfg, HF_LAYOUT,
+                                   activation=("hidden_activation", "gelu_pytorch_tanh")),
+            "rope_local_base_freq": cfg.rope_local_theta, "sliding_window": cfg.sliding_window,
+            "query_pre_attn_scalar": cfg.query_pre_attn_scalar,
+            "layer_types": list(cfg.layer_types), "final_logit_softcapping": None,
+            "attn_logit_softcapping": None}
 
 
 HF_LAYOUT = HFLayout(model_type="gemma3_text", architecture="Gemma3ForCausalLM",
                      names=GEMMA3_HF_NAMES, config_from_hf=config_from_hf,
-                     config_to_hf=config_to_hf)
-FAMILY = decoder_family("gemma3", Gemma3Config, DecoderModel, GEMMA3_PRESETS, HF_LAYOUT)
+                     config_to_hf=config_to_hf, title="Gemma 3")
+FAMILY = Family(name="gemma3", config_class=Gemma3Config, model_class=DecoderModel,
+                presets=GEMMA3_PRESETS, layout=HF_LAYOUT, chat_format=Gemma3ChatFormat)

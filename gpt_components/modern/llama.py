@@ -17,9 +17,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from .chat import Llama3ChatFormat
 from .config import DecoderConfig
 from .decoder import DecoderModel
-from .hf import HFLayout, decoder_family, decoder_fields_from_hf, decoder_fields_to_hf
+from .family import Family, HFLayout
+from .hf import decoder_fields_from_hf, decoder_fields_to_hf
 from .rope import Llama3RopeScaling
 
 __all__ = ["LlamaConfig", "LLAMA_PRESETS", "LLAMA_HF_NAMES"]
@@ -29,18 +31,12 @@ __all__ = ["LlamaConfig", "LLAMA_PRESETS", "LLAMA_HF_NAMES"]
 class LlamaConfig(DecoderConfig):
     """Llama 3's choices: RMSNorm (eps 1e-5), RoPE base 500,000, SwiGLU, GQA, no QK-norm."""
 
-    family = "llama"
-
     norm: str = "rmsnorm"
     norm_eps: float = 1e-5
     feed_forward: str = "swiglu"
     attention: str = "gqa"
     rope_theta: float = 500000.0
     qk_norm: bool = False
-
-    @classmethod
-    def presets(cls) -> Mapping[str, DecoderConfig]:
-        return LLAMA_PRESETS
 
 
 _LLAMA_3_1_SCALING = Llama3RopeScaling(factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
@@ -97,5 +93,6 @@ def config_to_hf(cfg: LlamaConfig) -> dict[str, Any]:
 
 
 HF_LAYOUT = HFLayout(model_type="llama", architecture="LlamaForCausalLM", names=LLAMA_HF_NAMES,
-                     config_from_hf=config_from_hf, config_to_hf=config_to_hf)
-FAMILY = decoder_family("llama", LlamaConfig, DecoderModel, LLAMA_PRESETS, HF_LAYOUT)
+                     config_from_hf=config_from_hf, config_to_hf=config_to_hf, title="Llama")
+FAMILY = Family(name="llama", config_class=LlamaConfig, model_class=DecoderModel,
+                presets=LLAMA_PRESETS, layout=HF_LAYOUT, chat_format=Llama3ChatFormat)

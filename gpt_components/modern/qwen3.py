@@ -16,9 +16,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from ..machinery.checks import value_error
+from .chat import Qwen3ChatFormat
 from .config import DecoderConfig
 from .decoder import DecoderModel
-from .hf import HFLayout, decoder_family, decoder_fields_from_hf, decoder_fields_to_hf
+from .family import Family, HFLayout
+from .hf import decoder_fields_from_hf, decoder_fields_to_hf
 from .llama import LLAMA_HF_NAMES
 
 __all__ = ["Qwen3Config", "QWEN3_PRESETS", "QWEN3_HF_NAMES"]
@@ -28,17 +31,11 @@ __all__ = ["Qwen3Config", "QWEN3_PRESETS", "QWEN3_HF_NAMES"]
 class Qwen3Config(DecoderConfig):
     """Qwen3's choices: Llama 3's, plus QK-norm; RMSNorm eps 1e-6, RoPE base 1,000,000."""
 
-    family = "qwen3"
-
     vocab_size: int = 151936
     context_length: int = 40960
     norm_eps: float = 1e-6
     rope_theta: float = 1000000.0
     qk_norm: bool = True
-
-    @classmethod
-    def presets(cls) -> Mapping[str, DecoderConfig]:
-        return QWEN3_PRESETS
 
 
 _SMALL = {"vocab_size": 50257, "n_kv_heads": 2, "rope_theta": 10000.0}  # GPT-2's BPE, CPU sizes
@@ -73,8 +70,8 @@ QWEN3_HF_NAMES: dict[str, str] = {
 def config_from_hf(hf: Mapping[str, Any]) -> Qwen3Config:
     """A ``Qwen3Config`` from a ``Qwen3ForCausalLM`` ``config.json``."""
     if hf.get("use_sliding_window", False):
-        raise ValueError("config use_sliding_window must be false: dense Qwen3 attends to the "
-                         "whole context")
+        raise value_error("config", "config use_sliding_window must be false: dense Qwen3 "
+                                    "attends to the whole context")
     # transformers' Qwen3 defaults, where they differ from Llama's.
     hf = {"head_dim": 128, "num_key_value_heads": 32, **hf}
     return Qwen3Config(**decoder_fields_from_hf(hf))
@@ -85,5 +82,6 @@ def config_to_hf(cfg: Qwen3Config) -> dict[str, Any]:
 
 
 HF_LAYOUT = HFLayout(model_type="qwen3", architecture="Qwen3ForCausalLM", names=QWEN3_HF_NAMES,
-                     config_from_hf=config_from_hf, config_to_hf=config_to_hf)
-FAMILY = decoder_family("qwen3", Qwen3Config, DecoderModel, QWEN3_PRESETS, HF_LAYOUT)
+                     config_from_hf=config_from_hf, config_to_hf=config_to_hf, title="Qwen3")
+FAMILY = Family(name="qwen3", config_class=Qwen3Config, model_class=DecoderModel,
+                presets=QWEN3_PRESETS, layout=HF_LAYOUT, chat_format=Qwen3ChatFormat)

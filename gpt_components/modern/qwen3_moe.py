@@ -21,9 +21,12 @@ from typing import Any
 
 from torch import nn
 
-from .config import DecoderConfig, LayerSpec
+from ..machinery.checks import check_int, value_error
+from .chat import Qwen3ChatFormat
+from .config import LayerSpec
 from .decoder import DecoderModel
-from .hf import HFLayout, decoder_family, decoder_fields_from_hf, decoder_fields_to_hf
+from .family import Family, HFLayout
+from .hf import decoder_fields_from_hf, decoder_fields_to_hf
 from .moe import MoEFeedForward
 from .qwen3 import QWEN3_HF_NAMES, Qwen3Config
 
@@ -33,8 +36,6 @@ __all__ = ["Qwen3MoeConfig", "QWEN3_MOE_PRESETS", "QWEN3_MOE_HF_NAMES", "active_
 @dataclass(frozen=True)
 class Qwen3MoeConfig(Qwen3Config):
     """Qwen3's choices with mixture-of-experts feed-forwards; ``hidden_dim`` is the dense one."""
-
-    family = "qwen3_moe"
 
     n_experts: int = 128  # experts per sparse layer
     n_experts_per_token: int = 8  # experts each token runs (top k)
@@ -47,14 +48,11 @@ class Qwen3MoeConfig(Qwen3Config):
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "mlp_only_layers", tuple(self.mlp_only_layers))
-        for name in ("n_experts", "n_experts_per_token", "moe_hidden_dim",
-                     "decoder_sparse_step"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.n_experts_per_token > self.n_experts:
-            raise ValueError(f"n_experts_per_token must be <= n_experts={self.n_experts}, got "
-                             f"{self.n_experts_per_token}")
+        for name in ("n_experts", "moe_hidden_dim", "decoder_sparse_step"):
+            check_int(name, getattr(self, name), low=1)
+        check_int("n_experts_per_token", self.n_experts_per_token, low=1, high=self.n_experts)
+        for index in self.mlp_only_layers:
+            check_int("mlp_only_layers", index, low=0, high=self.n_layers - 1)
 
     def is_sparse(self, index: int) -> bool:
         """Whether block ``index`` has a mixture of experts (transformers' rule)."""
@@ -63,10 +61,6 @@ class Qwen3MoeConfig(Qwen3Config):
     def layer(self, index: int) -> LayerSpec:
         return LayerSpec(attention=self.attention,
                          feed_forward="moe" if self.is_sparse(index) else self.feed_forward)
-
-    @classmethod
-    def presets(cls) -> Mapping[str, DecoderConfig]:
-        return QWEN3_MOE_PRESETS
 
 
 QWEN3_MOE_PRESETS: dict[str, Qwen3MoeConfig] = {
@@ -103,8 +97,8 @@ def active_parameters(model: nn.Module) -> int:
 def config_from_hf(hf: Mapping[str, Any]) -> Qwen3MoeConfig:
     """A ``Qwen3MoeConfig`` from a ``Qwen3MoeForCausalLM`` ``config.json``."""
     if hf.get("use_sliding_window", False):
-        raise ValueError("config use_sliding_window must be false: Qwen3-MoE attends to the "
-                         "whole context")
+        raise value_error("config", "config use_sliding_window must be false: Qwen3-MoE "
+                                    "attends to the whole context")
     # transformers' Qwen3-MoE defaults, where they differ from Llama's; transformers 5 writes
     # num_experts as num_local_experts.
     hf = {"num_experts": hf.get("num_local_experts", 128), "head_dim": 128,
@@ -131,5 +125,6 @@ def config_to_hf(cfg: Qwen3MoeConfig) -> dict[str, Any]:
 
 HF_LAYOUT = HFLayout(model_type="qwen3_moe", architecture="Qwen3MoeForCausalLM",
                      names=QWEN3_MOE_HF_NAMES, config_from_hf=config_from_hf,
-                     config_to_hf=config_to_hf)
-FAMILY = decoder_family("qwen3_moe", Qwen3MoeConfig, DecoderModel, QWEN3_MOE_PRESETS, HF_LAYOUT)
+                     config_to_hf=config_to_hf, title="Qwen3-MoE")
+FAMILY = Family(name="qwen3_moe", config_class=Qwen3MoeConfig, model_class=DecoderModel,
+                presets=QWEN3_MOE_PRESETS, layout=HF_LAYOUT, chat_format=Qwen3ChatFormat)
