@@ -33,6 +33,7 @@ _PUBLIC_MODULES = (
     "attention",
     "transformer",
     "inspect.trace",
+    "machinery.language_model",
     "model",
     "kv_cache",
     "generation",
