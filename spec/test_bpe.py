@@ -357,8 +357,9 @@ def test_a_pre_token_that_is_itself_a_token_is_one_id_as_in_tiktoken(text):
 @given(st.integers(max_value=256))
 @example(256).via("one short of the bytes plus the special")
 def test_vocab_size_below_the_bytes_plus_specials_is_refused(vocab_size):
-    with pytest.raises(ValueError, match=r"^vocab_size must be at least 257, got "):
+    with pytest.raises(ValueError, match=r"^vocab_size must be an int >= 257, got ") as caught:
         BPETokenizer.train("abc", vocab_size, (ENDOFTEXT,))
+    assert caught.value.parameter == "vocab_size"
     assert BPETokenizer.train("abc", 257, (ENDOFTEXT,)).n_vocab == 257
 
 
@@ -416,11 +417,12 @@ def test_unknown_special_names_are_refused():
 
 @pytest.mark.parametrize("specials, error", [
     (ENDOFTEXT, TypeError), (3, TypeError), ((ENDOFTEXT, ENDOFTEXT), ValueError),
-    (("",), ValueError), ((3,), ValueError),
+    (("",), ValueError), ((3,), TypeError),
 ])
 def test_malformed_special_token_lists_are_refused(specials, error):
-    with pytest.raises(error, match="^special_tokens must"):
+    with pytest.raises(error, match="^special_tokens must") as caught:
         BPETokenizer.train("abc", 300, specials)
+    assert caught.value.parameter == "special_tokens"
 
 
 def test_a_tokenizer_without_endoftext_has_no_eot_token():
