@@ -171,11 +171,12 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="lengths"):
         classifier_logits(make_classifier(tiny_gpt(0)), torch.tensor([[1, 2]]), torch.tensor([3]))
     loader = DataLoader(SpamDataset([("hi", 0)]), batch_size=1)
-    for bad in (0, 1.5):
-        with pytest.raises(ValueError,
-                           match=rf"^num_batches must be an int >= 1 or None, got {bad}$"):
+    for bad, error in ((0, ValueError), (1.5, TypeError)):
+        message = rf"^num_batches must be an int >= 1 or None, got {bad}$"
+        with pytest.raises(error, match=message) as caught:
             classification_accuracy(loader, make_classifier(tiny_gpt(0, vocab_size=50257)),
                                     "cpu", bad)
+        assert caught.value.parameter == "num_batches"
 
 
 @pytest.mark.parametrize("seed", [0, 1])
