@@ -115,11 +115,11 @@ def preference_splits(data: Sequence[Mapping[str, str]] | None = None, seed: int
     return instruction_splits(load_preference_data() if data is None else data, seed=seed)
 
 
-def _check_pairs(data: Any) -> list:
+def _check_pairs(data: Any, empty: bool = False) -> list:
     if isinstance(data, (str, Mapping)) or not isinstance(data, Sequence):
         raise type_error("data", f"data must be a sequence of preference records, got "
                                  f"{type(data).__name__}")
-    if not data:
+    if not data and not empty:
         raise value_error("data", "data must hold at least one record, got an empty sequence")
     for i, entry in enumerate(data):
         _check_pair(entry, f"data[{i}]", "data")
@@ -140,7 +140,7 @@ class PreferenceDataset(Dataset):
         if not callable(getattr(tokenizer, "encode", None)):
             raise type_error("tokenizer", f"tokenizer must have an encode(text) method, got "
                                           f"{type(tokenizer).__name__}")
-        self.data = _check_pairs(data)
+        self.data = _check_pairs(data, empty=True)
         self.encoded_texts: list[dict[str, list[int]]] = []
         for entry in self.data:
             # format_input checks for the "output" field it does not use
