@@ -84,16 +84,19 @@ def read_gpt2_files(
         try:
             encoder: dict[str, int] = json.load(f)
         except json.JSONDecodeError as error:
-            raise value_error("directory", f"{encoder_path} is not valid JSON: {error}") from None
+            raise value_error("directory", f"directory: {encoder_path} is not valid JSON: "
+                                           f"{error}") from None
     if not isinstance(encoder, dict) or not all(
             isinstance(rank, int) and not isinstance(rank, bool) for rank in encoder.values()):
-        raise value_error("directory", f"{encoder_path} must hold a JSON object of token: id")
+        raise value_error("directory", f"directory: {encoder_path} must hold a JSON object of "
+                                       f"token: id")
     lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
     if lines and lines[0].startswith("#version"):
         lines = lines[1:]
     pairs = [tuple(line.split(" ")) for line in lines if line]
     if any(len(pair) != 2 for pair in pairs):
-        raise value_error("directory", f"{merges_path} must hold one space-separated pair per "
+        raise value_error("directory", f"directory: {merges_path} must hold one space-separated "
+                                       f"pair per "
                                        f"line")
     ordinary = set(byte_of) | {left + right for left, right in pairs}
 
@@ -101,7 +104,7 @@ def read_gpt2_files(
         try:
             return bytes(byte_of[char] for char in token)
         except KeyError as error:
-            raise value_error("directory", f"{merges_path} holds {token!r}, which has a "
+            raise value_error("directory", f"directory: {merges_path} holds {token!r}, which has a "
                                            f"character outside GPT-2's printable byte "
                                            f"alphabet") from error
 

@@ -460,11 +460,12 @@ def test_gpt2_files_that_cannot_be_read_or_written_say_why(tmp_path):
     merges = tmp_path / "ok" / "vocab.bpe"
     for bad in ("a b c", "ab", "a  b"):
         merges.write_text(f"#version: 0.2\n{bad}\n", encoding="utf-8")
-        with pytest.raises(ValueError, match=rf"^{regex.escape(str(merges))} must hold one "
-                                             "space-separated pair per line$"):
+        with pytest.raises(ValueError, match=rf"^directory: {regex.escape(str(merges))} must hold "
+                                             "one space-separated pair per line$"):
             BPETokenizer.load(tmp_path / "ok")
     merges.write_text("#version: 0.2\na \x01\n", encoding="utf-8")
-    with pytest.raises(ValueError, match=rf"^{regex.escape(str(merges))} holds '\\x01', which "
+    with pytest.raises(ValueError, match=rf"^directory: {regex.escape(str(merges))} holds '\\x01', "
+                                         "which "
                                          "has a character outside GPT-2's printable"):
         BPETokenizer.load(tmp_path / "ok")
     # No merges at all (not even the version line): a byte-level vocabulary plus its specials.

@@ -154,7 +154,8 @@ def test_classify_cuts_texts_longer_than_the_context():
 @example(num_classes=2, offset=0)
 def test_labels_outside_the_classes_are_rejected(num_classes, offset):
     bad = num_classes + offset
-    with pytest.raises(ValueError, match=f"label of record 1 must be in \\[0, {num_classes}\\)"):
+    message = f"label of records\\[1\\] must be in \\[0, {num_classes}\\)"
+    with pytest.raises(ValueError, match=message):
         SpamDataset([("hi", 0), ("there", bad)], num_classes=num_classes)
     with pytest.raises(ValueError, match="labels must be class indices"):
         model = make_classifier(tiny_gpt(0), num_classes)

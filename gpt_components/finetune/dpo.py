@@ -75,6 +75,8 @@ RESPONSE_HEADER = "\n\n### Response:\n"
 
 
 def _check_pair(entry: Any, where: str, parameter: str) -> None:
+    if not where.startswith(parameter):
+        where = f"{parameter}: {where}"  # the message names the argument at fault
     if not isinstance(entry, Mapping):
         raise type_error(parameter, f"{where} must be a mapping with 'instruction', 'chosen' and "
                                     f"'rejected', got {entry!r}")

@@ -72,6 +72,8 @@ _PREAMBLE = (
 
 
 def _check_entry(entry: Any, where: str = "entry", parameter: str = "entry") -> None:
+    if not where.startswith(parameter):
+        where = f"{parameter}: {where}"  # the message names the argument at fault
     if not isinstance(entry, Mapping):
         raise type_error(parameter, f"{where} must be a mapping with 'instruction' and 'output', "
                                     f"got {entry!r}")

@@ -99,8 +99,9 @@ def load_sms_spam(
                 raise value_error("path", f"path: line {number} of {os.fspath(path)!r} has no "
                                           f"TAB")
             if label not in labels:
-                raise value_error("path", f"label on line {number} of {os.fspath(path)!r} must "
-                                          f"be one of {tuple(labels)}, got {label!r}")
+                raise value_error("path", f"path: label on line {number} of "
+                                          f"{os.fspath(path)!r} must be one of {tuple(labels)}, "
+                                          f"got {label!r}")
             records.append(LabeledText(text, list(labels).index(label)))
     if not records:
         raise value_error("path", f"path: {os.fspath(path)!r} holds no records")
@@ -215,18 +216,18 @@ class SpamDataset(Dataset):
             text, label = record
             if not isinstance(text, str) or not text:
                 raise (value_error if isinstance(text, str) else type_error)(
-                    "records", f"text of record {i} must be a non-empty str, got {text!r}")
+                    "records", f"text of records[{i}] must be a non-empty str, got {text!r}")
             if isinstance(label, bool) or not isinstance(label, int):
-                raise type_error("records", f"label of record {i} must be an int class index, "
+                raise type_error("records", f"label of records[{i}] must be an int class index, "
                                             f"got {label!r}")
             if not 0 <= label < num_classes:
-                raise value_error("records", f"label of record {i} must be in [0, "
+                raise value_error("records", f"label of records[{i}] must be in [0, "
                                              f"{num_classes}), got {label}")
         encoded, labels = [], []
         for i, (text, label) in enumerate(records):
             ids = tokenizer.encode(text)
             if not ids:
-                raise value_error("records", f"text of record {i} must hold at least one token, "
+                raise value_error("records", f"text of records[{i}] must hold at least one token, "
                                              f"got {text!r}")
             encoded.append(ids)
             labels.append(label)

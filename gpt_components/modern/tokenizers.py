@@ -115,19 +115,19 @@ def read_tiktoken_model(path: str | os.PathLike[str]) -> dict[bytes, int]:
                 if len(fields) != 2:
                     raise ValueError
             except (IndexError, ValueError, binascii.Error):
-                raise value_error("path", f"{str(path)!r} is not a tiktoken file: line {number} "
-                                          f"must be '<base64 token> <rank>', got "
+                raise value_error("path", f"path: {str(path)!r} is not a tiktoken file: line "
+                                          f"{number} must be '<base64 token> <rank>', got "
                                           f"{line[:60]!r}") from None
             if token in ranks:
-                raise value_error("path", f"{str(path)!r} lists the token {token!r} twice (line "
-                                          f"{number})")
+                raise value_error("path", f"path: {str(path)!r} lists the token {token!r} twice "
+                                          f"(line {number})")
             ranks[token] = rank
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise value_error("path", f"{str(path)!r} must rank its {len(ranks)} tokens 0 .. "
+        raise value_error("path", f"path: {str(path)!r} must rank its {len(ranks)} tokens 0 .. "
                                   f"{len(ranks) - 1}, each rank once")
     missing = [byte for byte in range(256) if bytes([byte]) not in ranks]
     if missing:
-        raise value_error("path", f"{str(path)!r} must hold all 256 single bytes; missing "
+        raise value_error("path", f"path: {str(path)!r} must hold all 256 single bytes; missing "
                                   f"{missing[:5]}")
     return ranks
 
@@ -214,7 +214,7 @@ class HFTokenizer:
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # the library raises its own Exception subclass
-            raise value_error("path", f"{str(path)!r} is not a readable tokenizer.json: "
+            raise value_error("path", f"path: {str(path)!r} is not a readable tokenizer.json: "
                                       f"{error}") from None
         eos = None
         config = path.with_name("tokenizer_config.json")
@@ -222,7 +222,8 @@ class HFTokenizer:
             try:
                 settings = json.loads(config.read_text(encoding="utf-8"))
             except (json.JSONDecodeError, UnicodeDecodeError) as error:
-                raise value_error("path", f"{str(config)!r} is not valid JSON: {error}") from None
+                raise value_error("path", f"path: {str(config)!r} is not valid JSON: "
+                                          f"{error}") from None
             eos = settings.get("eos_token") if isinstance(settings, dict) else None
             eos = eos.get("content") if isinstance(eos, dict) else eos
             eos = eos if isinstance(eos, str) and eos else None
