@@ -75,8 +75,6 @@ RESPONSE_HEADER = "\n\n### Response:\n"
 
 
 def _check_pair(entry: Any, where: str, parameter: str) -> None:
-    if not where.startswith(parameter):
-        where = f"{parameter}: {where}"  # the message names the argument at fault
     if not isinstance(entry, Mapping):
         raise type_error(parameter, f"{where} must be a mapping with 'instruction', 'chosen' and "
                                     f"'rejected', got {entry!r}")
@@ -102,7 +100,7 @@ def load_preference_data(path: str | os.PathLike | None = None) -> list[dict[str
         raise FileNotFoundError(f"path: no preference file at {os.fspath(path)!r}")
     data = load_instruction_data(path)
     for i, entry in enumerate(data):
-        _check_pair(entry, f"record {i} of {os.fspath(path)!r}", "path")
+        _check_pair(entry, f"record {i} of path {os.fspath(path)!r}", "path")
     return data
 
 

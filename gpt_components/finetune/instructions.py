@@ -72,8 +72,6 @@ _PREAMBLE = (
 
 
 def _check_entry(entry: Any, where: str = "entry", parameter: str = "entry") -> None:
-    if not where.startswith(parameter):
-        where = f"{parameter}: {where}"  # the message names the argument at fault
     if not isinstance(entry, Mapping):
         raise type_error(parameter, f"{where} must be a mapping with 'instruction' and 'output', "
                                     f"got {entry!r}")
@@ -123,7 +121,7 @@ def load_instruction_data(path: str | os.PathLike | None = None) -> list[dict[st
     if not data:
         raise value_error("path", f"path: {os.fspath(path)!r} holds no records (an empty list)")
     for i, entry in enumerate(data):
-        _check_entry(entry, f"record {i} of {os.fspath(path)!r}", "path")
+        _check_entry(entry, f"record {i} of path {os.fspath(path)!r}", "path")
     return [{"input": "", **entry} for entry in data]
 
 
