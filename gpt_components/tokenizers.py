@@ -26,7 +26,9 @@ import functools
 import json
 import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Literal
 
 import tiktoken
 
@@ -98,8 +100,13 @@ def _gpt2_mergeable_ranks() -> dict[bytes, int]:
     }
 
 
+@functools.lru_cache(maxsize=16)
+def _special_regex(names: frozenset[str]) -> re.Pattern:
+    return re.compile("|".join(map(re.escape, sorted(names, key=len, reverse=True))))
+
+
 class GPT2Encoding(tiktoken.Encoding):
-    """tiktoken's ``Encoding`` whose ``decode`` rejects ids outside the vocabulary clearly.
+    """tiktoken's ``Encoding`` whose ``encode`` and ``decode`` name a bad argument clearly.
 
     Plain tiktoken raises a ``KeyError`` or an ``OverflowError`` from deep inside its Rust core.
     """
@@ -121,6 +128,26 @@ class GPT2Encoding(tiktoken.Encoding):
                 raise value_error("tokens", f"tokens[{position}] = {ids[-1]} is not a token id: "
                                             f"ids must be in [0, {self.n_vocab})")
         return ids
+
+    def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+               disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
+        """tiktoken's ``encode``, with ``text`` checked and a disallowed special token named."""
+        check_str("text", text, empty=True)
+        allowed = self.special_tokens_set if allowed_special == "all" else set(allowed_special)
+        disallowed = (self.special_tokens_set - allowed if disallowed_special == "all"
+                      else set(disallowed_special))
+        found = disallowed and _special_regex(frozenset(disallowed)).search(text)
+        if found:
+            raise value_error("text", f"text contains the special token {found.group()!r}, which "
+                                      f"is disallowed: pass it in allowed_special to encode it "
+                                      f"as a special token, or disallowed_special=() to encode "
+                                      f"it as ordinary text")
+        return super().encode(text, allowed_special=allowed_special,
+                              disallowed_special=disallowed_special)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        check_str("text", text, empty=True)
+        return super().encode_ordinary(text)
 
     def decode_bytes(self, tokens: Sequence[int]) -> bytes:
         return super().decode_bytes(self._check_ids(tokens))
