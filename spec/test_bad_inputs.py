@@ -610,6 +610,11 @@ CASES: list[tuple[str, str, object]] = [
     ("train_model_dpo_simple other vocabulary", "reference_model",
      lambda: dpo.train_model_dpo_simple(_gpt(), _gpt(96), [_pairs_batch()], [_pairs_batch()],
                                         _optimizer(_gpt()))),
+    ("plot_dpo None path", "path", lambda: dpo.plot_dpo([{"step": 1, "loss": 0.7}], None)),
+    ("plot_dpo no records", "records", lambda: dpo.plot_dpo([], _dir() / "dpo.png")),
+    ("plot_dpo records without loss", "records",
+     lambda: dpo.plot_dpo([{"step": 1}], _dir() / "dpo.png")),
+    ("plot_dpo a dict", "records", lambda: dpo.plot_dpo({"step": 1}, _dir() / "dpo.png")),
     # finetune: classification
     ("make_classifier a Linear", "model", lambda: clf.make_classifier(nn.Linear(2, 2))),
     ("make_classifier classes 0", "num_classes",

@@ -513,7 +513,15 @@ def plot_dpo(records: Iterable[dict], path: str | os.PathLike) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
+    if isinstance(records, (str, Mapping)) or not isinstance(records, Iterable):
+        raise type_error("records", f"records must be train_model_dpo_simple's list of dicts, "
+                                    f"got {type(records).__name__}")
     records = list(records)
+    if not records or not all(isinstance(r, Mapping) and {"step", "loss"} <= set(r)
+                              for r in records):
+        raise value_error("records", "records must be train_model_dpo_simple's records (dicts "
+                                     "with step and loss), at least one")
     evals = [r for r in records if "val_loss" in r]
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)
