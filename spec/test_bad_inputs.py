@@ -931,3 +931,11 @@ def test_a_refused_generation_writes_no_response():
         instructions.generate_responses(_gpt2_vocab_model(), [RECORD, {"output": "x"}],
                                         max_new_tokens=1, progress=lambda i, r: done.append(i))
     assert done == []  # the first record was not generated before the second was checked
+
+
+def test_adapters_that_do_not_fit_leave_the_model_without_adapters():
+    model = nn.Sequential(nn.Linear(5, 6), nn.ReLU(), nn.Linear(6, 3))
+    with pytest.raises(ValueError, match="^path: ") as caught:
+        lora.load_lora(model, _lora_file())
+    assert caught.value.parameter == "path"
+    assert not any(isinstance(m, lora.LinearWithLoRA) for m in model.modules())

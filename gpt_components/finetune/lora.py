@@ -221,29 +221,51 @@ def load_lora(model: nn.Module, path: str | os.PathLike) -> nn.Module:
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no LoRA file at {path!r}")
+    if isinstance(model, nn.Linear):
+        raise type_error("model", "model must contain nn.Linear layers, not be one: use "
+                                  "LinearWithLoRA")
     tensors = read_safetensors(path)
-    if not _lora_layers(model):
+    wrap = None
+    if _lora_layers(model):
+        expected = {key: value.shape for key, value in lora_state_dict(model).items()}
+    else:  # the adapters replace_linear_with_lora would add, checked before adding them
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
         try:
-            rank, alpha = int(metadata["rank"]), float(metadata["alpha"])
-            _check_rank_alpha(rank, alpha, None)
+            wrap = int(metadata["rank"]), float(metadata["alpha"])
+            _check_rank_alpha(*wrap, None)
         except (KeyError, ValueError, ArgumentError):
             raise value_error("path", f"path: {path!r} holds no valid rank/alpha metadata; not "
                                       f"from save_lora") from None
-        replace_linear_with_lora(model, rank, alpha)
-    expected = lora_state_dict(model)
+        expected = _adapter_shapes(model, wrap[0])
+    _check_adapters(tensors, expected, path)
+    if wrap is not None:
+        replace_linear_with_lora(model, *wrap)
+    model.load_state_dict(tensors, strict=False)
+    return model
+
+
+def _adapter_shapes(model: nn.Module, rank: int) -> dict[str, torch.Size]:
+    """The ``A`` and ``B`` shapes of the adapters ``replace_linear_with_lora`` would add."""
+    shapes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            shapes[f"{name}.lora.A"] = torch.Size((module.in_features, rank))
+            shapes[f"{name}.lora.B"] = torch.Size((rank, module.out_features))
+    return shapes
+
+
+def _check_adapters(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size],
+                    path: str) -> None:
     if set(tensors) != set(expected):
         missing = sorted(set(expected) - set(tensors))[:3]
         extra = sorted(set(tensors) - set(expected))[:3]
         raise value_error("path", f"path: adapters in {path!r} do not fit model (missing "
                                   f"{missing}, unexpected {extra})")
     for key, value in tensors.items():
-        if value.shape != expected[key].shape:
+        if value.shape != expected[key]:
             raise value_error("path", f"path: {key} has shape {tuple(value.shape)} in {path!r}, "
-                                      f"model expects {tuple(expected[key].shape)}")
-    model.load_state_dict(tensors, strict=False)
-    return model
+                                      f"model expects {tuple(expected[key])}")
 
 
 def count_trainable_parameters(model: nn.Module) -> int:
