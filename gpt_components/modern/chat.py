@@ -3,9 +3,9 @@
 An instruct model continues a conversation written in the format it was finetuned on, and stops
 with that format's end-of-turn token; any other layout gives worse answers. Messages are dicts
 ``{"role": "system" | "user" | "assistant", "content": str}``, as in the published templates;
-every format refuses an empty conversation and a system message anywhere but first (Qwen3's
-template would write a later one as a system turn mid-conversation, Gemma 3's as a turn of a
-role the model never saw), so each format says what it can render instead of guessing.
+every format refuses an empty conversation and a system message anywhere but first (the
+published Llama 3 and Qwen3 templates write a later one as a system turn mid-conversation,
+Gemma 3's as a ``system`` turn its model never saw, or refuse it), instead of guessing.
 
 - ``Llama3ChatFormat``: ``<|begin_of_text|>``, then per message
   ``<|start_header_id|>role<|end_header_id|>\\n\\n`` + stripped content + ``<|eot_id|>``; the
