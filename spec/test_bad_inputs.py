@@ -18,6 +18,7 @@ import copy
 import functools
 import json
 import math
+import shutil
 import tempfile
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,6 +84,14 @@ LONG = torch.long
 @functools.cache
 def _dir() -> Path:
     return Path(tempfile.mkdtemp(prefix="bad-inputs-"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _remove_the_files_written():
+    yield
+    if _dir.cache_info().currsize:
+        shutil.rmtree(_dir(), ignore_errors=True)
+        _dir.cache_clear()
 
 
 def _file(name: str, content: str | bytes) -> Path:
