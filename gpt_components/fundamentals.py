@@ -154,6 +154,7 @@ class NeuralNetwork(nn.Module):
         if generator is not None:
             check_instance("generator", generator, torch.Generator, "a torch.Generator or None")
         super().__init__()
+        self.num_inputs = num_inputs  # (the first layer's in_features, unless LoRA wraps it)
         self.layers = nn.Sequential(
             nn.Linear(num_inputs, 30),
             nn.ReLU(),
@@ -175,9 +176,9 @@ class NeuralNetwork(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("x", x, kind="floating")
-        if x.dim() < 1 or x.shape[-1] != self.layers[0].in_features:
-            raise value_error("x", f"x must be (batch, num_inputs={self.layers[0].in_features}), "
-                                   f"got shape {tuple(x.shape)}")
+        if x.dim() < 1 or x.shape[-1] != self.num_inputs:
+            raise value_error("x", f"x must be (batch, num_inputs={self.num_inputs}), got shape "
+                                   f"{tuple(x.shape)}")
         return self.layers(x)  # (batch, num_inputs) -> (batch, num_outputs) logits
 
 

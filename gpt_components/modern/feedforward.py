@@ -38,13 +38,14 @@ class SwiGLU(nn.Module):
         check_int("hidden_dim", hidden_dim, low=1)
         check_choice("activation", activation, GATE_ACTIVATIONS)
         self.activation = activation
+        self.emb_dim = emb_dim  # (fc1.in_features, unless LoRA has wrapped fc1)
         self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=False)
         self.fc2 = nn.Linear(emb_dim, hidden_dim, bias=False)
         self.fc3 = nn.Linear(hidden_dim, emb_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_tensor("x", x, kind="floating")
-        if x.dim() < 1 or x.shape[-1] != self.fc1.in_features:
-            raise value_error("x", f"x must be [..., emb_dim={self.fc1.in_features}], got shape "
+        if x.dim() < 1 or x.shape[-1] != self.emb_dim:
+            raise value_error("x", f"x must be [..., emb_dim={self.emb_dim}], got shape "
                                    f"{tuple(x.shape)}")
         return self.fc3(GATE_ACTIVATIONS[self.activation](self.fc1(x)) * self.fc2(x))
