@@ -37,6 +37,7 @@ import regex
 
 from .bpe_files import bundled_gpt2_files, read_gpt2_files, write_gpt2_files
 from .bpe_merges import learn_merges
+from .machinery.checks import check_instance, check_int, check_str, type_error, value_error
 from .tokenizers import ENDOFTEXT, GPT2_PATTERN
 
 __all__ = ["BPETokenizer"]
@@ -82,12 +83,33 @@ class BPETokenizer:
         name: str | None = None,
         pattern: str = GPT2_PATTERN,
     ) -> None:
+        check_instance("mergeable_ranks", mergeable_ranks, Mapping, "a mapping bytes -> int")
+        for token, rank in mergeable_ranks.items():
+            if not isinstance(token, bytes) or isinstance(rank, bool) or not isinstance(rank, int):
+                raise type_error("mergeable_ranks", f"mergeable_ranks must map bytes to int ids, "
+                                                    f"got the entry {token!r}: {rank!r}")
+        if isinstance(merges, (str, bytes)) or not isinstance(merges, Iterable):
+            raise type_error("merges", f"merges must be a sequence of (bytes, bytes) pairs, got "
+                                       f"{type(merges).__name__}")
+        merges = tuple(merges)
+        for pair in merges:
+            if not (isinstance(pair, tuple) and len(pair) == 2
+                    and all(isinstance(part, bytes) for part in pair)):
+                raise type_error("merges", f"merges must hold (bytes, bytes) pairs, got {pair!r}")
+        if special_tokens is not None:
+            check_instance("special_tokens", special_tokens, Mapping, "a mapping str -> int")
+            for token, rank in special_tokens.items():
+                if not isinstance(token, str) or isinstance(rank, bool) \
+                        or not isinstance(rank, int):
+                    raise type_error("special_tokens", f"special_tokens must map str names to "
+                                                       f"int ids, got {token!r}: {rank!r}")
+        check_str("name", name, optional=True)
         special_tokens = dict(special_tokens or {})
         self._name = name
         self._pattern = pattern
         self._pretokenizer = _compile_pattern(pattern)
         self._ranks = dict(mergeable_ranks)
-        self._merges = tuple(merges)
+        self._merges = merges
         self._special_tokens = special_tokens
         _check_vocabulary(self._ranks, self._merges, special_tokens)
         self._decoder: list[bytes] = [b""] * (len(self._ranks) + len(special_tokens))
@@ -120,11 +142,10 @@ class BPETokenizer:
         that ``pattern`` cuts (GPT-2's by default; ``modern.tokenizers.LLAMA3_PATTERN`` for
         Llama 3's).
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_str("text", text, empty=True)
         specials = _check_special_names(special_tokens)
-        _check_int("min_frequency", min_frequency, 1)
-        _check_int("vocab_size", vocab_size, 256 + len(specials))
+        check_int("min_frequency", min_frequency, low=1)
+        check_int("vocab_size", vocab_size, low=256 + len(specials))
         pretokenizer = _compile_pattern(pattern)
         # Learn from the text as encode will see it: lone surrogates become U+FFFD.
         pieces = _split_on_specials(_without_surrogates(text), specials)
@@ -147,6 +168,7 @@ class BPETokenizer:
     def load(cls, directory: str | os.PathLike[str]) -> BPETokenizer:
         """Read ``encoder.json`` and ``vocab.bpe`` (GPT-2's format) from ``directory``, and the
         pre-tokenization pattern from ``pattern.txt`` if there is one (else GPT-2's)."""
+        check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
         directory = Path(directory)
         pattern_path = directory / _PATTERN_FILE
         pattern = (pattern_path.read_text(encoding="utf-8") if pattern_path.is_file()
@@ -230,8 +252,7 @@ class BPETokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of ``text``, reading special-token names as ordinary text."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_str("text", text, empty=True)
         return self._encode_ordinary(_without_surrogates(text))
 
     def encode(
@@ -247,8 +268,7 @@ class BPETokenizer:
         named in ``disallowed_special`` (by default every special not allowed) raises ValueError;
         any other is encoded as ordinary text.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_str("text", text, empty=True)
         allowed = self._special_subset("allowed_special", allowed_special)
         if disallowed_special == "all":
             disallowed = self.special_tokens_set - allowed
@@ -256,11 +276,10 @@ class BPETokenizer:
             disallowed = self._special_subset("disallowed_special", disallowed_special)
         text = _without_surrogates(text)
         if disallowed and (found := _special_regex(frozenset(disallowed)).search(text)):
-            raise ValueError(
-                f"text contains the special token {found.group()!r}, which is disallowed: pass "
-                f"it in allowed_special to encode it as a special token, or "
-                f"disallowed_special=() to encode it as ordinary text"
-            )
+            raise value_error("text", f"text contains the special token {found.group()!r}, which "
+                                      f"is disallowed: pass it in allowed_special to encode it as "
+                                      f"a special token, or disallowed_special=() to encode it "
+                                      f"as ordinary text")
         if not allowed:
             return self._encode_ordinary(text)
         ids: list[int] = []
@@ -302,16 +321,16 @@ class BPETokenizer:
                 pair_ranks[best] = ranks.get(parts[best] + parts[best + 1])
 
     def _special_subset(self, name: str, value: object) -> set[str]:
-        if value == "all":
+        if isinstance(value, str) and value == "all":
             return self.special_tokens_set
         if isinstance(value, str) or not isinstance(value, Iterable):
-            raise TypeError(f"{name} must be 'all' or a collection of special-token names, "
-                            f"got {value!r}")
+            raise type_error(name, f"{name} must be 'all' or a collection of special-token "
+                                   f"names, got {value!r}")
         chosen = set(value)
         unknown = sorted(map(repr, chosen - self.special_tokens_set))
         if unknown:
-            raise ValueError(f"{name} names unknown special tokens {', '.join(unknown)}; this "
-                             f"tokenizer's are {sorted(self._special_tokens)}")
+            raise value_error(name, f"{name} names unknown special tokens {', '.join(unknown)}; "
+                                    f"this tokenizer's are {sorted(self._special_tokens)}")
         return chosen
 
     # -- decoding -------------------------------------------------------------------------------
@@ -323,7 +342,7 @@ class BPETokenizer:
             return b"".join(map(self._decoder.__getitem__, ids))
         except TypeError:
             bad = next(t for t in ids if not hasattr(t, "__index__"))
-            raise TypeError(f"ids must hold ints, got {bad!r}") from None
+            raise type_error("ids", f"ids must hold ints, got {bad!r}") from None
 
     def decode(self, ids: Iterable[int], errors: str = "replace") -> str:
         """Text of the ids; byte sequences that are not UTF-8 become U+FFFD, as in tiktoken."""
@@ -334,7 +353,7 @@ class BPETokenizer:
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
         if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
-            raise TypeError(f"ids must be an iterable of ints, got {type(ids).__name__}")
+            raise type_error("ids", f"ids must be an iterable of ints, got {type(ids).__name__}")
         ids = list(ids)
         try:
             in_range = not ids or (min(ids) >= 0 and max(ids) < self.n_vocab)
@@ -342,10 +361,11 @@ class BPETokenizer:
             in_range = False
         if not in_range:
             for token in ids:
-                if not hasattr(token, "__index__"):
-                    raise TypeError(f"ids must hold ints, got {token!r}")
+                if isinstance(token, bool) or not hasattr(token, "__index__"):
+                    raise type_error("ids", f"ids must hold ints, got {token!r}")
                 if not 0 <= token < self.n_vocab:
-                    raise ValueError(f"ids must lie in [0, {self.n_vocab}), got id {int(token)}")
+                    raise value_error("ids", f"ids must lie in [0, {self.n_vocab}), got id "
+                                             f"{int(token)}")
         return ids
 
 
@@ -354,7 +374,8 @@ class BPETokenizer:
 
 def _compile_pattern(pattern: object) -> regex.Pattern:
     if not isinstance(pattern, str):
-        raise TypeError(f"pattern must be a regex string, got {type(pattern).__name__}")
+        raise type_error("pattern", f"pattern must be a regex string, got "
+                                    f"{type(pattern).__name__}")
     return _compile_str(pattern)
 
 
@@ -363,9 +384,11 @@ def _compile_str(pattern: str) -> regex.Pattern:
     try:
         compiled = regex.compile(pattern)
     except regex.error as error:
-        raise ValueError(f"pattern must be a valid regex, got {pattern!r}: {error}") from None
+        raise value_error("pattern", f"pattern must be a valid regex, got {pattern!r}: "
+                                     f"{error}") from None
     if compiled.fullmatch("") is not None:
-        raise ValueError(f"pattern must not match the empty string, got {pattern!r}")
+        raise value_error("pattern", f"pattern must not match the empty string, got "
+                                     f"{pattern!r}")
     return compiled
 
 
@@ -388,39 +411,38 @@ def _without_surrogates(text: str) -> str:
     return text
 
 
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum}, got {value}")
-
-
 def _check_special_names(special_tokens: object) -> list[str]:
     if isinstance(special_tokens, str) or not isinstance(special_tokens, Iterable):
-        raise TypeError(f"special_tokens must be a sequence of strings, got {special_tokens!r}")
+        raise type_error("special_tokens", f"special_tokens must be a sequence of strings, got "
+                                           f"{special_tokens!r}")
     names = list(special_tokens)
     for name in names:
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"special_tokens must hold non-empty strings, got {name!r}")
+        if not isinstance(name, str):
+            raise type_error("special_tokens", f"special_tokens must hold non-empty strings, "
+                                               f"got {name!r}")
+        if not name:
+            raise value_error("special_tokens", "special_tokens must hold non-empty strings, "
+                                                "got ''")
     if len(set(names)) != len(names):
-        raise ValueError(f"special_tokens must not repeat a name, got {names}")
+        raise value_error("special_tokens", f"special_tokens must not repeat a name, got {names}")
     return names
 
 
 def _check_vocabulary(ranks, merges, special_tokens) -> None:
     ids = sorted(itertools.chain(ranks.values(), special_tokens.values()))
     if ids != list(range(len(ids))):
-        raise ValueError("mergeable_ranks and special_tokens must use each id in "
-                         f"0 .. {len(ids) - 1} exactly once")
+        raise value_error("mergeable_ranks", f"mergeable_ranks and special_tokens must use "
+                                             f"each id in 0 .. {len(ids) - 1} exactly once")
     missing = [byte for byte in range(256) if bytes([byte]) not in ranks]
     if missing:
-        raise ValueError(f"mergeable_ranks must hold all 256 single bytes; missing {missing[:5]}")
+        raise value_error("mergeable_ranks", f"mergeable_ranks must hold all 256 single bytes; "
+                                             f"missing {missing[:5]}")
     for left, right in merges:
         if left not in ranks or right not in ranks or left + right not in ranks:
-            raise ValueError(f"merges holds ({left!r}, {right!r}), whose parts or result are "
-                             "not in mergeable_ranks")
+            raise value_error("merges", f"merges holds ({left!r}, {right!r}), whose parts or "
+                                        f"result are not in mergeable_ranks")
     # GPT-2's files tell ordinary tokens from specials by the merges, so every one needs its merge.
     unmade = {token for token in ranks if len(token) > 1} - {a + b for a, b in merges}
     if unmade:
-        raise ValueError(f"merges must produce every multi-byte token of mergeable_ranks; none "
-                         f"makes {sorted(unmade)[:3]}")
+        raise value_error("merges", f"merges must produce every multi-byte token of "
+                                    f"mergeable_ranks; none makes {sorted(unmade)[:3]}")

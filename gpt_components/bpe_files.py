@@ -21,6 +21,7 @@ import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from .machinery.checks import check_instance, type_error, value_error
 from .machinery.resources import resource_path
 from .tokenizers import gpt2_byte_decoder
 
@@ -33,6 +34,12 @@ def write_gpt2_files(directory: str | os.PathLike[str], ranks: Mapping[bytes, in
                      merges: Sequence[tuple[bytes, bytes]],
                      special_tokens: Mapping[str, int]) -> Path:
     """Write ``encoder.json`` and ``vocab.bpe`` into ``directory``; returns it."""
+    check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
+    check_instance("ranks", ranks, Mapping, "a mapping bytes -> int")
+    check_instance("special_tokens", special_tokens, Mapping, "a mapping str -> int")
+    if isinstance(merges, (str, bytes)) or not isinstance(merges, Sequence):
+        raise type_error("merges", f"merges must be a sequence of (bytes, bytes) pairs, got "
+                                   f"{type(merges).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     char_of = {byte: char for char, byte in gpt2_byte_decoder().items()}
@@ -43,8 +50,9 @@ def write_gpt2_files(directory: str | os.PathLike[str], ranks: Mapping[bytes, in
     encoder = {printable(token): rank for token, rank in ranks.items()}
     clashes = sorted(set(encoder) & set(special_tokens))
     if clashes:
-        raise ValueError(f"special tokens {clashes} are spelled like ordinary tokens in "
-                         "GPT-2's printable alphabet, so encoder.json cannot hold both")
+        raise value_error("special_tokens", f"special tokens {clashes} are spelled like ordinary "
+                                            f"tokens in GPT-2's printable alphabet, so "
+                                            f"encoder.json cannot hold both")
     encoder.update(special_tokens)
     encoder = dict(sorted(encoder.items(), key=lambda item: item[1]))
     with open(directory / "encoder.json", "w", encoding="utf-8") as f:
@@ -68,25 +76,37 @@ def read_gpt2_files(
     An ``encoder.json`` entry is ordinary when it is a single byte or the result of a merge in
     ``vocab.bpe``, and special otherwise.
     """
+    check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
     encoder_path = Path(directory) / "encoder.json"
     merges_path = Path(directory) / "vocab.bpe"
     byte_of = gpt2_byte_decoder()
     with open(encoder_path, encoding="utf-8") as f:
-        encoder: dict[str, int] = json.load(f)
+        try:
+            encoder: dict[str, int] = json.load(f)
+        except json.JSONDecodeError as error:
+            raise value_error("directory", f"directory: {encoder_path} is not valid JSON: "
+                                           f"{error}") from None
+    if not isinstance(encoder, dict) or not all(
+            isinstance(rank, int) and not isinstance(rank, bool) for rank in encoder.values()):
+        raise value_error("directory", f"directory: {encoder_path} must hold a JSON object of "
+                                       f"token: id")
     lines = Path(merges_path).read_text(encoding="utf-8").splitlines()
     if lines and lines[0].startswith("#version"):
         lines = lines[1:]
     pairs = [tuple(line.split(" ")) for line in lines if line]
     if any(len(pair) != 2 for pair in pairs):
-        raise ValueError(f"{merges_path} must hold one space-separated pair per line")
+        raise value_error("directory", f"directory: {merges_path} must hold one space-separated "
+                                       f"pair per "
+                                       f"line")
     ordinary = set(byte_of) | {left + right for left, right in pairs}
 
     def to_bytes(token: str) -> bytes:
         try:
             return bytes(byte_of[char] for char in token)
         except KeyError as error:
-            raise ValueError(f"{merges_path} holds {token!r}, which has a character outside "
-                             "GPT-2's printable byte alphabet") from error
+            raise value_error("directory", f"directory: {merges_path} holds {token!r}, which has a "
+                                           f"character outside GPT-2's printable byte "
+                                           f"alphabet") from error
 
     ranks = {to_bytes(token): rank for token, rank in encoder.items() if token in ordinary}
     specials = {token: rank for token, rank in encoder.items() if token not in ordinary}

@@ -21,7 +21,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+
+from .machinery.checks import check_instance, check_int, type_error
 
 __all__ = ["learn_merges", "merge_word"]
 
@@ -38,6 +40,13 @@ def learn_merges(
     over-states it is pushed back with the current count. The first up-to-date entry popped is
     therefore the true maximum.
     """
+    check_instance("chunk_counts", chunk_counts, Mapping, "a mapping str -> int count")
+    for chunk, count in chunk_counts.items():
+        if not isinstance(chunk, str) or isinstance(count, bool) or not isinstance(count, int):
+            raise type_error("chunk_counts", f"chunk_counts must map str chunks to int counts, "
+                                             f"got the entry {chunk!r}: {count!r}")
+    check_int("n_ordinary", n_ordinary, low=256)
+    check_int("min_frequency", min_frequency, low=1)
     words = [list(chunk.encode("utf-8")) for chunk in chunk_counts]
     counts = list(chunk_counts.values())
     pair_counts: dict[tuple[int, int], int] = defaultdict(int)
@@ -96,6 +105,12 @@ def _apply_merge(pair, new_id, words, counts, pair_counts, where, heap) -> None:
 
 def merge_word(word: list[int], pair: tuple[int, int], new_id: int) -> list[int]:
     """Replace each occurrence of ``pair``, left to right and without overlap, by ``new_id``."""
+    if not isinstance(word, Sequence) or isinstance(word, (str, bytes)):
+        raise type_error("word", f"word must be a list of int ids, got {type(word).__name__}")
+    if not (isinstance(pair, Sequence) and not isinstance(pair, (str, bytes)) and len(pair) == 2
+            and all(isinstance(i, int) and not isinstance(i, bool) for i in pair)):
+        raise type_error("pair", f"pair must be a pair of int ids, got {pair!r}")
+    check_int("new_id", new_id, low=0)
     left, right = pair
     merged = []
     i = 0

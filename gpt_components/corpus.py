@@ -35,6 +35,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from .machinery.checks import (
+    check_float,
+    check_instance,
+    check_int,
+    check_str,
+    type_error,
+    value_error,
+)
+
 __all__ = ["TokenCorpus", "TokenWindows", "prepare_corpus", "encode_text"]
 
 FORMAT_VERSION = 1
@@ -50,6 +59,8 @@ def encode_text(text: str, tokenizer: Any) -> list[int]:
     token's name as ordinary text, as it is in a corpus; others (the book's ``SimpleTokenizerV2``)
     get the text alone and handle it themselves.
     """
+    check_str("text", text, empty=True)
+    _check_tokenizer(tokenizer)
     try:
         parameters = inspect.signature(tokenizer.encode).parameters
     except (TypeError, ValueError):  # a compiled method without a signature
@@ -58,6 +69,12 @@ def encode_text(text: str, tokenizer: Any) -> list[int]:
         allowed = {"<|endoftext|>"} & set(getattr(tokenizer, "special_tokens_set", ()))
         return list(tokenizer.encode(text, allowed_special=allowed, disallowed_special=()))
     return list(tokenizer.encode(text))
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise type_error("tokenizer", f"tokenizer must have an encode(text) method, got "
+                                      f"{type(tokenizer).__name__}")
 
 
 def _pieces(path: Path, block_bytes: int) -> Iterator[str]:
@@ -75,8 +92,8 @@ def _pieces(path: Path, block_bytes: int) -> Iterator[str]:
             return decoder.decode(block, final=final)
         except UnicodeDecodeError as error:
             offset = consumed - buffered + error.start
-            raise ValueError(f"source file {str(path)!r} is not UTF-8 text: {error.reason} at "
-                             f"byte {offset}") from None
+            raise value_error("source", f"source file {str(path)!r} is not UTF-8 text: "
+                                        f"{error.reason} at byte {offset}") from None
 
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(block_bytes), b""):
@@ -98,7 +115,8 @@ def _source_files(source: Path) -> list[Path]:
         files = sorted(p for p in source.rglob("*.txt") if p.is_file())
         if files:
             return files
-        raise ValueError(f"source must contain .txt files, got the empty directory {str(source)!r}")
+        raise value_error("source", f"source must contain .txt files, got the empty directory "
+                                    f"{str(source)!r}")
     if not source.exists():
         raise FileNotFoundError(f"source {str(source)!r} does not exist")
     raise FileNotFoundError(f"source must be a .txt file or a directory, got {str(source)!r}")
@@ -130,8 +148,9 @@ class TokenCorpus:
     @classmethod
     def from_text(cls, text: str, tokenizer: Any) -> TokenCorpus:
         """Tokenize ``text`` in memory: the reference path the memory map must reproduce."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_str("text", text, empty=True)
+        _check_tokenizer(tokenizer)
+        check_int("tokenizer.n_vocab", getattr(tokenizer, "n_vocab", None), low=1)
         ids = np.asarray(encode_text(text, tokenizer), dtype=_dtype_for(tokenizer.n_vocab))
         return cls(ids, {"token_count": len(ids), "tokenizer": getattr(tokenizer, "name", "")})
 
@@ -140,8 +159,7 @@ class TokenCorpus:
 
     def split(self, val_fraction: float) -> tuple[np.ndarray, np.ndarray]:
         """(train, validation) token arrays: the last ``val_fraction`` of tokens is held out."""
-        if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+        check_float("val_fraction", val_fraction, low=0, high=1, low_open=True, high_open=True)
         cut = int(round(len(self.tokens) * (1.0 - val_fraction)))
         return self.tokens[:cut], self.tokens[cut:]
 
@@ -163,12 +181,16 @@ def prepare_corpus(
     pieces cut only where the pre-tokenizer splits anyway, so the ids equal ``encode_text`` of
     the whole text. The token file is written under a temporary name and renamed when complete.
     """
-    if isinstance(block_bytes, bool) or not isinstance(block_bytes, int) or block_bytes < 1:
-        raise ValueError(f"block_bytes must be an int >= 1, got {block_bytes!r}")
+    check_instance("source", source, (str, os.PathLike), "a path (str or os.PathLike)")
+    check_instance("cache_dir", cache_dir, (str, os.PathLike), "a path (str or os.PathLike)")
+    check_int("block_bytes", block_bytes, low=1)
+    _check_tokenizer(tokenizer)
     tokenizer_name = getattr(tokenizer, "name", None)
     if not isinstance(tokenizer_name, str) or not tokenizer_name:
-        raise TypeError(f"tokenizer must have a name that identifies its vocabulary (as tiktoken "
-                        f"encodings and BPETokenizer do), got a {type(tokenizer).__name__}")
+        raise type_error("tokenizer", f"tokenizer must have a name that identifies its vocabulary "
+                                      f"(as tiktoken encodings and BPETokenizer do), got a "
+                                      f"{type(tokenizer).__name__}")
+    check_int("tokenizer.n_vocab", getattr(tokenizer, "n_vocab", None), low=1)
     source = Path(source)
     files = _source_files(source)
     source_hash = _source_hash(files)
@@ -223,6 +245,12 @@ def _open(token_path: Path, metadata: dict) -> TokenCorpus:
     return TokenCorpus(tokens, metadata)
 
 
+def _describe(value: Any) -> str:
+    if isinstance(value, (np.ndarray, torch.Tensor)):
+        return f"a {type(value).__name__} of dtype {value.dtype} and shape {tuple(value.shape)}"
+    return type(value).__name__
+
+
 class TokenWindows(torch.utils.data.Dataset):
     """The book's sliding windows over a token array: input ``[t, t+L)``, target shifted by one.
 
@@ -231,13 +259,14 @@ class TokenWindows(torch.utils.data.Dataset):
     """
 
     def __init__(self, tokens: np.ndarray, context_length: int, stride: int | None = None):
-        for name, value in (("context_length", context_length), ("stride", stride)):
-            if value is None and name == "stride":
-                continue
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-            if value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        if not isinstance(tokens, (np.ndarray, torch.Tensor)) or tokens.ndim != 1 or not (
+                np.issubdtype(tokens.dtype, np.integer) if isinstance(tokens, np.ndarray)
+                else not (tokens.is_floating_point() or tokens.is_complex()
+                          or tokens.dtype == torch.bool)):
+            raise type_error("tokens", f"tokens must be a 1-D integer numpy array or tensor, got "
+                                       f"{_describe(tokens)}")
+        check_int("context_length", context_length, low=1)
+        check_int("stride", stride, low=1, optional=True)
         stride = context_length if stride is None else stride
         self.tokens, self.context_length, self.stride = tokens, context_length, stride
 

@@ -29,30 +29,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from .machinery.checks import (
+    check_bool,
+    check_instance,
+    check_int,
+    check_str,
+    type_error,
+    value_error,
+)
 from .tokenizers import ENDOFTEXT, gpt2_tokenizer
 
 __all__ = ["GPTDatasetV1", "create_dataloader_v1"]
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-
-
-def _check_bool(name: str, value: object) -> None:
-    if not isinstance(value, bool):
-        raise TypeError(f"{name} must be True or False, got {value!r}")
 
 
 def _encode(tokenizer: Any, txt: str) -> list[int]:
     """Token ids of ``txt``; ``<|endoftext|>`` is allowed where the tokenizer asks (tiktoken)."""
     encode = getattr(tokenizer, "encode", None)
     if not callable(encode):
-        raise TypeError(
-            f"tokenizer must have an encode(text) method, got {type(tokenizer).__name__}"
-        )
+        raise type_error("tokenizer", f"tokenizer must have an encode(text) method, got "
+                                      f"{type(tokenizer).__name__}")
     try:
         accepts_special = "allowed_special" in inspect.signature(encode).parameters
     except (TypeError, ValueError):  # a builtin without a signature
@@ -66,22 +61,27 @@ def _token_stream(token_ids: object) -> torch.Tensor | np.ndarray:
     """A 1-D integer stream: int64 tensors as they are, numpy arrays (memmaps) left in place."""
     if isinstance(token_ids, np.ndarray):
         if not np.issubdtype(token_ids.dtype, np.integer):
-            raise TypeError(f"token_ids must hold integers, got a numpy {token_ids.dtype} array")
+            raise type_error("token_ids", f"token_ids must hold integers, got a numpy "
+                                          f"{token_ids.dtype} array")
         stream = token_ids
     elif isinstance(token_ids, (torch.Tensor, list, tuple)):
-        stream = torch.as_tensor(token_ids)
+        try:
+            stream = torch.as_tensor(token_ids)
+        except (TypeError, ValueError, RuntimeError):  # ragged, or holding non-numbers
+            raise type_error("token_ids", "token_ids must be a flat list of integers, got "
+                                          "one torch cannot read as a 1-D tensor") from None
         if stream.numel() == 0:
             stream = stream.to(torch.int64)
         if stream.dtype.is_floating_point or stream.dtype.is_complex or stream.dtype == torch.bool:
-            raise TypeError(f"token_ids must hold integers, got dtype {stream.dtype}")
+            raise type_error("token_ids", f"token_ids must hold integers, got dtype "
+                                          f"{stream.dtype}")
         stream = stream.to(torch.int64)
     else:
-        raise TypeError(
-            "token_ids must be a list, tensor or numpy array of integers, got "
-            f"{type(token_ids).__name__}"
-        )
+        raise type_error("token_ids", f"token_ids must be a list, tensor or numpy array of "
+                                      f"integers, got {type(token_ids).__name__}")
     if stream.ndim != 1:
-        raise ValueError(f"token_ids must be 1-D, got shape {tuple(stream.shape)}")
+        raise value_error("token_ids", f"token_ids must be 1-D, got shape "
+                                       f"{tuple(stream.shape)}")
     return stream
 
 
@@ -94,13 +94,16 @@ class GPTDatasetV1(Dataset):
     """
 
     def __init__(self, txt: str, tokenizer: Any, max_length: int, stride: int) -> None:
-        if not isinstance(txt, str):
-            raise TypeError(f"txt must be a str, got {type(txt).__name__}")
+        check_str("txt", txt, empty=True)
+        check_int("max_length", max_length, low=1)
+        check_int("stride", stride, low=1)
         self._set_windows(_token_stream(_encode(tokenizer, txt)), max_length, stride, "txt")
 
     @classmethod
     def from_token_ids(cls, token_ids: Any, max_length: int, stride: int) -> GPTDatasetV1:
         """The dataset over ids already tokenized: a list, tensor or numpy array (or memmap)."""
+        check_int("max_length", max_length, low=1)
+        check_int("stride", stride, low=1)
         dataset = cls.__new__(cls)
         dataset._set_windows(_token_stream(token_ids), max_length, stride, "token_ids")
         return dataset
@@ -108,13 +111,10 @@ class GPTDatasetV1(Dataset):
     def _set_windows(
         self, stream: torch.Tensor | np.ndarray, max_length: int, stride: int, source: str
     ) -> None:
-        _check_int("max_length", max_length, 1)
-        _check_int("stride", stride, 1)
         if len(stream) < max_length + 1:
-            raise ValueError(
-                f"{source} has {len(stream)} tokens, too few for one window of "
-                f"max_length={max_length}: it needs max_length + 1 = {max_length + 1}"
-            )
+            raise value_error(source, f"{source} has {len(stream)} tokens, too few for one "
+                                      f"window of max_length={max_length}: it needs "
+                                      f"max_length + 1 = {max_length + 1}")
         self.token_ids = stream
         self.max_length = max_length
         self.stride = stride
@@ -159,17 +159,18 @@ def create_dataloader_v1(
     given, torch's global random state otherwise. With ``drop_last`` a short final batch is
     dropped, so a text with fewer than ``batch_size`` windows gives no batch at all.
     """
-    _check_int("batch_size", batch_size, 1)
-    _check_bool("shuffle", shuffle)
-    _check_bool("drop_last", drop_last)
-    _check_int("num_workers", num_workers, 0)
+    check_int("batch_size", batch_size, low=1)
+    check_bool("shuffle", shuffle)
+    check_bool("drop_last", drop_last)
+    check_int("num_workers", num_workers, low=0)
     if seed is not None:
-        _check_int("seed", seed, 0)
+        check_int("seed", seed, low=0)
         if generator is not None:
-            raise ValueError("seed and generator are alternatives: pass at most one of them")
+            raise value_error("generator", "seed and generator are alternatives: pass at most "
+                                           "one of them")
         generator = torch.Generator().manual_seed(seed)
-    if generator is not None and not isinstance(generator, torch.Generator):
-        raise TypeError(f"generator must be a torch.Generator, got {type(generator).__name__}")
+    if generator is not None:
+        check_instance("generator", generator, torch.Generator, "a torch.Generator or None")
     dataset = GPTDatasetV1(
         txt, gpt2_tokenizer() if tokenizer is None else tokenizer, max_length, stride
     )

@@ -16,14 +16,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .machinery.checks import check_float, check_instance, check_int, check_tensor, value_error
+
 __all__ = ["GPTEmbedding"]
-
-
-def _check_size(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
 
 
 class GPTEmbedding(nn.Module):
@@ -42,13 +37,12 @@ class GPTEmbedding(nn.Module):
         *,
         generator: torch.Generator | None = None,
     ) -> None:
-        _check_size("vocab_size", vocab_size)
-        _check_size("emb_dim", emb_dim)
-        _check_size("context_length", context_length)
-        if not isinstance(drop_rate, (int, float)) or isinstance(drop_rate, bool):
-            raise TypeError(f"drop_rate must be a float in [0, 1], got {drop_rate!r}")
-        if not 0.0 <= drop_rate <= 1.0:
-            raise ValueError(f"drop_rate must be a float in [0, 1], got {drop_rate}")
+        check_int("vocab_size", vocab_size, low=1)
+        check_int("emb_dim", emb_dim, low=1)
+        check_int("context_length", context_length, low=1)
+        check_float("drop_rate", drop_rate, low=0, high=1)
+        if generator is not None:
+            check_instance("generator", generator, torch.Generator, "a torch.Generator or None")
         super().__init__()
         self.tok_emb = nn.Embedding(vocab_size, emb_dim)
         self.pos_emb = nn.Embedding(context_length, emb_dim)
@@ -59,27 +53,22 @@ class GPTEmbedding(nn.Module):
                 nn.init.normal_(self.pos_emb.weight, generator=generator)
 
     def _check_ids(self, in_idx: object) -> None:
-        if not isinstance(in_idx, torch.Tensor):
-            raise TypeError(f"in_idx must be a tensor of token ids, got {type(in_idx).__name__}")
-        if in_idx.dtype.is_floating_point or in_idx.dtype.is_complex or in_idx.dtype == torch.bool:
-            raise TypeError(f"in_idx must hold integer token ids, got dtype {in_idx.dtype}")
+        check_tensor("in_idx", in_idx, kind="integer")
         if in_idx.dim() != 2:
-            raise ValueError(f"in_idx must be 2-D (batch, tokens), got shape {tuple(in_idx.shape)}")
+            raise value_error("in_idx", f"in_idx must be 2-D (batch, tokens), got shape "
+                                        f"{tuple(in_idx.shape)}")
         context_length = self.pos_emb.num_embeddings
         if in_idx.shape[1] > context_length:
-            raise ValueError(
-                f"in_idx has {in_idx.shape[1]} tokens, more than context_length={context_length}"
-            )
+            raise value_error("in_idx", f"in_idx has {in_idx.shape[1]} tokens, more than "
+                                        f"context_length={context_length}")
         vocab_size = self.tok_emb.num_embeddings
         # .item() cannot be traced: under torch.compile the range check is left out.
         if in_idx.numel() and not torch.compiler.is_compiling():
             low, high = in_idx.min().item(), in_idx.max().item()
             if low < 0 or high >= vocab_size:
                 bad = low if low < 0 else high
-                raise ValueError(
-                    f"in_idx contains the token id {bad}, outside 0..{vocab_size - 1} "
-                    f"(vocab_size={vocab_size})"
-                )
+                raise value_error("in_idx", f"in_idx contains the token id {bad}, outside "
+                                            f"0..{vocab_size - 1} (vocab_size={vocab_size})")
 
     def forward(self, in_idx: torch.Tensor) -> torch.Tensor:
         self._check_ids(in_idx)

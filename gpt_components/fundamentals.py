@@ -24,6 +24,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .machinery.checks import (
+    check_float,
+    check_instance,
+    check_int,
+    check_tensor,
+    type_error,
+    value_error,
+)
+
 __all__ = [
     "available_devices",
     "default_device",
@@ -57,23 +66,19 @@ def _check_logistic_inputs(
 ) -> torch.Size:
     """Validate the four tensors; return the shape of ``z = x * w + b``."""
     for name, value in (("x", x), ("w", w), ("b", b), ("y", y)):
-        if not isinstance(value, torch.Tensor) or not value.is_floating_point():
-            raise TypeError(f"{name} must be a floating-point tensor, got {value!r}")
+        check_tensor(name, value, kind="floating")
     shape = x.shape
     for name, value in (("w", w), ("b", b)):
         try:
             shape = torch.broadcast_shapes(shape, value.shape)
-        except RuntimeError as err:
-            raise ValueError(
-                f"{name} of shape {tuple(value.shape)} must broadcast against the shape "
-                f"{tuple(shape)} of x"
-            ) from err
+        except RuntimeError:
+            raise value_error(name, f"{name} of shape {tuple(value.shape)} must broadcast "
+                                    f"against the shape {tuple(shape)} of x") from None
     if y.shape != shape:
-        raise ValueError(
-            f"y must have the shape {tuple(shape)} of z = x*w + b, got {tuple(y.shape)}"
-        )
-    if ((y < 0) | (y > 1)).any():
-        raise ValueError(f"y must hold targets in [0, 1], got {y.tolist()}")
+        raise value_error("y", f"y must have the shape {tuple(shape)} of z = x*w + b, got "
+                               f"{tuple(y.shape)}")
+    if not ((y >= 0) & (y <= 1)).all():  # (NaN fails both comparisons)
+        raise value_error("y", f"y must hold targets in [0, 1], got {y.tolist()}")
     return shape
 
 
@@ -118,12 +123,12 @@ class ToyDataset(torch.utils.data.Dataset):
 
     def __init__(self, X: torch.Tensor, y: torch.Tensor) -> None:
         for name, value in (("X", X), ("y", y)):
-            if not isinstance(value, torch.Tensor):
-                raise TypeError(f"{name} must be a torch.Tensor, got {type(value).__name__}")
+            check_tensor(name, value)
             if value.dim() == 0:
-                raise ValueError(f"{name} must have a sample dimension, got a 0-d tensor")
+                raise value_error(name, f"{name} must have a sample dimension, got a 0-d tensor")
         if len(X) != len(y):
-            raise ValueError(f"y must have one label per row of X ({len(X)}), got {len(y)}")
+            raise value_error("y", f"y must have one label per row of X ({len(X)}), got "
+                                   f"{len(y)}")
         self.features = X
         self.labels = y
 
@@ -132,13 +137,6 @@ class ToyDataset(torch.utils.data.Dataset):
 
     def __len__(self) -> int:
         return self.labels.shape[0]
-
-
-def _check_positive_int(name: str, value: object) -> None:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int >= 1, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be an int >= 1, got {value}")
 
 
 class NeuralNetwork(nn.Module):
@@ -151,9 +149,12 @@ class NeuralNetwork(nn.Module):
     def __init__(
         self, num_inputs: int, num_outputs: int, *, generator: torch.Generator | None = None
     ) -> None:
-        _check_positive_int("num_inputs", num_inputs)
-        _check_positive_int("num_outputs", num_outputs)
+        check_int("num_inputs", num_inputs, low=1)
+        check_int("num_outputs", num_outputs, low=1)
+        if generator is not None:
+            check_instance("generator", generator, torch.Generator, "a torch.Generator or None")
         super().__init__()
+        self.num_inputs = num_inputs  # (the first layer's in_features, unless LoRA wraps it)
         self.layers = nn.Sequential(
             nn.Linear(num_inputs, 30),
             nn.ReLU(),
@@ -174,6 +175,10 @@ class NeuralNetwork(nn.Module):
                 nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x, kind="floating")
+        if x.dim() < 1 or x.shape[-1] != self.num_inputs:
+            raise value_error("x", f"x must be (batch, num_inputs={self.num_inputs}), got shape "
+                                   f"{tuple(x.shape)}")
         return self.layers(x)  # (batch, num_inputs) -> (batch, num_outputs) logits
 
 
@@ -190,11 +195,12 @@ def train_classifier(
 
     The mean is per sample (batch losses weighted by batch size). The model is left in eval mode.
     """
-    _check_positive_int("epochs", epochs)
-    if not isinstance(lr, (int, float)) or isinstance(lr, bool):
-        raise TypeError(f"lr must be a positive float, got {lr!r}")
-    if not (math.isfinite(lr) and lr > 0):
-        raise ValueError(f"lr must be a positive finite float, got {lr}")
+    check_instance("model", model, nn.Module, "an nn.Module")
+    check_int("epochs", epochs, low=1)
+    check_float("lr", lr, low=0, low_open=True)
+    if not callable(loss_fn):
+        raise type_error("loss_fn", f"loss_fn must be a callable (logits, labels) -> loss, got "
+                                    f"{type(loss_fn).__name__}")
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     losses = []
     for _ in range(epochs):
@@ -210,7 +216,7 @@ def train_classifier(
             total += loss.item() * len(labels)
             count += len(labels)
         if count == 0:
-            raise ValueError("loader must yield at least one batch, got an empty loader")
+            raise value_error("loader", "loader must yield at least one batch, got an empty loader")
         losses.append(total / count)
     model.eval()
     return losses
@@ -224,6 +230,7 @@ def compute_accuracy(
     device: torch.device | str | None = None,
 ) -> float:
     """Fraction of samples whose highest logit is the label, with the model in eval mode."""
+    check_instance("model", model, nn.Module, "an nn.Module")
     model.eval()
     correct, total = 0, 0
     for features, labels in loader:
@@ -233,5 +240,5 @@ def compute_accuracy(
         correct += int((predictions == labels).sum())
         total += len(labels)
     if total == 0:
-        raise ValueError("loader must yield at least one sample, got an empty loader")
+        raise value_error("loader", "loader must yield at least one sample, got an empty loader")
     return correct / total

@@ -26,10 +26,13 @@ import functools
 import json
 import operator
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from typing import Literal
 
 import tiktoken
 
+from .machinery.checks import ArgumentValueError, check_instance, check_str, type_error, value_error
 from .machinery.resources import resource_path
 
 __all__ = [
@@ -97,27 +100,60 @@ def _gpt2_mergeable_ranks() -> dict[bytes, int]:
     }
 
 
+@functools.lru_cache(maxsize=16)
+def _special_regex(names: frozenset[str]) -> re.Pattern:
+    return re.compile("|".join(map(re.escape, sorted(names, key=len, reverse=True))))
+
+
 class GPT2Encoding(tiktoken.Encoding):
-    """tiktoken's ``Encoding`` whose ``decode`` rejects ids outside the vocabulary clearly.
+    """tiktoken's ``Encoding`` whose ``encode`` and ``decode`` name a bad argument clearly.
 
     Plain tiktoken raises a ``KeyError`` or an ``OverflowError`` from deep inside its Rust core.
     """
 
-    def _check_ids(self, tokens: Sequence[int]) -> None:
+    def _check_ids(self, tokens: Sequence[int]) -> list[int]:
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Iterable):
+            raise type_error("tokens", f"tokens must be a sequence of int token ids, got "
+                                       f"{type(tokens).__name__}")
+        ids = []
         for position, token in enumerate(tokens):
-            if not 0 <= token < self.n_vocab:
-                raise ValueError(
-                    f"tokens[{position}] = {token} is not a token id: ids must be in "
-                    f"[0, {self.n_vocab})"
-                )
+            try:
+                if isinstance(token, bool):
+                    raise TypeError
+                ids.append(operator.index(token))  # ints, numpy ints, one-element int tensors
+            except TypeError:
+                raise type_error("tokens", f"tokens[{position}] must be an int token id, got "
+                                           f"{token!r}") from None
+            if not 0 <= ids[-1] < self.n_vocab:
+                raise value_error("tokens", f"tokens[{position}] = {ids[-1]} is not a token id: "
+                                            f"ids must be in [0, {self.n_vocab})")
+        return ids
+
+    def encode(self, text: str, *, allowed_special: Literal["all"] | AbstractSet[str] = frozenset(),
+               disallowed_special: Literal["all"] | Collection[str] = "all") -> list[int]:
+        """tiktoken's ``encode``, with ``text`` checked and a disallowed special token named."""
+        check_str("text", text, empty=True)
+        allowed = self.special_tokens_set if allowed_special == "all" else set(allowed_special)
+        disallowed = (self.special_tokens_set - allowed if disallowed_special == "all"
+                      else set(disallowed_special))
+        found = disallowed and _special_regex(frozenset(disallowed)).search(text)
+        if found:
+            raise value_error("text", f"text contains the special token {found.group()!r}, which "
+                                      f"is disallowed: pass it in allowed_special to encode it "
+                                      f"as a special token, or disallowed_special=() to encode "
+                                      f"it as ordinary text")
+        return super().encode(text, allowed_special=allowed_special,
+                              disallowed_special=disallowed_special)
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        check_str("text", text, empty=True)
+        return super().encode_ordinary(text)
 
     def decode_bytes(self, tokens: Sequence[int]) -> bytes:
-        self._check_ids(tokens)
-        return super().decode_bytes(tokens)
+        return super().decode_bytes(self._check_ids(tokens))
 
     def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
-        self._check_ids(tokens)
-        return super().decode(tokens, errors=errors)
+        return super().decode(self._check_ids(tokens), errors=errors)
 
 
 @functools.cache
@@ -134,8 +170,7 @@ def gpt2_tokenizer() -> GPT2Encoding:
 
 def split_words(text: str) -> list[str]:
     """Split ``text`` into words and punctuation; ``--`` stays whole, whitespace is dropped."""
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    check_str("text", text, empty=True)
     return [item for item in _SPLIT.split(text) if item and not item.isspace()]
 
 
@@ -145,13 +180,13 @@ def build_vocab(text: str, special_tokens: Iterable[str] = ()) -> dict[str, int]
     The book's chapter 2 vocabulary is ``build_vocab(text, special_tokens=[ENDOFTEXT, UNK])``.
     """
     if isinstance(special_tokens, str) or not isinstance(special_tokens, Iterable):
-        raise TypeError(
-            f"special_tokens must be an iterable of str, got {type(special_tokens).__name__}"
-        )
+        raise type_error("special_tokens", f"special_tokens must be an iterable of str, got "
+                                           f"{type(special_tokens).__name__}")
     special_tokens = list(special_tokens)
     for special in special_tokens:
         if not isinstance(special, str):
-            raise TypeError(f"special_tokens must hold only str, got {special!r}")
+            raise type_error("special_tokens", f"special_tokens must hold only str, got "
+                                               f"{special!r}")
     words = sorted(set(split_words(text)))
     known = set(words)
     for special in special_tokens:
@@ -161,11 +196,12 @@ def build_vocab(text: str, special_tokens: Iterable[str] = ()) -> dict[str, int]
     return {word: index for index, word in enumerate(words)}
 
 
-class UnknownWordError(ValueError, KeyError):
+class UnknownWordError(ArgumentValueError, KeyError):
     """A word outside ``SimpleTokenizerV1``'s vocabulary.
 
-    A ``ValueError`` like every bad argument here, and a ``KeyError`` like the book's V1 raises
-    (its ``str_to_int[s]`` lookup), so a reader's ``except KeyError`` still catches it.
+    A ``ValueError`` naming ``text`` like every bad argument here, and a ``KeyError`` like the
+    book's V1 raises (its ``str_to_int[s]`` lookup), so a reader's ``except KeyError`` still
+    catches it.
     """
 
     def __str__(self) -> str:
@@ -184,17 +220,17 @@ class SimpleTokenizerV1:
     _space_before = _V1_SPACE_BEFORE
 
     def __init__(self, vocab: Mapping[str, int]) -> None:
-        if not isinstance(vocab, Mapping):
-            raise TypeError(f"vocab must be a mapping from str to int, got {type(vocab).__name__}")
+        check_instance("vocab", vocab, Mapping, "a mapping from str to int")
         for word, index in vocab.items():
             if not isinstance(word, str) or not isinstance(index, int) or isinstance(index, bool):
-                raise TypeError(f"vocab must map str to int, got the entry {word!r}: {index!r}")
+                raise type_error("vocab", f"vocab must map str to int, got the entry {word!r}: "
+                                          f"{index!r}")
             if index < 0:
-                raise ValueError(f"vocab ids must be >= 0, got {word!r}: {index}")
+                raise value_error("vocab", f"vocab ids must be >= 0, got {word!r}: {index}")
         self.str_to_int = dict(vocab)
         self.int_to_str = {index: word for word, index in vocab.items()}
         if len(self.int_to_str) != len(self.str_to_int):
-            raise ValueError("vocab must give every word its own id, got repeated ids")
+            raise value_error("vocab", "vocab must give every word its own id, got repeated ids")
 
     def _words(self, text: str) -> list[str]:
         return split_words(text)
@@ -209,21 +245,26 @@ class SimpleTokenizerV1:
         ids = []
         for word in self._words(text):
             if word not in self.str_to_int:
-                raise UnknownWordError(f"text contains the word {word!r}, which is not in the "
-                                       "vocabulary")
+                raise UnknownWordError("text", f"text contains the word {word!r}, which is not "
+                                               "in the vocabulary")
             ids.append(self.str_to_int[word])
         return ids
 
     def decode(self, ids: Iterable[int]) -> str:
         """The words of ``ids`` joined by spaces, without the space before punctuation."""
+        if isinstance(ids, (str, bytes)) or not isinstance(ids, Iterable):
+            raise type_error("ids", f"ids must be an iterable of int ids, got "
+                                    f"{type(ids).__name__}")
         words = []
         for token_id in ids:
             try:
+                if isinstance(token_id, bool):
+                    raise TypeError
                 token_id = operator.index(token_id)
-            except TypeError as err:
-                raise TypeError(f"ids must hold integers, got {token_id!r}") from err
+            except TypeError:
+                raise type_error("ids", f"ids must hold integers, got {token_id!r}") from None
             if token_id not in self.int_to_str:
-                raise ValueError(f"ids contains {token_id}, {self._id_range()}")
+                raise value_error("ids", f"ids contains {token_id}, {self._id_range()}")
             words.append(self.int_to_str[token_id])
         return self._space_before.sub(r"\1", " ".join(words))
 
@@ -241,14 +282,13 @@ class SimpleTokenizerV2(SimpleTokenizerV1):
     def __init__(self, vocab: Mapping[str, int]) -> None:
         super().__init__(vocab)
         if UNK not in self.str_to_int:
-            raise ValueError(f"vocab must contain the unknown-word token {UNK!r}")
+            raise value_error("vocab", f"vocab must contain the unknown-word token {UNK!r}")
         # No special can be a prefix of another (each ends at its first "|>"), so order is moot.
         specials = [w for w in self.str_to_int if re.fullmatch(r"<\|[^|]*\|>", w)]
         self._specials = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
 
     def _words(self, text: str) -> list[str]:
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_str("text", text, empty=True)
         words = []
         for index, piece in enumerate(self._specials.split(text)):
             # re.split puts the captured special tokens at the odd positions.

@@ -154,7 +154,8 @@ def test_classify_cuts_texts_longer_than_the_context():
 @example(num_classes=2, offset=0)
 def test_labels_outside_the_classes_are_rejected(num_classes, offset):
     bad = num_classes + offset
-    with pytest.raises(ValueError, match=f"label of record 1 must be in \\[0, {num_classes}\\)"):
+    message = f"label of records\\[1\\] must be in \\[0, {num_classes}\\)"
+    with pytest.raises(ValueError, match=message):
         SpamDataset([("hi", 0), ("there", bad)], num_classes=num_classes)
     with pytest.raises(ValueError, match="labels must be class indices"):
         model = make_classifier(tiny_gpt(0), num_classes)
@@ -171,11 +172,12 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(ValueError, match="lengths"):
         classifier_logits(make_classifier(tiny_gpt(0)), torch.tensor([[1, 2]]), torch.tensor([3]))
     loader = DataLoader(SpamDataset([("hi", 0)]), batch_size=1)
-    for bad in (0, 1.5):
-        with pytest.raises(ValueError,
-                           match=rf"^num_batches must be an int >= 1 or None, got {bad}$"):
+    for bad, error in ((0, ValueError), (1.5, TypeError)):
+        message = rf"^num_batches must be an int >= 1 or None, got {bad}$"
+        with pytest.raises(error, match=message) as caught:
             classification_accuracy(loader, make_classifier(tiny_gpt(0, vocab_size=50257)),
                                     "cpu", bad)
+        assert caught.value.parameter == "num_batches"
 
 
 @pytest.mark.parametrize("seed", [0, 1])

@@ -311,9 +311,11 @@ def test_bad_sources_and_arguments_name_the_parameter(tmp_path):
     with pytest.raises(ValueError, match=rf"^source .* directory '{re.escape(str(empty))}'$"):
         prepare_corpus(empty, TOK, tmp_path / "cache")
     source = _write(tmp_path, "c.txt", "text")
-    for block_bytes in (0, -1, 1.5, True):
-        with pytest.raises(ValueError, match="^block_bytes must be an int >= 1"):
+    for block_bytes, error in ((0, ValueError), (-1, ValueError), (1.5, TypeError),
+                               (True, TypeError)):
+        with pytest.raises(error, match="^block_bytes must be an int >= 1") as caught:
             prepare_corpus(source, TOK, tmp_path / "cache", block_bytes=block_bytes)
+        assert caught.value.parameter == "block_bytes"
     with pytest.raises(ValueError, match="context_length"):
         TokenWindows(np.zeros(5, dtype=np.uint16), 0)
     with pytest.raises(ValueError, match="stride"):

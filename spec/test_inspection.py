@@ -179,12 +179,14 @@ def test_gpt2_token_pieces_are_the_bytes_encoder_json_names(gpt2_inspection):
     ("a" + " a" * 16, 5, ValueError, "text encodes to 17 tokens, more than the model's "
                               "context_length=16"),
     ("a", 0, ValueError, "top_k must be an int >= 1, got 0"),
-    ("a", True, ValueError, "top_k must be an int >= 1, got True"),
+    ("a", True, TypeError, "top_k must be an int >= 1, got True"),
+    ("a", "5", TypeError, "top_k must be an int >= 1, got '5'"),
     (b"a", 5, TypeError, "text must be a str, got bytes"),
 ])
 def test_bad_input_names_the_parameter(text, top_k, error, message):
-    with pytest.raises(error, match=re.escape(message)):
+    with pytest.raises(error, match=re.escape(message)) as caught:
         inspect_prompt(gpt2_model(), gpt2_tokenizer(), text, top_k=top_k)
+    assert caught.value.parameter == message.split()[0]
 
 
 def test_a_model_without_trace_is_refused_by_name():

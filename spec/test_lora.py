@@ -173,8 +173,9 @@ def test_loading_adapters_of_another_shape_is_refused(tmp_path):
 
 @given(st.integers(max_value=0))
 def test_rank_below_one_is_rejected(rank):
-    with pytest.raises(ValueError, match=f"rank must be >= 1, got {rank}"):
+    with pytest.raises(ValueError, match=f"^rank must be an int >= 1, got {rank}$") as caught:
         LoRALayer(4, 4, rank, 1.0)
+    assert caught.value.parameter == "rank"
     with pytest.raises(ValueError, match="rank"):
         replace_linear_with_lora(_mlp([3, 3], True, 0), rank, 1.0)
 

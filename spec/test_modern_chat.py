@@ -24,6 +24,7 @@ from gpt_components.modern.chat import (
     chat_format_for,
 )
 from gpt_components.modern.tokenizers import load_tokenizer
+from gpt_components.tokenizers import gpt2_tokenizer
 from spec.test_modern_tokenizers import LLAMA3_SPECIALS, QWEN_ADDED, QWEN_SPECIALS
 
 pytestmark = pytest.mark.modern
@@ -367,3 +368,94 @@ def test_generate_chat_needs_a_tokenizer_with_a_chat_format(tmp_path, capsys):
         assert main(["generate", str(tmp_path / "gpt2"), *extra]) == 2
         err = capsys.readouterr().err
         assert err.startswith(f"gpt-components: error: {message}") and err.count("\n") == 1
+
+
+# -- conversations no format renders: refused where the published templates refuse or guess ------
+
+FORMATS = {"llama": Llama3ChatFormat, "qwen": Qwen3ChatFormat, "gemma": Gemma3ChatFormat}
+
+
+def _turns(*roles):
+    return [{"role": role, "content": f"{role} {i} says hi"} for i, role in enumerate(roles)]
+
+
+def _refused_by_name(chat, messages):
+    with pytest.raises(ValueError) as caught:
+        chat.render(messages)
+    assert caught.value.parameter == "messages"
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("family", sorted(FORMATS))
+def test_an_empty_conversation_is_refused_as_transformers_refuses_it(family, request):
+    _, hf = request.getfixturevalue(family)
+    assert "at least one message" in _refused_by_name(FORMATS[family](), [])
+    with pytest.raises(ValueError, match="empty conversation"):
+        hf.apply_chat_template([], tokenize=False, add_generation_prompt=True)
+
+
+@pytest.mark.parametrize("family", sorted(FORMATS))
+@pytest.mark.parametrize("roles", [("user", "system"), ("system", "system", "user"),
+                                   ("user", "assistant", "system"),
+                                   ("system", "user", "assistant", "system", "user")])
+def test_a_system_message_after_the_first_is_refused_where_the_template_refuses_or_guesses(
+        family, roles, request):
+    """The published templates either refuse such a conversation (Gemma 3's alternation rule)
+    or write the late system message as a turn of its own in the middle of the conversation
+    (Llama 3 and Qwen3 a system header; Gemma 3 a ``system`` turn, a role its model was never
+    tuned on). Every format here refuses it instead, naming the message."""
+    _, hf = request.getfixturevalue(family)
+    messages = _turns(*roles)
+    late = min(i for i, role in enumerate(roles) if role == "system" and i > 0)
+    message = _refused_by_name(FORMATS[family](), messages)
+    assert message.startswith(f"messages[{late}] is a system message: a system message may only "
+                              f"come first")
+    try:
+        text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except Exception as error:  # jinja2's TemplateError: the template refuses it as well
+        assert family == "gemma" and "must alternate" in str(error)
+        return
+    header = {"llama": "<|start_header_id|>system<|end_header_id|>", "qwen": "<|im_start|>system",
+              "gemma": "<start_of_turn>system"}[family]
+    before = text[:text.index(f"system {late} says hi")]
+    assert before.rstrip("\n").endswith(header)  # the late message written as a system turn
+
+
+@pytest.mark.parametrize("family", sorted(FORMATS))
+def test_an_unknown_role_is_refused_where_the_templates_render_drop_or_refuse_it(family,
+                                                                                 request):
+    _, hf = request.getfixturevalue(family)
+    messages = _turns("user", "tool")
+    assert "messages[1]['role'] must be one of system, user, assistant, got 'tool'" in \
+        _refused_by_name(FORMATS[family](), messages)
+    text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if family == "qwen":  # the template (without its tool branch) drops the message silently
+        assert "tool 1 says hi" not in text
+    else:  # a header for a role the model was never tuned on
+        assert {"llama": "<|start_header_id|>tool", "gemma": "<start_of_turn>tool"}[family] in text
+
+
+@pytest.mark.parametrize("family", sorted(FORMATS))
+@pytest.mark.parametrize("message, fragment", [
+    ({"role": "user", "content": None}, "['content'] must be a str, got NoneType"),
+    ({"role": "user", "content": 5}, "['content'] must be a str, got int"),
+    ({"role": "user", "content": "x", "reasoning_content": 5},
+     "['reasoning_content'] must be a str, got int"),
+    ("user: hi", "messages[0] must be a dict, got str"),
+])
+def test_a_message_that_is_not_a_dict_of_strings_is_a_type_error(family, message, fragment):
+    with pytest.raises(TypeError) as caught:
+        FORMATS[family]().render([message])
+    assert caught.value.parameter == "messages" and fragment in str(caught.value)
+
+
+@pytest.mark.parametrize("family", sorted(FORMATS))
+def test_the_format_arguments_are_checked_by_name(family):
+    chat = FORMATS[family]()
+    with pytest.raises(TypeError) as caught:
+        chat.render(_turns("user"), add_generation_prompt="yes")
+    assert caught.value.parameter == "add_generation_prompt"
+    for tokenizer, error in ((None, TypeError), (gpt2_tokenizer(), ValueError)):
+        with pytest.raises(error) as caught:
+            chat.encode(tokenizer, _turns("user"))
+        assert caught.value.parameter == "tokenizer"

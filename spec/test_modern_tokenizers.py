@@ -217,8 +217,10 @@ def test_llama3_special_tokens_follow_the_128000_ranks_in_the_published_order(
         assert tok.encode(name, allowed_special="all") == [n + offset]
     assert tok.eot_token == n + 1  # <|end_of_text|>: what separates documents
     assert tok.special_tokens_set == set(LLAMA3_SPECIALS)
-    with pytest.raises(ValueError, match="disallowed special"):
+    with pytest.raises(ValueError, match="^text contains the special token '<\\|eot_id\\|>', "
+                                         "which is disallowed") as caught:
         tok.encode("hi <|eot_id|>")
+    assert caught.value.parameter == "text"
     # The project's callers allow <|endoftext|>, which Llama 3 lacks: it is ordinary text here.
     assert tok.encode("<|endoftext|>", allowed_special={"<|endoftext|>"}) == tok.encode_ordinary(
         "<|endoftext|>")

@@ -23,16 +23,26 @@ import json
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import save_file
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ..machinery.checks import (
+    check_float,
+    check_instance,
+    check_int,
+    check_str,
+    check_tensor,
+    type_error,
+    value_error,
+)
 from ..machinery.registry import build_model, config_to_dict
 from ..machinery.tensor_files import check_state_dict, read_safetensors
 from ..tokenizers import gpt2_tokenizer
-from .loop import check_counts, check_int, finetune_loop
+from .loop import finetune_loop
 from .spam_data import SPAM_LABELS
 
 __all__ = [
@@ -64,15 +74,13 @@ def make_classifier(
     """
     for name in ("out_head", "trf_blocks", "final_norm"):
         if not hasattr(model, name):
-            raise TypeError(f"model must be a GPTModel with {name!r}, got {type(model).__name__}")
-    check_int("num_classes", num_classes, 1)
-    if trainable_blocks is not None:
-        check_int("trainable_blocks", trainable_blocks, 0)
+            raise type_error("model", f"model must be a GPTModel with {name!r}, got "
+                                      f"{type(model).__name__}")
+    check_int("num_classes", num_classes, low=1)
     n_blocks = len(model.trf_blocks)
-    if trainable_blocks is not None and not 0 <= trainable_blocks <= n_blocks:
-        raise ValueError(
-            f"trainable_blocks must be in [0, {n_blocks}] or None, got {trainable_blocks}"
-        )
+    check_int("trainable_blocks", trainable_blocks, low=0, high=n_blocks, optional=True)
+    if generator is not None:
+        check_instance("generator", generator, torch.Generator, "a torch.Generator or None")
     old = model.out_head
     shape = {"in_features": old.in_features, "out_features": num_classes,
              "device": old.weight.device, "dtype": old.weight.dtype}
@@ -103,28 +111,38 @@ def classifier_logits(
 
     ``lengths`` counts the real tokens per row; without it every position is taken as real.
     """
-    if input_ids.ndim != 2:
-        raise ValueError(f"input_ids must be (batch, tokens), got shape {tuple(input_ids.shape)}")
+    check_instance("model", model, nn.Module, "an nn.Module (a classifier GPTModel)")
+    check_tensor("input_ids", input_ids, kind="integer")
+    if input_ids.ndim != 2 or input_ids.shape[1] < 1:
+        raise value_error("input_ids", f"input_ids must be (batch, tokens >= 1), got shape "
+                                       f"{tuple(input_ids.shape)}")
     if lengths is None:
         return model(input_ids)[:, -1, :]
-    lengths = torch.as_tensor(lengths, device=input_ids.device)
+    try:
+        lengths = torch.as_tensor(lengths, device=input_ids.device)
+    except (TypeError, ValueError, RuntimeError):
+        raise type_error("lengths", f"lengths must be a tensor of ints, got "
+                                    f"{type(lengths).__name__}") from None
+    check_tensor("lengths", lengths, kind="integer")
     width = input_ids.shape[1]
     in_range = bool(((lengths >= 1) & (lengths <= width)).all())
     if lengths.shape != input_ids.shape[:1] or not in_range:
-        raise ValueError(
-            f"lengths must be {input_ids.shape[0]} values in [1, {width}], got {lengths.tolist()}"
-        )
+        raise value_error("lengths", f"lengths must be {input_ids.shape[0]} values in "
+                                     f"[1, {width}], got {lengths.tolist()}")
     # Causal attention: positions after the longest row's last token cannot matter. Skip them.
     logits = model(input_ids[:, : int(lengths.max())])  # (B, T', num_classes)
     rows = torch.arange(input_ids.shape[0], device=logits.device)
     return logits[rows, lengths.to(logits.device) - 1]  # (B, num_classes)
 
 
-def _check_labels(labels: torch.Tensor, num_classes: int) -> None:
+def _check_labels(labels: torch.Tensor, rows: int, num_classes: int) -> None:
+    check_tensor("labels", labels, kind="integer", dims=1)
+    if labels.shape[0] != rows:
+        raise value_error("labels", f"labels must hold one class index per row of input_ids "
+                                    f"({rows}), got {labels.shape[0]}")
     if labels.numel() and not bool(((labels >= 0) & (labels < num_classes)).all()):
-        raise ValueError(
-            f"labels must be class indices in [0, {num_classes}), got {labels.tolist()}"
-        )
+        raise value_error("labels", f"labels must be class indices in [0, {num_classes}), got "
+                                    f"{labels.tolist()}")
 
 
 def classification_loss(
@@ -134,8 +152,9 @@ def classification_loss(
     lengths: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean cross-entropy of the scores at the last real token against ``labels``."""
+    check_tensor("input_ids", input_ids, kind="integer")
+    _check_labels(labels, input_ids.shape[0] if input_ids.ndim else -1, _num_classes(model))
     logits = classifier_logits(model, input_ids, lengths)
-    _check_labels(labels, logits.shape[-1])
     return nn.functional.cross_entropy(logits, labels.to(logits.device))
 
 
@@ -146,9 +165,7 @@ def _unpack(batch, device):
 
 
 def _check_num_batches(num_batches: int | None) -> None:
-    if num_batches is not None and (isinstance(num_batches, bool)
-                                    or not isinstance(num_batches, int) or num_batches < 1):
-        raise ValueError(f"num_batches must be an int >= 1 or None, got {num_batches!r}")
+    check_int("num_batches", num_batches, low=1, optional=True)
 
 
 def classification_loss_loader(
@@ -205,7 +222,8 @@ def train_classifier_simple(
     ``val_loss``, ``train_accuracy`` and ``val_accuracy`` over ``eval_iter`` batches. With
     ``seed``, dropout draws from a generator seeded with it (torch's global state is restored).
     """
-    check_counts(eval_iter=eval_iter)  # before any step, not at the first evaluation
+    check_int("eval_iter", eval_iter, low=1)  # before any step, not at the first evaluation
+    check_float("grad_clip", grad_clip, low=0, low_open=True, optional=True)
 
     def loss_fn(model: nn.Module, batch, device: torch.device) -> torch.Tensor:
         return classification_loss(model, *_unpack(batch, device))
@@ -225,7 +243,10 @@ def train_classifier_simple(
 
 
 def _num_classes(model: nn.Module) -> int:
-    head = model.out_head
+    head = getattr(model, "out_head", None)
+    if head is None:
+        raise type_error("model", f"model must be a classifier GPTModel (make_classifier), got "
+                                  f"{type(model).__name__}")
     return getattr(head, "linear", head).out_features  # a LoRA-wrapped head keeps its linear
 
 
@@ -237,17 +258,21 @@ def classify(
     max_length: int | None = None,
 ) -> str:
     """The label the classifier gives ``text``, cut to ``max_length`` (the context by default)."""
-    if not isinstance(text, str) or not text:
-        raise ValueError(f"text must be a non-empty string, got {text!r}")
-    if max_length is not None:
-        check_int("max_length", max_length, 1)
+    check_str("text", text)
+    check_int("max_length", max_length, low=1, optional=True)
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
-    num_classes = _num_classes(model)
-    if len(labels) != num_classes:
-        raise ValueError(f"labels must name the model's {num_classes} classes, got {tuple(labels)}")
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise type_error("tokenizer", f"tokenizer must have an encode(text) method, got "
+                                      f"{type(tokenizer).__name__}")
+    _check_label_names(labels, _num_classes(model))
+    if getattr(model, "cfg", None) is None:
+        raise type_error("model", f"model must be a classifier GPTModel with a cfg, got "
+                                  f"{type(model).__name__}")
     context = model.cfg.context_length
     max_length = context if max_length is None else min(max_length, context)
     ids = tokenizer.encode(text)[:max_length]
+    if not ids:
+        raise value_error("text", f"text must encode to at least one token, got {text!r}")
     device = next(model.parameters()).device
     was_training = model.training
     model.eval()
@@ -255,6 +280,16 @@ def classify(
         scores = classifier_logits(model, torch.tensor([ids], device=device))
     model.train(was_training)
     return labels[int(scores.argmax(dim=-1))]
+
+
+def _check_label_names(labels: Any, num_classes: int) -> None:
+    if isinstance(labels, str) or not isinstance(labels, Sequence) or not all(
+            isinstance(label, str) for label in labels):
+        raise type_error("labels", f"labels must be a sequence of class names (str), got "
+                                   f"{labels!r}")
+    if len(labels) != num_classes:
+        raise value_error("labels", f"labels must name the model's {num_classes} classes, got "
+                                    f"{tuple(labels)}")
 
 
 CLASSIFIER_CONFIG, CLASSIFIER_WEIGHTS = "classifier.json", "model.safetensors"
@@ -273,10 +308,11 @@ def save_classifier(
     """
     cfg = getattr(model, "cfg", None)
     if not dataclasses.is_dataclass(cfg):
-        raise TypeError(f"model must be a GPTModel with a cfg, got {type(model).__name__}")
-    if len(labels) != _num_classes(model):
-        raise ValueError(f"labels must name the model's {_num_classes(model)} classes, "
-                         f"got {tuple(labels)}")
+        raise type_error("model", f"model must be a GPTModel with a cfg, got "
+                                  f"{type(model).__name__}")
+    _check_label_names(labels, _num_classes(model))
+    check_int("max_length", max_length, low=1, optional=True)
+    check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = {"model": config_to_dict(cfg), "labels": list(labels), "max_length": max_length,
@@ -291,6 +327,7 @@ def load_classifier(
     directory: str | os.PathLike, device: str | torch.device = "cpu"
 ) -> tuple[nn.Module, dict]:
     """A classifier written by ``save_classifier`` (in eval mode) and its ``classifier.json``."""
+    check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
     directory = Path(directory)
     config_file = directory / CLASSIFIER_CONFIG
     if not config_file.is_file() or not (directory / CLASSIFIER_WEIGHTS).is_file():
@@ -303,8 +340,9 @@ def load_classifier(
         model = build_model(config["model"])
         make_classifier(model, len(config["labels"]), trainable_blocks=None)
     except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as error:
-        raise ValueError(f"directory: {str(config_file)!r} is not a classifier.json written by "
-                         f"save_classifier ({type(error).__name__}: {error})") from None
+        raise value_error("directory", f"directory: {str(config_file)!r} is not a classifier.json "
+                                       f"written by save_classifier ({type(error).__name__}: "
+                                       f"{error})") from None
     weights_file = directory / CLASSIFIER_WEIGHTS
     found = read_safetensors(weights_file)
     model.load_state_dict(check_state_dict(model.state_dict(), found, weights_file))

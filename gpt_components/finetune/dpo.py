@@ -38,9 +38,19 @@ from torch import nn
 from torch.nn import functional as F
 from torch.utils.data import Dataset
 
+from ..machinery.checks import (
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    check_tensor,
+    check_token_ids,
+    type_error,
+    value_error,
+)
 from ..tokenizers import gpt2_tokenizer
 from .instructions import ENDOFTEXT_ID, format_input, instruction_splits, load_instruction_data
-from .loop import check_counts, finetune_loop
+from .loop import finetune_loop
 from .spam_data import Splits
 
 if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
@@ -64,16 +74,16 @@ __all__ = [
 RESPONSE_HEADER = "\n\n### Response:\n"
 
 
-def _check_pair(entry: Any, where: str) -> None:
+def _check_pair(entry: Any, where: str, parameter: str) -> None:
     if not isinstance(entry, Mapping):
-        raise TypeError(f"{where} must be a mapping with 'instruction', 'chosen' and 'rejected', "
-                        f"got {entry!r}")
+        raise type_error(parameter, f"{where} must be a mapping with 'instruction', 'chosen' and "
+                                    f"'rejected', got {entry!r}")
     for key in ("instruction", "chosen", "rejected"):
         if key not in entry:
-            raise ValueError(f"{where} has no {key!r} field: {dict(entry)!r}")
+            raise value_error(parameter, f"{where} has no {key!r} field: {dict(entry)!r}")
     for key in ("instruction", "input", "chosen", "rejected"):
         if key in entry and not isinstance(entry[key], str):
-            raise TypeError(f"{where}[{key!r}] must be a string, got {entry[key]!r}")
+            raise type_error(parameter, f"{where}[{key!r}] must be a string, got {entry[key]!r}")
 
 
 def load_preference_data(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
@@ -85,11 +95,12 @@ def load_preference_data(path: str | os.PathLike | None = None) -> list[dict[str
     from ..machinery.resources import resource_path
 
     path = resource_path("instruction-data-with-preference.json") if path is None else path
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike) or None")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no preference file at {os.fspath(path)!r}")
     data = load_instruction_data(path)
     for i, entry in enumerate(data):
-        _check_pair(entry, f"record {i} of {os.fspath(path)!r}")
+        _check_pair(entry, f"record {i} of path {os.fspath(path)!r}", "path")
     return data
 
 
@@ -99,7 +110,20 @@ def preference_splits(data: Sequence[Mapping[str, str]] | None = None, seed: int
     The bundled pairs are the bundled instruction records in the same order, so with the same
     seed both stages share one test split.
     """
+    if data is not None:
+        _check_pairs(data)
     return instruction_splits(load_preference_data() if data is None else data, seed=seed)
+
+
+def _check_pairs(data: Any, empty: bool = False) -> list:
+    if isinstance(data, (str, Mapping)) or not isinstance(data, Sequence):
+        raise type_error("data", f"data must be a sequence of preference records, got "
+                                 f"{type(data).__name__}")
+    if not data and not empty:
+        raise value_error("data", "data must hold at least one record, got an empty sequence")
+    for i, entry in enumerate(data):
+        _check_pair(entry, f"data[{i}]", "data")
+    return list(data)
 
 
 class PreferenceDataset(Dataset):
@@ -113,10 +137,12 @@ class PreferenceDataset(Dataset):
 
     def __init__(self, data: Sequence[Mapping[str, str]], tokenizer=None) -> None:
         tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
-        self.data = list(data)
+        if not callable(getattr(tokenizer, "encode", None)):
+            raise type_error("tokenizer", f"tokenizer must have an encode(text) method, got "
+                                          f"{type(tokenizer).__name__}")
+        self.data = _check_pairs(data, empty=True)
         self.encoded_texts: list[dict[str, list[int]]] = []
-        for i, entry in enumerate(self.data):
-            _check_pair(entry, f"data[{i}]")
+        for entry in self.data:
             # format_input checks for the "output" field it does not use
             prompt = tokenizer.encode(format_input({"output": "", **entry}) + RESPONSE_HEADER)
             self.encoded_texts.append({
@@ -135,13 +161,22 @@ class PreferenceDataset(Dataset):
 def _check_item(item: Any, row: int) -> None:
     if not isinstance(item, Mapping) or not all(k in item for k in ("prompt", "chosen",
                                                                      "rejected")):
-        raise TypeError(f"batch items must be mappings of 'prompt', 'chosen' and 'rejected' "
-                        f"token ids (PreferenceDataset items), got {item!r} at batch[{row}]")
+        raise type_error("batch", f"batch items must be mappings of 'prompt', 'chosen' and "
+                                  f"'rejected' token ids (PreferenceDataset items), got {item!r} "
+                                  f"at batch[{row}]")
+    for key in ("prompt", "chosen", "rejected"):
+        ids = item[key]
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist() if ids.dim() == 1 and not ids.is_floating_point() else None
+        if not isinstance(ids, Sequence) or isinstance(ids, (str, bytes)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in ids):
+            raise type_error("batch", f"batch[{row}][{key!r}] must be a list of int token ids, "
+                                      f"got {item[key]!r}")
     prompt = list(item["prompt"])
     for key in ("chosen", "rejected"):
         if list(item[key][: len(prompt)]) != prompt:
-            raise ValueError(f"batch[{row}][{key!r}] must begin with its prompt's "
-                             f"{len(prompt)} tokens")
+            raise value_error("batch", f"batch[{row}][{key!r}] must begin with its prompt's "
+                                       f"{len(prompt)} tokens")
 
 
 def preference_collate(
@@ -162,13 +197,14 @@ def preference_collate(
     past the prompt; here the prompt includes the ``### Response:`` header, so the mask covers
     exactly the answer.)
     """
+    if isinstance(batch, (str, Mapping)) or not isinstance(batch, Sequence):
+        raise type_error("batch", f"batch must be a sequence of PreferenceDataset items, got "
+                                  f"{type(batch).__name__}")
     if len(batch) == 0:
-        raise ValueError("batch must hold at least one pair, got an empty batch")
-    if allowed_max_length is not None and (isinstance(allowed_max_length, bool) or not
-                                           isinstance(allowed_max_length, int) or
-                                           allowed_max_length < 1):
-        raise ValueError(f"allowed_max_length must be an int >= 1 or None, "
-                         f"got {allowed_max_length!r}")
+        raise value_error("batch", "batch must hold at least one pair, got an empty batch")
+    check_int("pad_token_id", pad_token_id, low=0)
+    check_int("allowed_max_length", allowed_max_length, low=1, optional=True)
+    check_bool("mask_prompt_tokens", mask_prompt_tokens)
     for row, item in enumerate(batch):
         _check_item(item, row)
     width = max(len(item[key]) for item in batch for key in ("chosen", "rejected"))
@@ -196,14 +232,24 @@ def compute_logprobs(logits: torch.Tensor, labels: torch.Tensor,
     (batch, T) picks the tokens to average (all of 1 .. T-1 without one); a row with none
     selected (its response cut off by ``allowed_max_length``) scores 0 and adds no gradient.
     """
+    check_tensor("logits", logits, kind="floating")
     if logits.ndim != 3:
-        raise ValueError(f"logits must be (batch, tokens, vocab), got shape {tuple(logits.shape)}")
+        raise value_error("logits", f"logits must be (batch, tokens, vocab), got shape "
+                                    f"{tuple(logits.shape)}")
+    check_tensor("labels", labels, kind="integer")
     if labels.shape != logits.shape[:2] or labels.shape[1] < 2:
-        raise ValueError(f"labels must have shape {tuple(logits.shape[:2])} (batch, tokens >= 2), "
-                         f"got {tuple(labels.shape)}")
-    if selection_mask is not None and selection_mask.shape != labels.shape:
-        raise ValueError(f"selection_mask must have the labels' shape {tuple(labels.shape)}, "
-                         f"got {tuple(selection_mask.shape)}")
+        raise value_error("labels", f"labels must have shape {tuple(logits.shape[:2])} (batch, "
+                                    f"tokens >= 2), got {tuple(labels.shape)}")
+    check_token_ids(labels, logits.shape[-1], name="labels")
+    if selection_mask is not None:
+        check_tensor("selection_mask", selection_mask)
+        if selection_mask.is_floating_point() or selection_mask.is_complex():
+            raise type_error("selection_mask", f"selection_mask must hold bools (or 0/1 ints), "
+                                               f"got dtype {selection_mask.dtype}")
+        if selection_mask.shape != labels.shape:
+            raise value_error("selection_mask", f"selection_mask must have the labels' shape "
+                                                f"{tuple(labels.shape)}, got "
+                                                f"{tuple(selection_mask.shape)}")
     log_probs = F.log_softmax(logits[:, :-1], dim=-1)  # (B, T-1, V): predictions of 1 .. T-1
     selected = log_probs.gather(-1, labels[:, 1:].unsqueeze(-1)).squeeze(-1)  # (B, T-1)
     if selection_mask is None:
@@ -214,10 +260,50 @@ def compute_logprobs(logits: torch.Tensor, labels: torch.Tensor,
 
 
 def _check_beta(beta: float) -> None:
-    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
-        raise TypeError(f"beta must be a finite number > 0, got {beta!r}")
-    if not math.isfinite(beta) or beta <= 0:
-        raise ValueError(f"beta must be a finite number > 0, got {beta!r}")
+    check_float("beta", beta, low=0, low_open=True)
+
+
+def _check_models(policy_model: Any, reference_model: Any) -> None:
+    """Both models must be modules of one kind over one vocabulary: DPO compares their
+    log-probabilities of the same token ids."""
+    check_instance("policy_model", policy_model, nn.Module, "an nn.Module (model(idx) -> logits)")
+    check_instance("reference_model", reference_model, nn.Module,
+                   "an nn.Module (model(idx) -> logits)")
+    if next(policy_model.parameters(), None) is None:
+        raise value_error("policy_model", "policy_model must have parameters, got none")
+    policy_cfg, reference_cfg = (getattr(m, "cfg", None) for m in (policy_model, reference_model))
+    kinds = [type(policy_model).__name__, type(reference_model).__name__]
+    if policy_cfg is not None and reference_cfg is not None:
+        kinds = [getattr(c, "family", type(c).__name__) for c in (policy_cfg, reference_cfg)]
+    if kinds[0] != kinds[1]:
+        raise value_error("reference_model", f"reference_model must be a copy of the policy, a "
+                                             f"{kinds[0]}, got a {kinds[1]}")
+    vocab = [getattr(c, "vocab_size", None) for c in (policy_cfg, reference_cfg)]
+    if None not in vocab and vocab[0] != vocab[1]:
+        raise value_error("reference_model", f"reference_model must share the policy's "
+                                             f"vocabulary (vocab_size={vocab[0]}), got "
+                                             f"vocab_size={vocab[1]}")
+
+
+def _check_batch(batch: Any) -> None:
+    """A ``preference_collate`` batch: chosen/rejected ids and their masks, one shape each."""
+    if not isinstance(batch, Mapping):
+        raise type_error("batch", f"batch must be a preference_collate dict, got "
+                                  f"{type(batch).__name__}")
+    missing = [k for k in ("chosen", "rejected", "chosen_mask", "rejected_mask") if k not in batch]
+    if missing:
+        raise value_error("batch", f"batch must hold {', '.join(missing)} (a preference_collate "
+                                   f"batch), got keys {sorted(map(str, batch))}")
+    for key in ("chosen", "rejected"):
+        check_tensor("batch", batch[key], kind="integer", dims=2)
+        mask = batch[f"{key}_mask"]
+        if not isinstance(mask, torch.Tensor) or mask.shape != batch[key].shape:
+            raise value_error("batch", f"batch[{key + '_mask'!r}] must be a tensor of "
+                                       f"batch[{key!r}]'s shape {tuple(batch[key].shape)}")
+    if batch["chosen"].shape != batch["rejected"].shape:
+        raise value_error("batch", f"batch['chosen'] and batch['rejected'] must share one shape, "
+                                   f"got {tuple(batch['chosen'].shape)} and "
+                                   f"{tuple(batch['rejected'].shape)}")
 
 
 def _pair_terms(model_chosen_logprobs: torch.Tensor, model_rejected_logprobs: torch.Tensor,
@@ -225,13 +311,16 @@ def _pair_terms(model_chosen_logprobs: torch.Tensor, model_rejected_logprobs: to
                 reference_rejected_logprobs: torch.Tensor, beta: float):
     """Per-pair losses, chosen rewards and rejected rewards (the rewards without gradient)."""
     _check_beta(beta)
+    check_tensor("model_chosen_logprobs", model_chosen_logprobs, kind="floating")
     named = {"model_rejected_logprobs": model_rejected_logprobs,
              "reference_chosen_logprobs": reference_chosen_logprobs,
              "reference_rejected_logprobs": reference_rejected_logprobs}
     for name, value in named.items():
+        check_tensor(name, value, kind="floating")
         if value.shape != model_chosen_logprobs.shape:
-            raise ValueError(f"{name} must have model_chosen_logprobs' shape "
-                             f"{tuple(model_chosen_logprobs.shape)}, got {tuple(value.shape)}")
+            raise value_error(name, f"{name} must have model_chosen_logprobs' shape "
+                                    f"{tuple(model_chosen_logprobs.shape)}, got "
+                                    f"{tuple(value.shape)}")
     model_logratios = model_chosen_logprobs - model_rejected_logprobs
     reference_logratios = reference_chosen_logprobs - reference_rejected_logprobs
     losses = -F.logsigmoid(beta * (model_logratios - reference_logratios))
@@ -269,6 +358,7 @@ def _batch_logprobs(model: nn.Module, batch: Mapping[str, torch.Tensor]):
 def _batch_terms(batch: Mapping[str, torch.Tensor], policy_model: nn.Module,
                  reference_model: nn.Module, beta: float):
     _check_beta(beta)
+    _check_batch(batch)
     policy_chosen, policy_rejected = _batch_logprobs(policy_model, batch)
     with torch.no_grad():  # the reference only scores: it never receives a gradient
         reference_chosen, reference_rejected = _batch_logprobs(reference_model, batch)
@@ -283,6 +373,7 @@ def compute_dpo_loss_batch(
 
     The reference model is run without gradient, whatever its parameters' ``requires_grad``.
     """
+    _check_models(policy_model, reference_model)
     losses, chosen, rejected = _batch_terms(batch, policy_model, reference_model, beta)
     return losses.mean(), chosen.mean(), rejected.mean()
 
@@ -314,8 +405,8 @@ def compute_dpo_loss_loader(
     in size). Runs without gradient; batches move to the policy's device.
     """
     _check_beta(beta)
-    if num_batches is not None:
-        check_counts(num_batches=num_batches)
+    check_int("num_batches", num_batches, low=1, optional=True)
+    _check_models(policy_model, reference_model)
     device = next(policy_model.parameters()).device
     losses, chosen, rejected = [], [], []
     with torch.no_grad():
@@ -324,7 +415,7 @@ def compute_dpo_loss_loader(
             for kept, values in zip((losses, chosen, rejected), terms, strict=True):
                 kept.append(values.double().cpu())
     if not losses:
-        raise ValueError("data_loader must hold at least one batch, got none")
+        raise value_error("data_loader", "data_loader must hold at least one batch, got none")
     chosen_all, rejected_all = torch.cat(chosen), torch.cat(rejected)
     return DPOScores(torch.cat(losses).mean().item(), chosen_all.mean().item(),
                      rejected_all.mean().item(),
@@ -340,7 +431,9 @@ def evaluate_dpo_loss_loader(
     Over ``eval_iter`` batches of each loader, with the policy in eval mode (its mode is
     restored afterwards).
     """
-    check_counts(eval_iter=eval_iter)
+    _check_beta(beta)
+    check_int("eval_iter", eval_iter, low=1)
+    _check_models(policy_model, reference_model)
     was_training = policy_model.training
     policy_model.eval()
     results: dict[str, float] = {}
@@ -383,10 +476,16 @@ def train_model_dpo_simple(
     With ``seed``, dropout draws from a generator seeded with it.
     """
     _check_beta(beta)
-    check_counts(eval_iter=eval_iter)
+    check_int("num_epochs", num_epochs, low=1)
+    check_int("eval_freq", eval_freq, low=1)
+    check_int("eval_iter", eval_iter, low=1)
+    check_float("grad_clip", grad_clip, low=0, low_open=True, optional=True)
+    check_int("seed", seed, low=0, optional=True)
+    _check_models(policy_model, reference_model)
     if reference_model is policy_model:
-        raise ValueError("reference_model must be a frozen copy of the policy "
-                         "(copy.deepcopy(policy_model)), not the policy itself")
+        raise value_error("reference_model", "reference_model must be a frozen copy of the "
+                                             "policy (copy.deepcopy(policy_model)), not the "
+                                             "policy itself")
     # Eval mode for the reference's dropout, with training's weight layout: it scores beside a
     # policy in training mode, so a policy equal to it gets its very log-probabilities.
     reference_model.decoding_layout = False
@@ -414,7 +513,15 @@ def plot_dpo(records: Iterable[dict], path: str | os.PathLike) -> Figure:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
+    if isinstance(records, (str, Mapping)) or not isinstance(records, Iterable):
+        raise type_error("records", f"records must be train_model_dpo_simple's list of dicts, "
+                                    f"got {type(records).__name__}")
     records = list(records)
+    if not records or not all(isinstance(r, Mapping) and {"step", "loss"} <= set(r)
+                              for r in records):
+        raise value_error("records", "records must be train_model_dpo_simple's records (dicts "
+                                     "with step and loss), at least one")
     evals = [r for r in records if "val_loss" in r]
     fig = Figure(figsize=(10, 4))
     FigureCanvasAgg(fig)

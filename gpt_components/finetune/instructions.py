@@ -31,10 +31,20 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from ..generation import generate
+from ..machinery.checks import (
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    check_str,
+    check_tensor,
+    type_error,
+    value_error,
+)
 from ..machinery.resources import resource_path
 from ..tokenizers import gpt2_tokenizer
 from ..training import evaluate
-from .loop import check_counts, check_int, finetune_loop
+from .loop import finetune_loop
 from .spam_data import Splits, split_records
 
 __all__ = [
@@ -61,15 +71,34 @@ _PREAMBLE = (
 )
 
 
-def _check_entry(entry: Any, where: str = "entry") -> None:
+def _check_entry(entry: Any, where: str = "entry", parameter: str = "entry") -> None:
     if not isinstance(entry, Mapping):
-        raise TypeError(f"{where} must be a mapping with 'instruction' and 'output', got {entry!r}")
+        raise type_error(parameter, f"{where} must be a mapping with 'instruction' and 'output', "
+                                    f"got {entry!r}")
     for key in ("instruction", "output"):
         if key not in entry:
-            raise ValueError(f"{where} has no {key!r} field: {dict(entry)!r}")
+            raise value_error(parameter, f"{where} has no {key!r} field: {dict(entry)!r}")
     for key in ("instruction", "input", "output"):
         if key in entry and not isinstance(entry[key], str):
-            raise TypeError(f"{where}[{key!r}] must be a string, got {entry[key]!r}")
+            raise type_error(parameter, f"{where}[{key!r}] must be a string, got {entry[key]!r}")
+
+
+def _check_records(data: Any, empty: bool = False) -> list:
+    """``data`` as a list: a sequence of instruction records (non-empty unless ``empty``)."""
+    if isinstance(data, (str, Mapping)) or not isinstance(data, Sequence):
+        raise type_error("data", f"data must be a sequence of instruction records, got "
+                                 f"{type(data).__name__}")
+    if not data and not empty:
+        raise value_error("data", "data must hold at least one record, got an empty sequence")
+    for i, entry in enumerate(data):
+        _check_entry(entry, f"data[{i}]", "data")
+    return list(data)
+
+
+def _check_tokenizer(tokenizer: Any) -> None:
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise type_error("tokenizer", f"tokenizer must have an encode(text) method, got "
+                                      f"{type(tokenizer).__name__}")
 
 
 def load_instruction_data(path: str | os.PathLike | None = None) -> list[dict[str, str]]:
@@ -78,19 +107,21 @@ def load_instruction_data(path: str | os.PathLike | None = None) -> list[dict[st
     Every record needs ``instruction`` and ``output`` strings; ``input`` is optional ("" if absent).
     """
     path = resource_path("instruction-data.json") if path is None else path
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike) or None")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no instruction file at {os.fspath(path)!r}")
     with open(path, encoding="utf-8") as f:
         try:
             data = json.load(f)
         except json.JSONDecodeError as error:
-            raise ValueError(f"path: {os.fspath(path)!r} is not valid JSON ({error})") from None
+            raise value_error("path", f"path: {os.fspath(path)!r} is not valid JSON "
+                                      f"({error})") from None
     if not isinstance(data, list):
-        raise ValueError(f"path: {os.fspath(path)!r} must hold a JSON list of records")
+        raise value_error("path", f"path: {os.fspath(path)!r} must hold a JSON list of records")
     if not data:
-        raise ValueError(f"path: {os.fspath(path)!r} holds no records (an empty list)")
+        raise value_error("path", f"path: {os.fspath(path)!r} holds no records (an empty list)")
     for i, entry in enumerate(data):
-        _check_entry(entry, f"record {i} of {os.fspath(path)!r}")
+        _check_entry(entry, f"record {i} of path {os.fspath(path)!r}", "path")
     return [{"input": "", **entry} for entry in data]
 
 
@@ -113,11 +144,7 @@ def instruction_splits(
     data: Sequence[Mapping[str, str]] | None = None, seed: int = 123
 ) -> Splits:
     """Shuffle with ``seed`` and split 85% train, 5% validation, 10% test."""
-    data = load_instruction_data() if data is None else list(data)
-    if not data:
-        raise ValueError("data must hold at least one record, got an empty sequence")
-    for i, entry in enumerate(data):
-        _check_entry(entry, f"data[{i}]")
+    data = load_instruction_data() if data is None else _check_records(data)
     return split_records(data, fractions=(0.85, 0.05, 0.10), seed=seed)
 
 
@@ -133,10 +160,10 @@ class InstructionDataset(Dataset):
 
     def __init__(self, data: Sequence[Mapping[str, str]], tokenizer=None) -> None:
         tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
-        self.data = list(data)
+        _check_tokenizer(tokenizer)
+        self.data = _check_records(data, empty=True)
         self.examples: list[InstructionExample] = []
-        for i, entry in enumerate(self.data):
-            _check_entry(entry, f"data[{i}]")
+        for entry in self.data:
             prompt = tokenizer.encode(format_input(entry))
             response = tokenizer.encode(format_response(entry))
             self.examples.append(InstructionExample(prompt + response, len(prompt)))
@@ -165,15 +192,15 @@ def instruction_collate(
     Returns ``(inputs, targets)``, both (batch, length) int64. ``pad_token_id`` is GPT-2's
     ``<|endoftext|>`` by default: pass your tokenizer's ``eot_token`` for any other vocabulary.
     """
+    if isinstance(batch, (str, Mapping)) or not isinstance(batch, Sequence):
+        raise type_error("batch", f"batch must be a sequence of InstructionExample or token id "
+                                  f"lists, got {type(batch).__name__}")
     if len(batch) == 0:
-        raise ValueError("batch must hold at least one sequence, got an empty batch")
-    if allowed_max_length is not None:
-        check_int("allowed_max_length", allowed_max_length, 1)
-    check_int("pad_token_id", pad_token_id, 0)
-    if isinstance(ignore_index, bool) or not isinstance(ignore_index, int):
-        raise TypeError(f"ignore_index must be an int, got {ignore_index!r}")
-    if not isinstance(mask_prompt, bool):
-        raise TypeError(f"mask_prompt must be True or False, got {mask_prompt!r}")
+        raise value_error("batch", "batch must hold at least one sequence, got an empty batch")
+    check_int("allowed_max_length", allowed_max_length, low=1, optional=True)
+    check_int("pad_token_id", pad_token_id, low=0)
+    check_int("ignore_index", ignore_index)
+    check_bool("mask_prompt", mask_prompt)
     examples = [_as_example(item, mask_prompt) for item in batch]
     width = max(len(e.token_ids) for e in examples)  # the longest row gets no padding input
     inputs = torch.full((len(examples), width), pad_token_id, dtype=torch.long)
@@ -196,17 +223,24 @@ def _as_example(item: InstructionExample | Sequence[int], mask_prompt: bool) -> 
         example = item
     elif isinstance(item, (torch.Tensor, Sequence)) and not isinstance(item, (str, bytes)):
         if mask_prompt:
-            raise TypeError("batch items must be InstructionExample when mask_prompt is True")
+            raise type_error("batch", "batch items must be InstructionExample when mask_prompt "
+                                      "is True")
         ids = item.tolist() if isinstance(item, torch.Tensor) else list(item)
         example = InstructionExample(ids, 0)
     else:
-        raise TypeError(f"batch items must be token id lists or InstructionExample, got {item!r}")
-    if len(example.token_ids) == 0:
-        raise ValueError("batch items must hold at least one token id, got an empty sequence")
-    if not 0 <= example.prompt_length <= len(example.token_ids):
-        raise ValueError(
-            f"prompt_length must be in [0, {len(example.token_ids)}], got {example.prompt_length}"
-        )
+        raise type_error("batch", f"batch items must be token id lists or InstructionExample, "
+                                  f"got {item!r}")
+    ids, prompt_length = example
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise type_error("batch", f"batch items must hold int token ids, got {ids!r}")
+    if len(ids) == 0:
+        raise value_error("batch", "batch items must hold at least one token id, got an empty "
+                                   "sequence")
+    check_int("prompt_length", prompt_length)
+    if not 0 <= prompt_length <= len(ids):
+        raise value_error("prompt_length", f"prompt_length must be in [0, {len(ids)}], got "
+                                           f"{prompt_length}")
     return example
 
 
@@ -214,6 +248,13 @@ def instruction_loss(
     model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """Mean next-token cross-entropy over the targets that are not ``ignore_index``."""
+    check_instance("model", model, nn.Module, "an nn.Module (model(idx) -> logits)")
+    check_tensor("inputs", inputs, kind="integer", dims=2)
+    check_tensor("targets", targets, kind="integer")
+    if targets.shape != inputs.shape:
+        raise value_error("targets", f"targets must have the inputs' shape {tuple(inputs.shape)}, "
+                                     f"got {tuple(targets.shape)}")
+    check_int("ignore_index", ignore_index)
     logits = model(inputs)  # (B, T, V)
     return nn.functional.cross_entropy(
         logits.flatten(0, 1), targets.flatten(), ignore_index=ignore_index
@@ -222,6 +263,8 @@ def instruction_loss(
 
 def extract_response(generated_text: str, prompt: str | None = None) -> str:
     """The answer part of a generated text: what follows ``### Response:``, stripped."""
+    check_str("generated_text", generated_text, empty=True)
+    check_str("prompt", prompt, empty=True, optional=True)
     if prompt is not None and generated_text.startswith(prompt):
         generated_text = generated_text[len(prompt):]
     marker = "### Response:"
@@ -250,7 +293,8 @@ def train_instructions(
     ``eval_freq`` steps and at each epoch's end it also holds ``train_loss`` and ``val_loss``
     over ``eval_iter`` batches. With ``seed``, dropout draws from a generator seeded with it.
     """
-    check_counts(eval_iter=eval_iter)  # before any step, not at the first evaluation
+    check_int("eval_iter", eval_iter, low=1)  # before any step, not at the first evaluation
+    check_float("grad_clip", grad_clip, low=0, low_open=True, optional=True)
 
     def losses() -> dict[str, float]:
         train_loss, val_loss = evaluate(model, train_loader, val_loader, device, eval_iter)
@@ -278,8 +322,20 @@ def generate_responses(
     GPT-2's ``<|endoftext|>`` without a tokenizer); prompts longer than the context keep their
     last tokens. ``progress(i, record)`` is called after each record.
     """
-    check_int("max_new_tokens", max_new_tokens, 1)
+    check_instance("model", model, nn.Module, "an nn.Module with a cfg (a GPTModel)")
+    if getattr(getattr(model, "cfg", None), "context_length", None) is None:
+        raise type_error("model", f"model must have a cfg with a context_length, got "
+                                  f"{type(model).__name__}")
+    data = _check_records(data, empty=True)
+    check_int("max_new_tokens", max_new_tokens, low=1)
+    check_float("temperature", temperature, low=0)
+    if generator is not None:
+        check_instance("generator", generator, torch.Generator, "a torch.Generator or None")
+    if progress is not None and not callable(progress):
+        raise type_error("progress", f"progress must be a callable (i, record) or None, got "
+                                     f"{type(progress).__name__}")
     tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+    _check_tokenizer(tokenizer)
     end = getattr(tokenizer, "eot_token", None)  # a tokenizer without one runs to the limit
     device = next(model.parameters()).device
     context = model.cfg.context_length
@@ -287,7 +343,6 @@ def generate_responses(
     model.eval()
     results = []
     for i, entry in enumerate(data):
-        _check_entry(entry, f"data[{i}]")
         ids = tokenizer.encode(format_input(entry))[-context:]
         out = generate(model, torch.tensor([ids], device=device), max_new_tokens,
                        temperature=temperature, eos_id=end, generator=generator)
@@ -301,6 +356,10 @@ def generate_responses(
 
 def write_responses(path: str | os.PathLike, records: Sequence[Mapping[str, str]]) -> None:
     """Write records (instruction, input, expected ``output``, ``model_response``) as JSON."""
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
+    if isinstance(records, (str, Mapping)) or not isinstance(records, Sequence) or not all(
+            isinstance(r, Mapping) for r in records):
+        raise type_error("records", f"records must be a sequence of dicts, got {records!r:.80}")
     with open(path, "w", encoding="utf-8") as f:
         json.dump([dict(r) for r in records], f, indent=2, ensure_ascii=False)
         f.write("\n")

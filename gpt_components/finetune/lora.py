@@ -29,6 +29,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
+from ..machinery.checks import (
+    ArgumentError,
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    check_tensor,
+    type_error,
+    value_error,
+)
 from ..machinery.tensor_files import read_safetensors
 
 __all__ = [
@@ -43,15 +53,11 @@ __all__ = [
 ]
 
 
-def _check_rank_alpha(rank: int, alpha: float) -> None:
-    if isinstance(rank, bool) or not isinstance(rank, int):
-        raise TypeError(f"rank must be an int >= 1, got {rank!r}")
-    if rank < 1:
-        raise ValueError(f"rank must be >= 1, got {rank}")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise TypeError(f"alpha must be a finite number, got {alpha!r}")
-    if not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha!r}")
+def _check_rank_alpha(rank: int, alpha: float, generator: torch.Generator | None) -> None:
+    check_int("rank", rank, low=1)
+    check_float("alpha", alpha)
+    if generator is not None:
+        check_instance("generator", generator, torch.Generator, "a torch.Generator or None")
 
 
 class LoRALayer(nn.Module):
@@ -71,10 +77,9 @@ class LoRALayer(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        _check_rank_alpha(rank, alpha)
-        for name, value in (("in_dim", in_dim), ("out_dim", out_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        _check_rank_alpha(rank, alpha, generator)
+        check_int("in_dim", in_dim, low=1)
+        check_int("out_dim", out_dim, low=1)
         self.rank = rank
         self.alpha = float(alpha)
         self.scaling = self.alpha / rank
@@ -84,6 +89,10 @@ class LoRALayer(nn.Module):
         self.B = nn.Parameter(torch.zeros(rank, out_dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x, kind="floating")
+        if x.dim() < 1 or x.shape[-1] != self.A.shape[0]:
+            raise value_error("x", f"x must be [..., in_dim={self.A.shape[0]}], got shape "
+                                   f"{tuple(x.shape)}")
         return self.scaling * (x @ self.A @ self.B)  # (..., in) -> (..., rank) -> (..., out)
 
     def delta_weight(self) -> torch.Tensor:
@@ -102,8 +111,7 @@ class LinearWithLoRA(nn.Module):
         generator: torch.Generator | None = None,
     ) -> None:
         super().__init__()
-        if not isinstance(linear, nn.Linear):
-            raise TypeError(f"linear must be an nn.Linear, got {type(linear).__name__}")
+        check_instance("linear", linear, nn.Linear, "an nn.Linear")
         self.linear = linear
         self.lora = LoRALayer(linear.in_features, linear.out_features, rank, alpha, generator)
         self.lora.to(device=linear.weight.device, dtype=linear.weight.dtype)
@@ -143,13 +151,12 @@ def replace_linear_with_lora(
     With ``freeze_base`` (the default) every parameter that existed before stops requiring
     gradients first, so only the adapters train.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-    _check_rank_alpha(rank, alpha)
-    if not isinstance(freeze_base, bool):
-        raise TypeError(f"freeze_base must be True or False, got {freeze_base!r}")
+    check_instance("model", model, nn.Module, "an nn.Module")
+    _check_rank_alpha(rank, alpha, generator)
+    check_bool("freeze_base", freeze_base)
     if isinstance(model, nn.Linear):
-        raise TypeError("model must contain nn.Linear layers, not be one: use LinearWithLoRA")
+        raise type_error("model", "model must contain nn.Linear layers, not be one: use "
+                                  "LinearWithLoRA")
     if freeze_base:
         model.requires_grad_(False)
     _replace(model, rank, alpha, generator)
@@ -168,6 +175,7 @@ def _replace(
 
 def merge_lora(model: nn.Module) -> nn.Module:
     """Fold every adapter into its base weight, in place: plain ``nn.Linear`` layers again."""
+    check_instance("model", model, nn.Module, "an nn.Module")
     for name, child in model.named_children():
         if isinstance(child, LinearWithLoRA):
             setattr(model, name, child.merged())
@@ -182,9 +190,11 @@ def _lora_layers(model: nn.Module) -> dict[str, LoRALayer]:
 
 def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """Only the adapter matrices, keyed as in ``model.state_dict()``."""
+    check_instance("model", model, nn.Module, "an nn.Module")
     layers = _lora_layers(model)
     if not layers:
-        raise ValueError("model has no LoRA layers: call replace_linear_with_lora first")
+        raise value_error("model", "model has no LoRA layers: call replace_linear_with_lora "
+                                   "first")
     return {
         f"{name}.{matrix}": getattr(layer, matrix).detach()
         for name, layer in layers.items()
@@ -194,6 +204,7 @@ def lora_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_lora(model: nn.Module, path: str | os.PathLike) -> None:
     """Write the adapters alone (a few MB, not the whole model) to a safetensors file."""
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
     tensors = {key: value.contiguous().cpu() for key, value in lora_state_dict(model).items()}
     first = next(iter(_lora_layers(model).values()))
     metadata = {"rank": str(first.rank), "alpha": repr(first.alpha)}
@@ -205,33 +216,59 @@ def load_lora(model: nn.Module, path: str | os.PathLike) -> nn.Module:
 
     A model without adapters yet gets them first, with the rank and alpha stored in the file.
     """
+    check_instance("model", model, nn.Module, "an nn.Module")
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no LoRA file at {path!r}")
+    if isinstance(model, nn.Linear):
+        raise type_error("model", "model must contain nn.Linear layers, not be one: use "
+                                  "LinearWithLoRA")
     tensors = read_safetensors(path)
-    if not _lora_layers(model):
+    wrap = None
+    if _lora_layers(model):
+        expected = {key: value.shape for key, value in lora_state_dict(model).items()}
+    else:  # the adapters replace_linear_with_lora would add, checked before adding them
         with safe_open(path, framework="pt") as f:
             metadata = f.metadata() or {}
-        if "rank" not in metadata or "alpha" not in metadata:
-            raise ValueError(f"path: {path!r} holds no rank/alpha metadata; not from save_lora")
-        replace_linear_with_lora(model, int(metadata["rank"]), float(metadata["alpha"]))
-    expected = lora_state_dict(model)
-    if set(tensors) != set(expected):
-        missing = sorted(set(expected) - set(tensors))[:3]
-        extra = sorted(set(tensors) - set(expected))[:3]
-        raise ValueError(
-            f"path: adapters in {path!r} do not fit model (missing {missing}, unexpected {extra})"
-        )
-    for key, value in tensors.items():
-        if value.shape != expected[key].shape:
-            raise ValueError(
-                f"path: {key} has shape {tuple(value.shape)} in {path!r}, "
-                f"model expects {tuple(expected[key].shape)}"
-            )
+        try:
+            wrap = int(metadata["rank"]), float(metadata["alpha"])
+            _check_rank_alpha(*wrap, None)
+        except (KeyError, ValueError, ArgumentError):
+            raise value_error("path", f"path: {path!r} holds no valid rank/alpha metadata; not "
+                                      f"from save_lora") from None
+        expected = _adapter_shapes(model, wrap[0])
+    _check_adapters(tensors, expected, path)
+    if wrap is not None:
+        replace_linear_with_lora(model, *wrap)
     model.load_state_dict(tensors, strict=False)
     return model
 
 
+def _adapter_shapes(model: nn.Module, rank: int) -> dict[str, torch.Size]:
+    """The ``A`` and ``B`` shapes of the adapters ``replace_linear_with_lora`` would add."""
+    shapes = {}
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            shapes[f"{name}.lora.A"] = torch.Size((module.in_features, rank))
+            shapes[f"{name}.lora.B"] = torch.Size((rank, module.out_features))
+    return shapes
+
+
+def _check_adapters(tensors: dict[str, torch.Tensor], expected: dict[str, torch.Size],
+                    path: str) -> None:
+    if set(tensors) != set(expected):
+        missing = sorted(set(expected) - set(tensors))[:3]
+        extra = sorted(set(tensors) - set(expected))[:3]
+        raise value_error("path", f"path: adapters in {path!r} do not fit model (missing "
+                                  f"{missing}, unexpected {extra})")
+    for key, value in tensors.items():
+        if value.shape != expected[key]:
+            raise value_error("path", f"path: {key} has shape {tuple(value.shape)} in {path!r}, "
+                                      f"model expects {tuple(expected[key])}")
+
+
 def count_trainable_parameters(model: nn.Module) -> int:
     """How many numbers an optimizer would update: parameters with ``requires_grad``."""
+    check_instance("model", model, nn.Module, "an nn.Module")
     return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -33,9 +33,16 @@ from typing import NamedTuple, TypeVar
 import torch
 from torch.utils.data import Dataset
 
+from ..machinery.checks import (
+    check_bool,
+    check_float,
+    check_instance,
+    check_int,
+    type_error,
+    value_error,
+)
 from ..machinery.resources import resource_path
 from ..tokenizers import gpt2_tokenizer
-from .loop import check_int
 
 __all__ = [
     "SPAM_LABELS",
@@ -74,6 +81,11 @@ def load_sms_spam(
 ) -> list[LabeledText]:
     """``label<TAB>text`` lines (the bundled SMS Spam Collection by default) as ``LabeledText``."""
     path = resource_path("sms-spam-collection.tsv") if path is None else path
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike) or None")
+    if isinstance(labels, str) or not isinstance(labels, Sequence) or not labels or not all(
+            isinstance(label, str) for label in labels):
+        raise type_error("labels", f"labels must be a non-empty sequence of class names (str), "
+                                   f"got {labels!r}")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"path: no label<TAB>text file at {os.fspath(path)!r}")
     records = []
@@ -84,15 +96,15 @@ def load_sms_spam(
                 continue
             label, tab, text = line.partition("\t")
             if not tab:
-                raise ValueError(f"path: line {number} of {os.fspath(path)!r} has no TAB")
+                raise value_error("path", f"path: line {number} of {os.fspath(path)!r} has no "
+                                          f"TAB")
             if label not in labels:
-                raise ValueError(
-                    f"label on line {number} of {os.fspath(path)!r} must be one of "
-                    f"{tuple(labels)}, got {label!r}"
-                )
+                raise value_error("path", f"path: label on line {number} of "
+                                          f"{os.fspath(path)!r} must be one of {tuple(labels)}, "
+                                          f"got {label!r}")
             records.append(LabeledText(text, list(labels).index(label)))
     if not records:
-        raise ValueError(f"path: {os.fspath(path)!r} holds no records")
+        raise value_error("path", f"path: {os.fspath(path)!r} holds no records")
     return records
 
 
@@ -101,12 +113,17 @@ def balance_classes(records: Sequence[LabeledText], seed: int = 123) -> list[Lab
 
     The kept records stay in their original order.
     """
-    check_int("seed", seed, 0)
+    check_int("seed", seed, low=0)
+    _check_sequence(records)
     by_label: dict[int, list[int]] = {}
     for index, record in enumerate(records):
-        by_label.setdefault(record.label, []).append(index)
+        label = getattr(record, "label", None)
+        if isinstance(label, bool) or not isinstance(label, int):
+            raise type_error("records", f"records must be LabeledText (text, int label), got "
+                                        f"{record!r} at records[{index}]")
+        by_label.setdefault(label, []).append(index)
     if not by_label:
-        raise ValueError("records must hold at least one record, got none")
+        raise value_error("records", "records must hold at least one record, got none")
     size = min(len(indices) for indices in by_label.values())
     g = torch.Generator().manual_seed(seed)
     kept: list[int] = []
@@ -125,11 +142,19 @@ def split_records(
     Train gets ``int(n * fractions[0])`` records, validation ``int(n * fractions[1])`` and test
     the rest, so the three parts are disjoint and together hold every record.
     """
-    check_int("seed", seed, 0)
-    if len(fractions) != 3 or any(not 0 <= f <= 1 for f in fractions):
-        raise ValueError(f"fractions must be three numbers in [0, 1], got {tuple(fractions)}")
+    check_int("seed", seed, low=0)
+    _check_sequence(records)
+    if isinstance(fractions, str) or not isinstance(fractions, Sequence):
+        raise type_error("fractions", f"fractions must be three numbers in [0, 1], got "
+                                      f"{fractions!r}")
+    if len(fractions) != 3:
+        raise value_error("fractions", f"fractions must be three numbers in [0, 1], got "
+                                       f"{tuple(fractions)}")
+    for fraction in fractions:
+        check_float("fractions", fraction, low=0, high=1)
     if abs(sum(fractions) - 1) > 1e-9:
-        raise ValueError(f"fractions must sum to 1, got {tuple(fractions)} (sum {sum(fractions)})")
+        raise value_error("fractions", f"fractions must sum to 1, got {tuple(fractions)} (sum "
+                                       f"{sum(fractions)})")
     n = len(records)
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     shuffled = [records[i] for i in order]
@@ -140,10 +165,17 @@ def split_records(
     )
 
 
+def _check_sequence(records: object) -> None:
+    if isinstance(records, (str, bytes)) or not isinstance(records, Sequence):
+        raise type_error("records", f"records must be a sequence, got {type(records).__name__}")
+
+
 def spam_splits(
     path: str | os.PathLike | None = None, seed: int = 123, balance: bool = True
 ) -> Splits:
     """The SMS collection, balanced by undersampling ham (by default), split 70/10/20."""
+    check_int("seed", seed, low=0)
+    check_bool("balance", balance)
     records = load_sms_spam(path)
     if balance:
         records = balance_classes(records, seed=seed)
@@ -166,26 +198,39 @@ class SpamDataset(Dataset):
         pad_token_id: int = ENDOFTEXT_ID,
         num_classes: int = len(SPAM_LABELS),
     ) -> None:
-        if max_length is not None:
-            check_int("max_length", max_length, 1)
+        check_int("max_length", max_length, low=1, optional=True)
+        check_int("num_classes", num_classes, low=1)
         tokenizer = gpt2_tokenizer() if tokenizer is None else tokenizer
+        if not callable(getattr(tokenizer, "encode", None)):
+            raise type_error("tokenizer", f"tokenizer must have an encode(text) method, got "
+                                          f"{type(tokenizer).__name__}")
         vocab = getattr(tokenizer, "n_vocab", None)
-        check_int("pad_token_id", pad_token_id, 0, None if vocab is None else vocab - 1)
+        check_int("pad_token_id", pad_token_id, low=0, high=None if vocab is None else vocab - 1)
+        _check_sequence(records)
+        if not records:
+            raise value_error("records", "records must hold at least one record, got none")
+        for i, record in enumerate(records):
+            if not isinstance(record, Sequence) or isinstance(record, str) or len(record) != 2:
+                raise type_error("records", f"records must hold (text, label) pairs, got "
+                                            f"{record!r} at records[{i}]")
+            text, label = record
+            if not isinstance(text, str) or not text:
+                raise (value_error if isinstance(text, str) else type_error)(
+                    "records", f"text of records[{i}] must be a non-empty str, got {text!r}")
+            if isinstance(label, bool) or not isinstance(label, int):
+                raise type_error("records", f"label of records[{i}] must be an int class index, "
+                                            f"got {label!r}")
+            if not 0 <= label < num_classes:
+                raise value_error("records", f"label of records[{i}] must be in [0, "
+                                             f"{num_classes}), got {label}")
         encoded, labels = [], []
         for i, (text, label) in enumerate(records):
-            if isinstance(label, bool) or not isinstance(label, int):
-                raise TypeError(f"label of record {i} must be an int class index, got {label!r}")
-            if not 0 <= label < num_classes:
-                raise ValueError(
-                    f"label of record {i} must be in [0, {num_classes}), got {label}"
-                )
             ids = tokenizer.encode(text)
             if not ids:
-                raise ValueError(f"text of record {i} must hold at least one token, got {text!r}")
+                raise value_error("records", f"text of records[{i}] must hold at least one token, "
+                                             f"got {text!r}")
             encoded.append(ids)
             labels.append(label)
-        if not encoded:
-            raise ValueError("records must hold at least one record, got none")
         self.max_length = max(map(len, encoded)) if max_length is None else max_length
         self.lengths = torch.tensor([min(len(ids), self.max_length) for ids in encoded])
         self.input_ids = torch.full((len(encoded), self.max_length), pad_token_id)

@@ -37,6 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..machinery.checks import (
+    check_instance,
+    check_int,
+    check_str,
+    check_tensor,
+    type_error,
+    value_error,
+)
+
 __all__ = ["Inspection", "inspect_prompt", "logit_lens", "token_pieces"]
 
 
@@ -77,6 +86,13 @@ class Inspection:
 
 def token_pieces(tokenizer: Any, ids: Sequence[int]) -> list[bytes]:
     """The bytes of each token id: a BPE token may hold part of a UTF-8 character."""
+    if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise type_error("ids", f"ids must be a sequence of int token ids, got {ids!r:.80}")
+    if not callable(getattr(tokenizer, "decode_single_token_bytes", None)) and not callable(
+            getattr(tokenizer, "decode", None)):
+        raise type_error("tokenizer", f"tokenizer must have decode_single_token_bytes(id) or "
+                                      f"decode(ids), got {type(tokenizer).__name__}")
     single = getattr(tokenizer, "decode_single_token_bytes", None)
     if single is not None:
         return [bytes(single(i)) for i in ids]
@@ -89,6 +105,15 @@ def logit_lens(model: nn.Module, residuals: Sequence[torch.Tensor]) -> list[torc
     For the last block's output this is the model's own logits; for earlier layers it asks
     what the model would say if the remaining blocks added nothing (nostalgebraist, 2020).
     """
+    check_instance("model", model, nn.Module, "an nn.Module with final_norm and out_head")
+    if not all(isinstance(getattr(model, n, None), nn.Module) for n in ("final_norm", "out_head")):
+        raise type_error("model", f"model must have final_norm and out_head (a GPTModel or a "
+                                  f"modern decoder), got {type(model).__name__}")
+    if isinstance(residuals, torch.Tensor) or not isinstance(residuals, Sequence):
+        raise type_error("residuals", f"residuals must be a sequence of [B, T, emb] tensors, got "
+                                      f"{type(residuals).__name__}")
+    for stream in residuals:
+        check_tensor("residuals", stream, kind="floating", dims=3)
     with torch.no_grad():
         return [model.out_head(model.final_norm(stream)) for stream in residuals]
 
@@ -109,26 +134,33 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
         return list(tokenizer.encode(text))
 
 
-def _check(model: Any, text: Any, top_k: Any) -> None:
-    if not callable(getattr(model, "trace", None)):
-        raise TypeError(f"model must implement trace(idx) -> ModelTrace "
-                        f"(gpt_components.inspect.trace), got {type(model).__name__}")
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
-    if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-        raise ValueError(f"top_k must be an int >= 1, got {top_k!r}")
+def _check(model: Any, tokenizer: Any, text: Any, top_k: Any) -> None:
+    if not isinstance(model, nn.Module) or not callable(getattr(model, "trace", None)):
+        raise type_error("model", f"model must implement trace(idx) -> ModelTrace "
+                                  f"(gpt_components.inspect.trace), got {type(model).__name__}")
+    cfg = getattr(model, "cfg", None)
+    if not all(isinstance(getattr(cfg, n, None), int) for n in ("context_length", "vocab_size")):
+        raise type_error("model", f"model must have a cfg with context_length and vocab_size, "
+                                  f"got {type(model).__name__}")
+    if next(model.parameters(), None) is None:
+        raise value_error("model", "model must have parameters, got none")
+    if not callable(getattr(tokenizer, "encode", None)):
+        raise type_error("tokenizer", f"tokenizer must have an encode(text) method, got "
+                                      f"{type(tokenizer).__name__}")
+    check_str("text", text, empty=True)
+    check_int("top_k", top_k, low=1)
 
 
 def inspect_prompt(model: nn.Module, tokenizer: Any, text: str, top_k: int = 5) -> Inspection:
     """Trace ``text`` through ``model`` and gather what the report draws (see ``Inspection``)."""
-    _check(model, text, top_k)
+    _check(model, tokenizer, text, top_k)
     ids = _encode(tokenizer, text)
     if not ids:
-        raise ValueError("text must encode to at least one token, got an empty prompt")
+        raise value_error("text", "text must encode to at least one token, got an empty prompt")
     cfg = model.cfg
     if len(ids) > cfg.context_length:
-        raise ValueError(f"text encodes to {len(ids)} tokens, more than the model's "
-                         f"context_length={cfg.context_length}")
+        raise value_error("text", f"text encodes to {len(ids)} tokens, more than the model's "
+                                  f"context_length={cfg.context_length}")
     top_k = min(top_k, cfg.vocab_size)
     device = next(model.parameters()).device
     trace = model.trace(torch.tensor([ids], device=device))

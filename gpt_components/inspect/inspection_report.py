@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import html
 import json
+import os
 import warnings
 from importlib import resources
 from pathlib import Path
@@ -39,6 +40,7 @@ from typing import Any
 
 import torch
 
+from ..machinery.checks import check_instance, check_str
 from .inspection import Inspection
 
 __all__ = ["report_data", "render_html", "write_report", "write_pngs"]
@@ -64,9 +66,7 @@ def _candidates(ids: torch.Tensor, probs: torch.Tensor) -> Any:
 
 def report_data(inspection: Inspection) -> dict[str, Any]:
     """The page's data as JSON-ready lists and strings (what ``render_html`` embeds)."""
-    if not isinstance(inspection, Inspection):
-        raise TypeError(f"inspection must be an Inspection (from inspect_prompt), got "
-                        f"{type(inspection).__name__}")
+    check_instance("inspection", inspection, Inspection, "an Inspection (from inspect_prompt)")
     seen = inspection
     return {
         "text": seen.text,
@@ -96,6 +96,7 @@ def _script_json(data: Any) -> str:
 def render_html(inspection: Inspection, title: str | None = None) -> str:
     """The report as one self-contained HTML page (see the module docstring)."""
     data = report_data(inspection)
+    check_str("title", title, empty=True, optional=True)
     if title is None:
         title = f"Inside {inspection.model_summary.split(':')[0]}: {inspection.text[:60]!r}"
     template = (resources.files("gpt_components") / "assets" / "inspection_report.html"
@@ -106,9 +107,11 @@ def render_html(inspection: Inspection, title: str | None = None) -> str:
 
 def write_report(inspection: Inspection, path: str | Path, title: str | None = None) -> Path:
     """Write ``render_html(inspection, title)`` to ``path`` (UTF-8) and return the path."""
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
+    page = render_html(inspection, title)  # every argument checked before anything is written
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(render_html(inspection, title), encoding="utf-8")
+    path.write_text(page, encoding="utf-8")
     return path
 
 
@@ -198,6 +201,7 @@ def _sizes_figure(inspection: Inspection) -> Any:
 def write_pngs(inspection: Inspection, directory: str | Path) -> list[Path]:
     """Draw the attention grid, surprisal, logit lens and stage sizes as PNGs in ``directory``."""
     report_data(inspection)  # the same type check as the page
+    check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     figures = {

@@ -30,6 +30,8 @@ from dataclasses import dataclass
 
 import torch
 
+from ..machinery.checks import check_tensor, type_error, value_error
+
 __all__ = ["ModelTrace"]
 
 
@@ -42,22 +44,31 @@ class ModelTrace:
     logits: torch.Tensor  # [B, T, vocab]
 
     def __post_init__(self) -> None:
+        for name in ("residuals", "attentions"):
+            value = getattr(self, name)
+            if isinstance(value, torch.Tensor) or not isinstance(value, Sequence):
+                raise type_error(name, f"{name} must be a sequence of tensors (one per layer), "
+                                       f"got {type(value).__name__}")
         residuals, attentions = list(self.residuals), list(self.attentions)
-        if not isinstance(self.logits, torch.Tensor) or self.logits.dim() != 3:
-            raise ValueError(f"logits must be a [B, T, vocab] tensor, got "
-                             f"{getattr(self.logits, 'shape', type(self.logits).__name__)}")
+        check_tensor("logits", self.logits, kind="floating")
+        if self.logits.dim() != 3:
+            raise value_error("logits", f"logits must be a [B, T, vocab] tensor, got "
+                                        f"{tuple(self.logits.shape)}")
         b, t, _ = self.logits.shape
         if len(residuals) != len(attentions) + 1:
-            raise ValueError(f"residuals must hold one tensor more than attentions (n_layers + "
-                             f"1), got {len(residuals)} and {len(attentions)}")
+            raise value_error("residuals", f"residuals must hold one tensor more than attentions "
+                                           f"(n_layers + 1), got {len(residuals)} and "
+                                           f"{len(attentions)}")
         for layer, stream in enumerate(residuals):
+            check_tensor("residuals", stream, kind="floating")
             if stream.dim() != 3 or tuple(stream.shape[:2]) != (b, t):
-                raise ValueError(f"residuals[{layer}] must be [B={b}, T={t}, emb], got "
-                                 f"{tuple(stream.shape)}")
+                raise value_error("residuals", f"residuals[{layer}] must be [B={b}, T={t}, emb], "
+                                               f"got {tuple(stream.shape)}")
         for layer, weights in enumerate(attentions):
+            check_tensor("attentions", weights, kind="floating")
             if weights.dim() != 4 or weights.shape[0] != b or tuple(weights.shape[2:]) != (t, t):
-                raise ValueError(f"attentions[{layer}] must be [B={b}, n_heads, T={t}, T={t}], "
-                                 f"got {tuple(weights.shape)}")
+                raise value_error("attentions", f"attentions[{layer}] must be [B={b}, n_heads, "
+                                                f"T={t}, T={t}], got {tuple(weights.shape)}")
         object.__setattr__(self, "residuals", residuals)
         object.__setattr__(self, "attentions", attentions)
 

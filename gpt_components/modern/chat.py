@@ -2,7 +2,10 @@
 
 An instruct model continues a conversation written in the format it was finetuned on, and stops
 with that format's end-of-turn token; any other layout gives worse answers. Messages are dicts
-``{"role": "system" | "user" | "assistant", "content": str}``, as in the published templates.
+``{"role": "system" | "user" | "assistant", "content": str}``, as in the published templates;
+every format refuses an empty conversation and a system message anywhere but first (the
+published Llama 3 and Qwen3 templates write a later one as a system turn mid-conversation,
+Gemma 3's as a ``system`` turn its model never saw, or refuse it), instead of guessing.
 
 - ``Llama3ChatFormat``: ``<|begin_of_text|>``, then per message
   ``<|start_header_id|>role<|end_header_id|>\\n\\n`` + stripped content + ``<|eot_id|>``; the
@@ -38,6 +41,8 @@ import inspect
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from ..machinery.checks import check_bool, did_you_mean, type_error, value_error
+
 __all__ = ["Llama3ChatFormat", "Qwen3ChatFormat", "Gemma3ChatFormat", "chat_format_for"]
 
 _ROLES = ("system", "user", "assistant")
@@ -46,18 +51,31 @@ Pieces = list[tuple[bool, str]]
 
 
 def _check_messages(messages: object) -> list[Mapping[str, Any]]:
+    """The conversation as a list, refused unless it holds at least one message, each a
+    ``{"role", "content"}`` dict with a known role and str content, and a system message (at
+    most one) only first: the instructions come before the conversation they govern."""
     if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
-        raise TypeError(f"messages must be a list of {{'role', 'content'}} dicts, got "
-                        f"{type(messages).__name__}")
+        raise type_error("messages", f"messages must be a list of {{'role', 'content'}} dicts, "
+                                     f"got {type(messages).__name__}")
+    if not messages:
+        raise value_error("messages", "messages must hold at least one message, got an empty "
+                                      "list")
     for index, message in enumerate(messages):
+        where = f"messages[{index}]"
         if not isinstance(message, Mapping):
-            raise TypeError(f"messages[{index}] must be a dict, got {type(message).__name__}")
-        if message.get("role") not in _ROLES:
-            raise ValueError(f"messages[{index}]['role'] must be one of {', '.join(_ROLES)}, "
-                             f"got {message.get('role')!r}")
-        if not isinstance(message.get("content"), str):
-            raise TypeError(f"messages[{index}]['content'] must be a str, got "
-                            f"{type(message.get('content')).__name__}")
+            raise type_error("messages", f"{where} must be a dict, got {type(message).__name__}")
+        role = message.get("role")
+        if not isinstance(role, str) or role not in _ROLES:
+            raise value_error("messages", f"{where}['role'] must be one of {', '.join(_ROLES)}, "
+                                          f"got {role!r}{did_you_mean(role, _ROLES)}")
+        if role == "system" and index > 0:
+            raise value_error("messages", f"{where} is a system message: a system message may "
+                                          f"only come first, got one after {index} other(s)")
+        for key in ("content", "reasoning_content"):
+            value = message.get(key)
+            if not isinstance(value, str) and (key == "content" or value is not None):
+                raise type_error("messages", f"{where}[{key!r}] must be a str, got "
+                                             f"{type(value).__name__}")
     return list(messages)
 
 
@@ -73,28 +91,39 @@ class _ChatFormat:
                add_generation_prompt: bool = True) -> str:
         """The conversation as text, ending with an open assistant turn when
         ``add_generation_prompt`` (the prompt an answer continues)."""
-        pieces = self._pieces(_check_messages(messages), add_generation_prompt)
+        messages = _check_messages(messages)
+        pieces = self._pieces(messages, check_bool("add_generation_prompt", add_generation_prompt))
         return "".join(text for _, text in pieces)
 
     def encode(self, tokenizer: Any, messages: Sequence[Mapping[str, Any]], *,
                add_generation_prompt: bool = True) -> list[int]:
         """Ids of ``render(messages)``: markers as special ids, contents as ordinary text."""
-        markers = self._pieces([{"role": "user", "content": ""}], True)
-        missing = sorted({text for special, text in markers if special}
-                         - set(getattr(tokenizer, "special_tokens_set", ())))
-        if missing:
-            raise ValueError(f"tokenizer must have this format's special tokens; it lacks "
-                             f"{', '.join(missing)}")
+        messages = _check_messages(messages)
+        check_bool("add_generation_prompt", add_generation_prompt)
+        self._check_tokenizer(tokenizer)
         ids: list[int] = []
-        for special, text in self._pieces(_check_messages(messages), add_generation_prompt):
+        for special, text in self._pieces(messages, add_generation_prompt):
             if special:
                 ids += tokenizer.encode(text, allowed_special={text})
             elif text:
                 ids += tokenizer.encode(text, disallowed_special=())
         return ids
 
+    def _check_tokenizer(self, tokenizer: Any) -> None:
+        """``tokenizer`` must encode with ``allowed_special`` and have this format's markers."""
+        specials = getattr(tokenizer, "special_tokens_set", None)
+        if specials is None or not callable(getattr(tokenizer, "encode", None)):
+            raise type_error("tokenizer", f"tokenizer must be a tiktoken-style encoding (encode, "
+                                          f"special_tokens_set), got {type(tokenizer).__name__}")
+        markers = self._pieces([{"role": "user", "content": ""}], True)
+        missing = sorted({text for special, text in markers if special} - set(specials))
+        if missing:
+            raise value_error("tokenizer", f"tokenizer must have this format's special tokens; "
+                                           f"it lacks {', '.join(missing)}")
+
     def stop_ids(self, tokenizer: Any) -> list[int]:
         """Ids that end the assistant's answer (those of ``stop_tokens`` the tokenizer has)."""
+        self._check_tokenizer(tokenizer)
         names = [t for t in self.stop_tokens if t in tokenizer.special_tokens_set]
         return [tokenizer.encode(t, allowed_special={t})[0] for t in names]
 
@@ -129,9 +158,7 @@ class Qwen3ChatFormat(_ChatFormat):
     stop_tokens = ("<|im_end|>", "<|endoftext|>")
 
     def __init__(self, enable_thinking: bool = True) -> None:
-        if not isinstance(enable_thinking, bool):
-            raise TypeError(f"enable_thinking must be True or False, got {enable_thinking!r}")
-        self.enable_thinking = enable_thinking
+        self.enable_thinking = check_bool("enable_thinking", enable_thinking)
 
     @staticmethod
     def _split_reasoning(message: Mapping[str, Any]) -> tuple[str, str]:
@@ -139,7 +166,7 @@ class Qwen3ChatFormat(_ChatFormat):
         what its content holds between ``<think>`` and ``</think>``."""
         content = message["content"]
         if message.get("reasoning_content") is not None:
-            return str(message["reasoning_content"]), content
+            return message["reasoning_content"], content
         if "</think>" not in content:
             return "", content
         thought, _, _ = content.partition("</think>")
@@ -188,8 +215,9 @@ class Gemma3ChatFormat(_ChatFormat):
         pieces: Pieces = [(True, "<bos>")]
         for index, message in enumerate(messages):
             if (message["role"] == "user") != (index % 2 == 0):
-                raise ValueError(f"messages must alternate user / assistant after an optional "
-                                 f"system message; turn {index} is {message['role']!r}")
+                raise value_error("messages", f"messages must alternate user / assistant after an "
+                                              f"optional system message; turn {index} is "
+                                              f"{message['role']!r}")
             role = "model" if message["role"] == "assistant" else "user"
             opening = "\n" + (prefix if index == 0 else "")
             pieces += [(True, "<start_of_turn>"), (False, role + opening),

@@ -19,6 +19,7 @@ from typing import Any
 
 from torch import nn
 
+from ..machinery.checks import check_choice
 from .attention import GroupedQueryAttention
 from .feedforward import SwiGLU
 from .latent_attention import MultiHeadLatentAttention
@@ -35,8 +36,8 @@ NORMS: dict[str, Callable[[Any, int], nn.Module]] = {
 
 
 def make_norm(cfg: Any, dim: int) -> nn.Module:
-    """The config's norm over ``dim`` features."""
-    return NORMS[cfg.norm](cfg, dim)
+    """The config's norm over ``dim`` features (``cfg.norm`` names it in ``NORMS``)."""
+    return NORMS[check_choice("norm", getattr(cfg, "norm", None), NORMS)](cfg, dim)
 
 
 FEED_FORWARDS: dict[str, Callable[[Any, Any], nn.Module]] = {

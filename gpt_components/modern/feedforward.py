@@ -19,6 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..machinery.checks import check_choice, check_int, check_tensor, value_error
+
 __all__ = ["GATE_ACTIVATIONS", "SwiGLU"]
 
 GATE_ACTIVATIONS = {
@@ -32,16 +34,18 @@ class SwiGLU(nn.Module):
 
     def __init__(self, emb_dim: int, hidden_dim: int, activation: str = "silu") -> None:
         super().__init__()
-        for name, value in (("emb_dim", emb_dim), ("hidden_dim", hidden_dim)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if activation not in GATE_ACTIVATIONS:
-            raise ValueError(f"activation must be one of {sorted(GATE_ACTIVATIONS)}, got "
-                             f"{activation!r}")
+        check_int("emb_dim", emb_dim, low=1)
+        check_int("hidden_dim", hidden_dim, low=1)
+        check_choice("activation", activation, GATE_ACTIVATIONS)
         self.activation = activation
+        self.emb_dim = emb_dim  # (fc1.in_features, unless LoRA has wrapped fc1)
         self.fc1 = nn.Linear(emb_dim, hidden_dim, bias=False)
         self.fc2 = nn.Linear(emb_dim, hidden_dim, bias=False)
         self.fc3 = nn.Linear(hidden_dim, emb_dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x, kind="floating")
+        if x.dim() < 1 or x.shape[-1] != self.emb_dim:
+            raise value_error("x", f"x must be [..., emb_dim={self.emb_dim}], got shape "
+                                   f"{tuple(x.shape)}")
         return self.fc3(GATE_ACTIVATIONS[self.activation](self.fc1(x)) * self.fc2(x))

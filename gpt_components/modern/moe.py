@@ -33,6 +33,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..machinery.checks import (
+    check_bool,
+    check_choice,
+    check_float,
+    check_int,
+    check_tensor,
+    type_error,
+    value_error,
+)
 from .feedforward import SwiGLU
 
 __all__ = ["Router", "MoEFeedForward", "load_balancing_loss"]
@@ -40,12 +49,12 @@ __all__ = ["Router", "MoEFeedForward", "load_balancing_loss"]
 SCORINGS = ("softmax", "sigmoid")
 
 
-def _check_int(name: str, value: object, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value}")
-    return value
+def _check_tokens(x: object, emb_dim: int, dims: int | tuple[int, ...]) -> None:
+    """``x`` must be a floating tensor of ``dims`` dimensions with ``emb_dim`` features last."""
+    check_tensor("x", x, kind="floating", dims=dims)
+    if x.shape[-1] != emb_dim:
+        raise value_error("x", f"x must have emb_dim={emb_dim} features last, got shape "
+                               f"{tuple(x.shape)}")
 
 
 class Router(nn.Module):
@@ -66,23 +75,30 @@ class Router(nn.Module):
                  norm_topk_prob: bool = True, n_group: int = 1, topk_group: int = 1,
                  routed_scaling_factor: float = 1.0) -> None:
         super().__init__()
-        _check_int("n_experts", n_experts, 1)
-        _check_int("top_k", top_k, 1)
+        check_int("emb_dim", emb_dim, low=1)
+        check_int("n_experts", n_experts, low=1)
+        check_int("top_k", top_k, low=1)
         if top_k > n_experts:
-            raise ValueError(f"top_k must be <= n_experts={n_experts}, got {top_k}")
-        if scoring not in SCORINGS:
-            raise ValueError(f"scoring must be one of {SCORINGS}, got {scoring!r}")
-        _check_int("n_group", n_group, 1)
-        _check_int("topk_group", topk_group, 1)
-        if n_experts % n_group != 0 or topk_group > n_group:
-            raise ValueError(f"n_group must divide n_experts={n_experts} and topk_group must be "
-                             f"<= n_group; got n_group={n_group}, topk_group={topk_group}")
+            raise value_error("top_k", f"top_k must be <= n_experts={n_experts}, got {top_k}")
+        check_choice("scoring", scoring, SCORINGS)
+        check_bool("norm_topk_prob", norm_topk_prob)
+        check_int("n_group", n_group, low=1)
+        if n_experts % n_group != 0:
+            raise value_error("n_group", f"n_group must divide n_experts={n_experts}, got "
+                                         f"{n_group}")
+        check_int("topk_group", topk_group, low=1)
+        if topk_group > n_group:
+            raise value_error("topk_group", f"topk_group must be <= n_group={n_group}, got "
+                                            f"{topk_group}")
         if top_k > topk_group * (n_experts // n_group):
-            raise ValueError(f"top_k must be <= the experts of the topk_group={topk_group} kept "
-                             f"groups ({topk_group * (n_experts // n_group)}), got {top_k}")
+            raise value_error("top_k", f"top_k must be <= the experts of the topk_group="
+                                       f"{topk_group} kept groups "
+                                       f"({topk_group * (n_experts // n_group)}), got {top_k}")
         if scoring == "sigmoid" and n_group > 1 and n_experts // n_group < 2:
-            raise ValueError(f"each of n_group={n_group} groups needs >= 2 experts (a group's "
-                             f"merit is its two best scores), got n_experts={n_experts}")
+            raise value_error("n_group", f"each of n_group={n_group} groups needs >= 2 experts "
+                                         f"(a group's merit is its two best scores), got "
+                                         f"n_experts={n_experts}")
+        check_float("routed_scaling_factor", routed_scaling_factor, low=0, low_open=True)
         self.n_experts, self.top_k, self.scoring = n_experts, top_k, scoring
         self.norm_topk_prob = norm_topk_prob
         self.n_group, self.topk_group = n_group, topk_group
@@ -94,6 +110,7 @@ class Router(nn.Module):
             self.register_buffer("score_bias", torch.zeros(n_experts))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        _check_tokens(x, self.weight.shape[1], dims=2)
         logits = F.linear(x, self.weight)  # (N, E)
         if self.scoring == "softmax":
             weights, experts = torch.topk(torch.softmax(logits, dim=-1), self.top_k, dim=-1)
@@ -132,9 +149,12 @@ class MoEFeedForward(nn.Module):
                  expert: Callable[[int, int], nn.Module] = SwiGLU,
                  **router: object) -> None:
         super().__init__()
-        _check_int("emb_dim", emb_dim, 1)
-        _check_int("hidden_dim", hidden_dim, 1)
-        _check_int("n_shared_experts", n_shared_experts, 0)
+        check_int("emb_dim", emb_dim, low=1)
+        check_int("hidden_dim", hidden_dim, low=1)
+        check_int("n_shared_experts", n_shared_experts, low=0)
+        if not callable(expert):
+            raise type_error("expert", f"expert must be a callable (emb_dim, hidden_dim) -> "
+                                       f"nn.Module, got {type(expert).__name__}")
         self.gate = Router(emb_dim, n_experts, top_k, **router)
         self.experts = nn.ModuleList(expert(emb_dim, hidden_dim) for _ in range(n_experts))
         self.shared_experts = (expert(emb_dim, hidden_dim * n_shared_experts)
@@ -142,6 +162,7 @@ class MoEFeedForward(nn.Module):
         self.router_logits: torch.Tensor | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        _check_tokens(x, self.gate.weight.shape[1], dims=range(1, 8))
         shape = x.shape
         tokens = x.reshape(-1, shape[-1])  # (N, emb)
         logits, weights, experts = self.gate(tokens)  # (N, E), (N, k), (N, k)
@@ -165,14 +186,23 @@ def load_balancing_loss(router_logits: Sequence[torch.Tensor], n_experts: int,
     probabilities are uniform scores ``top_k``; one that sends every token to the same experts
     with certainty scores ``n_experts``.
     """
-    _check_int("n_experts", n_experts, 1)
-    _check_int("top_k", top_k, 1)
+    check_int("n_experts", n_experts, low=1)
+    check_int("top_k", top_k, low=1)
+    if top_k > n_experts:
+        raise value_error("top_k", f"top_k must be <= n_experts={n_experts}, got {top_k}")
+    if isinstance(router_logits, torch.Tensor) or not isinstance(router_logits, Sequence):
+        raise type_error("router_logits", f"router_logits must be a sequence of [N, n_experts] "
+                                          f"tensors (one per layer), got "
+                                          f"{type(router_logits).__name__}")
     if len(router_logits) == 0:
-        raise ValueError("router_logits must hold at least one layer's [N, n_experts] logits")
+        raise value_error("router_logits", "router_logits must hold at least one layer's "
+                                           "[N, n_experts] logits, got none")
+    for layer in router_logits:
+        check_tensor("router_logits", layer, kind="floating", dims=2)
+        if layer.shape[1] != n_experts:
+            raise value_error("router_logits", f"router_logits must be [N, n_experts="
+                                               f"{n_experts}] tensors, got {tuple(layer.shape)}")
     logits = torch.cat(list(router_logits), dim=0)  # (layers * N, E)
-    if logits.dim() != 2 or logits.shape[1] != n_experts:
-        raise ValueError(f"router_logits must be [N, n_experts={n_experts}] tensors, got "
-                         f"{tuple(router_logits[0].shape)}")
     probs = torch.softmax(logits, dim=-1)
     chosen = torch.topk(probs, top_k, dim=-1).indices
     share = F.one_hot(chosen, n_experts).sum(dim=1).to(probs.dtype).mean(dim=0)  # f_e, sums to k

@@ -16,10 +16,10 @@ True
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
+
+from ..machinery.checks import check_float, check_int, check_tensor, value_error
 
 __all__ = ["RMSNorm"]
 
@@ -29,19 +29,19 @@ class RMSNorm(nn.Module):
 
     def __init__(self, dim: int, eps: float = 1e-6, offset: float = 0.0) -> None:
         super().__init__()
-        if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-            raise ValueError(f"dim must be an int >= 1, got {dim!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps > 0:
-            raise ValueError(f"eps must be a float > 0, got {eps!r}")
-        if isinstance(offset, bool) or not isinstance(offset, (int, float)) \
-                or not math.isfinite(offset):
-            raise ValueError(f"offset must be a finite float, got {offset!r}")
+        check_int("dim", dim, low=1)
+        check_float("eps", eps, low=0, low_open=True)
+        check_float("offset", offset)
         self.eps = float(eps)
         self.offset = float(offset)
         # The scale starts at 1 either way: weight = 1 (offset 0) or weight = 0 (offset 1).
         self.weight = nn.Parameter(torch.full((dim,), 1.0 - self.offset))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x, kind="floating")
+        if x.dim() < 1 or x.shape[-1] != self.weight.shape[0]:
+            raise value_error("x", f"x must be [..., {self.weight.shape[0]}] (dim features "
+                                   f"last), got shape {tuple(x.shape)}")
         compute = x.to(torch.promote_types(x.dtype, torch.float32))
         normed = compute * torch.rsqrt(compute.pow(2).mean(dim=-1, keepdim=True) + self.eps)
         scale = self.weight + self.offset if self.offset else self.weight

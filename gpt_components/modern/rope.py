@@ -34,6 +34,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..machinery.checks import check_float, check_instance, check_int, check_tensor, value_error
+
 __all__ = ["Llama3RopeScaling", "rope_inverse_frequencies", "RotaryEmbedding", "apply_rope"]
 
 
@@ -48,28 +50,23 @@ class Llama3RopeScaling:
 
     def __post_init__(self) -> None:
         for name in ("factor", "low_freq_factor", "high_freq_factor"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-                raise ValueError(f"{name} must be a float > 0, got {value!r}")
+            check_float(name, getattr(self, name), low=0, low_open=True)
         if not self.high_freq_factor > self.low_freq_factor:
-            raise ValueError(f"high_freq_factor must be > low_freq_factor="
-                             f"{self.low_freq_factor}, got {self.high_freq_factor!r}")
-        value = self.original_context_length
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"original_context_length must be an int >= 1, got {value!r}")
+            raise value_error("high_freq_factor", f"high_freq_factor must be > low_freq_factor="
+                                                  f"{self.low_freq_factor}, got "
+                                                  f"{self.high_freq_factor!r}")
+        check_int("original_context_length", self.original_context_length, low=1)
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float,
                              scaling: Llama3RopeScaling | None = None) -> torch.Tensor:
     """The ``head_dim / 2`` rotation speeds (radians per position), float64."""
-    if isinstance(head_dim, bool) or not isinstance(head_dim, int) or head_dim < 2 \
-            or head_dim % 2:
-        raise ValueError(f"head_dim must be an even int >= 2, got {head_dim!r}")
-    if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 1:
-        raise ValueError(f"theta must be a float > 1, got {theta!r}")
-    if scaling is not None and not isinstance(scaling, Llama3RopeScaling):
-        raise TypeError(f"scaling must be a Llama3RopeScaling or None, got "
-                        f"{type(scaling).__name__}")
+    check_int("head_dim", head_dim, low=2)
+    if head_dim % 2:
+        raise value_error("head_dim", f"head_dim must be an even int >= 2, got {head_dim}")
+    check_float("theta", theta, low=1, low_open=True)
+    if scaling is not None:
+        check_instance("scaling", scaling, Llama3RopeScaling, "a Llama3RopeScaling or None")
     # On the CPU even while a model is built on the meta device: these are real numbers.
     exponents = torch.arange(0, head_dim, 2, dtype=torch.float64, device="cpu") / head_dim
     inv_freq = 1.0 / (float(theta) ** exponents)
@@ -98,6 +95,8 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, positions: torch.Tensor,
                 dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        check_tensor("positions", positions, dims=1)
+        check_instance("dtype", dtype, torch.dtype, "a torch.dtype")
         exact = torch.float32 if positions.device.type == "mps" else torch.float64
         inv_freq = self.inv_freq.to(device=positions.device, dtype=exact)
         angles = positions.to(exact)[:, None] * inv_freq[None, :]  # (T, hd / 2)
@@ -105,8 +104,25 @@ class RotaryEmbedding(nn.Module):
         return angles.cos().to(dtype), angles.sin().to(dtype)
 
 
+def _broadcasts(table: torch.Tensor, x: torch.Tensor) -> bool:
+    """Whether ``table`` broadcasts to ``x``'s shape without growing it."""
+    try:
+        return torch.broadcast_shapes(table.shape, x.shape) == x.shape
+    except RuntimeError:
+        return False
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` (..., tokens, head_dim) pairwise: half ``i`` with half ``i + head_dim/2``."""
+    check_tensor("x", x, kind="floating")
+    if x.dim() < 1 or x.shape[-1] % 2:
+        raise value_error("x", f"x must be (..., tokens, head_dim) with an even head_dim, got "
+                               f"shape {tuple(x.shape)}")
+    for name, table in (("cos", cos), ("sin", sin)):
+        check_tensor(name, table, kind="floating")
+        if table.dim() < 1 or table.shape[-1] != x.shape[-1] or not _broadcasts(table, x):
+            raise value_error(name, f"{name} must broadcast to x's shape {tuple(x.shape)} with "
+                                    f"head_dim last, got shape {tuple(table.shape)}")
     half = x.shape[-1] // 2
     x1, x2 = x[..., :half], x[..., half:]
     rotated = torch.cat([-x2, x1], dim=-1)  # (x1, x2) -> (-x2, x1): a quarter turn per pair

@@ -41,6 +41,7 @@ from typing import Any, Literal
 import regex
 
 from ..bpe import _without_surrogates
+from ..machinery.checks import check_choice, check_instance, check_str, type_error, value_error
 from ..tokenizers import GPT2Encoding
 
 __all__ = [
@@ -101,6 +102,7 @@ def read_tiktoken_model(path: str | os.PathLike[str]) -> dict[bytes, int]:
     The ranks must be ``0 .. n - 1``, each once, and hold all 256 single bytes (so any text
     encodes); a line that is not ``base64 integer`` raises ValueError naming its number.
     """
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
     path = Path(path)
     ranks: dict[bytes, int] = {}
     with open(path, "rb") as f:
@@ -113,17 +115,20 @@ def read_tiktoken_model(path: str | os.PathLike[str]) -> dict[bytes, int]:
                 if len(fields) != 2:
                     raise ValueError
             except (IndexError, ValueError, binascii.Error):
-                raise ValueError(f"{str(path)!r} is not a tiktoken file: line {number} must be "
-                                 f"'<base64 token> <rank>', got {line[:60]!r}") from None
+                raise value_error("path", f"path: {str(path)!r} is not a tiktoken file: line "
+                                          f"{number} must be '<base64 token> <rank>', got "
+                                          f"{line[:60]!r}") from None
             if token in ranks:
-                raise ValueError(f"{str(path)!r} lists the token {token!r} twice (line {number})")
+                raise value_error("path", f"path: {str(path)!r} lists the token {token!r} twice "
+                                          f"(line {number})")
             ranks[token] = rank
     if sorted(ranks.values()) != list(range(len(ranks))):
-        raise ValueError(f"{str(path)!r} must rank its {len(ranks)} tokens 0 .. "
-                         f"{len(ranks) - 1}, each rank once")
+        raise value_error("path", f"path: {str(path)!r} must rank its {len(ranks)} tokens 0 .. "
+                                  f"{len(ranks) - 1}, each rank once")
     missing = [byte for byte in range(256) if bytes([byte]) not in ranks]
     if missing:
-        raise ValueError(f"{str(path)!r} must hold all 256 single bytes; missing {missing[:5]}")
+        raise value_error("path", f"path: {str(path)!r} must hold all 256 single bytes; missing "
+                                  f"{missing[:5]}")
     return ranks
 
 
@@ -141,6 +146,7 @@ class Llama3Encoding(GPT2Encoding):
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``tokenizer.model`` (the ranks in tiktoken's format, in rank order) into
         ``directory``, which ``load_tokenizer`` reads back as this tokenizer; returns it."""
+        check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         ranks = sorted(self._mergeable_ranks.items(), key=lambda item: item[1])
@@ -155,6 +161,7 @@ def llama3_tokenizer(path: str | os.PathLike[str]) -> Llama3Encoding:
 
     Its name, ``llama3-<fingerprint of the file>``, identifies the vocabulary for the corpus cache.
     """
+    check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
     path = Path(path)
     ranks = read_tiktoken_model(path)
     specials = {name: len(ranks) + i for i, name in enumerate(LLAMA3_SPECIAL_TOKENS)}
@@ -178,9 +185,9 @@ class HFTokenizer:
     def __init__(self, tokenizer: Any, *, name: str, eos_token: str | None = None) -> None:
         from tokenizers import Tokenizer
 
-        if not isinstance(tokenizer, Tokenizer):
-            raise TypeError(f"tokenizer must be a tokenizers.Tokenizer, got "
-                            f"{type(tokenizer).__name__}")
+        check_instance("tokenizer", tokenizer, Tokenizer, "a tokenizers.Tokenizer")
+        check_str("name", name)
+        check_str("eos_token", eos_token, optional=True)
         # A copy that reads special-token names as text: encode() cuts the allowed ones out first.
         self._ordinary = Tokenizer.from_str(tokenizer.to_str())
         self._ordinary.encode_special_tokens = True
@@ -202,16 +209,24 @@ class HFTokenizer:
         token (used as ``eot_token`` when there is no ``<|endoftext|>``/``<|end_of_text|>``)."""
         from tokenizers import Tokenizer
 
+        check_instance("path", path, (str, os.PathLike), "a path (str or os.PathLike)")
         path = Path(path)
         try:
             tokenizer = Tokenizer.from_file(str(path))
         except Exception as error:  # the library raises its own Exception subclass
-            raise ValueError(f"{str(path)!r} is not a readable tokenizer.json: {error}") from None
+            raise value_error("path", f"path: {str(path)!r} is not a readable tokenizer.json: "
+                                      f"{error}") from None
         eos = None
         config = path.with_name("tokenizer_config.json")
         if config.is_file():
-            eos = json.loads(config.read_text(encoding="utf-8")).get("eos_token")
+            try:
+                settings = json.loads(config.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as error:
+                raise value_error("path", f"path: {str(config)!r} is not valid JSON: "
+                                          f"{error}") from None
+            eos = settings.get("eos_token") if isinstance(settings, dict) else None
             eos = eos.get("content") if isinstance(eos, dict) else eos
+            eos = eos if isinstance(eos, str) and eos else None
         loaded = cls(tokenizer, name=f"hf-{_digest(path)}", eos_token=eos)
         loaded._config = config.read_text(encoding="utf-8") if config.is_file() else None
         return loaded
@@ -220,6 +235,7 @@ class HFTokenizer:
         """Write ``tokenizer.json``, and ``tokenizer_config.json`` (the one read with it, or the
         end-of-text token's name as ``eos_token``), into ``directory``; returns it.
         ``from_file`` reads them back as this tokenizer."""
+        check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         self._decoder.save(str(directory / "tokenizer.json"))
@@ -261,8 +277,7 @@ class HFTokenizer:
 
     def encode_ordinary(self, text: str) -> list[int]:
         """Token ids of ``text``, reading special-token names as ordinary text."""
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_str("text", text, empty=True)
         return self._encode_ordinary(_without_surrogates(text))
 
     def _encode_ordinary(self, text: str) -> list[int]:
@@ -282,8 +297,7 @@ class HFTokenizer:
         other is read as ordinary text. Names the tokenizer does not have are ignored, as in
         tiktoken, so callers can allow ``<|endoftext|>`` whatever the family.
         """
-        if not isinstance(text, str):
-            raise TypeError(f"text must be a str, got {type(text).__name__}")
+        check_str("text", text, empty=True)
         allowed = self._names("allowed_special", allowed_special)
         disallowed = (self.special_tokens_set - allowed if disallowed_special == "all"
                       else self._names("disallowed_special", disallowed_special))
@@ -291,10 +305,10 @@ class HFTokenizer:
         found = list(self._split.finditer(text)) if self._split is not None else []
         for match in found:
             if match.group() in disallowed:
-                raise ValueError(
-                    f"text contains the special token {match.group()!r}, which is disallowed: "
-                    "pass it in allowed_special to encode it as a special token, or "
-                    "disallowed_special=() to encode it as ordinary text")
+                raise value_error("text", f"text contains the special token {match.group()!r}, "
+                                          f"which is disallowed: pass it in allowed_special to "
+                                          f"encode it as a special token, or "
+                                          f"disallowed_special=() to encode it as ordinary text")
         ids: list[int] = []
         start = 0
         for match in found:
@@ -305,27 +319,28 @@ class HFTokenizer:
         return ids + self._encode_ordinary(text[start:])
 
     def _names(self, name: str, value: object) -> set[str]:
-        if value == "all":
+        if isinstance(value, str) and value == "all":
             return self.special_tokens_set
         if isinstance(value, str) or not isinstance(value, Iterable):
-            raise TypeError(f"{name} must be 'all' or a collection of special-token names, "
-                            f"got {value!r}")
+            raise type_error(name, f"{name} must be 'all' or a collection of special-token "
+                                   f"names, got {value!r}")
         return set(value) & self.special_tokens_set
 
     # -- decoding -------------------------------------------------------------------------------
 
     def decode(self, tokens: Sequence[int], errors: str = "replace") -> str:
         """Text of the ids, special tokens included; bytes that are not UTF-8 become U+FFFD."""
-        if errors != "replace":
-            raise ValueError(f"errors must be 'replace' (the tokenizers library's only mode), "
-                             f"got {errors!r}")
+        check_choice("errors", errors, ("replace",))  # the tokenizers library's only mode
+        if isinstance(tokens, (str, bytes)) or not isinstance(tokens, Iterable):
+            raise type_error("tokens", f"tokens must be a sequence of int token ids, got "
+                                       f"{type(tokens).__name__}")
         tokens = list(tokens)
         for position, token in enumerate(tokens):
-            if not hasattr(token, "__index__"):
-                raise TypeError(f"tokens must hold ints, got {token!r}")
+            if isinstance(token, bool) or not hasattr(token, "__index__"):
+                raise type_error("tokens", f"tokens must hold ints, got {token!r}")
             if not 0 <= token < self._n_vocab:
-                raise ValueError(f"tokens[{position}] = {token} is not a token id: ids must be "
-                                 f"in [0, {self._n_vocab})")
+                raise value_error("tokens", f"tokens[{position}] = {token} is not a token id: "
+                                            f"ids must be in [0, {self._n_vocab})")
         return self._decoder.decode([int(t) for t in tokens], skip_special_tokens=False)
 
 
@@ -351,9 +366,11 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Llama3Encoding | HFToke
     (Qwen3, and Llama 3 as converted by Hugging Face), then ``original/tokenizer.model``.
     A SentencePiece ``tokenizer.model`` (Llama 2, Gemma) is not Llama 3's format and is skipped.
     """
+    check_instance("directory", directory, (str, os.PathLike), "a path (str or os.PathLike)")
     directory = Path(directory)
     if not directory.is_dir():
-        raise ValueError(f"directory must be a model directory, got {str(directory)!r}")
+        raise value_error("directory", f"directory must be a model directory, got "
+                                       f"{str(directory)!r}")
     model_file, json_file = directory / "tokenizer.model", directory / "tokenizer.json"
     original = directory / "original" / "tokenizer.model"
     if model_file.is_file() and _is_tiktoken_file(model_file):
@@ -362,6 +379,6 @@ def load_tokenizer(directory: str | os.PathLike[str]) -> Llama3Encoding | HFToke
         return HFTokenizer.from_file(json_file)
     if original.is_file() and _is_tiktoken_file(original):
         return llama3_tokenizer(original)
-    raise ValueError(f"directory {str(directory)!r} holds no tokenizer this project reads: "
-                     "expected a tiktoken-format tokenizer.model (Llama 3), tokenizer.json "
-                     "(Qwen3) or original/tokenizer.model")
+    raise value_error("directory", f"directory {str(directory)!r} holds no tokenizer this "
+                                   f"project reads: expected a tiktoken-format tokenizer.model "
+                                   f"(Llama 3), tokenizer.json (Qwen3) or original/tokenizer.model")
