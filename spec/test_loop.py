@@ -130,9 +130,16 @@ def test_bad_arguments_and_a_diverging_loss_are_refused_clearly():
     batches = regression_batches(0, 2, 2, 2)
     common = {"loss_fn": mse, "count": len, "evaluate": dict}
     for name in ("num_epochs", "eval_freq"):
-        for bad in (0, -1, 1.5, True):
-            with pytest.raises(ValueError, match=rf"^{name} must be an int >= 1, got {bad!r}$"):
+        for bad, kind in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+            with pytest.raises(kind, match=rf"^{name} must be an int >= 1, got {bad!r}$"):
                 finetune_loop(model, batches, optimizer, **common, **{name: bad})
+    before = [p.detach().clone() for p in model.parameters()]
+    for bad, kind in ((0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                      ("1", TypeError), (True, TypeError)):
+        with pytest.raises(kind, match=r"^grad_clip must be a float > 0 or None") as caught:
+            finetune_loop(model, batches, optimizer, **common, grad_clip=bad)
+        assert caught.value.parameter == "grad_clip"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with pytest.raises(TypeError, match=r"^train_loader must be re-iterable.*generator"):
         finetune_loop(model, (b for b in batches), optimizer, **common)
     with pytest.raises(TrainingDivergedError, match=r"at step 2\b"):

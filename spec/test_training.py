@@ -357,7 +357,7 @@ def test_non_finite_weights_stop_the_run_before_they_are_saved(tmp_path, monkeyp
     assert load_checkpoint(tmp_path).meta["step"] == 2
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "latest.json", "step-00000002"]
-    with pytest.raises(ValueError, match=r"^weight_decay must be a finite number >= 0, got nan"):
+    with pytest.raises(ValueError, match=r"^weight_decay must be a float >= 0 \(finite\), got nan"):
         TrainConfig(weight_decay=float("nan")).validate()
     with pytest.raises(ValueError, match=r"^betas must be two numbers in \[0, 1\)"):
         TrainConfig(betas=(0.9, float("nan"))).validate()
@@ -434,13 +434,19 @@ def test_bad_training_arguments_name_the_parameter(tmp_path):
     tokens = np.zeros(100, dtype=np.uint16)
     model = _tiny(0)
     for field, value in [("batch_size", 0), ("grad_accum", 0), ("max_steps", 0),
-                         ("grad_clip", -1.0), ("val_fraction", 1.5), ("eval_interval", 0),
+                         ("grad_clip", -1.0), ("grad_clip", 0.0), ("grad_clip", float("nan")),
+                         ("val_fraction", 1.5), ("eval_interval", 0),
                          ("batch_size", True), ("epochs", 2.0), ("max_steps", True),
-                         ("keep_checkpoints", 0), ("eval_iters", -1), ("lr", -1.0),
-                         ("lr", float("nan")), ("lr", 0.0)]:
-        with pytest.raises(ValueError, match=rf"^{field} must be"):
+                         ("grad_clip", "1"), ("keep_checkpoints", 0), ("eval_iters", -1),
+                         ("lr", -1.0), ("lr", float("nan")), ("lr", 0.0)]:
+        wrong_type = isinstance(value, (bool, str)) or (field != "grad_clip" and
+                                                         isinstance(value, float)
+                                                         and field not in ("lr", "val_fraction"))
+        with pytest.raises(TypeError if wrong_type else ValueError,
+                           match=rf"^{field} must be") as caught:
             train(model, tokens, tokens, TrainConfig(**{field: value}), tmp_path,
                   context_length=4, progress=False)
+        assert caught.value.parameter == field
     with pytest.raises(ValueError, match="min_lr"):
         TrainConfig(lr=1e-4, min_lr=1e-3).validate()
     with pytest.raises(ValueError, match="bf16"):

@@ -19,7 +19,8 @@ hold NaN or infinity writes nothing and raises ``NonFiniteStateError``.
 ``lock_run`` holds a run directory for one process: an OS lock (``flock``) on ``.lock`` in
 it, which dies with its process, so a crashed run never leaves a stale lock behind.
 
-Exports: ``save_checkpoint``, ``load_checkpoint``, ``latest_checkpoint``, ``lock_run``,
+Exports: ``save_checkpoint``, ``load_checkpoint``, ``latest_checkpoint``, ``latest_step``,
+``lock_run``,
 ``Checkpoint``, ``CheckpointError``, ``CheckpointWriteError``, ``NonFiniteStateError``,
 ``RunLockedError``.
 
@@ -55,12 +56,14 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from .atomic import fsync_directory, write_json_atomically
 from .tensor_files import TensorFileError, check_state_dict, read_safetensors
 
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "latest_step",
     "Checkpoint",
     "CheckpointError",
     "CheckpointWriteError",
@@ -116,17 +119,6 @@ def _fsync_write(path: Path, data: bytes) -> None:
         f.write(data)
         f.flush()
         os.fsync(f.fileno())
-
-
-def _atomic_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _fsync_write(Path(tmp), json.dumps(payload, indent=2).encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _first_non_finite(tensors: Any, where: str) -> str | None:
@@ -198,9 +190,11 @@ def save_checkpoint(
             _fsync_write(tmp / name, data)
         if final.exists():  # left by a run killed before it could point latest.json at it
             shutil.rmtree(final)
+        fsync_directory(tmp)
         os.replace(tmp, final)
         renamed = True
-        _atomic_json(root / LATEST, {"step": step, "path": final.name})
+        fsync_directory(root)
+        write_json_atomically(root / LATEST, {"step": step, "path": final.name})
     except OSError as error:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -294,6 +288,20 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise CheckpointError(f"pointer {str(pointer)!r} is corrupted: {error}") from None
     return pointer.parent / name
+
+
+def latest_step(run_dir: str | os.PathLike) -> int:
+    """The step of the run's latest checkpoint (its ``meta.json``), 0 if it has none yet."""
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return 0
+    try:
+        step = json.loads((found / META).read_text(encoding="utf-8"))["step"]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{str(found / META)!r} is missing or corrupted: {error}") from None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{str(found / META)!r} holds step {step!r}, not an int >= 0")
+    return step
 
 
 # Names torch's weights-only unpickler may meet in a checkpoint we wrote ourselves.
