@@ -347,8 +347,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
         mean /= dist.get_world_size()
     loss_value = mean.item()
     if not math.isfinite(loss_value):
-        raise TrainingDivergedError(f"loss became {loss_value} at step {step}; stopping "
-                                    "(the last checkpoint is left as it was)")
+        raise TrainingDivergedError(f"loss became {loss_value} at step {step}")
     params = [p for p in model.parameters() if p.grad is not None]
     limit = grad_clip if grad_clip is not None else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, limit).item()
@@ -621,8 +620,12 @@ def _loop(model: nn.Module, windows: TokenWindows, val_windows: TokenWindows,
                 group["lr"] = lr
             torch.manual_seed(_seed_for(cfg.seed, step, rank))  # dropout masks of this step
             micro = [windows.batch(schedule.indices(step, m, rank)) for m in range(cfg.grad_accum)]
-            loss, norm = train_step(model, optimizer, micro, device, grad_clip=cfg.grad_clip,
-                                    autocast_dtype=autocast_dtype, step=step + 1)
+            try:
+                loss, norm = train_step(model, optimizer, micro, device, grad_clip=cfg.grad_clip,
+                                        autocast_dtype=autocast_dtype, step=step + 1)
+            except TrainingDivergedError as error:
+                raise TrainingDivergedError(f"{error}; stopping (the last checkpoint is left as "
+                                            "it was)") from None
             step += 1
             record = {"step": step, "tokens_seen": step * tokens_per_step, "loss": loss,
                       "lr": lr, "grad_norm": norm}
