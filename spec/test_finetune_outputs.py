@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -57,17 +56,15 @@ def test_a_rerun_killed_at_any_write_leaves_the_old_result_or_the_new_one_whole(
         bpe_run, tmp_path):
     old_argv = ["finetune-instructions", "--run", str(bpe_run), *QUICK]
     new_argv = ["finetune-instructions", "--preset", "gpt-nano", *QUICK]
-    reference = tmp_path / "reference"
-    assert main([*new_argv, "--out", str(reference / "model")]) == 0
-    new = _files(reference / "model")
     out = tmp_path / "out" / "model"
     assert main([*old_argv, "--out", str(out)]) == 0
     old = _files(out)
-    assert "encoder.json" in old and "encoder.json" not in new  # BPE's files, then GPT-2's none
+    # The new result, written by the same kind of process as the killed ones (bit for bit).
     counted = _killed_at(0, out, [*new_argv, "--out", str(out)])
     assert counted.returncode == 0, counted.stderr
     writes = int(counted.stdout.rsplit("writes: ", 1)[1])
-    assert _files(out) == new
+    new = _files(out)
+    assert "encoder.json" in old and "encoder.json" not in new  # BPE's files, then GPT-2's none
     assert main([*old_argv, "--out", str(out)]) == 0  # back to the old result
     # Every write once would take minutes; the first, some between, and the last three (the
     # swap and the removal of the old directory) cover each kind of state.
@@ -95,13 +92,12 @@ def test_ctrl_c_or_sigterm_while_finetuning_saves_the_model_so_far_and_says_how_
     child = subprocess.Popen(
         [sys.executable, "-m", "gpt_components.cli", "finetune-instructions", "--preset",
          "gpt-nano", "--limit", "200", "--batch-size", "2", "--epochs", "50", "--eval-freq",
-         "100000", "--eval-iter", "1", "--out", str(out)],
+         "1", "--eval-iter", "1", "--out", str(out)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
-        while "trainable parameters" not in child.stdout.readline():
+        while not child.stdout.readline().startswith("epoch 1 step 2:"):  # it is training
             assert child.poll() is None, child.stderr.read()
-        time.sleep(2)  # a few steps
         child.send_signal(sig)
         _, err = child.communicate(timeout=120)
     finally:
