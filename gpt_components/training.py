@@ -56,14 +56,13 @@ from .machinery.checkpoint import (
 )
 from .machinery.checks import (
     check_bool,
-    check_choice,
     check_float,
     check_int,
     type_error,
     value_error,
 )
 from .machinery.distributed import (
-    STRATEGIES,
+    check_strategy,
     full_state,
     is_sharded,
     load_optimizer_state,
@@ -393,7 +392,7 @@ class TrainConfig:
         _check_betas(self.betas)
         check_float("val_fraction", self.val_fraction, low=0, high=1, low_open=True,
                     high_open=True)
-        check_choice("strategy", self.strategy, STRATEGIES)
+        check_strategy(self.strategy)
         check_float("lr", self.lr, low=0, low_open=True)
         lr_at(0, peak_lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
               total_steps=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gpt_components.finetune.loop import finetune_loop
-from gpt_components.training import TrainingDivergedError
+from gpt_components.training import TrainingDivergedError, TrainingInterrupted
 from spec.strategies import generator, seeds
 
 pytestmark = [pytest.mark.ch06, pytest.mark.ch07]
@@ -146,3 +147,26 @@ def test_bad_arguments_and_a_diverging_loss_are_refused_clearly():
         finetune_loop(model, batches, optimizer, count=len, evaluate=dict, eval_freq=5,
                       loss_fn=lambda m, b, d: mse(m, b, d) * (float("nan") if
                                                               b is batches[1] else 1.0))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_finishes_the_step_and_hands_back_the_records_so_far(sig):
+    previous = signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                             else signal.SIG_DFL)
+    try:
+        model = linear_model(0, 2)
+        batches = regression_batches(0, 5, 2, 2)
+
+        def on_record(record: dict) -> None:
+            if record["step"] == 2:
+                signal.raise_signal(sig)
+
+        with pytest.raises(TrainingInterrupted) as stopped:
+            finetune_loop(model, batches, torch.optim.SGD(model.parameters(), lr=0.1),
+                          loss_fn=mse, count=len, evaluate=dict, num_epochs=3,
+                          on_record=on_record)
+        assert (stopped.value.step, stopped.value.signal) == (2, sig.name)
+        assert [r["step"] for r in stopped.value.records] == [1, 2]
+        assert stopped.value.checkpoint is None  # the caller saves the model
+    finally:
+        signal.signal(sig, previous)

@@ -398,6 +398,9 @@ def _stop_note(stop: TrainingInterrupted | None) -> dict:
 
 def classify_command(args: argparse.Namespace) -> None:
     """Handler of ``classify``."""
+    if not Path(args.model).is_dir():
+        raise SourceNotFoundError("model", f"model {args.model!r} is not a directory written by "
+                                           "finetune-classifier")
     model, config = cls.load_classifier(args.model, _device(args.device))
     tokenizer = tokenizer_of(args.model)
     print(cls.classify(args.text, model, tokenizer, labels=config["labels"],
