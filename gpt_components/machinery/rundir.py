@@ -20,7 +20,8 @@ Errors are ``ArgumentError`` subclasses naming the parameter (``run_dir``, ``con
 >>> from gpt_components.machinery.registry import preset_config
 >>> run = tempfile.mkdtemp()
 >>> write_config(run, preset_config("gpt-nano"), {"batch_size": 8, "betas": [0.9, 0.99]},
-...              corpus="verdict.txt", tokenizer="gpt2", corpus_tokens=5145)
+...              corpus="verdict.txt", tokenizer="gpt2", corpus_tokens=5145).name
+'config.json'
 >>> saved = read_config(run)
 >>> saved.model.emb_dim, saved.train["betas"], tokenizer_spec(run, saved.tokenizer)
 (48, (0.9, 0.99), 'gpt2')
