@@ -109,9 +109,6 @@ def _same_on_all_ranks(value: Any, world: int) -> Any:
 RESUME_FLAGS = ("steps", "device", "cache_dir", "no_progress")
 
 
-_STATUS_OF = {"SIGINT": 130, "SIGTERM": 143}  # 128 + the signal's number, as a shell reports
-
-
 def _resume_command(run_dir: Path) -> str:
     """The command that resumes ``run_dir``: under torchrun, with this run's process count."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -239,14 +236,14 @@ def _train(args: argparse.Namespace) -> None:
 
 
 def _explain_stop(error: KeyboardInterrupt, run: _Run, rank: int = 0) -> None:
+    signal = error.signal if isinstance(error, TrainingInterrupted) else "SIGINT"
     if rank != 0:  # under torchrun, rank 0 says it for the whole run
-        raise CommandStopped("") from None
+        raise CommandStopped("", signal) from None
     if isinstance(error, TrainingInterrupted):
-        what = "interrupted" if error.signal == "SIGINT" else f"stopped by {error.signal}"
+        what = "interrupted" if signal == "SIGINT" else f"stopped by {signal}"
         raise CommandStopped(f"{what}: saved the checkpoint of step {error.step} "
-                       f"({str(error.checkpoint)!r}); resume with: "
-                       f"{_resume_command(run.run_dir)}", _STATUS_OF.get(error.signal, 130)
-                       ) from None
+                             f"({str(error.checkpoint)!r}); resume with: "
+                             f"{_resume_command(run.run_dir)}", signal) from None
     if not run.started and not rundir.holds_run(run.run_dir):
         raise CommandStopped("interrupted before training began; no run was kept") from None
     last = latest_checkpoint(run.run_dir)

@@ -37,6 +37,7 @@ import copy
 import json
 import os
 import shutil
+import signal as signal_module
 import tempfile
 from collections.abc import Callable
 from functools import partial
@@ -74,15 +75,13 @@ __all__ = ["add_commands", "load_start_model", "CommandStopped"]
 
 
 class CommandStopped(KeyboardInterrupt):
-    """Ctrl-C or SIGTERM ended a command after saving what it had: the line to print and the
-    exit status (130 for SIGINT, 143 for SIGTERM, as a shell reports them)."""
+    """Ctrl-C or SIGTERM (``signal``, by name) ended a command after saving what it had: the
+    line to print and the exit status, 128 + the signal's number as a shell reports it (130 for
+    SIGINT, 143 for SIGTERM)."""
 
-    def __init__(self, message: str, status: int = 130):
+    def __init__(self, message: str, signal: str = "SIGINT"):
         super().__init__(message)
-        self.status = status
-
-
-_STATUS_OF = {"SIGINT": 130, "SIGTERM": 143}
+        self.status = 128 + signal_module.Signals[signal].value
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the finetuning subcommands on a ``parser.add_subparsers()`` object."""
@@ -329,8 +328,7 @@ def _stopped(stop: TrainingInterrupted | None, out: Path, use: str) -> None:
         return
     what = "interrupted" if stop.signal == "SIGINT" else f"stopped by {stop.signal}"
     raise CommandStopped(f"{what} after step {stop.step}: saved the model trained so far to "
-                         f"{out}/ (not evaluated); use it with: {use}",
-                         _STATUS_OF.get(stop.signal, 130))
+                         f"{out}/ (not evaluated); use it with: {use}", stop.signal)
 
 
 def finetune_classifier(args: argparse.Namespace) -> None:
