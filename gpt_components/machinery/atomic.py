@@ -55,8 +55,9 @@ def write_bytes_atomically(path: str | os.PathLike, data: bytes) -> None:
     """Replace ``path`` by a file holding ``data``: temporary file, fsync, rename, dir fsync."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
+        with open(tmp, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())  # the bytes reach the disk before the name points at them
