@@ -55,7 +55,7 @@ from .machinery.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from .machinery.checks import ArgumentError, check_float, check_int
+from .machinery.checks import ArgumentError, check_float, check_int, renamed
 from .machinery.registry import FAMILIES, build_model, preset_config
 from .machinery.resources import resource_path
 from .machinery.sources import load_model_and_tokenizer, load_tokenizer_spec
@@ -359,8 +359,8 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: Any,
 
     With --chat, --prompt is a user message (after --system, if given) in the chat format of the
     model's tokenizer, with an open assistant turn; the format's end-of-turn ids stop the answer.
-    A chat that does not fit the context with its answer is refused: generation keeps the last
-    tokens of the window, which would cut the chat's header off the front.
+    A chat longer than the context is refused (generation keeps the window's last tokens, which
+    would cut the chat's header off the front); one whose answer would push it out, warned of.
     """
     if args.system is not None and not args.chat:
         raise CLIError("--system is the system message of a chat: give it with --chat")
@@ -379,11 +379,15 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: Any,
     context = model.cfg.context_length
     if args.context_size is not None and 0 < args.context_size < context:
         context = args.context_size
+    if len(ids) > context:
+        raise CLIError(f"--prompt with --chat makes a chat of {len(ids)} tokens, longer than the "
+                       f"context of {context} tokens: its header would be cut off, and the "
+                       "model would not see a chat; shorten --prompt or --system")
     if len(ids) + args.max_new_tokens > context:
-        raise CLIError(f"--prompt with --chat makes a chat of {len(ids)} tokens, which with "
-                       f"--max-new-tokens {args.max_new_tokens} does not fit the context of "
-                       f"{context} tokens (its header would be cut off): shorten --prompt or "
-                       "--system, or ask for fewer --max-new-tokens")
+        warnings.warn(f"the chat's {len(ids)} tokens and --max-new-tokens {args.max_new_tokens} "
+                      f"exceed the context of {context} tokens: after "
+                      f"{context - len(ids)} answer tokens the chat's first tokens leave the "
+                      "window the model sees", stacklevel=2)
     return ids, set(chat.stop_ids(tokenizer))
 
 
@@ -570,13 +574,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
     """Each destination of a command's arguments and how the user writes it: its longest
-    option string (``--run`` for ``run_dir``), or a positional's metavar (``SOURCE``)."""
+    option string (``--run`` for ``run_dir``), or a positional's name as its usage shows it
+    (``source``)."""
     flags = {}
     for action in parser._actions:  # argparse lists them nowhere else
         if action.option_strings:
             flags[action.dest] = max(action.option_strings, key=len)
         elif action.dest != argparse.SUPPRESS:
-            flags[action.dest] = action.metavar or action.dest.upper()
+            flags[action.dest] = action.metavar or action.dest
     return flags
 
 
@@ -611,19 +616,15 @@ def flag_of(parameter: str, args: argparse.Namespace) -> str | None:
 
 def _error_line(error: ArgumentError, args: argparse.Namespace) -> str:
     """One line naming the flag: ``--top-p must be ...`` for ``top_p must be ...``."""
-    message, parameter = str(error), error.parameter
+    parameter = error.parameter
     flag = flag_of(parameter, args)
-    if flag == "--preset":  # the list of presets is long: the help lays it out
-        message += f" (see gpt-components {args.command} --help)"
     resumed = getattr(args, "resume", None)
     if resumed and flag != "--resume" and parameter not in getattr(args, "given", ()):
-        return f"--resume {resumed}: the run's {message}"  # the saved configuration's value
-    if flag is None:
-        return message
-    for end in (" ", ":"):
-        if message.startswith(parameter + end):
-            return flag + message[len(parameter):]
-    return f"{flag}: {message}"
+        return f"--resume {resumed}: the run's {error}"  # the saved configuration's value
+    line = str(error) if flag is None else str(renamed(error, parameter, flag))
+    if flag == "--preset":  # the list of presets is long: the help lays it out
+        line += f" (see gpt-components {args.command} --help)"
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,7 +92,7 @@ def test_every_command_describes_itself_in_its_help(command):
     (["train", "--weight-decay", "nan"], "--weight-decay must be a float >= 0 (finite), got nan"),
     (["train", "--grad-clip", "inf"], "--grad-clip must be a float >= 0 (finite), got inf"),
     (["train", "--min-lr", "nan"], "--min-lr must be a float in [0, 0.006] (finite), got nan"),
-    (["generate", "/no/such/run"], "SOURCE '/no/such/run' does not exist"),
+    (["generate", "/no/such/run"], "source '/no/such/run' does not exist"),
     (["finetune-classifier", "--out", "o", "--weights", "/no/such/weights"],
      "--weights '/no/such/weights' does not exist"),
     (["finetune-classifier", "--out", "o", "--run", "/no/such/run"],
@@ -391,7 +391,7 @@ def test_the_flag_of_a_library_parameter_is_the_one_the_user_gave():
                       for a in _subparsers()[args.command]._actions}
     assert cli.flag_of("source", given_run) == "--run"
     assert cli.flag_of("source", given_weights) == "--weights"
-    assert cli.flag_of("source", generate) == "SOURCE"
+    assert cli.flag_of("source", generate) == "source"
     assert cli.flag_of("top_p", generate) == "--top-p"  # a parameter is its own flag
     assert cli.flag_of("max_steps", resume) == "--steps"  # unless the table says otherwise
     assert cli.flag_of("run_dir", resume) == "--resume"
@@ -404,30 +404,40 @@ def test_a_run_without_a_checkpoint_says_so_and_how_to_make_one(finished, tmp_pa
     assert main(["generate", str(run)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "model.safetensors" not in err
-    assert err.startswith(f"gpt-components: error: SOURCE {str(run)!r} is a run with no "
+    assert err.startswith(f"gpt-components: error: source {str(run)!r} is a run with no "
                           "checkpoint yet")
     assert err.endswith(f"gpt-components train --resume {run}\n")
 
 
 def test_a_chat_longer_than_the_context_is_refused_naming_the_prompt(finished, capsys,
                                                                      monkeypatch):
-    class LongChat:  # a chat format whose header alone fills the 16-token context
+    class Chat:  # a chat format with a header of ``header`` tokens
+        header = 20
+
         def encode(self, tokenizer, messages):
-            return [1] * 14 + tokenizer.encode(messages[-1]["content"])
+            return [1] * self.header + tokenizer.encode(messages[-1]["content"])
 
         def stop_ids(self, tokenizer):
             return [0]
 
-    monkeypatch.setattr(cli, "chat_format_for", lambda tokenizer: LongChat())
+    monkeypatch.setattr(cli, "chat_format_for", lambda tokenizer: Chat())
     assert main(["generate", str(finished), "--chat", "--prompt", "Hi", "--max-new-tokens",
                  "4"]) == 2
     captured = capsys.readouterr()
     assert captured.out == ""  # nothing generated from a cut-off chat
     assert captured.err.startswith("gpt-components: error: --prompt with --chat makes a chat of "
-                                   "15 tokens, which with --max-new-tokens 4 does not fit the "
-                                   "context of 16 tokens")
+                                   "21 tokens, longer than the context of 16 tokens")
+    assert captured.err.count("\n") == 1
+    Chat.header = 10
     assert main(["generate", str(finished), "--chat", "--prompt", "Hi", "--max-new-tokens",
-                 "1"]) == 0  # it fits
+                 "4"]) == 0
+    assert capsys.readouterr().err == ""  # 11 + 4 tokens fit
+    assert main(["generate", str(finished), "--chat", "--prompt", "Hi", "--max-new-tokens",
+                 "9"]) == 0
+    err = capsys.readouterr().err
+    assert err.startswith("gpt-components: warning: the chat's 11 tokens and --max-new-tokens 9 "
+                          "exceed the context of 16 tokens: after 5 answer tokens")
+    assert err.count("\n") == 1
 
 
 @pytest.mark.slow

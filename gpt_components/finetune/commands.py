@@ -50,7 +50,7 @@ from torch.utils.data import DataLoader, Subset
 
 from ..fundamentals import default_device
 from ..machinery.atomic import replace_directory
-from ..machinery.checks import check_float, check_int, value_error
+from ..machinery.checks import ArgumentError, check_float, check_int, renamed, value_error
 from ..machinery.pretrained import save_pretrained
 from ..machinery.registry import build_model, preset_config
 from ..machinery.sources import (
@@ -249,8 +249,9 @@ def _end_of_text(tokenizer: Any, model: nn.Module) -> int:
 
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        check_int(name, getattr(args, name), low=1, optional=True)
+    for name in names:  # None is a flag left out (its default), never a value to mention
+        if getattr(args, name) is not None:
+            check_int(name, getattr(args, name), low=1)
 
 
 def _check_training_numbers(args: argparse.Namespace) -> None:
@@ -399,8 +400,13 @@ def classify_command(args: argparse.Namespace) -> None:
     if not Path(args.model).is_dir():
         raise SourceNotFoundError("model", f"model {args.model!r} is not a directory written by "
                                            "finetune-classifier")
-    model, config = cls.load_classifier(args.model, _device(args.device))
-    tokenizer = tokenizer_of(args.model)
+    try:
+        model, config = cls.load_classifier(args.model, _device(args.device))
+        tokenizer = tokenizer_of(args.model)
+    except ArgumentError as error:  # about the directory classify was given: --model
+        raise renamed(error, "model") from None
+    except (OSError, ValueError) as error:
+        raise value_error("model", f"model: {error}") from None
     print(cls.classify(args.text, model, tokenizer, labels=config["labels"],
                        max_length=config.get("max_length")))
 

@@ -93,11 +93,11 @@ def read_config(run_dir: str | os.PathLike) -> RunConfig:
     try:
         saved = json.loads(path.read_text(encoding="utf-8"))
         model_cfg = config_from_dict(saved["model"])
-        train = dict(saved["train"])
+        train = dict(saved.get("train", {}))  # all a loader needs is the model and tokenizer
         if "betas" in train:
             train["betas"] = tuple(train["betas"])
-        return RunConfig(model_cfg, train, saved["corpus"], saved.get("tokenizer", "gpt2"),
-                         saved.get("corpus_tokens"))
+        return RunConfig(model_cfg, train, saved.get("corpus", ""),
+                         saved.get("tokenizer", "gpt2"), saved.get("corpus_tokens"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
             ValueError) as error:
         raise value_error("run_dir", f"run_dir {str(path)!r} is not a run configuration "

@@ -45,7 +45,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from .checks import ArgumentError, type_error, value_error
+from .checks import ArgumentError, renamed, type_error, value_error
 from .registry import build_model
 from .rundir import holds_run, read_config, tokenizer_spec
 
@@ -209,9 +209,10 @@ def load_model_and_tokenizer(source: str | os.PathLike[str], tokenizer: str | No
     else:
         try:
             model = from_pretrained(path if path.exists() else str(source), **overrides)
+        except ArgumentError as error:  # about the path from_pretrained was given: source
+            raise renamed(error, "source") from None
         except (OSError, ValueError, TypeError, KeyError) as error:
-            raise value_error("source", f"source {str(source)!r} could not be loaded: {error}"
-                              ) from None
+            raise value_error("source", f"source: {error}") from None
         origin = f"weights {source}"
         kept = None
         if tokenizer is None:
