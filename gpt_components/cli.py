@@ -13,6 +13,13 @@
 - ``finetune-classifier``, ``classify``, ``finetune-instructions``, ``instruction-responses``:
   chapters 6 and 7 (see ``gpt_components.finetune.commands``).
 
+This module parses flags and prints; the run directory is ``machinery.rundir``'s, loading is
+``machinery.sources``'. A bad argument is one line naming its flag, exit status 2: the library
+raises ``machinery.checks.ArgumentError`` carrying ``error.parameter``, and ``flag_of`` finds the
+command's flag for it (``PARAMETER_FLAGS`` lists the names that differ); no message is parsed.
+Ctrl-C or SIGTERM during training saves a checkpoint and prints the command that resumes it
+(exit status 130 or 143).
+
 >>> main(["info"])  # doctest: +ELLIPSIS
 gpt_components ...
 torch ...

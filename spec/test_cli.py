@@ -387,7 +387,7 @@ def test_the_flag_of_a_library_parameter_is_the_one_the_user_gave():
     resume = parser.parse_args(["train", "--resume", "r"])
     for args in (given_run, given_weights, generate, resume):
         args.flags = {a.dest: (max(a.option_strings, key=len) if a.option_strings else
-                               a.metavar or a.dest.upper())
+                               a.metavar or a.dest)
                       for a in _subparsers()[args.command]._actions}
     assert cli.flag_of("source", given_run) == "--run"
     assert cli.flag_of("source", given_weights) == "--weights"

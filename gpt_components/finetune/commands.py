@@ -226,9 +226,12 @@ def load_start_model(weights: str | None = None, run: str | None = None,
     if run is not None and not Path(run).is_dir():
         raise SourceNotFoundError("run", f"run {run!r} does not exist" if not Path(run).exists()
                                   else f"run {run!r} is not a directory")
-    # Errors name the parameter "source", which the CLI reads as the flag that was given.
-    model, tokenizer, origin = load_model_and_tokenizer(weights if run is None else run,
-                                                        drop_rate=drop_rate)
+    given = "weights" if run is None else "run"
+    try:
+        model, tokenizer, origin = load_model_and_tokenizer(weights if run is None else run,
+                                                            drop_rate=drop_rate)
+    except ArgumentError as error:  # what was said of the source is said of this parameter
+        raise renamed(error, given) from None
     return model, tokenizer, f"starting from {origin}"
 
 
