@@ -57,6 +57,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from .atomic import fsync_directory, write_json_atomically
+from .checks import check_bool, check_instance, check_int, value_error
 from .tensor_files import TensorFileError, check_state_dict, read_safetensors
 
 __all__ = [
@@ -153,19 +154,13 @@ def save_checkpoint(
     NaN or infinity, and ``CheckpointWriteError`` (an ``OSError``, leaving the previous
     checkpoint as it was and no temporary file) if the files cannot be written.
     """
-    if not isinstance(model, (torch.nn.Module, dict)):
-        raise TypeError(f"model must be a torch.nn.Module or its state_dict, got "
-                        f"{type(model).__name__}")
-    for name, value in (("state", state), ("meta", meta)):
-        if not isinstance(value, dict):
-            raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
+    check_instance("model", model, (torch.nn.Module, dict), "a torch.nn.Module or its state_dict")
+    check_instance("state", state, dict, "a dict")
+    check_instance("meta", meta, dict, "a dict")
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"meta['step'] must be an int >= 0, got {step!r}")
-    if isinstance(keep, bool) or not isinstance(keep, int):
-        raise TypeError(f"keep must be an int >= 1, got {keep!r}")
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep!r}")
+        raise value_error("meta", f"meta['step'] must be an int >= 0, got {step!r}")
+    check_int("keep", keep, low=1)
     # safetensors refuses tensors that share memory (a tied output head): store copies.
     tensors = model if isinstance(model, dict) else model.state_dict()
     weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
@@ -422,10 +417,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", *,
     the command that makes it the latest. ``load_state=False`` reads only the weights and
     ``meta.json`` (all that generation needs), leaving ``state`` empty.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or PathLike, got {type(path).__name__}")
-    if not isinstance(load_state, bool):
-        raise TypeError(f"load_state must be a bool, got {load_state!r}")
+    check_instance("path", path, (str, os.PathLike), "a str or PathLike")
+    check_bool("load_state", load_state)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"path {str(path)!r} does not exist")
