@@ -408,6 +408,8 @@ def classify_command(args: argparse.Namespace) -> None:
         tokenizer = tokenizer_of(args.model)
     except ArgumentError as error:  # about the directory classify was given: --model
         raise renamed(error, "model") from None
+    except FileNotFoundError as error:
+        raise SourceNotFoundError("model", f"model: {error}") from None
     except (OSError, ValueError) as error:
         raise value_error("model", f"model: {error}") from None
     print(cls.classify(args.text, model, tokenizer, labels=config["labels"],
