@@ -35,6 +35,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .machinery.checks import check_float, check_int, value_error
 from .simple_loop import book_loop, check_loop_counts
 
 __all__ = ["appendix_d_lr", "train_model"]
@@ -45,17 +46,14 @@ def appendix_d_lr(global_step: int, *, peak_lr: float, total_steps: int, warmup_
     """The learning rate appendix D's ``train_model`` sets at step ``global_step`` (0-based)."""
     for name, value, low in (("global_step", global_step, 0), ("total_steps", total_steps, 1),
                              ("warmup_steps", warmup_steps, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        check_int(name, value, low=low)
     for name, value in (("peak_lr", peak_lr), ("initial_lr", initial_lr), ("min_lr", min_lr)):
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                math.isfinite(value) and value >= 0):
-            raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
+        check_float(name, value, low=0)
     if global_step < warmup_steps:
         return initial_lr + global_step * (peak_lr - initial_lr) / warmup_steps
     if total_steps <= warmup_steps:
-        raise ValueError(f"total_steps must exceed warmup_steps={warmup_steps} for a step past "
-                         f"the warm-up, got {total_steps}")
+        raise value_error("total_steps", f"total_steps must exceed warmup_steps={warmup_steps} "
+                                         f"for a step past the warm-up, got {total_steps}")
     progress = (global_step - warmup_steps) / (total_steps - warmup_steps)
     return min_lr + (peak_lr - min_lr) * 0.5 * (1 + math.cos(math.pi * progress))
 

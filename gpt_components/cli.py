@@ -13,6 +13,13 @@
 - ``finetune-classifier``, ``classify``, ``finetune-instructions``, ``instruction-responses``:
   chapters 6 and 7 (see ``gpt_components.finetune.commands``).
 
+This module parses flags and prints; the run directory is ``machinery.rundir``'s, loading is
+``machinery.sources``'. A bad argument is one line naming its flag, exit status 2: the library
+raises ``machinery.checks.ArgumentError`` carrying ``error.parameter``, and ``flag_of`` finds the
+command's flag for it (``PARAMETER_FLAGS`` lists the names that differ); no message is parsed.
+Ctrl-C or SIGTERM during training saves a checkpoint and prints the command that resumes it
+(exit status 130 or 143).
+
 >>> main(["info"])  # doctest: +ELLIPSIS
 gpt_components ...
 torch ...
@@ -23,11 +30,12 @@ devices: cpu...
 
 from __future__ import annotations
 
+# Every import at the top: ``import gpt_components`` (which any submodule import runs first)
+# already imports torch and the whole public API, so a lazy import here would save no time.
 import argparse
-import contextlib
 import dataclasses
-import json
 import os
+import shlex
 import shutil
 import sys
 import time
@@ -36,9 +44,32 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .finetune.commands import add_commands as add_finetune_commands
+import tiktoken
+import torch
+import torch.distributed as dist
 
-__all__ = ["main", "build_parser"]
+from . import __version__, generation
+from .corpus import TokenWindows, prepare_corpus
+from .finetune.commands import CommandStopped
+from .finetune.commands import add_commands as add_finetune_commands
+from .fundamentals import available_devices
+from .inspect.inspection import inspect_prompt
+from .inspect.inspection_report import write_pngs, write_report
+from .machinery import rundir
+from .machinery.checkpoint import (
+    CheckpointWriteError,
+    RunLockedError,
+    latest_checkpoint,
+    load_checkpoint,
+)
+from .machinery.checks import ArgumentError, check_float, check_int, renamed
+from .machinery.registry import FAMILIES, build_model, preset_config
+from .machinery.resources import resource_path
+from .machinery.sources import load_model_and_tokenizer, load_tokenizer_spec
+from .modern.chat import chat_format_for
+from .training import TrainConfig, TrainingDivergedError, TrainingInterrupted, lr_at, train
+
+__all__ = ["main", "build_parser", "flag_of", "PARAMETER_FLAGS"]
 
 
 class CLIError(Exception):
@@ -46,35 +77,13 @@ class CLIError(Exception):
 
 
 def _info(_: argparse.Namespace) -> None:
-    import tiktoken
-    import torch
-
-    from . import __version__
-    from .fundamentals import available_devices
-
     print(f"gpt_components {__version__}")
     print(f"torch {torch.__version__}")
     print(f"tiktoken {tiktoken.__version__}")
     print("devices: " + ", ".join(available_devices()))
 
 
-def _load_tokenizer(spec: str) -> Any:
-    from .machinery.sources import load_tokenizer_spec
-
-    try:
-        return load_tokenizer_spec(spec)
-    except ValueError as error:  # the library's parameter is the command's --tokenizer
-        raise CLIError(f"--{error}") from None
-
-
-_NOT_TOKENIZER_FILES = shutil.ignore_patterns("*.safetensors", "*.bin", "*.pth", "*.pt", "*.gguf")
-
-
-def _pick_device(name: str) -> Any:
-    import torch
-
-    from .fundamentals import available_devices
-
+def _pick_device(name: str) -> torch.device:
     if name == "auto":
         name = available_devices()[0]
     if name not in available_devices():
@@ -83,11 +92,8 @@ def _pick_device(name: str) -> Any:
     return torch.device(name)
 
 
-def _distributed(device: Any) -> tuple[int, int, Any]:
+def _distributed(device: torch.device) -> tuple[int, int, torch.device]:
     """Join the torchrun process group when launched by torchrun: (rank, world, device)."""
-    import torch
-    import torch.distributed as dist
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return 0, 1, device
@@ -101,8 +107,6 @@ def _distributed(device: Any) -> tuple[int, int, Any]:
 def _same_on_all_ranks(value: Any, world: int) -> Any:
     if world == 1:
         return value
-    import torch.distributed as dist
-
     box = [value]
     dist.broadcast_object_list(box, src=0)
     return box[0]
@@ -112,69 +116,8 @@ def _same_on_all_ranks(value: Any, world: int) -> Any:
 RESUME_FLAGS = ("steps", "device", "cache_dir", "no_progress")
 
 
-class _Interrupted(KeyboardInterrupt):
-    """Ctrl-C, with the one line to print (exit status 130)."""
-
-
-def _available_memory(device: Any) -> int | None:
-    """Bytes the device can still allocate (CUDA: free memory; CPU: MemAvailable), or None."""
-    import torch
-
-    if device.type == "cuda":
-        return torch.cuda.mem_get_info(device)[0]
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB"
-
-
-def _check_training_fits(model_cfg: Any, batch_size: int, train_tokens: int, device: Any,
-                         flag: str) -> None:
-    """Refuse a context longer than the training split, or a run that cannot fit in memory."""
-    import torch
-
-    from .machinery.registry import build_model
-
-    context = model_cfg.context_length
-    if train_tokens < 2:
-        raise CLIError(f"--corpus holds {train_tokens} training tokens, too few to train on: "
-                       "give a larger corpus")
-    if context + 1 > train_tokens:
-        raise CLIError(f"{flag} {context} is longer than the training split ({train_tokens:,} "
-                       f"tokens), which then holds no window: at most {train_tokens - 1:,}")
-    with torch.device("meta"):  # shapes only: nothing is allocated
-        shape = build_model(model_cfg)
-    params = sum(p.numel() * p.element_size() for p in shape.parameters())
-    buffers = sum(b.numel() * b.element_size() for b in shape.buffers())
-    # Weights, gradients and AdamW's two moments; per layer, a micro-batch's attention scores,
-    # probabilities and dropout mask, and a few dozen activations of width emb_dim per token.
-    layer = batch_size * (3 * model_cfg.n_heads * context * context
-                          + 32 * context * model_cfg.emb_dim) * 4
-    need = 4 * params + buffers + model_cfg.n_layers * layer
-    available = _available_memory(device)
-    if available is not None and need > available:
-        raise CLIError(f"{flag} {context} (with --batch-size {batch_size}) needs about "
-                       f"{_gb(need)} to train this model ({_gb(buffers)} of it attention masks "
-                       f"and {_gb(model_cfg.n_layers * layer)} one step's activations), more "
-                       f"than the {_gb(available)} available on {device}: lower {flag} or "
-                       "--batch-size, or choose a smaller --preset")
-
-
 def _resume_command(run_dir: Path) -> str:
     """The command that resumes ``run_dir``: under torchrun, with this run's process count."""
-    import shlex
-
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         return f"gpt-components train --resume {shlex.quote(str(run_dir))}"
@@ -185,8 +128,6 @@ def _resume_command(run_dir: Path) -> str:
 
 
 def _corpus(corpus_path: str, tokenizer: Any, cache_dir: Path, rank: int, world: int) -> Any:
-    from .corpus import prepare_corpus
-
     def tokenized() -> Any:
         return prepare_corpus(corpus_path, tokenizer, cache_dir)
 
@@ -205,11 +146,7 @@ def _corpus(corpus_path: str, tokenizer: Any, cache_dir: Path, rank: int, world:
         raise CLIError(f"--corpus: {error}") from None
 
 
-def _resumed_config(args: argparse.Namespace, run_dir: Path) -> tuple[dict, Any, Any]:
-    """The saved (config, model config, train config) of the run ``--resume`` names."""
-    from .machinery.registry import config_from_dict
-    from .training import TrainConfig
-
+def _refuse_changes_on_resume(args: argparse.Namespace) -> None:
     refused = [f"--{name.replace('_', '-')}" for name in sorted(getattr(args, "given", ()))
                if name not in RESUME_FLAGS and name != "resume"]
     if refused:
@@ -217,46 +154,34 @@ def _resumed_config(args: argparse.Namespace, run_dir: Path) -> tuple[dict, Any,
                        f"configuration it was started with; with --resume only "
                        f"{', '.join('--' + f.replace('_', '-') for f in RESUME_FLAGS)} may be "
                        "given): start a new run with --run-dir to train differently")
-    if not (run_dir / "config.json").is_file():
-        raise CLIError(f"--resume must be a run directory with config.json, got "
-                       f"{str(run_dir)!r}")
-    saved = json.loads((run_dir / "config.json").read_text(encoding="utf-8"))
-    model_cfg = config_from_dict(saved["model"])
-    train_cfg = TrainConfig(**{**saved["train"], "betas": tuple(saved["train"]["betas"])})
-    return saved, model_cfg, train_cfg
 
 
-def _new_config(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, Any]:
-    from .machinery.registry import preset_config
-    from .training import TrainConfig
-
-    try:
-        model_cfg = preset_config(
-            args.preset, vocab_size=tokenizer.n_vocab, drop_rate=args.dropout,
-            **({"tie_weights": True} if args.tie_weights else {}),
-            **({} if args.context_length is None else {"context_length": args.context_length}))
-        train_cfg = TrainConfig(
-            batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
-            max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
-            warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
-            grad_clip=args.grad_clip or None, val_fraction=args.val_fraction,
-            stride=args.stride, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
-            checkpoint_interval=args.checkpoint_interval, seed=args.seed,
-            compile=args.compile, bf16=args.bf16, sample_prompt=args.prompt,
-            sample_tokens=args.sample_tokens, strategy=args.strategy)
-        train_cfg.validate()
-    except (TypeError, ValueError) as error:
-        raise CLIError(str(error)) from None
+def _new_config(args: argparse.Namespace, tokenizer: Any) -> tuple[Any, TrainConfig]:
+    """The model and training configs the flags of a new run describe (errors name the flag
+    through the parameter they carry)."""
+    if args.steps is not None:  # the library's None ("epochs decide") is no flag's value
+        check_int("max_steps", args.steps, low=1)
+    check_float("grad_clip", args.grad_clip, low=0)  # on the command line 0 means no clipping
+    model_cfg = preset_config(
+        args.preset, vocab_size=tokenizer.n_vocab, drop_rate=args.dropout,
+        **({"tie_weights": True} if args.tie_weights else {}),
+        **({} if args.context_length is None else {"context_length": args.context_length}))
+    train_cfg = TrainConfig(
+        batch_size=args.batch_size, grad_accum=args.grad_accum, epochs=args.epochs,
+        max_steps=args.steps, lr=args.lr, min_lr=args.min_lr,
+        warmup_steps=args.warmup_steps, weight_decay=args.weight_decay,
+        grad_clip=args.grad_clip or None, val_fraction=args.val_fraction,
+        stride=args.stride, eval_interval=args.eval_interval, eval_iters=args.eval_iters,
+        checkpoint_interval=args.checkpoint_interval, seed=args.seed,
+        compile=args.compile, bf16=args.bf16, sample_prompt=args.prompt,
+        sample_tokens=args.sample_tokens, strategy=args.strategy)
+    train_cfg.validate()
     return model_cfg, train_cfg
 
 
-def _extend(args: argparse.Namespace, run_dir: Path, train_cfg: Any, total: int,
-            reached: int) -> Any:
+def _extend(args: argparse.Namespace, run_dir: Path, train_cfg: TrainConfig, total: int,
+            reached: int) -> TrainConfig:
     """The train config of a resume: ``--steps`` sets a new total; a finished run says so."""
-    import dataclasses
-
-    from .training import lr_at
-
     if args.steps is None:
         if reached >= total:
             raise CLIError(f"--resume: the run {str(run_dir)!r} is finished (step {reached} of "
@@ -278,108 +203,91 @@ def _extend(args: argparse.Namespace, run_dir: Path, train_cfg: Any, total: int,
     return dataclasses.replace(train_cfg, max_steps=args.steps)
 
 
-def _train(args: argparse.Namespace) -> None:
-    from .machinery.checkpoint import lock_run
-    from .machinery.resources import resource_path
+@dataclasses.dataclass
+class _Run:
+    """What a train command works on: the run directory and what it was started with."""
 
+    run_dir: Path
+    corpus: str
+    tokenizer: str  # the spec load_tokenizer_spec reads
+    saved: rundir.RunConfig | None  # a resume's saved configuration; None for a new run
+    started: bool = False  # set by the first finished step: from then on the run is kept
+
+
+def _train(args: argparse.Namespace) -> None:
     device = _pick_device(args.device)
     rank, world, device = _distributed(device)
     if args.resume:
+        _refuse_changes_on_resume(args)
         run_dir = Path(args.resume)
-        saved, model_cfg, train_cfg = _resumed_config(args, run_dir)
-        corpus_path, tokenizer_spec = saved["corpus"], saved["tokenizer"]
-        if tokenizer_spec != "gpt2":
-            tokenizer_spec = str(run_dir / tokenizer_spec)
-        created = False
+        saved = rundir.read_config(run_dir)
+        run = _Run(run_dir, saved.corpus, rundir.tokenizer_spec(run_dir, saved.tokenizer), saved)
     else:
         corpus_path = str(Path(args.corpus).resolve()) if args.corpus else str(
             resource_path("the-verdict.txt"))
-        tokenizer_spec = args.tokenizer
         stamp = _same_on_all_ranks(time.strftime("%Y%m%d-%H%M%S"), world)
         run_dir = Path(args.run_dir or f"runs/{Path(corpus_path).stem}-{stamp}")
-        created = not run_dir.exists()
-    started = [False]  # set by the first finished step: from then on the run is kept
-    with lock_run(run_dir) if rank == 0 else contextlib.nullcontext():
+        run = _Run(run_dir, corpus_path, args.tokenizer, None)
+    created = not run_dir.exists()
+    # The one lock of the command, from the first check to the last checkpoint (train() takes
+    # it again, which nests).
+    with rundir.hold(run_dir, holder=rank == 0):
         try:
-            _train_locked(args, run_dir, rank, world, device, corpus_path, tokenizer_spec,
-                          *((model_cfg, train_cfg, saved) if args.resume else (None, None, None)),
-                          started)
+            _train_locked(args, run, rank, world, device)
         except BaseException as error:
-            if created and not started[0] and rank == 0:  # a failed start leaves no run
+            if created and not run.started and rank == 0:  # a failed start leaves no run
                 shutil.rmtree(run_dir, ignore_errors=True)
-            if isinstance(error, KeyboardInterrupt) and not isinstance(error, _Interrupted):
-                _explain_interrupt(error, run_dir, started[0], rank)
+            if isinstance(error, KeyboardInterrupt) and not isinstance(error, CommandStopped):
+                _explain_stop(error, run, rank)
             raise
 
 
-def _explain_interrupt(error: KeyboardInterrupt, run_dir: Path, started: bool,
-                       rank: int = 0) -> None:
-    from .machinery.checkpoint import latest_checkpoint
-    from .training import TrainingInterrupted
-
+def _explain_stop(error: KeyboardInterrupt, run: _Run, rank: int = 0) -> None:
+    signal = error.signal if isinstance(error, TrainingInterrupted) else "SIGINT"
     if rank != 0:  # under torchrun, rank 0 says it for the whole run
-        raise _Interrupted("") from None
+        raise CommandStopped("", signal) from None
     if isinstance(error, TrainingInterrupted):
-        raise _Interrupted(f"interrupted: saved the checkpoint of step {error.step} "
-                           f"({str(error.checkpoint)!r}); resume with: "
-                           f"{_resume_command(run_dir)}") from None
-    if not started and not (run_dir / "config.json").is_file():
-        raise _Interrupted("interrupted before training began; no run was kept") from None
-    last = latest_checkpoint(run_dir)
+        what = "interrupted" if signal == "SIGINT" else f"stopped by {signal}"
+        raise CommandStopped(f"{what}: saved the checkpoint of step {error.step} "
+                             f"({str(error.checkpoint)!r}); resume with: "
+                             f"{_resume_command(run.run_dir)}", signal) from None
+    if not run.started and not rundir.holds_run(run.run_dir):
+        raise CommandStopped("interrupted before training began; no run was kept") from None
+    last = latest_checkpoint(run.run_dir)
     kept = (f"the run keeps its checkpoint {str(last)!r}" if last else
             "the run has no checkpoint yet (a resume restarts it from step 0)")
-    raise _Interrupted(f"aborted: {kept}; resume with: {_resume_command(run_dir)}") from None
+    raise CommandStopped(f"aborted: {kept}; resume with: {_resume_command(run.run_dir)}") from None
 
 
-def _train_locked(args: argparse.Namespace, run_dir: Path, rank: int, world: int, device: Any,
-                  corpus_path: str, tokenizer_spec: str, model_cfg: Any, train_cfg: Any,
-                  saved: dict | None, started: list) -> None:
-    import torch
-
-    from .corpus import TokenWindows
-    from .machinery.checkpoint import (
-        CheckpointWriteError,
-        _atomic_json,
-        latest_checkpoint,
-        load_checkpoint,
-    )
-    from .machinery.registry import build_model, config_to_dict
-    from .training import TrainingDivergedError, train
-
-    if saved is None and (run_dir / "config.json").exists():
+def _train_locked(args: argparse.Namespace, run: _Run, rank: int, world: int,
+                  device: torch.device) -> None:
+    run_dir, saved = run.run_dir, run.saved
+    if saved is None and rundir.holds_run(run_dir):
         stopped = "" if latest_checkpoint(run_dir) else (
             " (it stopped before its first checkpoint: a resume restarts it from step 0)")
         raise CLIError(f"--run-dir {str(run_dir)!r} already holds a run{stopped}: continue it "
                        f"with {_resume_command(run_dir)} or choose another directory")
-    tokenizer = _load_tokenizer(tokenizer_spec)
+    tokenizer = load_tokenizer_spec(run.tokenizer)
     if saved is None:
         model_cfg, train_cfg = _new_config(args, tokenizer)
+    else:
+        model_cfg, train_cfg = saved.model, TrainConfig(**saved.train)
     cache_dir = Path(args.cache_dir or run_dir.parent / ".corpus-cache")
-    corpus = _corpus(corpus_path, tokenizer, cache_dir, rank, world)
+    corpus = _corpus(run.corpus, tokenizer, cache_dir, rank, world)
     train_tokens, val_tokens = corpus.split(train_cfg.val_fraction)
-    flag = "--context-length" if saved is None else "the run's context_length"
-    _check_training_fits(model_cfg, train_cfg.batch_size, len(train_tokens), device, flag)
+    rundir.check_training_fits(model_cfg, train_cfg.batch_size, len(train_tokens), device)
     if saved is not None:
         windows = len(TokenWindows(train_tokens, model_cfg.context_length, train_cfg.stride))
-        per_epoch = windows // (train_cfg.batch_size * train_cfg.grad_accum * world)
-        total = train_cfg.max_steps or train_cfg.epochs * per_epoch
-        last = latest_checkpoint(run_dir)
-        reached = json.loads((last / "meta.json").read_text())["step"] if last else 0
-        if args.steps is None and last is not None and reached >= total:
+        reached, total = rundir.resume_point(run_dir, windows, saved.train, world)
+        if args.steps is None and reached >= total:
             # A finished run is not trained again; a damaged checkpoint still says so first.
-            load_checkpoint(last).load_into(build_model(model_cfg))
+            load_checkpoint(run_dir).load_into(build_model(model_cfg))
         train_cfg = _extend(args, run_dir, train_cfg, total, reached)
     if rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
-        saved_tokenizer = "gpt2" if saved is None else saved["tokenizer"]
-        if saved is None and tokenizer_spec != "gpt2":
-            shutil.copytree(tokenizer_spec, run_dir / "tokenizer", dirs_exist_ok=True,
-                            ignore=_NOT_TOKENIZER_FILES)  # a model directory: not its weights
-            saved_tokenizer = "tokenizer"
-        config = {"model": config_to_dict(model_cfg), "train": dataclasses.asdict(train_cfg),
-                  "corpus": corpus_path, "tokenizer": saved_tokenizer,
-                  "corpus_tokens": len(corpus)}
-        _atomic_json(run_dir / "config.json", config)
+        kept = saved.tokenizer if saved else rundir.keep_tokenizer(run.tokenizer, run_dir)
+        rundir.write_config(run_dir, model_cfg, dataclasses.asdict(train_cfg),
+                            corpus=run.corpus, tokenizer=kept, corpus_tokens=len(corpus))
         print(f"run directory: {run_dir} | device: {device} x{world} | corpus: {len(corpus):,} "
               f"tokens ({len(train_tokens):,} train, {len(val_tokens):,} validation)")
     with torch.random.fork_rng(devices=[]):
@@ -387,30 +295,26 @@ def _train_locked(args: argparse.Namespace, run_dir: Path, rank: int, world: int
         model = build_model(model_cfg)
 
     def first_step(record: dict) -> None:
-        started[0] = True
+        run.started = True
 
-    try:
-        records = train(model, train_tokens, val_tokens, train_cfg, run_dir,
-                        context_length=model_cfg.context_length, device=device,
-                        tokenizer=tokenizer, resume=saved is not None,
-                        progress=not args.no_progress, on_step=first_step)
-    except (TrainingDivergedError, ValueError) as error:
-        raise CLIError(str(error)) from None
-    except CheckpointWriteError as error:
-        raise CLIError(str(error)) from None
+    records = train(model, train_tokens, val_tokens, train_cfg, run_dir,
+                    context_length=model_cfg.context_length, device=device,
+                    tokenizer=tokenizer, resume=saved is not None,
+                    progress=not args.no_progress, on_step=first_step)
     if rank == 0:
         last = [r for r in records if "val_loss" in r][-1]
+        where = shlex.quote(str(run_dir))
         print(f"done: step {last['step']}, train loss {last['train_eval_loss']:.3f}, "
-              f"validation loss {last['val_loss']:.3f}; see {run_dir / 'loss.png'}")
+              f"validation loss {last['val_loss']:.3f}; the run is in {run_dir} (loss curve: "
+              f"{run_dir / 'loss.png'})\n"
+              f"next: gpt-components generate {where} --prompt \"...\"   (continue a prompt)\n"
+              f"      {_resume_command(run_dir)} --steps {2 * last['step']}   (train it longer)")
     if world > 1:
-        import torch.distributed as dist
-
         dist.destroy_process_group()
 
 
-def _load_for_generation(source: str, tokenizer_spec: str | None, device: Any) -> tuple:
-    from .machinery.sources import load_model_and_tokenizer
-
+def _load_for_generation(source: str, tokenizer_spec: str | None,
+                         device: torch.device) -> tuple:
     model, tokenizer, _ = load_model_and_tokenizer(source, tokenizer_spec)
     return model.to(device), tokenizer
 
@@ -419,34 +323,27 @@ _BYTES_PER_GENERATED_TOKEN = 96
 
 
 def _generate(args: argparse.Namespace) -> None:
-    import torch
-
-    from .generation import generate_stream
-
-    if args.seed < 0:
-        raise CLIError(f"--seed must be an int >= 0, got {args.seed}")
+    check_int("seed", args.seed, low=0)
     device = _pick_device(args.device)
     model, tokenizer = _load_for_generation(args.source, args.tokenizer, device)
     generator = None
     if args.temperature > 0:
         generator = torch.Generator(device=device).manual_seed(args.seed)
-    ids, stops = _prompt_ids(args, tokenizer)
+    ids, stops = _prompt_ids(args, tokenizer, model)
     if not ids:
         raise CLIError("--prompt must encode to at least one token, got an empty prompt")
     idx = torch.tensor([ids], device=device)
-    try:
-        stream = generate_stream(model, idx, args.max_new_tokens, args.context_size,
-                                 args.temperature, args.top_k, args.top_p, args.eos_id,
-                                 not args.no_cache, generator)
-    except (TypeError, ValueError) as error:
-        raise CLIError(str(error)) from None
+    stream = generation.generate_stream(model, idx, args.max_new_tokens, args.context_size,
+                             args.temperature, args.top_k, args.top_p, args.eos_id,
+                             not args.no_cache, generator)
     # The sequence grows by one int64 a token (copied as it grows), the decoded ids and text too.
     need = (len(ids) + args.max_new_tokens) * _BYTES_PER_GENERATED_TOKEN
-    available = _available_memory(device if device.type == "cuda" else torch.device("cpu"))
+    available = rundir.available_memory(device if device.type == "cuda"
+                                        else torch.device("cpu"))
     if available is not None and need > available:
-        raise CLIError(f"--max-new-tokens {args.max_new_tokens} needs about {_gb(need)} to hold "
-                       f"the tokens and their text, more than the {_gb(available)} available: "
-                       "ask for fewer")
+        raise CLIError(f"--max-new-tokens {args.max_new_tokens} needs about {need / 1e9:.1f} GB "
+                       f"to hold the tokens and their text, more than the "
+                       f"{available / 1e9:.1f} GB available: ask for fewer")
     if not args.chat:  # a continuation follows its prompt; a chat answer stands alone
         print(args.prompt, end="", flush=True)
 
@@ -463,18 +360,19 @@ def _generate(args: argparse.Namespace) -> None:
     print(tokenizer.decode(produced)[len(shown):])
 
 
-def _prompt_ids(args: argparse.Namespace, tokenizer: Any) -> tuple[list[int], set[int]]:
+def _prompt_ids(args: argparse.Namespace, tokenizer: Any,
+                model: torch.nn.Module) -> tuple[list[int], set[int]]:
     """The ids generation continues, and the ids that end it early (besides --eos-id).
 
     With --chat, --prompt is a user message (after --system, if given) in the chat format of the
     model's tokenizer, with an open assistant turn; the format's end-of-turn ids stop the answer.
+    A chat longer than the context is refused (generation keeps the window's last tokens, which
+    would cut the chat's header off the front); one whose answer would push it out, warned of.
     """
     if args.system is not None and not args.chat:
         raise CLIError("--system is the system message of a chat: give it with --chat")
     if not args.chat:
         return tokenizer.encode(args.prompt, allowed_special={"<|endoftext|>"}), set()
-    from .modern.chat import chat_format_for
-
     try:
         chat = chat_format_for(tokenizer)
     except ValueError:
@@ -484,22 +382,26 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: Any) -> tuple[list[int], se
     messages = [{"role": "user", "content": args.prompt}]
     if args.system is not None:
         messages.insert(0, {"role": "system", "content": args.system})
-    return chat.encode(tokenizer, messages), set(chat.stop_ids(tokenizer))
+    ids = chat.encode(tokenizer, messages)
+    context = model.cfg.context_length
+    if args.context_size is not None and 0 < args.context_size < context:
+        context = args.context_size
+    if len(ids) > context:
+        raise CLIError(f"--prompt with --chat makes a chat of {len(ids)} tokens, longer than the "
+                       f"context of {context} tokens: its header would be cut off, and the "
+                       "model would not see a chat; shorten --prompt or --system")
+    if len(ids) + args.max_new_tokens > context:
+        warnings.warn(f"the chat's {len(ids)} tokens and --max-new-tokens {args.max_new_tokens} "
+                      f"exceed the context of {context} tokens: after "
+                      f"{context - len(ids)} answer tokens the chat's first tokens leave the "
+                      "window the model sees", stacklevel=2)
+    return ids, set(chat.stop_ids(tokenizer))
 
 
 def _inspect(args: argparse.Namespace) -> None:
-    from .inspect.inspection import inspect_prompt
-    from .inspect.inspection_report import write_pngs, write_report
-
     model, tokenizer = _load_for_generation(args.source, args.tokenizer,
                                             _pick_device(args.device))
-    try:
-        seen = inspect_prompt(model, tokenizer, args.prompt, top_k=args.top_k)
-    except (TypeError, ValueError) as error:
-        message = str(error)
-        if message.startswith("text "):  # the library's parameter is the command's --prompt
-            message = "--prompt " + message.removeprefix("text ")
-        raise CLIError(message) from None
+    seen = inspect_prompt(model, tokenizer, args.prompt, top_k=args.top_k)
     print(f"wrote {write_report(seen, args.out)} ({len(seen.token_ids)} tokens, "
           f"{seen.n_layers} layers x {seen.n_heads} heads)")
     for path in write_pngs(seen, args.png) if args.png else []:
@@ -534,8 +436,6 @@ class _StoreTrueGiven(argparse._StoreTrueAction):
 
 
 def _presets_text() -> str:
-    from .machinery.registry import FAMILIES
-
     presets = [(name, family.name, c) for family in FAMILIES.values()
                for name, c in family.presets.items()]
     width = max(len(name) for name, _, _ in presets)
@@ -664,7 +564,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="gpt-components",
         description="Train, run and finetune a GPT-2-style model built from first principles.",
     )
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     info = commands.add_parser(
         "info", help="show package, torch and tiktoken versions and devices",
         description="Print the versions of gpt_components, torch and tiktoken and the devices "
@@ -675,52 +575,98 @@ def build_parser() -> argparse.ArgumentParser:
     add_finetune_commands(commands)
     _add_inspect(commands)
     for command in commands.choices.values():
-        command.set_defaults(usage=command.format_usage())
+        command.set_defaults(flags=_flags_of(command))
     return parser
 
 
-# Library parameter names whose flag is spelled differently.
-_FLAG_OF = {"max_steps": "steps", "name": "preset", "drop_rate": "dropout", "peak_lr": "lr",
-            "rank": "lora_rank", "alpha": "lora_alpha"}
+def _flags_of(parser: argparse.ArgumentParser) -> dict[str, str]:
+    """Each destination of a command's arguments and how the user writes it: its longest
+    option string (``--run`` for ``run_dir``), or a positional's name as its usage shows it
+    (``source``)."""
+    flags = {}
+    for action in parser._actions:  # argparse lists them nowhere else
+        if action.option_strings:
+            flags[action.dest] = max(action.option_strings, key=len)
+        elif action.dest != argparse.SUPPRESS:
+            flags[action.dest] = action.metavar or action.dest
+    return flags
 
 
-def _as_flag(message: str, args: argparse.Namespace) -> str:
-    """``top_p must be ...`` from the library reads ``--top-p must be ...`` on the command line."""
-    name, _, rest = message.partition(" ")
-    if name not in vars(args) and _FLAG_OF.get(name) in vars(args):
-        name = _FLAG_OF[name]
-    flag = "--" + name.replace("_", "-")
-    if name in vars(args) and any(flag + end in args.usage for end in (" ", "]")):
-        return f"{flag} {rest}"
-    return message
+# How the command line names the library's parameters (``error.parameter``): a parameter is
+# its own flag (``top_p`` is ``--top-p``) unless this table says which destinations may hold it,
+# in order; among those a command has, the one the user gave wins (``source`` is ``--run`` when
+# --run was given, ``--weights`` otherwise).
+PARAMETER_FLAGS: dict[str, tuple[str, ...]] = {
+    "max_steps": ("steps",),
+    "name": ("preset",),
+    "drop_rate": ("drop_rate", "dropout"),
+    "peak_lr": ("lr",),
+    "rank": ("lora_rank",),
+    "alpha": ("lora_alpha",),
+    "text": ("prompt",),
+    "source": ("source", "run_dir", "weights", "model"),
+    "run": ("run_dir",),
+    "run_dir": ("resume", "run_dir"),
+    "data_path": ("data",),
+    "path": ("data",),
+}
+
+
+def flag_of(parameter: str, args: argparse.Namespace) -> str | None:
+    """The flag of the running command that holds the library's ``parameter``, or None."""
+    flags = getattr(args, "flags", {})
+    candidates = [d for d in PARAMETER_FLAGS.get(parameter, (parameter,)) if d in flags]
+    given = [d for d in candidates if getattr(args, d, None) not in (None, False)]
+    chosen = (given or candidates or [None])[0]
+    return flags[chosen] if chosen else None
+
+
+def _error_line(error: ArgumentError, args: argparse.Namespace) -> str:
+    """One line naming the flag: ``--top-p must be ...`` for ``top_p must be ...``."""
+    parameter = error.parameter
+    flag = flag_of(parameter, args)
+    resumed = getattr(args, "resume", None)
+    if resumed and flag != "--resume" and parameter not in getattr(args, "given", ()):
+        return f"--resume {resumed}: the run's {error}"  # the saved configuration's value
+    line = str(error) if flag is None else str(renamed(error, parameter, flag))
+    if flag == "--preset":  # the list of presets is long: the help lays it out
+        line += f" (see gpt-components {args.command} --help)"
+    return line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status.
 
-    0 on success; 2 on an error, printed as one line ``gpt-components: error: ...``; 130 after
-    Ctrl-C, printed as one line saying what was kept.
+    0 on success; 2 on an error, printed as one line ``gpt-components: error: ...`` (no
+    command: the help); 130 after Ctrl-C and 143 after SIGTERM, printed as one line saying what
+    was kept.
     """
-    from .machinery.checkpoint import RunLockedError
-
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
     with warnings.catch_warnings():
         warnings.showwarning = _one_line_warning
         try:
             args.run(args)
-        except (CLIError, ValueError, RunLockedError) as error:
-            print(f"gpt-components: error: {_as_flag(str(error), args)}", file=sys.stderr)
+        except ArgumentError as error:
+            print(f"gpt-components: error: {_error_line(error, args)}", file=sys.stderr)
+            return 2
+        except (CLIError, ValueError, RunLockedError, TrainingDivergedError,
+                CheckpointWriteError) as error:
+            print(f"gpt-components: error: {error}", file=sys.stderr)
             return 2
         except OSError as error:  # a missing file, a full disk, a directory we may not write
             where = f": {str(error.filename)!r}" if error.filename else ""
             print(f"gpt-components: error: {error.strerror or error}{where}", file=sys.stderr)
             return 2
         except KeyboardInterrupt as interrupt:
-            message = str(interrupt) if isinstance(interrupt, _Interrupted) else "interrupted"
+            stopped = isinstance(interrupt, CommandStopped)
+            message = str(interrupt) if stopped else "interrupted"
             if message:
                 print(f"gpt-components: {message}", file=sys.stderr)
-            return 130
+            return interrupt.status if stopped else 130
     return 0
 
 

@@ -33,6 +33,7 @@ import torch
 from torch import nn
 
 from .generation import generate_text_simple, text_to_token_ids, token_ids_to_text
+from .machinery.checks import check_int
 from .training import calc_loss_batch, evaluate
 
 __all__ = ["train_model_simple", "evaluate_model", "generate_and_print_sample"]
@@ -65,10 +66,9 @@ def generate_and_print_sample(model: nn.Module, tokenizer: Any, device: torch.de
 
 
 def check_loop_counts(**counts: Any) -> None:
-    """Each count an int >= 1, else a ValueError naming it."""
+    """Each count an int >= 1, else a TypeError (not an int) or ValueError naming it."""
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        check_int(name, value, low=1)
 
 
 def book_loop(model: nn.Module, train_loader: Any, val_loader: Any,

@@ -10,8 +10,10 @@
   optimizer state and the step to resume a run bit for bit, on one process or under
   ``torchrun`` (each rank reads its own slice of every global batch; only rank 0 writes), with
   DDP or FSDP2 (``TrainConfig.strategy``, see ``distributed``).
-  The run directory is locked (``lock_run``) while ``train`` runs; a first Ctrl-C finishes the
-  step, saves a checkpoint there and raises ``TrainingInterrupted``, a second aborts at once.
+  The run directory is locked (``lock_run``) while ``train`` runs; a first Ctrl-C or SIGTERM
+  finishes the step, saves a checkpoint there and raises ``TrainingInterrupted``, a second
+  aborts at once (``stop_on_signals``).
+- ``check_grad_clip``: the one check of a clipping limit, for every loop that clips.
 
 >>> import torch
 >>> lr_at(0, peak_lr=1e-3, min_lr=1e-4, warmup_steps=10, total_steps=100)
@@ -52,14 +54,22 @@ from .machinery.checkpoint import (
     lock_run,
     save_checkpoint,
 )
+from .machinery.checks import (
+    check_bool,
+    check_float,
+    check_int,
+    type_error,
+    value_error,
+)
 from .machinery.distributed import (
-    STRATEGIES,
+    check_strategy,
     full_state,
     is_sharded,
     load_optimizer_state,
     parallelize,
 )
 from .machinery.metrics import append_metrics, plot_losses, read_metrics, start_metrics
+from .machinery.rundir import steps_per_epoch, total_steps
 
 __all__ = [
     "calc_loss_batch",
@@ -73,6 +83,8 @@ __all__ = [
     "TrainConfig",
     "TrainingDivergedError",
     "TrainingInterrupted",
+    "check_grad_clip",
+    "stop_on_signals",
 ]
 
 
@@ -81,11 +93,15 @@ class TrainingDivergedError(RuntimeError):
 
 
 class TrainingInterrupted(KeyboardInterrupt):
-    """Ctrl-C stopped ``train`` after ``step``, saved as the checkpoint ``checkpoint``."""
+    """Ctrl-C or SIGTERM (``signal``) stopped a loop after ``step``; ``train`` saved the
+    checkpoint ``checkpoint``, a finetuning loop leaves ``records`` for its caller to save."""
 
-    def __init__(self, step: int, checkpoint: Path):
-        super().__init__(f"interrupted after step {step}; saved checkpoint {str(checkpoint)!r}")
-        self.step, self.checkpoint = step, checkpoint
+    def __init__(self, step: int, checkpoint: Path | None, signal: str = "SIGINT",
+                 records: list[dict] | None = None):
+        saved = f"; saved checkpoint {str(checkpoint)!r}" if checkpoint is not None else ""
+        super().__init__(f"stopped by {signal} after step {step}{saved}")
+        self.step, self.checkpoint, self.signal = step, checkpoint, signal
+        self.records = records or []
 
 
 def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model: nn.Module,
@@ -97,11 +113,12 @@ def calc_loss_batch(input_batch: torch.Tensor, target_batch: torch.Tensor, model
     """
     for name, batch in (("input_batch", input_batch), ("target_batch", target_batch)):
         if not isinstance(batch, torch.Tensor) or batch.is_floating_point() or batch.is_complex():
-            raise TypeError(f"{name} must be a tensor of integer token ids, got "
+            raise type_error(name, f"{name} must be a tensor of integer token ids, got "
                             f"{getattr(batch, 'dtype', type(batch).__name__)}")
     if target_batch.shape != input_batch.shape:
-        raise ValueError(f"target_batch must have input_batch's shape {tuple(input_batch.shape)}"
-                         f", got {tuple(target_batch.shape)}")
+        raise value_error("target_batch", f"target_batch must have input_batch's shape "
+                                          f"{tuple(input_batch.shape)}, got "
+                                          f"{tuple(target_batch.shape)}")
     vocab_size = _vocab_size(model)
     if vocab_size is not None and target_batch.device.type == "cpu":
         _check_targets(target_batch, vocab_size)  # before the copy: no device sync
@@ -133,57 +150,47 @@ def _check_targets(targets: torch.Tensor, vocab_size: int) -> None:
     bad = (targets >= vocab_size) | ((targets < 0) & (targets != -100))
     if bool(bad.any()):
         value = int(targets[bad][0])
-        raise ValueError(f"target_batch holds token id {value}, outside [0, vocab_size="
-                         f"{vocab_size}) (and not the ignored -100)")
+        raise value_error("target_batch", f"target_batch holds token id {value}, outside [0, "
+                                          f"vocab_size={vocab_size}) (and not the ignored -100)")
 
 
-def _check_int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_number(name: str, value: Any, minimum: float, inclusive: bool = True) -> None:
-    """A finite real number >= ``minimum`` (> when not ``inclusive``)."""
-    bound = f">= {minimum}" if inclusive else f"> {minimum}"
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a finite number {bound}, got {value!r}")
-    if not math.isfinite(value) or value < minimum or (not inclusive and value == minimum):
-        raise ValueError(f"{name} must be a finite number {bound}, got {value!r}")
+def check_grad_clip(grad_clip: Any) -> float | None:
+    """``grad_clip`` if it is a finite float > 0 or None (no clipping); every loop that clips
+    checks it here, before any work. A negative limit would flip every gradient (the clipping
+    coefficient ``limit / norm`` turns negative) and 0 would freeze training."""
+    return check_float("grad_clip", grad_clip, low=0, low_open=True, optional=True)
 
 
 def _check_run_settings(cfg: Any) -> None:
     """The ``TrainConfig`` fields the other checks leave: seed, stride, sample and switches."""
-    _check_int("seed", cfg.seed, 0)
-    _check_int("sample_tokens", cfg.sample_tokens, 0)
-    if cfg.stride is not None:
-        _check_int("stride", cfg.stride, 1)
-    for name in ("compile", "bf16"):
-        if not isinstance(getattr(cfg, name), bool):
-            raise TypeError(f"{name} must be True or False, got {getattr(cfg, name)!r}")
-    _check_number("weight_decay", cfg.weight_decay, 0.0)
+    check_int("seed", cfg.seed, low=0)
+    check_int("sample_tokens", cfg.sample_tokens, low=0)
+    check_int("stride", cfg.stride, low=1, optional=True)
+    check_bool("compile", cfg.compile)
+    check_bool("bf16", cfg.bf16)
+    check_float("weight_decay", cfg.weight_decay, low=0)
 
 
 def _check_windows(model: nn.Module, train_tokens: Any, val_tokens: Any,
                    context_length: int) -> None:
     """Windows of ``context_length`` fit the model, and the validation split holds one."""
-    _check_int("context_length", context_length, 1)
+    check_int("context_length", context_length, low=1)
     limit = getattr(getattr(model, "cfg", None), "context_length", None)
     if limit is not None and context_length > limit:
-        raise ValueError(f"context_length must be <= the model's context_length={limit}, got "
-                         f"{context_length}")
+        raise value_error("context_length", f"context_length must be <= the model's "
+                                            f"context_length={limit}, got {context_length}")
     if len(val_tokens) < context_length + 1:
-        raise ValueError(f"val_fraction leaves the validation split {len(val_tokens)} tokens, "
-                         f"fewer than one window (context_length + 1 = {context_length + 1}): "
-                         "raise val_fraction, lower the context length or use a longer corpus")
+        raise value_error("val_fraction",
+                          f"val_fraction leaves the validation split {len(val_tokens)} tokens, "
+                          f"fewer than one window (context_length + 1 = {context_length + 1}): "
+                          "raise val_fraction, lower the context length or use a longer corpus")
 
 
 def calc_loss_loader(data_loader: Any, model: nn.Module, device: torch.device | str,
                      num_batches: int | None = None) -> float:
     """Average batch loss over the first ``num_batches`` batches (all if None; NaN if empty)."""
     if num_batches is not None:
-        _check_int("num_batches", num_batches, 1)
+        check_int("num_batches", num_batches, low=1)
     if len(data_loader) == 0:
         return float("nan")
     num_batches = len(data_loader) if num_batches is None else min(num_batches, len(data_loader))
@@ -211,9 +218,10 @@ def perplexity(loss: float | torch.Tensor) -> float:
     """exp(cross-entropy): the effective number of equally likely next tokens."""
     value = loss.item() if isinstance(loss, torch.Tensor) and loss.numel() == 1 else loss
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"loss must be a number or a one-element tensor, got {loss!r}")
+        raise type_error("loss", f"loss must be a number or a one-element tensor, got {loss!r}")
     if math.isnan(value):
-        raise ValueError("loss must be a number, got NaN (an empty loader or a diverged run)")
+        raise value_error("loss", "loss must be a number, got NaN (an empty loader or a "
+                                  "diverged run)")
     return math.exp(value)
 
 
@@ -224,16 +232,11 @@ def lr_at(step: int, *, peak_lr: float, min_lr: float, warmup_steps: int,
     Linear warm-up reaches ``peak_lr`` at step ``warmup_steps - 1``; cosine decay then ends at
     ``min_lr`` on the last step, ``total_steps - 1``; never below ``min_lr``.
     """
-    _check_int("step", step, 0)
-    _check_int("warmup_steps", warmup_steps, 0)
-    _check_int("total_steps", total_steps, 1)
-    _check_number("peak_lr", peak_lr, 0.0, inclusive=False)
-    if not 0.0 <= min_lr <= peak_lr:
-        raise ValueError(f"min_lr must be in [0, peak_lr={peak_lr}], got {min_lr!r}")
-    if warmup_steps < 0:
-        raise ValueError(f"warmup_steps must be >= 0, got {warmup_steps!r}")
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps!r}")
+    check_int("step", step, low=0)
+    check_int("warmup_steps", warmup_steps, low=0)
+    check_int("total_steps", total_steps, low=1)
+    check_float("peak_lr", peak_lr, low=0, low_open=True)
+    check_float("min_lr", min_lr, low=0, high=peak_lr)
     if step < warmup_steps:
         return min_lr + (peak_lr - min_lr) * (step + 1) / warmup_steps
     decay_steps = total_steps - 1 - warmup_steps
@@ -250,11 +253,9 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float,
     the half-dozen passes of the ``foreach`` form: the same update, and on the CPU about 10% of
     a small model's training step saved (``benchmarks/README.md``).
     """
-    _check_number("lr", lr, 0.0, inclusive=False)
-    _check_number("weight_decay", weight_decay, 0.0)
-    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
-            or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in betas)):
-        raise ValueError(f"betas must be two numbers in [0, 1), got {betas!r}")
+    check_float("lr", lr, low=0, low_open=True)
+    check_float("weight_decay", weight_decay, low=0)
+    _check_betas(betas)
     embedding = {id(p) for m in model.modules() if isinstance(m, nn.Embedding)
                  for p in m.parameters(recurse=False)}
     decay, no_decay = [], []
@@ -270,6 +271,13 @@ def configure_optimizer(model: nn.Module, lr: float, weight_decay: float,
     if fused:
         optimizer.register_step_pre_hook(_lay_out_as_parameters)
     return optimizer
+
+
+def _check_betas(betas: Any) -> None:
+    if (not isinstance(betas, (tuple, list)) or len(betas) != 2
+            or not all(isinstance(b, (int, float)) and not isinstance(b, bool)
+                       and 0.0 <= b < 1.0 for b in betas)):
+        raise value_error("betas", f"betas must be two numbers in [0, 1), got {betas!r}")
 
 
 def _lay_out_as_parameters(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
@@ -311,8 +319,10 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
     is an ``(inputs, targets)`` pair for ``calc_loss_batch``, or anything ``loss_fn(model,
     micro_batch, device)`` turns into a scalar loss (the finetuning tasks pass their own).
     """
+    check_grad_clip(grad_clip)
     if not micro_batches:
-        raise ValueError("micro_batches must hold at least one (inputs, targets) pair")
+        raise value_error("micro_batches", "micro_batches must hold at least one (inputs, "
+                                           "targets) pair")
     device = torch.device(device)
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
@@ -336,8 +346,7 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer,
         mean /= dist.get_world_size()
     loss_value = mean.item()
     if not math.isfinite(loss_value):
-        raise TrainingDivergedError(f"loss became {loss_value} at step {step}; stopping "
-                                    "(the last checkpoint is left as it was)")
+        raise TrainingDivergedError(f"loss became {loss_value} at step {step}")
     params = [p for p in model.parameters() if p.grad is not None]
     limit = grad_clip if grad_clip is not None else float("inf")
     norm = torch.nn.utils.clip_grad_norm_(params, limit).item()
@@ -376,29 +385,15 @@ class TrainConfig:
     def validate(self) -> None:
         for name in ("batch_size", "grad_accum", "epochs", "eval_interval", "eval_iters",
                      "checkpoint_interval", "keep_checkpoints"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-        if self.max_steps is not None and (isinstance(self.max_steps, bool)
-                                           or not isinstance(self.max_steps, int)
-                                           or self.max_steps < 1):
-            raise ValueError(f"max_steps must be an int >= 1 or None, got {self.max_steps!r}")
-        if self.grad_clip is not None and not (self.grad_clip > 0
-                                               and math.isfinite(self.grad_clip)):
-            raise ValueError(f"grad_clip must be a finite number > 0 or None, got "
-                             f"{self.grad_clip!r}")
-        if not (self.weight_decay >= 0 and math.isfinite(self.weight_decay)):
-            raise ValueError(f"weight_decay must be a finite number >= 0, got "
-                             f"{self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
-            raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, "
-                             f"got {self.strategy!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+            check_int(name, getattr(self, name), low=1)
+        if self.max_steps is not None:  # None (the default) means "epochs decide"
+            check_int("max_steps", self.max_steps, low=1)
+        check_grad_clip(self.grad_clip)
+        _check_betas(self.betas)
+        check_float("val_fraction", self.val_fraction, low=0, high=1, low_open=True,
+                    high_open=True)
+        check_strategy(self.strategy)
+        check_float("lr", self.lr, low=0, low_open=True)
         lr_at(0, peak_lr=self.lr, min_lr=self.min_lr, warmup_steps=self.warmup_steps,
               total_steps=1)
         _check_run_settings(self)
@@ -417,15 +412,13 @@ class _Schedule:
     def __init__(self, n_windows: int, cfg: TrainConfig, world: int):
         self.n, self.cfg, self.world = n_windows, cfg, world
         self.global_batch = cfg.batch_size * cfg.grad_accum * world
-        self.steps_per_epoch = n_windows // self.global_batch
-        if self.steps_per_epoch == 0:
-            raise ValueError(f"the training split has {n_windows} windows, fewer than one global "
-                             f"batch of {self.global_batch}: use a smaller batch_size or "
-                             "context length, or a larger corpus")
+        self.steps_per_epoch = steps_per_epoch(n_windows, cfg.batch_size, cfg.grad_accum, world)
         self._perm: tuple[int, torch.Tensor] | None = None
 
     def total_steps(self) -> int:
-        return self.cfg.max_steps or self.cfg.epochs * self.steps_per_epoch
+        return total_steps(self.n, batch_size=self.cfg.batch_size, grad_accum=self.cfg.grad_accum,
+                           epochs=self.cfg.epochs, max_steps=self.cfg.max_steps,
+                           world=self.world)
 
     def position(self, step: int) -> dict[str, int]:
         return {"epoch": step // self.steps_per_epoch, "batch": step % self.steps_per_epoch}
@@ -453,36 +446,47 @@ def _sample(model: nn.Module, tokenizer: Any, prompt: str, n: int, context: int,
 #: process group, and from torchrun, which forwards it. There, presses this close count as one.
 SAME_PRESS_S = 1.0
 
+#: The signals that ask a loop to stop after its step: Ctrl-C, and what a scheduler or a
+#: container stop sends before it kills (handled alike: the step finishes, the work is saved).
+STOP_SIGNALS = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+
 
 @contextlib.contextmanager
-def _stop_on_interrupt(same_press_s: float = 0.0) -> Any:
-    """Yield a function telling whether Ctrl-C was pressed; the first press only asks to stop.
+def stop_on_signals(same_press_s: float = 0.0) -> Any:
+    """Yield a function returning the name of the first stop signal received (``"SIGINT"``,
+    ``"SIGTERM"``), or ``None``; the first signal only asks to stop.
 
-    A second press (more than ``same_press_s`` after the first) raises ``KeyboardInterrupt`` at
+    A second one (more than ``same_press_s`` after the first) raises ``KeyboardInterrupt`` at
     once. Only the main thread can catch signals, and only a handler nobody replaced is
-    replaced; otherwise Ctrl-C keeps its usual meaning.
+    replaced; otherwise a signal keeps its usual meaning.
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
-        yield lambda: False
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: None
         return
-    pressed: list[float] = []
+    ours = [s for s, default in STOP_SIGNALS.items() if signal.getsignal(s) is default]
+    received: list[tuple[str, float]] = []
 
     def handler(signum: int, frame: Any) -> None:
-        if pressed:
-            if time.monotonic() - pressed[0] >= same_press_s:
-                signal.signal(signal.SIGINT, signal.default_int_handler)
+        if received:
+            if time.monotonic() - received[0][1] >= same_press_s:
+                for s in ours:
+                    signal.signal(s, STOP_SIGNALS[s])
                 raise KeyboardInterrupt
             return
-        pressed.append(time.monotonic())
-        print("\ninterrupted: stopping after this step to save a checkpoint "
-              "(press Ctrl-C again to abort at once)", file=sys.stderr, flush=True)
+        name = signal.Signals(signum).name
+        received.append((name, time.monotonic()))
+        again = "press Ctrl-C" if signum == signal.SIGINT else "send it"
+        print(f"\n{'interrupted' if signum == signal.SIGINT else 'terminated'} ({name}): "
+              f"stopping after this step to save what it has ({again} again to abort at once)",
+              file=sys.stderr, flush=True)
 
-    signal.signal(signal.SIGINT, handler)
+    for s in ours:
+        signal.signal(s, handler)
     try:
-        yield lambda: bool(pressed)
+        yield lambda: received[0][0] if received else None
     finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for s in ours:
+            signal.signal(s, STOP_SIGNALS[s])
 
 
 def _on_any_rank(flag: bool, device: torch.device) -> bool:
@@ -522,16 +526,17 @@ def train(
     ``max_steps`` re-lays the cosine over the new total from the checkpoint's step on.
 
     Rank 0 holds the run directory's lock throughout (``RunLockedError`` if another process has
-    it). Ctrl-C (one process, main thread) stops after the step in progress, saves a
-    checkpoint there and raises ``TrainingInterrupted``. Weights or optimizer state that become
+    it). Ctrl-C or SIGTERM (main thread; under torchrun every rank stops after the same step)
+    stops after the step in progress, saves a checkpoint there and raises
+    ``TrainingInterrupted``. Weights or optimizer state that become
     NaN or infinite raise ``TrainingDivergedError`` instead of being saved. Under an
     initialised ``torch.distributed`` group the model is wrapped in DDP.
     """
     cfg.validate()
     device = torch.device(device)
     if cfg.bf16 and device.type != "cuda":
-        raise ValueError(f"bf16 must be False on device {device.type!r}: bf16 autocast is for "
-                         "CUDA only (CPU emulation is far slower than float32)")
+        raise value_error("bf16", f"bf16 must be False on device {device.type!r}: bf16 autocast "
+                                  "is for CUDA only (CPU emulation is far slower than float32)")
     run_dir = Path(run_dir)
     rank = dist.get_rank() if dist.is_initialized() else 0
     world = dist.get_world_size() if dist.is_initialized() else 1
@@ -604,7 +609,7 @@ def _loop(model: nn.Module, windows: TokenWindows, val_windows: TokenWindows,
         bar = tqdm(total=total_steps, initial=step, desc="train", unit="step", dynamic_ncols=True)
     fork_devices = [device.index or 0] if device.type == "cuda" else []
     same_press_s = SAME_PRESS_S if world > 1 else 0.0
-    with torch.random.fork_rng(devices=fork_devices), _stop_on_interrupt(same_press_s) as stopping:
+    with torch.random.fork_rng(devices=fork_devices), stop_on_signals(same_press_s) as stopping:
         model.train()
         while step < total_steps:
             started = time.perf_counter()
@@ -614,8 +619,12 @@ def _loop(model: nn.Module, windows: TokenWindows, val_windows: TokenWindows,
                 group["lr"] = lr
             torch.manual_seed(_seed_for(cfg.seed, step, rank))  # dropout masks of this step
             micro = [windows.batch(schedule.indices(step, m, rank)) for m in range(cfg.grad_accum)]
-            loss, norm = train_step(model, optimizer, micro, device, grad_clip=cfg.grad_clip,
-                                    autocast_dtype=autocast_dtype, step=step + 1)
+            try:
+                loss, norm = train_step(model, optimizer, micro, device, grad_clip=cfg.grad_clip,
+                                        autocast_dtype=autocast_dtype, step=step + 1)
+            except TrainingDivergedError as error:
+                raise TrainingDivergedError(f"{error}; stopping (the last checkpoint is left as "
+                                            "it was)") from None
             step += 1
             record = {"step": step, "tokens_seen": step * tokens_per_step, "loss": loss,
                       "lr": lr, "grad_norm": norm}
@@ -648,13 +657,13 @@ def _loop(model: nn.Module, windows: TokenWindows, val_windows: TokenWindows,
             if on_step is not None:
                 on_step(record)
             # Every rank stops at the same step, so the save's collectives all meet.
-            if _on_any_rank(stopping(), device) and step < total_steps:
+            if _on_any_rank(stopping() is not None, device) and step < total_steps:
                 if bar is not None:
                     bar.close()
                 path = latest_checkpoint(run_dir) if saved else save(step)
                 if world > 1:  # no rank leaves before rank 0 has written the checkpoint
                     dist.barrier()
-                raise TrainingInterrupted(step, path)
+                raise TrainingInterrupted(step, path, stopping() or "SIGINT")
     if bar is not None:
         bar.close()
     if world > 1:  # no rank returns before rank 0 has written the last checkpoint

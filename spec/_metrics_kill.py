@@ -14,6 +14,7 @@ import importlib.util
 import os
 import signal
 import sys
+import types
 from pathlib import Path
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -44,9 +45,13 @@ def main() -> None:
                     f.truncate(0)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    spec = importlib.util.spec_from_file_location(
-        "metrics_under_test",
-        Path(__file__).resolve().parent.parent / "gpt_components" / "machinery" / "metrics.py")
+    # A bare package over machinery/, so that metrics' ``from .atomic import`` finds its sibling.
+    machinery = Path(__file__).resolve().parent.parent / "gpt_components" / "machinery"
+    package = types.ModuleType("machinery_under_test")
+    package.__path__ = [str(machinery)]
+    sys.modules[package.__name__] = package
+    spec = importlib.util.spec_from_file_location(f"{package.__name__}.metrics",
+                                                  machinery / "metrics.py")
     metrics = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(metrics)
     sys.addaudithook(hook)

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gpt_components import checkpoint as ckpt_module
+from gpt_components.machinery import atomic as atomic_module
 from gpt_components.machinery.checkpoint import (
     CheckpointError,
     CheckpointWriteError,
@@ -288,13 +289,14 @@ def test_a_full_disk_during_a_save_is_one_clear_error_and_leaves_the_previous_ch
             second = _model(seed + 1)
             save_checkpoint(sizing, model=second, state={"note": torch.ones(3)}, meta={"step": 2})
             size = sum(p.stat().st_size for p in Path(sizing).rglob("*") if p.is_file())
-        ckpt_module.open = _FullDisk(int(size * room_fraction))
+        # The disk is full for every writer: the checkpoint's files and its latest.json pointer.
+        ckpt_module.open = atomic_module.open = _FullDisk(int(size * room_fraction))
         try:
             with pytest.raises(CheckpointWriteError) as full:
                 save_checkpoint(run, model=second, state={"note": torch.ones(3)},
                                 meta={"step": 2})
         finally:
-            del ckpt_module.open
+            del ckpt_module.open, atomic_module.open
         root = Path(run) / "checkpoints"
         assert isinstance(full.value, OSError)
         assert str(full.value) == (

@@ -232,14 +232,15 @@ def test_finetune_classifier_and_classify_commands_run_end_to_end(tmp_path, caps
 
 @pytest.mark.parametrize("argv, error, match", [
     (["--weights", "w", "--run", "r"], ValueError, "at most one"),
-    (["--run", "no/such/run"], FileNotFoundError, "--run"),
-    (["--lora-rank", "0"], ValueError, "--lora-rank must be >= 1"),
-    (["--epochs", "0"], ValueError, "--epochs must be >= 1"),
+    (["--run", "no/such/run"], FileNotFoundError, "^run 'no/such/run' does not exist"),
+    (["--lora-rank", "0"], ValueError, "^lora_rank must be an int >= 1, got 0"),
+    (["--epochs", "0"], ValueError, "^epochs must be an int >= 1, got 0"),
 ])
 def test_finetune_classifier_command_rejects_bad_options(tmp_path, argv, error, match):
     args = _commands_parser().parse_args(["finetune-classifier", "--out", str(tmp_path), *argv])
-    with pytest.raises(error, match=match):
+    with pytest.raises(error, match=match) as refused:
         args.run(args)
+    assert refused.value.parameter  # the CLI names the flag from it
 
 
 def test_classify_command_needs_a_finetuned_directory(tmp_path):

@@ -512,10 +512,10 @@ def test_finetune_dpo_runs_from_an_instruction_model_and_responses_follow(tmp_pa
 
 
 @pytest.mark.parametrize("argv, fragment", [
-    (["--beta", "0"], "--beta must be a finite number > 0"),
-    (["--lr", "-1"], "--lr must be a finite number > 0"),
-    (["--epochs", "0"], "--epochs must be >= 1"),
-    (["--lora-rank", "0"], "--lora-rank must be >= 1"),
+    (["--beta", "0"], "--beta must be a float > 0, got 0.0"),
+    (["--lr", "-1"], "--lr must be a float > 0, got -1.0"),
+    (["--epochs", "0"], "--epochs must be an int >= 1, got 0"),
+    (["--lora-rank", "0"], "--lora-rank must be an int >= 1, got 0"),
     (["--run", "/no/such/run"], "/no/such/run"),
     (["--data", "/no/such/pairs.json"], "--data '/no/such/pairs.json' is not a file"),
     (["--data", "{bad}"], "--data: record 0"),

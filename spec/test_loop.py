@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import signal
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from gpt_components.finetune.loop import finetune_loop
-from gpt_components.training import TrainingDivergedError
+from gpt_components.training import TrainingDivergedError, TrainingInterrupted
 from spec.strategies import generator, seeds
 
 pytestmark = [pytest.mark.ch06, pytest.mark.ch07]
@@ -130,12 +131,42 @@ def test_bad_arguments_and_a_diverging_loss_are_refused_clearly():
     batches = regression_batches(0, 2, 2, 2)
     common = {"loss_fn": mse, "count": len, "evaluate": dict}
     for name in ("num_epochs", "eval_freq"):
-        for bad in (0, -1, 1.5, True):
-            with pytest.raises(ValueError, match=rf"^{name} must be an int >= 1, got {bad!r}$"):
+        for bad, kind in ((0, ValueError), (-1, ValueError), (1.5, TypeError), (True, TypeError)):
+            with pytest.raises(kind, match=rf"^{name} must be an int >= 1, got {bad!r}$"):
                 finetune_loop(model, batches, optimizer, **common, **{name: bad})
+    before = [p.detach().clone() for p in model.parameters()]
+    for bad, kind in ((0, ValueError), (-1.0, ValueError), (float("nan"), ValueError),
+                      ("1", TypeError), (True, TypeError)):
+        with pytest.raises(kind, match=r"^grad_clip must be a float > 0 or None") as caught:
+            finetune_loop(model, batches, optimizer, **common, grad_clip=bad)
+        assert caught.value.parameter == "grad_clip"
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
     with pytest.raises(TypeError, match=r"^train_loader must be re-iterable.*generator"):
         finetune_loop(model, (b for b in batches), optimizer, **common)
     with pytest.raises(TrainingDivergedError, match=r"at step 2\b"):
         finetune_loop(model, batches, optimizer, count=len, evaluate=dict, eval_freq=5,
                       loss_fn=lambda m, b, d: mse(m, b, d) * (float("nan") if
                                                               b is batches[1] else 1.0))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_finishes_the_step_and_hands_back_the_records_so_far(sig):
+    previous = signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT
+                             else signal.SIG_DFL)
+    try:
+        model = linear_model(0, 2)
+        batches = regression_batches(0, 5, 2, 2)
+
+        def on_record(record: dict) -> None:
+            if record["step"] == 2:
+                signal.raise_signal(sig)
+
+        with pytest.raises(TrainingInterrupted) as stopped:
+            finetune_loop(model, batches, torch.optim.SGD(model.parameters(), lr=0.1),
+                          loss_fn=mse, count=len, evaluate=dict, num_epochs=3,
+                          on_record=on_record)
+        assert (stopped.value.step, stopped.value.signal) == (2, sig.name)
+        assert [r["step"] for r in stopped.value.records] == [1, 2]
+        assert stopped.value.checkpoint is None  # the caller saves the model
+    finally:
+        signal.signal(sig, previous)

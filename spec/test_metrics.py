@@ -89,6 +89,43 @@ def test_a_resume_killed_at_any_write_of_the_log_loses_no_record(
     assert sorted(p.name for p in run.iterdir()) == [METRICS_FILE]
 
 
+@given(steps=st.integers(0, 6), keep=st.integers(0, 6))
+def test_the_rewritten_log_reaches_the_disk_before_its_rename_and_the_rename_after(
+        tmp_path_factory, steps, keep):
+    """The kill harness stops a process *before* a rename, never after one; what a crash after
+    the rename leaves depends on this order: the temporary file's bytes fsynced before it is
+    renamed over the log, the directory's entry fsynced after. Removing either fsync fails."""
+    import os
+
+    from gpt_components.machinery import atomic
+
+    run = tmp_path_factory.mktemp("run")
+    start_metrics(run)
+    append_metrics(run, [{"step": i + 1, "loss": 1.0} for i in range(steps)])
+    calls: list[tuple[str, str]] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        calls.append(("fsync", os.path.realpath(f"/proc/self/fd/{fd}")))
+        real_fsync(fd)
+
+    def replace(src, dst) -> None:
+        calls.append(("replace", os.path.realpath(src)))
+        real_replace(src, dst)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(atomic.os, "fsync", fsync)
+        patch.setattr(atomic.os, "replace", replace)
+        start_metrics(run, keep_until_step=keep)
+    replaced = [i for i, (kind, _) in enumerate(calls) if kind == "replace"]
+    assert len(replaced) == 1
+    tmp = calls[replaced[0]][1]
+    assert Path(tmp).parent == run.resolve() and Path(tmp).name != METRICS_FILE
+    assert ("fsync", tmp) in calls[: replaced[0]]  # the bytes, before the name points at them
+    assert ("fsync", str(run.resolve())) in calls[replaced[0] + 1:]  # the entry, after
+    assert [r["step"] for r in read_metrics(run)] == list(range(1, min(steps, keep) + 1))
+
+
 def test_a_run_without_a_log_has_no_records(tmp_path):
     assert read_metrics(tmp_path) == []
     start_metrics(tmp_path / "new" / "run")  # creates the run directory

@@ -369,8 +369,10 @@ def test_finetuning_reads_weights_with_the_tokenizer_files_beside_them(tmp_path,
         assert tokenizer.name == learned.name and tokenizer.eot_token == learned.n_vocab - 1
     (tmp_path / "weights" / "encoder.json").unlink()
     (tmp_path / "weights" / "tokenizer.json").write_text("{not json")  # not GPT-2's ids instead
-    with pytest.raises(ValueError, match="^--weights the weights' tokenizer .* could not be "):
+    with pytest.raises(ValueError, match="^weights: the weights' tokenizer could not be read: "
+                                         ".* is not a readable tokenizer.json") as refused:
         load_start_model(weights=str(tmp_path / "weights"))
+    assert refused.value.parameter == "weights"  # the CLI names --weights from it
 
 
 @given(st.lists(st.tuples(st.sampled_from([torch.float64, torch.float32, torch.bfloat16,

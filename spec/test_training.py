@@ -27,6 +27,7 @@ from gpt_components.training import (
     TrainingDivergedError,
     calc_loss_batch,
     calc_loss_loader,
+    check_grad_clip,
     configure_optimizer,
     evaluate,
     lr_at,
@@ -357,7 +358,7 @@ def test_non_finite_weights_stop_the_run_before_they_are_saved(tmp_path, monkeyp
     assert load_checkpoint(tmp_path).meta["step"] == 2
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
         "latest.json", "step-00000002"]
-    with pytest.raises(ValueError, match=r"^weight_decay must be a finite number >= 0, got nan"):
+    with pytest.raises(ValueError, match=r"^weight_decay must be a float >= 0 \(finite\), got nan"):
         TrainConfig(weight_decay=float("nan")).validate()
     with pytest.raises(ValueError, match=r"^betas must be two numbers in \[0, 1\)"):
         TrainConfig(betas=(0.9, float("nan"))).validate()
@@ -390,6 +391,45 @@ def _ctrl_c_twice(tmp_path):
     assert not isinstance(aborted.value, training_module.TrainingInterrupted)
     assert load_checkpoint(tmp_path).meta["step"] == 4  # the second press saved nothing more
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sigterm_saves_the_step_reached_as_ctrl_c_does_and_a_second_aborts(tmp_path):
+    # SIGTERM is what a scheduler or a container stop sends before it kills.
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        def term(at: int, times: int):
+            def on_step(record: dict) -> None:
+                if record["step"] == at:
+                    for _ in range(times):
+                        signal.raise_signal(signal.SIGTERM)
+            return on_step
+
+        with pytest.raises(training_module.TrainingInterrupted) as stopped:
+            _tiny_run(str(tmp_path), 5, steps=6, on_step=term(3, 1))
+        assert (stopped.value.step, stopped.value.signal) == (3, "SIGTERM")
+        assert load_checkpoint(tmp_path).meta["step"] == 3  # a resume goes on from step 3
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+        with pytest.raises(KeyboardInterrupt) as aborted:
+            _tiny_run(str(tmp_path), 5, steps=6, resume=True, on_step=term(5, 2))
+        assert not isinstance(aborted.value, training_module.TrainingInterrupted)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_a_bad_grad_clip_is_refused_before_the_step_changes_anything():
+    model = _tiny(0)
+    optimizer = configure_optimizer(model, 1e-2, 0.0)
+    batch = (torch.zeros(2, 4, dtype=torch.long), torch.ones(2, 4, dtype=torch.long))
+    before = [p.detach().clone() for p in model.parameters()]
+    for bad, kind in ((-1.0, ValueError), (0.0, ValueError), (float("inf"), ValueError),
+                      ("1", TypeError), (True, TypeError)):
+        with pytest.raises(kind, match=r"^grad_clip must be a float > 0 or None") as refused:
+            train_step(model, optimizer, [batch], "cpu", grad_clip=bad)
+        assert refused.value.parameter == "grad_clip"
+        assert all(p.grad is None for p in model.parameters())  # no backward either
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    assert check_grad_clip(None) is None and check_grad_clip(0.5) == 0.5
 
 
 def test_a_nan_loss_stops_at_its_step_and_leaves_the_last_checkpoint_intact(tmp_path):
@@ -434,13 +474,19 @@ def test_bad_training_arguments_name_the_parameter(tmp_path):
     tokens = np.zeros(100, dtype=np.uint16)
     model = _tiny(0)
     for field, value in [("batch_size", 0), ("grad_accum", 0), ("max_steps", 0),
-                         ("grad_clip", -1.0), ("val_fraction", 1.5), ("eval_interval", 0),
+                         ("grad_clip", -1.0), ("grad_clip", 0.0), ("grad_clip", float("nan")),
+                         ("val_fraction", 1.5), ("eval_interval", 0),
                          ("batch_size", True), ("epochs", 2.0), ("max_steps", True),
-                         ("keep_checkpoints", 0), ("eval_iters", -1), ("lr", -1.0),
-                         ("lr", float("nan")), ("lr", 0.0)]:
-        with pytest.raises(ValueError, match=rf"^{field} must be"):
+                         ("grad_clip", "1"), ("keep_checkpoints", 0), ("eval_iters", -1),
+                         ("lr", -1.0), ("lr", float("nan")), ("lr", 0.0)]:
+        wrong_type = isinstance(value, (bool, str)) or (field != "grad_clip" and
+                                                         isinstance(value, float)
+                                                         and field not in ("lr", "val_fraction"))
+        with pytest.raises(TypeError if wrong_type else ValueError,
+                           match=rf"^{field} must be") as caught:
             train(model, tokens, tokens, TrainConfig(**{field: value}), tmp_path,
                   context_length=4, progress=False)
+        assert caught.value.parameter == field
     with pytest.raises(ValueError, match="min_lr"):
         TrainConfig(lr=1e-4, min_lr=1e-3).validate()
     with pytest.raises(ValueError, match="bf16"):

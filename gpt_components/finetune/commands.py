@@ -9,8 +9,15 @@ of a ``--preset`` with GPT-2's tokenizer (and say so); ``--lora-rank`` trains lo
 instead of the model's own weights. Each model is read with the tokenizer it comes with
 (``gpt_components.machinery.sources``), which pads its batches and ends its responses with its own
 end-of-text id, and its output keeps that tokenizer beside the weights. Handlers raise
-``ValueError`` or ``FileNotFoundError`` with a one-line message; the CLI turns them into its own
-errors.
+``machinery.checks.ArgumentError``s whose ``parameter`` is the flag's destination (``lr``,
+``out``, ``source`` for the starting model); the CLI names the flag from it.
+
+An output directory is built whole in a hidden sibling (``.OUT.new-*``) and swapped into place
+in one step (``machinery.atomic.replace_directory``): a kill at any moment leaves ``--out``
+holding the earlier result or the new one, complete, never weights beside another model's
+tokenizer. Ctrl-C or SIGTERM while finetuning finishes the step and saves the model trained so
+far (``CommandStopped`` then carries the line to print and the exit status); a run whose loss
+diverges writes nothing and names the step.
 
 ``finetune-dpo`` (the chapter-7 bonus, at the end of this file) preference-tunes the output of
 ``finetune-instructions`` with DPO.
@@ -28,7 +35,11 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
+import os
+import shutil
+import signal as signal_module
+import tempfile
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -37,29 +48,40 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
+from ..fundamentals import default_device
+from ..machinery.atomic import replace_directory
+from ..machinery.checks import ArgumentError, check_float, check_int, renamed, value_error
 from ..machinery.pretrained import save_pretrained
-from ..machinery.registry import build_model, preset_config, preset_names
+from ..machinery.registry import build_model, preset_config
 from ..machinery.sources import (
+    SourceNotFoundError,
     load_model_and_tokenizer,
     load_tokenizer_spec,
-    reword_for_flag,
     save_tokenizer,
     tokenizer_of,
 )
-from ..training import calc_loss_loader, configure_optimizer
+from ..training import (
+    TrainingDivergedError,
+    TrainingInterrupted,
+    calc_loss_loader,
+    configure_optimizer,
+)
 from . import classification as cls
 from . import dpo, spam_data
 from . import instructions as ins
 from .lora import count_trainable_parameters, merge_lora, replace_linear_with_lora, save_lora
 
-__all__ = ["add_commands", "load_start_model"]
+__all__ = ["add_commands", "load_start_model", "CommandStopped"]
 
 
-def _flag_error(flag: str, error: Exception) -> Exception:
-    """``error`` reworded for ``flag``, still a ``FileNotFoundError`` when it was one."""
-    kind = FileNotFoundError if isinstance(error, FileNotFoundError) else ValueError
-    return kind(reword_for_flag(flag, error))
+class CommandStopped(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM (``signal``, by name) ended a command after saving what it had: the
+    line to print and the exit status, 128 + the signal's number as a shell reports it (130 for
+    SIGINT, 143 for SIGTERM)."""
 
+    def __init__(self, message: str, signal: str = "SIGINT"):
+        super().__init__(message)
+        self.status = 128 + signal_module.Signals[signal].value
 
 def add_commands(subparsers: argparse._SubParsersAction) -> None:
     """Register the finetuning subcommands on a ``parser.add_subparsers()`` object."""
@@ -142,9 +164,10 @@ def _start_options(p: argparse.ArgumentParser) -> None:
     start.add_argument("--run", dest="run_dir", metavar="RUN",
                        help="a run directory written by `gpt-components train` (any preset, "
                        "with the tokenizer it was trained with), or a finetune command's output")
-    start.add_argument("--preset", default="gpt-micro", choices=preset_names(),
+    start.add_argument("--preset", default="gpt-micro",
                        help="model shape when starting from random weights, read with GPT-2's "
-                       "tokenizer (default gpt-micro)")
+                       "tokenizer (default gpt-micro; any preset of `gpt-components train "
+                       "--help`)")
     start.add_argument("--drop-rate", type=float, default=0.0,
                        help="dropout while finetuning (default 0.0, as in the book)")
     lora = p.add_argument_group("LoRA (appendix E)")
@@ -177,13 +200,12 @@ def _training_options(p: argparse.ArgumentParser, epochs: int, lr: float,
 
 def _device(name: str) -> torch.device:
     if name == "auto":
-        from ..fundamentals import default_device
-
         return default_device()
     try:
         return torch.device(name)
     except RuntimeError:
-        raise ValueError(f"--device must be cpu, cuda, mps or auto, got {name!r}") from None
+        raise value_error("device", f"device must be cpu, cuda, mps or auto, got {name!r}"
+                          ) from None
 
 
 def load_start_model(weights: str | None = None, run: str | None = None,
@@ -192,7 +214,8 @@ def load_start_model(weights: str | None = None, run: str | None = None,
     """The model finetuning starts from, the tokenizer it comes with, and a sentence saying what
     it is."""
     if weights is not None and run is not None:
-        raise ValueError("--weights and --run: give at most one starting model")
+        raise value_error("weights", f"weights {weights!r} and run {run!r}: give at most one "
+                                     "starting model")
     if weights is None and run is None:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -200,14 +223,15 @@ def load_start_model(weights: str | None = None, run: str | None = None,
         return model, load_tokenizer_spec("gpt2"), (
             f"no --weights or --run given: starting from RANDOM weights ({preset}) with GPT-2's "
             "tokenizer; the result shows the pipeline works, not what a pretrained model learns")
-    flag, source = ("--weights", weights) if run is None else ("--run", run)
     if run is not None and not Path(run).is_dir():
-        raise FileNotFoundError(f"--run {run!r} does not exist" if not Path(run).exists()
-                                else f"--run {run!r} is not a directory")
+        raise SourceNotFoundError("run", f"run {run!r} does not exist" if not Path(run).exists()
+                                  else f"run {run!r} is not a directory")
+    given = "weights" if run is None else "run"
     try:
-        model, tokenizer, origin = load_model_and_tokenizer(source, drop_rate=drop_rate)
-    except (OSError, ValueError, TypeError) as error:
-        raise _flag_error(flag, error) from None
+        model, tokenizer, origin = load_model_and_tokenizer(weights if run is None else run,
+                                                            drop_rate=drop_rate)
+    except ArgumentError as error:  # what was said of the source is said of this parameter
+        raise renamed(error, given) from None
     return model, tokenizer, f"starting from {origin}"
 
 
@@ -228,24 +252,26 @@ def _end_of_text(tokenizer: Any, model: nn.Module) -> int:
 
 
 def _check_positive(args: argparse.Namespace, *names: str) -> None:
-    for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    for name in names:  # None is a flag left out (its default), never a value to mention
+        if getattr(args, name) is not None:
+            check_int(name, getattr(args, name), low=1)
 
 
 def _check_training_numbers(args: argparse.Namespace) -> None:
-    """The real-valued flags of both finetuning commands, before any data or model is read."""
-    rules = (("lr", lambda v: v > 0, "a finite number > 0"),
-             ("weight_decay", lambda v: v >= 0, "a finite number >= 0"),
-             ("drop_rate", lambda v: 0 <= v < 1, "in [0, 1)"),
-             ("lora_alpha", lambda v: True, "a finite number"))
-    for name, holds, allowed in rules:
-        value = getattr(args, name)
-        if not (math.isfinite(value) and holds(value)):
-            raise ValueError(f"--{name.replace('_', '-')} must be {allowed}, got {value}")
-    if args.seed < 0:
-        raise ValueError(f"--seed must be an int >= 0, got {args.seed}")
+    """The real-valued flags of the finetuning commands, before any data or model is read."""
+    check_float("lr", args.lr, low=0, low_open=True)
+    check_float("weight_decay", args.weight_decay, low=0)
+    check_float("drop_rate", args.drop_rate, low=0, high=1, high_open=True)
+    check_float("lora_alpha", args.lora_alpha)
+    check_int("seed", args.seed, low=0)
+    _check_out(args.out)
+
+
+def _check_out(out: str) -> None:
+    """``--out`` must be a directory or a new path: refused before any work, not after."""
+    if Path(out).exists() and not Path(out).is_dir():
+        raise value_error("out", f"out {out!r} is a file: give a directory to write the model "
+                                 "to (a new one, or an earlier output to replace)")
 
 
 def _apply_lora(model: nn.Module, args: argparse.Namespace, g: torch.Generator) -> None:
@@ -267,13 +293,54 @@ def _write_metrics(out: Path, records: list[dict], summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def _write_output(out: Path, write: Callable[[Path], None]) -> None:
+    """Build the output in a hidden sibling of ``out`` with ``write(directory)``, then swap it
+    into place whole: a kill at any moment leaves ``out`` as it was or complete."""
+    out = out.absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for leftover in [*out.parent.glob(f".{out.name}.new-*"),
+                     *out.parent.glob(f".{out.name}.old-*")]:  # of a run killed midway
+        shutil.rmtree(leftover, ignore_errors=True)
+    building = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.new-"))
+    try:
+        mask = os.umask(0)
+        os.umask(mask)
+        building.chmod(0o777 & ~mask)  # mkdtemp's 0700 would lock out others the old had
+        write(building)
+        replace_directory(building, out)
+    except BaseException:
+        shutil.rmtree(building, ignore_errors=True)
+        raise
+
+
+def _train_or_stop(train: Callable[[], list[dict]]) -> tuple[list[dict], TrainingInterrupted |
+                                                             None]:
+    """The records of ``train()``; after Ctrl-C or SIGTERM, those so far and the signal. A
+    diverged loss is one line naming the step."""
+    try:
+        return train(), None
+    except TrainingInterrupted as stop:
+        return stop.records, stop
+    except TrainingDivergedError as error:
+        raise TrainingDivergedError(f"{error}: training diverged, nothing was written (a "
+                                    "lower --lr may help)") from None
+
+
+def _stopped(stop: TrainingInterrupted | None, out: Path, use: str) -> None:
+    """After an output written on Ctrl-C or SIGTERM: say what it holds and how to use it."""
+    if stop is None:
+        return
+    what = "interrupted" if stop.signal == "SIGINT" else f"stopped by {stop.signal}"
+    raise CommandStopped(f"{what} after step {stop.step}: saved the model trained so far to "
+                         f"{out}/ (not evaluated); use it with: {use}", stop.signal)
+
+
 def finetune_classifier(args: argparse.Namespace) -> None:
     """Handler of ``finetune-classifier``."""
     _check_positive(args, "epochs", "batch_size", "eval_freq", "eval_iter", "limit",
                     "max_length", "lora_rank")
     _check_training_numbers(args)
-    if args.trainable_blocks < 0:
-        raise ValueError(f"--trainable-blocks must be >= 0, got {args.trainable_blocks}")
+    check_int("trainable_blocks", args.trainable_blocks, low=0)
     device = _device(args.device)
     model, tok, origin = load_start_model(args.weights, args.run_dir, args.preset,
                                           args.drop_rate, args.seed)
@@ -291,8 +358,8 @@ def finetune_classifier(args: argparse.Namespace) -> None:
                               generator=g)
     val_loader, test_loader = (DataLoader(d, args.batch_size) for d in datasets[1:])
     if len(train_loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(datasets[0])} "
-                         "training examples")
+        raise value_error("batch_size", f"batch_size {args.batch_size} exceeds the "
+                                        f"{len(datasets[0])} training examples")
     blocks = None if args.train_all or args.lora_rank else args.trainable_blocks
     cls.make_classifier(model, len(spam_data.SPAM_LABELS), blocks, generator=g)
     _apply_lora(model, args, g)
@@ -300,34 +367,51 @@ def finetune_classifier(args: argparse.Namespace) -> None:
     print(f"{count_trainable_parameters(model):,} trainable parameters; "
           f"{len(datasets[0])} training messages of at most {max_length} tokens", flush=True)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay)
-    records = cls.train_classifier_simple(model, train_loader, val_loader, optimizer, device,
-                                          args.epochs, args.eval_freq, args.eval_iter,
-                                          seed=args.seed, on_record=_log)
+    records, stop = _train_or_stop(lambda: cls.train_classifier_simple(
+        model, train_loader, val_loader, optimizer, device, args.epochs, args.eval_freq,
+        args.eval_iter, seed=args.seed, on_record=_log))
     model.eval()
-    accuracy = {name: cls.classification_accuracy(loader, model, device)
-                for name, loader in (("train", train_loader), ("validation", val_loader),
-                                     ("test", test_loader))}
+    accuracy = None if stop else {
+        name: cls.classification_accuracy(loader, model, device)
+        for name, loader in (("train", train_loader), ("validation", val_loader),
+                             ("test", test_loader))}
     out = Path(args.out)
-    if args.lora_rank is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        save_lora(model, out / "lora.safetensors")
-        merge_lora(model)
     lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
-    cls.save_classifier(model, out, spam_data.SPAM_LABELS, max_length, started=origin, lora=lora,
-                        accuracy=accuracy)
-    save_tokenizer(tok, out)
-    _write_metrics(out, records, {"started": origin, "accuracy": accuracy, "lora": lora})
+
+    def write(directory: Path) -> None:
+        if lora is not None:
+            save_lora(model, directory / "lora.safetensors")
+            merge_lora(model)
+        cls.save_classifier(model, directory, spam_data.SPAM_LABELS, max_length,
+                            started=origin, lora=lora, accuracy=accuracy)
+        save_tokenizer(tok, directory)
+        _write_metrics(directory, records, {"started": origin, "accuracy": accuracy,
+                                            "lora": lora, **_stop_note(stop)})
+
+    _write_output(out, write)
+    _stopped(stop, out, f"gpt-components classify --model {out} TEXT")
     print(" ".join(f"{k} accuracy {v:.2%}" for k, v in accuracy.items()))
     print(f"classifier written to {out}/")
 
 
+def _stop_note(stop: TrainingInterrupted | None) -> dict:
+    return {} if stop is None else {"stopped": {"signal": stop.signal, "after_step": stop.step}}
+
+
 def classify_command(args: argparse.Namespace) -> None:
     """Handler of ``classify``."""
+    if not Path(args.model).is_dir():
+        raise SourceNotFoundError("model", f"model {args.model!r} is not a directory written by "
+                                           "finetune-classifier")
     try:
         model, config = cls.load_classifier(args.model, _device(args.device))
         tokenizer = tokenizer_of(args.model)
+    except ArgumentError as error:  # about the directory classify was given: --model
+        raise renamed(error, "model") from None
+    except FileNotFoundError as error:
+        raise SourceNotFoundError("model", f"model: {error}") from None
     except (OSError, ValueError) as error:
-        raise _flag_error("--model", error) from None
+        raise value_error("model", f"model: {error}") from None
     print(cls.classify(args.text, model, tokenizer, labels=config["labels"],
                        max_length=config.get("max_length")))
 
@@ -354,8 +438,8 @@ def finetune_instructions(args: argparse.Namespace) -> None:
     val_loader = DataLoader(ins.InstructionDataset(splits.validation, tok), args.batch_size,
                             collate_fn=collate)
     if len(train_loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(train_set)} "
-                         "training records")
+        raise value_error("batch_size", f"batch_size {args.batch_size} exceeds the "
+                                        f"{len(train_set)} training records")
     if args.lora_rank is None:
         model.requires_grad_(True)
     _apply_lora(model, args, g)
@@ -363,23 +447,30 @@ def finetune_instructions(args: argparse.Namespace) -> None:
     print(f"{count_trainable_parameters(model):,} trainable parameters; "
           f"{len(train_set)} training records, cut to {allowed} tokens", flush=True)
     optimizer = configure_optimizer(model, args.lr, args.weight_decay)
-    records = ins.train_instructions(model, train_loader, val_loader, optimizer, device,
-                                     args.epochs, args.eval_freq, args.eval_iter,
-                                     seed=args.seed, on_record=_log)
+    records, stop = _train_or_stop(lambda: ins.train_instructions(
+        model, train_loader, val_loader, optimizer, device, args.epochs, args.eval_freq,
+        args.eval_iter, seed=args.seed, on_record=_log))
     model.eval()
-    with torch.no_grad():
-        losses = {"train": calc_loss_loader(train_loader, model, device),
-                  "validation": calc_loss_loader(val_loader, model, device)}
+    losses = None
+    if stop is None:
+        with torch.no_grad():
+            losses = {"train": calc_loss_loader(train_loader, model, device),
+                      "validation": calc_loss_loader(val_loader, model, device)}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
-    if lora is not None:
-        save_lora(model, out / "lora.safetensors")
-        merge_lora(model)
-    save_pretrained(model, out)
-    save_tokenizer(tok, out)
-    _write_metrics(out, records, {"started": origin, "loss": losses, "lora": lora,
-                                  "seed": args.seed, "mask_prompt": args.mask_prompt})
+
+    def write(directory: Path) -> None:
+        if lora is not None:
+            save_lora(model, directory / "lora.safetensors")
+            merge_lora(model)
+        save_pretrained(model, directory)
+        save_tokenizer(tok, directory)
+        _write_metrics(directory, records, {"started": origin, "loss": losses, "lora": lora,
+                                            "seed": args.seed, "mask_prompt": args.mask_prompt,
+                                            **_stop_note(stop)})
+
+    _write_output(out, write)
+    _stopped(stop, out, f"gpt-components instruction-responses --model {out}")
     print(" ".join(f"{k} loss {v:.3f}" for k, v in losses.items()))
     print(f"model written to {out}/ (config.json, model.safetensors); next: "
           f"gpt-components instruction-responses --model {out}")
@@ -389,10 +480,7 @@ def instruction_responses(args: argparse.Namespace) -> None:
     """Handler of ``instruction-responses``."""
     _check_positive(args, "limit", "max_new_tokens")
     device = _device(args.device)
-    try:
-        model, tokenizer, _ = load_model_and_tokenizer(args.model)
-    except (OSError, ValueError, TypeError) as error:
-        raise _flag_error("--model", error) from None
+    model, tokenizer, _ = load_model_and_tokenizer(args.model)  # "source" is --model here
     model.to(device)
     test = ins.instruction_splits(ins.load_instruction_data(args.data), seed=args.seed).test
     test = test[: args.limit]
@@ -479,17 +567,15 @@ def finetune_dpo(args: argparse.Namespace) -> None:
     """Handler of ``finetune-dpo``."""
     _check_positive(args, "epochs", "batch_size", "eval_freq", "eval_iter", "limit",
                     "allowed_max_length", "lora_rank")
-    for name in ("beta", "lr"):
-        value = getattr(args, name)
-        if not math.isfinite(value) or value <= 0:
-            raise ValueError(f"--{name} must be a finite number > 0, got {value}")
+    check_float("beta", args.beta, low=0, low_open=True)
+    _check_training_numbers(args)
     device = _device(args.device)
     if args.data is not None and not Path(args.data).is_file():
-        raise FileNotFoundError(f"--data {args.data!r} is not a file")
+        raise SourceNotFoundError("data", f"data {args.data!r} is not a file")
     try:
         data = dpo.load_preference_data(args.data)
     except (ValueError, TypeError) as error:
-        raise ValueError(f"--data: {error}") from None
+        raise value_error("data", f"data: {error}") from None
     model, tok, origin = load_start_model(args.weights, args.run_dir, args.preset,
                                           args.drop_rate, args.seed)
     print(origin, flush=True)
@@ -504,11 +590,11 @@ def finetune_dpo(args: argparse.Namespace) -> None:
                               collate_fn=collate, generator=g)
     val_loader = DataLoader(val_set, args.batch_size, collate_fn=collate)
     if len(train_loader) == 0:
-        raise ValueError(f"--batch-size {args.batch_size} exceeds the {len(train_set)} "
-                         "training pairs")
+        raise value_error("batch_size", f"batch_size {args.batch_size} exceeds the "
+                                        f"{len(train_set)} training pairs")
     if len(val_set) == 0:
-        raise ValueError("--data: the validation split holds no pair that fits "
-                         f"{allowed} tokens")
+        raise value_error("data", "data: the validation split holds no pair that fits "
+                                  f"{allowed} tokens")
     reference = copy.deepcopy(model).requires_grad_(False).eval()  # before any adapter
     if args.lora_rank is None:
         model.requires_grad_(True)
@@ -523,29 +609,36 @@ def finetune_dpo(args: argparse.Namespace) -> None:
     optimizer = configure_optimizer(model, args.lr, args.weight_decay)
     bar, on_record = _dpo_progress(len(train_loader) * args.epochs, not args.no_progress)
     try:
-        records = dpo.train_model_dpo_simple(model, reference, train_loader, val_loader,
-                                             optimizer, device, args.epochs, args.beta,
-                                             args.eval_freq, args.eval_iter, seed=args.seed,
-                                             on_record=on_record)
+        records, stop = _train_or_stop(lambda: dpo.train_model_dpo_simple(
+            model, reference, train_loader, val_loader, optimizer, device, args.epochs,
+            args.beta, args.eval_freq, args.eval_iter, seed=args.seed, on_record=on_record))
     finally:
         if bar is not None:
             bar.close()
-    scores = dpo.compute_dpo_loss_loader(val_loader, model.eval(), reference, args.beta)
-    validation = {**scores._asdict(), "reward_margin": scores.reward_margin}
+    scores = validation = None
+    if stop is None:
+        scores = dpo.compute_dpo_loss_loader(val_loader, model.eval(), reference, args.beta)
+        validation = {**scores._asdict(), "reward_margin": scores.reward_margin}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
-    if lora is not None:
-        save_lora(model, out / "lora.safetensors")
-        merge_lora(model)
-    save_pretrained(model, out)
-    save_tokenizer(tok, out)
-    _write_metrics(out, records, {"started": origin, "validation": validation, "beta": args.beta,
-                                  "lora": lora, "seed": args.seed,
-                                  "mask_prompt": args.mask_prompt})
-    dpo.plot_dpo(records, out / "dpo.png")
+
+    def write(directory: Path) -> None:
+        if lora is not None:
+            save_lora(model, directory / "lora.safetensors")
+            merge_lora(model)
+        save_pretrained(model, directory)
+        save_tokenizer(tok, directory)
+        _write_metrics(directory, records, {"started": origin, "validation": validation,
+                                            "beta": args.beta, "lora": lora, "seed": args.seed,
+                                            "mask_prompt": args.mask_prompt,
+                                            **_stop_note(stop)})
+        if records:
+            dpo.plot_dpo(records, directory / "dpo.png")
+
+    _write_output(out, write)
+    data_flag = f" --data {args.data}" if args.data else ""
+    _stopped(stop, out, f"gpt-components instruction-responses --model {out}{data_flag}")
     print(f"validation ({len(val_set)} pairs): loss {scores.loss:.3f}, reward margin "
           f"{scores.reward_margin:.3f}, reward accuracy {scores.reward_accuracy:.1%}")
-    data_flag = f" --data {args.data}" if args.data else ""
     print(f"model written to {out}/ (config.json, model.safetensors, metrics.jsonl, dpo.png); "
           f"next: gpt-components instruction-responses --model {out}{data_flag}")

@@ -29,7 +29,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..training import train_step
+from ..machinery import checks
+from ..machinery.checks import type_error
+from ..training import TrainingInterrupted, check_grad_clip, stop_on_signals, train_step
 
 __all__ = ["finetune_loop"]
 
@@ -58,15 +60,19 @@ def finetune_loop(
     from torch's generator seeded with it, and the global state is restored afterwards.
     ``loss_fn(model, batch, device)`` is the task's loss; without it a batch is an ``(inputs,
     targets)`` pair for next-token cross-entropy. A non-finite loss raises
-    ``TrainingDivergedError`` naming the step.
+    ``TrainingDivergedError`` naming the step. Ctrl-C or SIGTERM (main thread) finishes the step
+    in progress and raises ``TrainingInterrupted`` holding the records so far, for the caller to
+    save with the model as it stands.
     """
     check_counts(num_epochs=num_epochs, eval_freq=eval_freq)
+    check_grad_clip(grad_clip)
     if not hasattr(train_loader, "__len__"):
-        raise TypeError(f"train_loader must be re-iterable with a length (a DataLoader or a "
-                        f"list of batches), got {type(train_loader).__name__}")
+        raise type_error("train_loader", f"train_loader must be re-iterable with a length (a "
+                                         f"DataLoader or a list of batches), got "
+                                         f"{type(train_loader).__name__}")
     records: list[dict] = []
     step, seen = 0, 0
-    with torch.random.fork_rng(devices=[]):
+    with torch.random.fork_rng(devices=[]), stop_on_signals() as stopping:
         if seed is not None:
             torch.manual_seed(seed)
         for epoch in range(num_epochs):
@@ -84,20 +90,19 @@ def finetune_loop(
                 records.append(record)
                 if on_record is not None:
                     on_record(record)
+                if stopping() is not None:
+                    raise TrainingInterrupted(step, None, stopping(), records)
     return records
 
 
 def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
-    """``TypeError`` unless ``value`` is an int (not a bool), ``ValueError`` outside the range."""
-    allowed = f"in [{minimum}, {maximum}]" if maximum is not None else f">= {minimum}"
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{name} must be an int {allowed}, got {value!r}")
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValueError(f"{name} must be an int {allowed}, got {value!r}")
+    """``TypeError`` unless ``value`` is an int (not a bool), ``ValueError`` outside the range
+    (``machinery.checks.check_int``, kept under this signature for the finetuning modules)."""
+    checks.check_int(name, value, low=minimum, high=maximum)
 
 
 def check_counts(**counts: object) -> None:
-    """Raise a ``ValueError`` naming the first of ``counts`` that is not an int >= 1."""
+    """Raise for the first of ``counts`` that is not an int >= 1 (``TypeError`` for a wrong
+    type, ``ValueError`` for a wrong value)."""
     for name, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+        checks.check_int(name, value, low=1)

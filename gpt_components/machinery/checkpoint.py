@@ -19,7 +19,8 @@ hold NaN or infinity writes nothing and raises ``NonFiniteStateError``.
 ``lock_run`` holds a run directory for one process: an OS lock (``flock``) on ``.lock`` in
 it, which dies with its process, so a crashed run never leaves a stale lock behind.
 
-Exports: ``save_checkpoint``, ``load_checkpoint``, ``latest_checkpoint``, ``lock_run``,
+Exports: ``save_checkpoint``, ``load_checkpoint``, ``latest_checkpoint``, ``latest_step``,
+``lock_run``,
 ``Checkpoint``, ``CheckpointError``, ``CheckpointWriteError``, ``NonFiniteStateError``,
 ``RunLockedError``.
 
@@ -55,12 +56,15 @@ from typing import Any
 import torch
 from safetensors.torch import save as safetensors_bytes
 
+from .atomic import fsync_directory, write_json_atomically
+from .checks import check_bool, check_instance, check_int, value_error
 from .tensor_files import TensorFileError, check_state_dict, read_safetensors
 
 __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
+    "latest_step",
     "Checkpoint",
     "CheckpointError",
     "CheckpointWriteError",
@@ -118,17 +122,6 @@ def _fsync_write(path: Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
-def _atomic_json(path: Path, payload: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        _fsync_write(Path(tmp), json.dumps(payload, indent=2).encode("utf-8"))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _first_non_finite(tensors: Any, where: str) -> str | None:
     """``where`` plus the key path of the first float tensor holding NaN or inf, else None."""
     if isinstance(tensors, torch.Tensor):
@@ -161,19 +154,13 @@ def save_checkpoint(
     NaN or infinity, and ``CheckpointWriteError`` (an ``OSError``, leaving the previous
     checkpoint as it was and no temporary file) if the files cannot be written.
     """
-    if not isinstance(model, (torch.nn.Module, dict)):
-        raise TypeError(f"model must be a torch.nn.Module or its state_dict, got "
-                        f"{type(model).__name__}")
-    for name, value in (("state", state), ("meta", meta)):
-        if not isinstance(value, dict):
-            raise TypeError(f"{name} must be a dict, got {type(value).__name__}")
+    check_instance("model", model, (torch.nn.Module, dict), "a torch.nn.Module or its state_dict")
+    check_instance("state", state, dict, "a dict")
+    check_instance("meta", meta, dict, "a dict")
     step = meta.get("step")
     if isinstance(step, bool) or not isinstance(step, int) or step < 0:
-        raise ValueError(f"meta['step'] must be an int >= 0, got {step!r}")
-    if isinstance(keep, bool) or not isinstance(keep, int):
-        raise TypeError(f"keep must be an int >= 1, got {keep!r}")
-    if keep < 1:
-        raise ValueError(f"keep must be >= 1, got {keep!r}")
+        raise value_error("meta", f"meta['step'] must be an int >= 0, got {step!r}")
+    check_int("keep", keep, low=1)
     # safetensors refuses tensors that share memory (a tied output head): store copies.
     tensors = model if isinstance(model, dict) else model.state_dict()
     weights = {k: v.detach().to("cpu").clone().contiguous() for k, v in tensors.items()}
@@ -198,9 +185,11 @@ def save_checkpoint(
             _fsync_write(tmp / name, data)
         if final.exists():  # left by a run killed before it could point latest.json at it
             shutil.rmtree(final)
+        fsync_directory(tmp)
         os.replace(tmp, final)
         renamed = True
-        _atomic_json(root / LATEST, {"step": step, "path": final.name})
+        fsync_directory(root)
+        write_json_atomically(root / LATEST, {"step": step, "path": final.name})
     except OSError as error:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -294,6 +283,20 @@ def latest_checkpoint(run_dir: str | os.PathLike) -> Path | None:
     except (json.JSONDecodeError, KeyError, TypeError) as error:
         raise CheckpointError(f"pointer {str(pointer)!r} is corrupted: {error}") from None
     return pointer.parent / name
+
+
+def latest_step(run_dir: str | os.PathLike) -> int:
+    """The step of the run's latest checkpoint (its ``meta.json``), 0 if it has none yet."""
+    found = latest_checkpoint(run_dir)
+    if found is None:
+        return 0
+    try:
+        step = json.loads((found / META).read_text(encoding="utf-8"))["step"]
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{str(found / META)!r} is missing or corrupted: {error}") from None
+    if isinstance(step, bool) or not isinstance(step, int) or step < 0:
+        raise CheckpointError(f"{str(found / META)!r} holds step {step!r}, not an int >= 0")
+    return step
 
 
 # Names torch's weights-only unpickler may meet in a checkpoint we wrote ourselves.
@@ -414,10 +417,8 @@ def load_checkpoint(path: str | os.PathLike, map_location: str = "cpu", *,
     the command that makes it the latest. ``load_state=False`` reads only the weights and
     ``meta.json`` (all that generation needs), leaving ``state`` empty.
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a str or PathLike, got {type(path).__name__}")
-    if not isinstance(load_state, bool):
-        raise TypeError(f"load_state must be a bool, got {load_state!r}")
+    check_instance("path", path, (str, os.PathLike), "a str or PathLike")
+    check_bool("load_state", load_state)
     path = Path(path)
     if not path.exists():
         raise CheckpointError(f"path {str(path)!r} does not exist")

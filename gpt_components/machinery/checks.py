@@ -48,6 +48,7 @@ __all__ = [
     "check_tensor",
     "check_token_ids",
     "did_you_mean",
+    "renamed",
 ]
 
 
@@ -232,3 +233,18 @@ def check_token_ids(idx: Any, vocab_size: int, name: str = "idx",
         raise value_error(name, f"{name} holds token id {bad}, outside [0, vocab_size="
                                 f"{vocab_size})")
     return idx
+
+
+# -- added by the CLI helper (issue 18): one parameter seen under another name -----------------
+
+def renamed(error: ArgumentError, parameter: str, word: str | None = None) -> ArgumentError:
+    """``error`` as an error of ``parameter``, the same class: a caller that took the value as
+    its own ``parameter`` re-raises what the function it passed it to said about it. A message
+    that opens with the inner name opens with ``word`` (default: ``parameter``) instead:
+    ``renamed(name_or_path_error, "source")`` reads ``source 'gpt2' is not ...``; any other
+    message is prefixed with ``word:``."""
+    message, word = str(error), word or parameter
+    for end in (" ", ":"):
+        if message.startswith(error.parameter + end):
+            return type(error)(parameter, word + message[len(error.parameter):])
+    return type(error)(parameter, f"{word}: {message}")

@@ -32,14 +32,15 @@ from typing import Any
 import torch
 from torch import nn
 
+from .checks import check_choice
+
 __all__ = ["STRATEGIES", "parallelize", "is_sharded", "full_state", "load_optimizer_state"]
 
 STRATEGIES = ("ddp", "fsdp")
 
 
 def check_strategy(strategy: object) -> None:
-    if strategy not in STRATEGIES:
-        raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {strategy!r}")
+    check_choice("strategy", strategy, STRATEGIES)
 
 
 def is_sharded(model: nn.Module) -> bool:

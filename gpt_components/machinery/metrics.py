@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from .atomic import write_bytes_atomically
 
 if TYPE_CHECKING:  # matplotlib is imported only when a plot is drawn
     from matplotlib.figure import Figure
@@ -55,25 +56,19 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 def start_metrics(run_dir: str | os.PathLike, keep_until_step: int | None = None) -> None:
     """Begin ``run_dir``'s log: empty, or (resuming) cut back to the records of steps <= k.
 
-    The log is replaced whole (temporary file, fsync, rename), never rewritten in place.
+    The log is replaced whole (temporary file, fsync, rename, directory fsync), never rewritten
+    in place.
     """
     run_dir = Path(run_dir)
     kept = [] if keep_until_step is None else [
         r for r in read_metrics(run_dir) if r["step"] <= keep_until_step]
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / METRICS_FILE
     for leftover in run_dir.glob(f".{METRICS_FILE}.*.tmp"):  # from a rewrite killed midway
         leftover.unlink(missing_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=run_dir, prefix=f".{METRICS_FILE}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("".join(json.dumps(r) + "\n" for r in kept))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    # fsync before the rename and of the directory after it: a crash leaves the whole old log
+    # or the whole new one, never a renamed file whose bytes had not reached the disk.
+    write_bytes_atomically(run_dir / METRICS_FILE,
+                           "".join(json.dumps(r) + "\n" for r in kept).encode("utf-8"))
 
 
 def append_metrics(run_dir: str | os.PathLike, records: Iterable[dict]) -> None:

@@ -19,8 +19,9 @@ size (``gpt2``, ``gpt2-medium``, ...) to find in the Hugging Face cache or downl
 - ``save_tokenizer(tokenizer, directory)``: write a tokenizer beside weights so that
   ``tokenizer_of`` finds it again (GPT-2's needs no file).
 
-Errors are ``ValueError`` / ``FileNotFoundError`` whose message starts with ``source`` or
-``tokenizer``; ``reword_for_flag`` names the command-line flag instead.
+Errors are ``machinery.checks.ArgumentError`` subclasses whose ``parameter`` is ``source`` or
+``tokenizer`` (a missing source is also a ``FileNotFoundError``): the command line names its
+flag from that, never from the message.
 
 >>> import tempfile
 >>> from gpt_components.bpe import BPETokenizer
@@ -37,15 +38,19 @@ Errors are ``ValueError`` / ``FileNotFoundError`` whose message starts with ``so
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from torch import nn
 
+from .checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from .checks import ArgumentError, renamed, type_error, value_error
+from .registry import build_model
+from .rundir import holds_run, read_config, tokenizer_spec
+
 __all__ = ["LoadedModel", "load_model_and_tokenizer", "load_tokenizer_spec", "tokenizer_of",
-           "save_tokenizer", "TOKENIZER_FILES"]
+           "save_tokenizer", "TOKENIZER_FILES", "SourceNotFoundError"]
 
 # The files a tokenizer is kept in beside weights: BPETokenizer.save's (GPT-2's format), and
 # Hugging Face's / Meta's (Qwen3, Gemma 3 and converted Llama 3; Llama 3's tiktoken file).
@@ -62,27 +67,23 @@ class LoadedModel(NamedTuple):
     origin: str
 
 
-def reword_for_flag(flag: str, error: Exception) -> str:
-    """A library error about ``source``/``name_or_path``/``path``/``directory`` reworded for
-    ``flag``."""
-    message = str(error)
-    for name in ("source: ", "source ", "name_or_path ", "path ", "directory: ", "path: "):
-        if message.startswith(name):
-            return f"{flag} {message[len(name):]}"
-    return f"{flag}: {message}"
+class SourceNotFoundError(ArgumentError, FileNotFoundError):
+    """The ``source`` path does not exist (an ``ArgumentError`` and a ``FileNotFoundError``)."""
 
 
 def load_tokenizer_spec(spec: str) -> Any:
     """``"gpt2"`` (tiktoken's GPT-2 encoding) or the tokenizer a directory holds."""
     if not isinstance(spec, str):
-        raise TypeError(f"tokenizer must be 'gpt2' or a directory path, got {spec!r}")
+        raise type_error("tokenizer", f"tokenizer must be 'gpt2' or a directory path, got "
+                                      f"{spec!r}")
     if spec == "gpt2":
         from ..tokenizers import gpt2_tokenizer
 
         return gpt2_tokenizer()
     if not Path(spec).is_dir():
-        raise ValueError(f"tokenizer must be 'gpt2', a directory saved by BPETokenizer.save or "
-                         f"a model directory with tokenizer.model / tokenizer.json, got {spec!r}")
+        raise value_error("tokenizer", f"tokenizer must be 'gpt2', a directory saved by "
+                                       f"BPETokenizer.save or a model directory with "
+                                       f"tokenizer.model / tokenizer.json, got {spec!r}")
     try:
         if (Path(spec) / "encoder.json").is_file():
             from ..bpe import BPETokenizer
@@ -92,7 +93,8 @@ def load_tokenizer_spec(spec: str) -> Any:
 
         return load_tokenizer(spec)
     except (OSError, ValueError) as error:
-        raise ValueError(f"tokenizer {spec!r} could not be loaded: {error}") from None
+        raise value_error("tokenizer", f"tokenizer {spec!r} could not be loaded: {error}"
+                          ) from None
 
 
 def tokenizer_of(directory: str | os.PathLike[str]) -> Any:
@@ -118,9 +120,9 @@ def save_tokenizer(tokenizer: Any, directory: str | os.PathLike[str]) -> Path:
     save = getattr(tokenizer, "save", None)
     is_gpt2 = getattr(tokenizer, "name", None) == "gpt2"
     if not is_gpt2 and not callable(save):
-        raise TypeError(f"tokenizer must be GPT-2's or have a save(directory) method "
-                        f"(BPETokenizer, Llama 3's, a tokenizer.json's), got "
-                        f"{type(tokenizer).__name__}")
+        raise type_error("tokenizer", f"tokenizer must be GPT-2's or have a save(directory) "
+                                      f"method (BPETokenizer, Llama 3's, a tokenizer.json's), "
+                                      f"got {type(tokenizer).__name__}")
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     for name in TOKENIZER_FILES:
@@ -132,34 +134,45 @@ def save_tokenizer(tokenizer: Any, directory: str | os.PathLike[str]) -> Path:
 
 def _run_of(path: Path) -> tuple[Path, Path] | None:
     """(run, what to load) when ``path`` is a run directory or one of its checkpoints."""
-    if (path / "config.json").is_file() and (path / "checkpoints").is_dir():
+    if holds_run(path) and (path / "checkpoints").is_dir():
         return path, path
     run = path.parent.parent
-    if (path / "meta.json").is_file() and path.parent.name == "checkpoints" and (
-            run / "config.json").is_file():
+    if (path / "meta.json").is_file() and path.parent.name == "checkpoints" and holds_run(run):
         return run, path
     return None
 
 
+def _is_run_without_checkpoint(path: Path) -> bool:
+    """A run directory (its ``config.json`` written by train) that has saved no checkpoint."""
+    if not holds_run(path) or _latest_checkpoint_or_none(path) is not None:
+        return False
+    try:
+        read_config(path)
+    except ValueError:
+        return False  # a Hugging Face config.json: not a run
+    return True
+
+
+def _latest_checkpoint_or_none(run: Path) -> Path | None:
+    try:
+        return latest_checkpoint(run)
+    except CheckpointError:
+        return run  # a damaged pointer: a checkpoint exists; loading it says what is wrong
+
+
 def _from_run(run: Path, target: Path, overrides: dict[str, Any]) -> tuple[nn.Module, str, int]:
     """A run's model (the checkpoint ``target``), its tokenizer spec and the step reached."""
-    from .checkpoint import CheckpointError, load_checkpoint
-    from .registry import build_model, config_from_dict
-
     try:
-        saved = json.loads((run / "config.json").read_text(encoding="utf-8"))
-        model = build_model(dataclasses.replace(config_from_dict(saved["model"]), **overrides))
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError,
-            ValueError) as error:
-        raise ValueError(f"source {str(run / 'config.json')!r} is not a run configuration "
-                         f"written by train ({type(error).__name__}: {error})") from None
+        saved = read_config(run)
+        model = build_model(dataclasses.replace(saved.model, **overrides))
+    except (TypeError, ValueError) as error:
+        raise value_error("source", f"source {str(run)!r}: {error}") from None
     try:
         checkpoint = load_checkpoint(target, load_state=False)  # no optimizer needed
         checkpoint.load_into(model)
     except CheckpointError as error:
-        raise ValueError(f"source: {error}") from None
-    spec = saved.get("tokenizer", "gpt2")
-    return model, spec if spec == "gpt2" else str(run / spec), checkpoint.meta.get("step")
+        raise value_error("source", f"source: {error}") from None
+    return model, tokenizer_spec(run, saved.tokenizer), checkpoint.meta.get("step")
 
 
 def load_model_and_tokenizer(source: str | os.PathLike[str], tokenizer: str | None = None,
@@ -175,12 +188,19 @@ def load_model_and_tokenizer(source: str | os.PathLike[str], tokenizer: str | No
     from .pretrained import from_pretrained
 
     if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(f"source must be a path or a GPT-2 name, got {type(source).__name__}")
+        raise type_error("source", f"source must be a path or a GPT-2 name, got "
+                                   f"{type(source).__name__}")
     path = Path(source)
     if not path.exists() and str(source) not in GPT2_NAMES:
-        raise FileNotFoundError(f"source {str(source)!r} does not exist: give a run directory, "
-                                "one of its checkpoints, a model.safetensors file or Hugging "
-                                f"Face directory, or one of {', '.join(GPT2_NAMES)}")
+        raise SourceNotFoundError("source", f"source {str(source)!r} does not exist: give a run "
+                                            "directory, one of its checkpoints, a "
+                                            "model.safetensors file or Hugging Face directory, "
+                                            f"or one of {', '.join(GPT2_NAMES)}")
+    if path.is_dir() and _is_run_without_checkpoint(path):
+        raise value_error("source", f"source {str(source)!r} is a run with no checkpoint yet "
+                                    "(it stopped before its first): train it until it saves one "
+                                    "(every checkpoint interval and at the end), for example "
+                                    f"with: gpt-components train --resume {str(source)}")
     found = _run_of(path) if path.exists() else None
     if found is not None:
         model, spec, step = _from_run(*found, overrides)
@@ -189,8 +209,10 @@ def load_model_and_tokenizer(source: str | os.PathLike[str], tokenizer: str | No
     else:
         try:
             model = from_pretrained(path if path.exists() else str(source), **overrides)
+        except ArgumentError as error:  # about the path from_pretrained was given: source
+            raise renamed(error, "source") from None
         except (OSError, ValueError, TypeError, KeyError) as error:
-            raise ValueError(reword_for_flag("source", error)) from None
+            raise value_error("source", f"source: {error}") from None
         origin = f"weights {source}"
         kept = None
         if tokenizer is None:
@@ -206,5 +228,5 @@ def _tokenizer_from_source(spec: str, whose: str, load=load_tokenizer_spec) -> A
     try:
         return load(spec)
     except ValueError as error:
-        message = str(error).removeprefix("tokenizer ")
-        raise ValueError(f"source: {whose} tokenizer {message}") from None
+        raise value_error("source", f"source: {whose} tokenizer could not be read: {error}"
+                          ) from None
