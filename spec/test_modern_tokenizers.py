@@ -314,16 +314,24 @@ def test_load_tokenizer_picks_the_file_a_model_directory_holds(llama_dir, qwen_d
         load_tokenizer(tmp_path / "bad")
 
 
-def test_the_command_line_takes_a_model_directory_as_its_tokenizer(llama_dir, qwen_dir, tmp_path):
-    from gpt_components.cli import CLIError, _load_tokenizer
+def test_the_command_line_takes_a_model_directory_as_its_tokenizer(llama_dir, qwen_dir, tmp_path,
+                                                                    capsys, monkeypatch):
+    from gpt_components.cli import main
+    from gpt_components.machinery.sources import load_tokenizer_spec  # what --tokenizer reads
 
-    assert isinstance(_load_tokenizer(str(llama_dir)), Llama3Encoding)
-    assert isinstance(_load_tokenizer(str(qwen_dir)), HFTokenizer)
+    assert isinstance(load_tokenizer_spec(str(llama_dir)), Llama3Encoding)
+    assert isinstance(load_tokenizer_spec(str(qwen_dir)), HFTokenizer)
     bpe = BPETokenizer.train("abc abc", vocab_size=260, pattern=LLAMA3)
-    assert _load_tokenizer(str(bpe.save(tmp_path / "bpe"))).pattern == LLAMA3
+    assert load_tokenizer_spec(str(bpe.save(tmp_path / "bpe"))).pattern == LLAMA3
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CLIError, match="holds no tokenizer this project reads"):
-        _load_tokenizer(str(tmp_path / "empty"))
+    with pytest.raises(ValueError, match="holds no tokenizer this project reads"):
+        load_tokenizer_spec(str(tmp_path / "empty"))
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--tokenizer", str(tmp_path / "empty"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("gpt-components: error: --tokenizer")
+    assert "holds no tokenizer this project reads" in err
+    assert not any((tmp_path / "runs").glob("*"))  # refused before a run was started
 
 
 # -- kept beside finetuned weights: save() writes what load_tokenizer reads ------------------------
