@@ -58,8 +58,11 @@ QWEN_ADDED = ["<tool_call>", "</tool_call>", "<think>", "</think>"]
 
 CORPUS = load_text("the-verdict.txt")[:6000] + " Ünïcödé テキスト 12345 6789 don'T WE'LL\r\n\n  x"
 
+# Characters Python's Unicode tables assign: a code point assigned later (U+323B0, CJK Extension
+# J in Unicode 17) is a letter to the `regex` module's newer tables and unassigned to tiktoken's,
+# so the two references split it differently (as in test_bpe.py).
 fragments = st.one_of(
-    st.text(max_size=6),
+    st.text(st.characters(exclude_categories=("Cn", "Cs")), max_size=6),
     st.sampled_from([" the", " a", "The", "'s", "'LL", "’s", "12345", "٠١٢", " \n\n", "\r\n",
                      "  ", "\t", "!!\n", " ...", "é", "e\u0301", "😀", "テキスト", "Ünï"]),
     st.text("0123456789", min_size=1, max_size=8),
