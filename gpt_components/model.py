@@ -20,7 +20,6 @@ torch.Size([1, 3, 100])
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from .machinery.checks import (
     check_int,
     type_error,
     value_error,
+    with_fields,
 )
 from .machinery.language_model import LanguageModel, lay_out_blocks
 from .transformer import LAYER_KERNELS, LayerNorm, TransformerBlock
@@ -76,12 +76,7 @@ class GPTConfig:
     def from_name(cls, name: str, **overrides: Any) -> GPTConfig:
         """A named preset (see ``MODEL_PRESETS``), with any field overridden by keyword."""
         check_choice("name", name, MODEL_PRESETS)
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise type_error("overrides", f"overrides must be GPTConfig fields {sorted(fields)}, "
-                                          f"got {unknown}")
-        return dataclasses.replace(MODEL_PRESETS[name], **overrides)
+        return with_fields(MODEL_PRESETS[name], overrides)
 
     def __getitem__(self, key: str) -> Any:
         """Read a field the book's way, ``cfg["emb_dim"]``."""

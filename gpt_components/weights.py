@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .machinery.checks import check_instance, value_error
+from .machinery.checks import ArgumentError, check_instance, value_error
 from .machinery.pretrained import HFLayout, read_config_json
 from .machinery.registry import Family
 from .machinery.tensor_files import safetensors_header
@@ -101,8 +101,8 @@ _HF_REQUIRED = ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer")
 GPT2_NAMES = tuple(_HUB_NAMES)
 
 
-class WeightsNotFoundError(FileNotFoundError, ValueError):
-    """No weights at the given path, and none could be downloaded."""
+class WeightsNotFoundError(ArgumentError, FileNotFoundError, ValueError):
+    """No weights at ``name_or_path``, and none could be downloaded (its ``parameter``)."""
 
 
 def hf_name(book_name: str) -> str:
@@ -230,13 +230,15 @@ def _config_from_shapes(path: Path) -> dict[str, Any]:
     the file's header; a file with a head of its own is read as untied."""
     hf = {_canonical(key): entry.shape for key, entry in safetensors_header(path).items()}
     if "transformer.wte.weight" not in hf or "transformer.wpe.weight" not in hf:
-        raise value_error("name_or_path", f"{str(path)!r} holds no wte/wpe embeddings: it is "
+        raise value_error("name_or_path",
+            f"{str(path)!r} holds no wte/wpe embeddings: it is "
                                           "not GPT-2 weights (put the config.json of its model "
                                           "beside it)")
     vocab_size, emb_dim = hf["transformer.wte.weight"]
     n_layers = len({key.split(".")[2] for key in hf if key and key.startswith("transformer.h.")})
     if (emb_dim, n_layers) not in _GPT2_SIZES:
-        raise value_error("name_or_path", f"{path} is not one of the four GPT-2 sizes "
+        raise value_error("name_or_path",
+            f"{path} is not one of the four GPT-2 sizes "
                                           f"(emb_dim={emb_dim}, {n_layers} layers): put its "
                                           "config.json beside it")
     return {"vocab_size": vocab_size, "n_positions": hf["transformer.wpe.weight"][0],
@@ -278,6 +280,7 @@ def _download(name: str) -> Path:
         from huggingface_hub import hf_hub_download
     except ImportError:
         raise WeightsNotFoundError(
+            "name_or_path",
             f"name_or_path {name!r} is not on this machine and huggingface_hub is not installed: "
             f"pip install huggingface_hub, then run: {how}") from None
     files = ("config.json", "model.safetensors")
@@ -290,8 +293,9 @@ def _download(name: str) -> Path:
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     if offline or not _hub_reachable():
         why = "HF_HUB_OFFLINE is set" if offline else "huggingface.co cannot be reached"
-        raise WeightsNotFoundError(f"name_or_path {name!r} is not on this machine and {why}: "
-                                   f"where there is a network, run: {how}")
+        raise WeightsNotFoundError(
+            "name_or_path", f"name_or_path {name!r} is not on this machine and {why}: where "
+                            f"there is a network, run: {how}")
     try:
         for file in files:
             found = Path(hf_hub_download(repo, file))
@@ -299,6 +303,7 @@ def _download(name: str) -> Path:
     except Exception as exc:  # the hub raises many kinds: DNS, HTTP, auth, disk
         reason = (str(exc).strip().splitlines() or [""])[0][:200]
         raise WeightsNotFoundError(
+            "name_or_path",
             f"name_or_path {name!r} could not be downloaded ({type(exc).__name__}: {reason}): "
             f"run: {how}") from None
 
@@ -310,12 +315,14 @@ def _locate(name_or_path: str | Path) -> tuple[list[Path], dict[str, Any]]:
     if not path.exists():
         if str(name_or_path) not in _HUB_NAMES:
             raise WeightsNotFoundError(
+                "name_or_path",
                 f"name_or_path {str(name_or_path)!r} does not exist (nor is it a GPT-2 size to "
                 f"download: {', '.join(sorted(_HUB_NAMES))})")
         path = _download(str(name_or_path))
     weights = path / "model.safetensors" if path.is_dir() else path
     if not weights.is_file():
-        raise WeightsNotFoundError(f"name_or_path {str(name_or_path)!r} has no model.safetensors")
+        raise WeightsNotFoundError(
+            "name_or_path", f"name_or_path {str(name_or_path)!r} has no model.safetensors")
     config_file = weights.parent / "config.json"
     config = (read_config_json(config_file) if config_file.is_file()
               else _config_from_shapes(weights))

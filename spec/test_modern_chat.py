@@ -139,7 +139,9 @@ thoughts = st.builds(lambda pre, r, mid, a: f"{pre}<think>{r}</think>{mid}{a}",
 
 
 @st.composite
-def conversations(draw):
+def conversations(draw, late_system=False):
+    """Conversations as the templates take them; ``late_system`` may add a system message after
+    the first turn (Llama 3's and Qwen3's templates write it as a turn of its own)."""
     messages = []
     if draw(st.booleans()):
         messages.append({"role": "system", "content": draw(contents)})
@@ -153,11 +155,14 @@ def conversations(draw):
         messages.append(message)
     if draw(st.booleans()):
         messages.append({"role": "assistant", "content": draw(st.one_of(contents, thoughts))})
+    if late_system and draw(st.integers(0, 3)) == 0:
+        messages.insert(draw(st.integers(1, len(messages))),
+                        {"role": "system", "content": draw(contents)})
     return messages
 
 
 @settings(max_examples=40)
-@given(messages=conversations(), prompt=st.booleans(), thinking=st.booleans())
+@given(messages=conversations(late_system=True), prompt=st.booleans(), thinking=st.booleans())
 def test_qwen3_chat_renders_as_its_template_does_in_transformers(messages, prompt, thinking,
                                                                  qwen):
     tok, hf = qwen
@@ -170,7 +175,7 @@ def test_qwen3_chat_renders_as_its_template_does_in_transformers(messages, promp
 
 
 @settings(max_examples=25)
-@given(messages=conversations(), prompt=st.booleans())
+@given(messages=conversations(late_system=True), prompt=st.booleans())
 def test_llama3_chat_renders_as_its_template_does_in_transformers(messages, prompt, llama):
     tok, hf = llama
     messages = [{"role": m["role"], "content": m["content"]} for m in messages]
@@ -398,27 +403,34 @@ def test_an_empty_conversation_is_refused_as_transformers_refuses_it(family, req
 @pytest.mark.parametrize("roles", [("user", "system"), ("system", "system", "user"),
                                    ("user", "assistant", "system"),
                                    ("system", "user", "assistant", "system", "user")])
-def test_a_system_message_after_the_first_is_refused_where_the_template_refuses_or_guesses(
+def test_a_system_message_after_the_first_is_written_as_the_template_writes_it_or_refused(
         family, roles, request):
-    """The published templates either refuse such a conversation (Gemma 3's alternation rule)
-    or write the late system message as a turn of its own in the middle of the conversation
-    (Llama 3 and Qwen3 a system header; Gemma 3 a ``system`` turn, a role its model was never
-    tuned on). Every format here refuses it instead, naming the message."""
-    _, hf = request.getfixturevalue(family)
+    """The published templates of Llama 3 and Qwen3 write a late system message as a system turn
+    in the middle of the conversation: so do their formats here, to the character. Gemma 3's
+    template either refuses it (its alternation rule) or writes a ``system`` turn, a role its
+    model was never tuned on: its format refuses it, naming the message."""
+    tok, hf = request.getfixturevalue(family)
     messages = _turns(*roles)
     late = min(i for i, role in enumerate(roles) if role == "system" and i > 0)
+    if family != "gemma":
+        chat = FORMATS[family]()
+        text = chat.render(messages)
+        assert text == hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        assert chat.encode(tok, messages) == _hf_ids(hf, messages, add_generation_prompt=True)
+        header = {"llama": "<|start_header_id|>system<|end_header_id|>",
+                  "qwen": "<|im_start|>system"}[family]
+        assert text[:text.index(f"system {late} says hi")].rstrip("\n").endswith(header)
+        return
     message = _refused_by_name(FORMATS[family](), messages)
     assert message.startswith(f"messages[{late}] is a system message: a system message may only "
                               f"come first")
     try:
         text = hf.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except Exception as error:  # jinja2's TemplateError: the template refuses it as well
-        assert family == "gemma" and "must alternate" in str(error)
+        assert "must alternate" in str(error)
         return
-    header = {"llama": "<|start_header_id|>system<|end_header_id|>", "qwen": "<|im_start|>system",
-              "gemma": "<start_of_turn>system"}[family]
     before = text[:text.index(f"system {late} says hi")]
-    assert before.rstrip("\n").endswith(header)  # the late message written as a system turn
+    assert before.rstrip("\n").endswith("<start_of_turn>system")  # a turn its model never saw
 
 
 @pytest.mark.parametrize("family", sorted(FORMATS))

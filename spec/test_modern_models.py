@@ -308,11 +308,13 @@ def test_rope_scaling_refuses_nan_and_infinite_factors():
 
 
 def test_a_misspelt_preset_is_answered_with_the_closest_name():
-    with pytest.raises(ValueError, match=r"^preset must be one of the presets \(the smallest of "
-                                         r"each family: gpt-nano, .*\), got 'llama3-nan' \(did "
-                                         r"you mean 'llama3-nano'\?\)$") as error:
-        preset_config("llama3-nan")
+    with pytest.raises(ValueError, match=r"^preset must be the name of a preset, got 'llama3-nan' "
+                                         r"\(did you mean 'llama3-nano'\?\)$") as error:
+        preset_config("llama3-nan")  # one letter off: the name meant, no list to read
     assert error.value.parameter == "preset"
+    with pytest.raises(ValueError, match=r"^preset must be one of the presets \(the smallest of "
+                                         r"each family: gpt-nano, .*\), got 'llama-huge'"):
+        preset_config("llama-huge")  # nothing close enough: each family's smallest
     with pytest.raises(ValueError, match=r"did you mean 'qwen3-nano'\?"):
         Qwen3Config.from_name("qwen3-nanoo")
     with pytest.raises(TypeError, match="^preset must be a non-empty str, got int$"):

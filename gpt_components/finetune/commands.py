@@ -293,6 +293,22 @@ def _write_metrics(out: Path, records: list[dict], summary: dict) -> None:
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 
+def _lora_settings(args: argparse.Namespace) -> dict[str, Any] | None:
+    """What ``summary.json`` and ``classifier.json`` record of the LoRA flags (None: no LoRA)."""
+    return None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
+
+
+def _save_finetuned(directory: Path, model: nn.Module, tok: Any, lora: dict[str, Any] | None,
+                    save_model: Callable[[], Any]) -> None:
+    """The finetuned model into ``directory``: with LoRA, its adapters first (``lora.safetensors``)
+    and then the merged weights (``save_model``), and the tokenizer it was trained with."""
+    if lora is not None:
+        save_lora(model, directory / "lora.safetensors")
+        merge_lora(model)
+    save_model()
+    save_tokenizer(tok, directory)
+
+
 def _write_output(out: Path, write: Callable[[Path], None]) -> None:
     """Build the output in a hidden sibling of ``out`` with ``write(directory)``, then swap it
     into place whole: a kill at any moment leaves ``out`` as it was or complete."""
@@ -376,15 +392,12 @@ def finetune_classifier(args: argparse.Namespace) -> None:
         for name, loader in (("train", train_loader), ("validation", val_loader),
                              ("test", test_loader))}
     out = Path(args.out)
-    lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
+    lora = _lora_settings(args)
 
     def write(directory: Path) -> None:
-        if lora is not None:
-            save_lora(model, directory / "lora.safetensors")
-            merge_lora(model)
-        cls.save_classifier(model, directory, spam_data.SPAM_LABELS, max_length,
-                            started=origin, lora=lora, accuracy=accuracy)
-        save_tokenizer(tok, directory)
+        _save_finetuned(directory, model, tok, lora, lambda: cls.save_classifier(
+            model, directory, spam_data.SPAM_LABELS, max_length, started=origin, lora=lora,
+            accuracy=accuracy))
         _write_metrics(directory, records, {"started": origin, "accuracy": accuracy,
                                             "lora": lora, **_stop_note(stop)})
 
@@ -457,14 +470,10 @@ def finetune_instructions(args: argparse.Namespace) -> None:
             losses = {"train": calc_loss_loader(train_loader, model, device),
                       "validation": calc_loss_loader(val_loader, model, device)}
     out = Path(args.out)
-    lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
+    lora = _lora_settings(args)
 
     def write(directory: Path) -> None:
-        if lora is not None:
-            save_lora(model, directory / "lora.safetensors")
-            merge_lora(model)
-        save_pretrained(model, directory)
-        save_tokenizer(tok, directory)
+        _save_finetuned(directory, model, tok, lora, lambda: save_pretrained(model, directory))
         _write_metrics(directory, records, {"started": origin, "loss": losses, "lora": lora,
                                             "seed": args.seed, "mask_prompt": args.mask_prompt,
                                             **_stop_note(stop)})
@@ -620,14 +629,10 @@ def finetune_dpo(args: argparse.Namespace) -> None:
         scores = dpo.compute_dpo_loss_loader(val_loader, model.eval(), reference, args.beta)
         validation = {**scores._asdict(), "reward_margin": scores.reward_margin}
     out = Path(args.out)
-    lora = None if args.lora_rank is None else {"rank": args.lora_rank, "alpha": args.lora_alpha}
+    lora = _lora_settings(args)
 
     def write(directory: Path) -> None:
-        if lora is not None:
-            save_lora(model, directory / "lora.safetensors")
-            merge_lora(model)
-        save_pretrained(model, directory)
-        save_tokenizer(tok, directory)
+        _save_finetuned(directory, model, tok, lora, lambda: save_pretrained(model, directory))
         _write_metrics(directory, records, {"started": origin, "validation": validation,
                                             "beta": args.beta, "lora": lora, "seed": args.seed,
                                             "mask_prompt": args.mask_prompt,

@@ -43,6 +43,7 @@ from ..machinery.checks import (
     check_float,
     check_instance,
     check_int,
+    check_records,
     check_tensor,
     check_token_ids,
     type_error,
@@ -116,14 +117,7 @@ def preference_splits(data: Sequence[Mapping[str, str]] | None = None, seed: int
 
 
 def _check_pairs(data: Any, empty: bool = False) -> list:
-    if isinstance(data, (str, Mapping)) or not isinstance(data, Sequence):
-        raise type_error("data", f"data must be a sequence of preference records, got "
-                                 f"{type(data).__name__}")
-    if not data and not empty:
-        raise value_error("data", "data must hold at least one record, got an empty sequence")
-    for i, entry in enumerate(data):
-        _check_pair(entry, f"data[{i}]", "data")
-    return list(data)
+    return check_records("data", data, _check_pair, "preference records", empty=empty)
 
 
 class PreferenceDataset(Dataset):

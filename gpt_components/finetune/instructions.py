@@ -36,6 +36,7 @@ from ..machinery.checks import (
     check_float,
     check_instance,
     check_int,
+    check_records,
     check_str,
     check_tensor,
     type_error,
@@ -85,14 +86,7 @@ def _check_entry(entry: Any, where: str = "entry", parameter: str = "entry") -> 
 
 def _check_records(data: Any, empty: bool = False) -> list:
     """``data`` as a list: a sequence of instruction records (non-empty unless ``empty``)."""
-    if isinstance(data, (str, Mapping)) or not isinstance(data, Sequence):
-        raise type_error("data", f"data must be a sequence of instruction records, got "
-                                 f"{type(data).__name__}")
-    if not data and not empty:
-        raise value_error("data", "data must hold at least one record, got an empty sequence")
-    for i, entry in enumerate(data):
-        _check_entry(entry, f"data[{i}]", "data")
-    return list(data)
+    return check_records("data", data, _check_entry, "instruction records", empty=empty)
 
 
 def _check_tokenizer(tokenizer: Any) -> None:

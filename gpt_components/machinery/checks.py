@@ -26,9 +26,10 @@ attn_kernel | attn_kernel must be one of ['sdpa', 'textbook'], got 'spda' (did y
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import math
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -49,6 +50,8 @@ __all__ = [
     "check_token_ids",
     "did_you_mean",
     "renamed",
+    "with_fields",
+    "check_records",
 ]
 
 
@@ -135,11 +138,12 @@ def check_bool(name: str, value: Any) -> bool:
     return value
 
 
-def did_you_mean(value: Any, choices: Iterable[Any]) -> str:
-    """`` (did you mean 'x'?)`` for the closest choice to a misspelt string, else ``""``."""
+def did_you_mean(value: Any, choices: Iterable[Any], cutoff: float = 0.6) -> str:
+    """`` (did you mean 'x'?)`` for the closest choice to a misspelt string, else ``""``
+    (``difflib``'s similarity of at least ``cutoff``, in [0, 1])."""
     if not isinstance(value, str):
         return ""
-    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=0.6)
+    close = difflib.get_close_matches(value, [str(c) for c in choices], n=1, cutoff=cutoff)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
@@ -248,3 +252,29 @@ def renamed(error: ArgumentError, parameter: str, word: str | None = None) -> Ar
         if message.startswith(error.parameter + end):
             return type(error)(parameter, word + message[len(error.parameter):])
     return type(error)(parameter, f"{word}: {message}")
+
+
+def with_fields(config: Any, overrides: Mapping[str, Any], parameter: str = "overrides") -> Any:
+    """The dataclass ``config`` with ``overrides`` replacing its fields (a preset with a few
+    fields changed); a name that is not a field is a ``TypeError`` naming ``parameter``, the
+    closest field suggested."""
+    fields = [f.name for f in dataclasses.fields(config)]
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        raise type_error(parameter, f"{parameter} must be {type(config).__name__} fields "
+                                    f"{sorted(fields)}, got {unknown}"
+                                    f"{did_you_mean(unknown[0], fields, cutoff=0.8)}")
+    return dataclasses.replace(config, **overrides)
+
+
+def check_records(name: str, data: Any, check_entry: Callable[[Any, str, str], Any], what: str,
+                  *, empty: bool = False) -> list:
+    """``data`` as a list: a sequence (not a str or a dict) of ``what`` (non-empty unless
+    ``empty``), each entry passed to ``check_entry(entry, "data[i]", name)``."""
+    if isinstance(data, (str, Mapping)) or not isinstance(data, Sequence):
+        raise type_error(name, f"{name} must be a sequence of {what}, got {type(data).__name__}")
+    if not data and not empty:
+        raise value_error(name, f"{name} must hold at least one record, got an empty sequence")
+    for i, entry in enumerate(data):
+        check_entry(entry, f"{name}[{i}]", name)
+    return list(data)

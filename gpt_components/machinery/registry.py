@@ -180,11 +180,11 @@ def preset_config(name: str, **overrides: Any) -> Any:
         if isinstance(name, str) and name in family.presets:
             return family.config_class.from_name(name, **overrides)
     check_str("preset", name)
-    suggestion = did_you_mean(name, preset_names())
-    if suggestion:  # a misspelling: the name meant, not a list to read through
-        raise value_error("preset", f"preset must be the name of a preset, got {name!r}"
-                                    f"{suggestion}")
+    misspelt = did_you_mean(name, preset_names(), cutoff=0.8)
+    if misspelt:  # one letter or two off: the name meant, not a list to read through
+        raise value_error("preset", f"preset must be the name of a preset, got {name!r}{misspelt}")
     smallest = ", ".join(min(f.presets, key=lambda p: f.presets[p].emb_dim * f.presets[p].n_layers)
                          for f in FAMILIES.values() if f.presets)
     raise value_error("preset", f"preset must be one of the presets (the smallest of each family: "
-                                f"{smallest}; preset_names() lists all), got {name!r}")
+                                f"{smallest}; preset_names() lists all), got {name!r}"
+                                f"{did_you_mean(name, preset_names())}")

@@ -3,9 +3,10 @@
 An instruct model continues a conversation written in the format it was finetuned on, and stops
 with that format's end-of-turn token; any other layout gives worse answers. Messages are dicts
 ``{"role": "system" | "user" | "assistant", "content": str}``, as in the published templates;
-every format refuses an empty conversation and a system message anywhere but first (the
-published Llama 3 and Qwen3 templates write a later one as a system turn mid-conversation,
-Gemma 3's as a ``system`` turn its model never saw, or refuse it), instead of guessing.
+every format refuses an empty conversation. A system message after the first message is written
+as the published template writes it where the model knows it (Llama 3 and Qwen3: a system turn
+in the middle of the conversation) and refused where it does not (Gemma 3, whose template
+refuses it or writes a ``system`` turn its model was never tuned on), instead of guessing.
 
 - ``Llama3ChatFormat``: ``<|begin_of_text|>``, then per message
   ``<|start_header_id|>role<|end_header_id|>\\n\\n`` + stripped content + ``<|eot_id|>``; the
@@ -50,10 +51,10 @@ _ROLES = ("system", "user", "assistant")
 Pieces = list[tuple[bool, str]]
 
 
-def _check_messages(messages: object) -> list[Mapping[str, Any]]:
+def _check_messages(messages: object, late_system: bool) -> list[Mapping[str, Any]]:
     """The conversation as a list, refused unless it holds at least one message, each a
-    ``{"role", "content"}`` dict with a known role and str content, and a system message (at
-    most one) only first: the instructions come before the conversation they govern."""
+    ``{"role", "content"}`` dict with a known role and str content; a system message after the
+    first only where the format has a turn for it (``late_system``)."""
     if isinstance(messages, (str, Mapping)) or not isinstance(messages, Sequence):
         raise type_error("messages", f"messages must be a list of {{'role', 'content'}} dicts, "
                                      f"got {type(messages).__name__}")
@@ -68,7 +69,7 @@ def _check_messages(messages: object) -> list[Mapping[str, Any]]:
         if not isinstance(role, str) or role not in _ROLES:
             raise value_error("messages", f"{where}['role'] must be one of {', '.join(_ROLES)}, "
                                           f"got {role!r}{did_you_mean(role, _ROLES)}")
-        if role == "system" and index > 0:
+        if role == "system" and index > 0 and not late_system:
             raise value_error("messages", f"{where} is a system message: a system message may "
                                           f"only come first, got one after {index} other(s)")
         for key in ("content", "reasoning_content"):
@@ -83,6 +84,8 @@ class _ChatFormat:
     """What both formats share: pieces -> text, pieces -> ids."""
 
     stop_tokens: tuple[str, ...] = ()
+    #: Whether a system message may come after the first message (as a system turn of its own).
+    late_system: bool = True
 
     def _pieces(self, messages: list[Mapping[str, Any]], add_generation_prompt: bool) -> Pieces:
         raise NotImplementedError
@@ -91,14 +94,14 @@ class _ChatFormat:
                add_generation_prompt: bool = True) -> str:
         """The conversation as text, ending with an open assistant turn when
         ``add_generation_prompt`` (the prompt an answer continues)."""
-        messages = _check_messages(messages)
+        messages = _check_messages(messages, self.late_system)
         pieces = self._pieces(messages, check_bool("add_generation_prompt", add_generation_prompt))
         return "".join(text for _, text in pieces)
 
     def encode(self, tokenizer: Any, messages: Sequence[Mapping[str, Any]], *,
                add_generation_prompt: bool = True) -> list[int]:
         """Ids of ``render(messages)``: markers as special ids, contents as ordinary text."""
-        messages = _check_messages(messages)
+        messages = _check_messages(messages, self.late_system)
         check_bool("add_generation_prompt", add_generation_prompt)
         self._check_tokenizer(tokenizer)
         ids: list[int] = []
@@ -207,6 +210,7 @@ class Gemma3ChatFormat(_ChatFormat):
     user turn."""
 
     stop_tokens = ("<end_of_turn>", "<eos>")
+    late_system = False  # the system text opens the first user turn; there is no system turn
 
     def _pieces(self, messages: list[Mapping[str, Any]], add_generation_prompt: bool) -> Pieces:
         prefix = ""

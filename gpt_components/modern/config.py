@@ -16,7 +16,6 @@ block ``i`` (which attention and feed-forward it builds and which RoPE table it 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -27,8 +26,8 @@ from ..machinery.checks import (
     check_instance,
     check_int,
     did_you_mean,
-    type_error,
     value_error,
+    with_fields,
 )
 from ..machinery.registry import FAMILIES
 from .attention import ATTENTION_KERNELS
@@ -142,9 +141,4 @@ class DecoderConfig:
         if name not in presets:
             raise value_error("name", f"name must be a {cls.__name__} preset, got {name!r}"
                                       f"{did_you_mean(name, presets) or f' ({sorted(presets)})'}")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(overrides) - fields)
-        if unknown:
-            raise type_error("overrides", f"overrides must be {cls.__name__} fields, got "
-                                          f"{unknown}{did_you_mean(unknown[0], fields)}")
-        return dataclasses.replace(presets[name], **overrides)
+        return with_fields(presets[name], overrides)
