@@ -202,6 +202,7 @@ def _child(*argv: str) -> subprocess.Popen:
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
+@pytest.mark.slow  # a subprocess (the slow tier; spec/README.md)
 def test_ctrl_c_in_train_saves_the_step_reached_and_prints_the_command_that_resumes_it(
         tmp_path, capsys):
     corpus = tmp_path / "corpus.txt"
@@ -239,6 +240,7 @@ def test_ctrl_c_in_train_saves_the_step_reached_and_prints_the_command_that_resu
         range(1, steps[-1] + 3))
 
 
+@pytest.mark.slow  # a subprocess (the slow tier; spec/README.md)
 def test_ctrl_c_under_torchrun_saves_one_step_on_every_rank_and_names_the_resume(tmp_path,
                                                                                   capsys):
     # A terminal's Ctrl-C signals the whole process group: torchrun, which forwards it to its
@@ -282,6 +284,7 @@ def test_ctrl_c_under_torchrun_saves_one_step_on_every_rank_and_names_the_resume
     assert load_checkpoint(run).meta["step"] == steps[-1]
 
 
+@pytest.mark.slow  # a subprocess (the slow tier; spec/README.md)
 def test_ctrl_c_in_generate_is_one_line_and_exit_status_130(finished):
     child = _child("generate", str(finished), "--max-new-tokens", "1000000", "--temperature",
                    "1")

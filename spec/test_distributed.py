@@ -33,6 +33,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a subprocess (the slow tier; spec/README.md)
 def test_fsdp_on_two_gloo_processes_equals_one_process_and_resumes_bit_for_bit(tmp_path):
     run_in_process(str(tmp_path / "one"), steps=4, batch_size=4, drop_rate=0.0)
     sharded = subprocess.run(

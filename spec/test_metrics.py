@@ -56,6 +56,7 @@ def test_a_half_written_last_line_is_skipped(tmp_path_factory, good, cut):
 KILLER = Path(__file__).resolve().parent / "_metrics_kill.py"
 
 
+@pytest.mark.slow  # a subprocess (the slow tier; spec/README.md)
 @settings(max_examples=8)  # each example starts a Python process (~50 ms) and kills it
 @given(steps=st.integers(1, 12), keep=st.integers(1, 12), kill_at=st.integers(1, 4),
        half_line=st.booleans())

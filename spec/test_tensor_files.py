@@ -295,6 +295,7 @@ def test_a_truncated_state_pt_does_not_stop_generate(run, capsys):
     assert origin.endswith("(step 3)") and model.cfg.context_length == 16
 
 
+@pytest.mark.slow  # a subprocess (the slow tier; spec/README.md)
 @pytest.mark.parametrize("damaged", ["state.pt", "model.safetensors", "latest.json"])
 def test_a_damaged_latest_checkpoint_names_the_intact_older_one_and_the_command_works(
         damaged, run, capsys):

@@ -273,6 +273,7 @@ def test_the_same_seed_gives_the_same_losses_step_for_step(seed):
     assert [r.get("loss") for r in first] != [r.get("loss") for r in other]
 
 
+@pytest.mark.slow  # a subprocess (the slow tier; spec/README.md)
 def test_a_run_killed_with_sigkill_and_resumed_is_bit_identical(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
 
@@ -445,6 +446,7 @@ def test_a_nan_loss_stops_at_its_step_and_leaves_the_last_checkpoint_intact(tmp_
     assert json.loads((tmp_path / "checkpoints" / "latest.json").read_text())["step"] == 2
 
 
+@pytest.mark.slow  # a subprocess (the slow tier; spec/README.md)
 @pytest.mark.appendix_d
 def test_two_gloo_processes_equal_one_process_with_the_same_global_batch(tmp_path):
     with socket.socket() as s:
