@@ -18,7 +18,7 @@ import torch
 import gpt_components as g
 from gpt_components.cli import main
 
-pytestmark = pytest.mark.ch05
+pytestmark = pytest.mark.machinery
 
 NAN, INF = math.nan, math.inf
 ANY = (TypeError, ValueError)  # a wrong type some checks report as a ValueError, by design

@@ -75,6 +75,8 @@ from gpt_components.tokenizers import (
     split_words,
 )
 
+pytestmark = pytest.mark.machinery
+
 NAN, INF = math.nan, math.inf
 LONG = torch.long
 

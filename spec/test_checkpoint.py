@@ -26,7 +26,7 @@ from gpt_components.machinery.checkpoint import (
 from spec.helpers import TinyLM
 from spec.strategies import generator, seeds
 
-pytestmark = pytest.mark.ch05
+pytestmark = pytest.mark.machinery
 
 # Every example writes and fsyncs a checkpoint directory (~30 ms): 20 examples keep the file
 # within its time budget while still drawing tied/untied models, steps and corruptions.

@@ -35,11 +35,14 @@ from gpt_components.machinery.checks import (
     value_error,
 )
 
+pytestmark = pytest.mark.machinery
+
 names = st.from_regex(r"[a-z][a-z_]{0,11}", fullmatch=True)
 anything = st.one_of(
     st.none(), st.booleans(), st.integers(-10, 10), st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=4), st.lists(st.integers(), max_size=2), st.just(torch.tensor(1)),
 )
+
 bounds = st.one_of(st.none(), st.integers(-5, 5))
 float_bounds = st.one_of(st.none(), st.floats(-5, 5, allow_nan=False))
 

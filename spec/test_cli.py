@@ -27,7 +27,7 @@ from gpt_components.machinery.metrics import read_metrics
 from gpt_components.machinery.registry import FAMILIES
 from gpt_components.machinery.resources import load_text
 
-pytestmark = pytest.mark.ch05
+pytestmark = pytest.mark.machinery
 
 TEXT = load_text("the-verdict.txt")[:3000]
 TINY = ["--preset", "gpt-nano", "--context-length", "16", "--batch-size", "2", "--steps", "3",

@@ -19,7 +19,7 @@ from gpt_components.machinery.metrics import (
     start_metrics,
 )
 
-pytestmark = pytest.mark.ch05
+pytestmark = pytest.mark.machinery
 
 finite = st.floats(allow_nan=False, allow_infinity=False, width=32)
 records = st.fixed_dictionaries(

@@ -26,7 +26,7 @@ from gpt_components.machinery.sources import (
     tokenizer_of,
 )
 
-pytestmark = pytest.mark.ch05
+pytestmark = pytest.mark.machinery
 
 TEXT = load_text("the-verdict.txt")[:2000]
 

@@ -46,7 +46,7 @@ from gpt_components.finetune.commands import load_start_model
 from gpt_components.machinery.resources import load_text
 from spec.strategies import generator, seeds
 
-pytestmark = pytest.mark.ch05
+pytestmark = pytest.mark.machinery
 
 TINY_RUN = ["--preset", "gpt-nano", "--context-length", "16", "--batch-size", "2", "--steps", "3",
             "--eval-interval", "3", "--eval-iters", "1", "--sample-tokens", "0", "--no-progress",
