@@ -241,13 +241,15 @@ def _end_of_text(tokenizer: Any, model: nn.Module) -> int:
     try:
         end = tokenizer.eot_token
     except AttributeError:
-        raise ValueError("the model's tokenizer has no end-of-text token (<|endoftext|>, or the "
-                         "eos_token of its tokenizer_config.json), which finetuning pads with "
-                         "and ends every response with") from None
+        raise value_error("tokenizer", "the model's tokenizer has no end-of-text token "
+                                       "(<|endoftext|>, or the eos_token of its "
+                                       "tokenizer_config.json), which finetuning pads with and "
+                                       "ends every response with") from None
     vocab = model.cfg.vocab_size
     if not 0 <= end < vocab:
-        raise ValueError(f"the tokenizer's end-of-text id {end} is outside the model's "
-                         f"vocab_size={vocab}: the model was not trained with this tokenizer")
+        raise value_error("tokenizer", f"the tokenizer's end-of-text id {end} is outside the "
+                                       f"model's vocab_size={vocab}: the model was not trained "
+                                       f"with this tokenizer")
     return end
 
 

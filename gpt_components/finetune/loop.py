@@ -64,7 +64,8 @@ def finetune_loop(
     in progress and raises ``TrainingInterrupted`` holding the records so far, for the caller to
     save with the model as it stands.
     """
-    check_counts(num_epochs=num_epochs, eval_freq=eval_freq)
+    checks.check_int("num_epochs", num_epochs, low=1)
+    checks.check_int("eval_freq", eval_freq, low=1)
     check_grad_clip(grad_clip)
     if not hasattr(train_loader, "__len__"):
         raise type_error("train_loader", f"train_loader must be re-iterable with a length (a "
@@ -93,16 +94,3 @@ def finetune_loop(
                 if stopping() is not None:
                     raise TrainingInterrupted(step, None, stopping(), records)
     return records
-
-
-def check_int(name: str, value: object, minimum: int, maximum: int | None = None) -> None:
-    """``TypeError`` unless ``value`` is an int (not a bool), ``ValueError`` outside the range
-    (``machinery.checks.check_int``, kept under this signature for the finetuning modules)."""
-    checks.check_int(name, value, low=minimum, high=maximum)
-
-
-def check_counts(**counts: object) -> None:
-    """Raise for the first of ``counts`` that is not an int >= 1 (``TypeError`` for a wrong
-    type, ``ValueError`` for a wrong value)."""
-    for name, value in counts.items():
-        checks.check_int(name, value, low=1)

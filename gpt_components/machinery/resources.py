@@ -14,6 +14,8 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from .checks import check_choice
+
 __all__ = ["resource_path", "load_text", "BUNDLED_FILES"]
 
 BUNDLED_FILES = (
@@ -29,8 +31,7 @@ BUNDLED_FILES = (
 
 def resource_path(name: str) -> Path:
     """Path of a bundled file, for example ``resource_path("gpt2/vocab.bpe")``."""
-    if name not in BUNDLED_FILES:
-        raise ValueError(f"name must be one of {BUNDLED_FILES}, got {name!r}")
+    check_choice("name", name, BUNDLED_FILES)
     return Path(str(resources.files("gpt_components") / "assets" / name))
 
 

@@ -246,5 +246,5 @@ def chat_format_for(tokenizer: Any, *, enable_thinking: bool = True) -> _ChatFor
         probe = made._pieces([{"role": "user", "content": "?"}], True)
         if {text for special, text in probe if special} <= specials:
             return made
-    raise ValueError("tokenizer has the chat tokens of no registered family's format ("
-                     + ", ".join(f.__name__ for f in formats) + ")")
+    raise value_error("tokenizer", "tokenizer has the chat tokens of no registered family's "
+                                   "format (" + ", ".join(f.__name__ for f in formats) + ")")
