@@ -33,6 +33,7 @@ from __future__ import annotations
 # Every import at the top: ``import gpt_components`` (which any submodule import runs first)
 # already imports torch and the whole public API, so a lazy import here would save no time.
 import argparse
+import contextlib
 import dataclasses
 import os
 import shlex
@@ -229,6 +230,8 @@ def _train(args: argparse.Namespace) -> None:
         run_dir = Path(args.run_dir or f"runs/{Path(corpus_path).stem}-{stamp}")
         run = _Run(run_dir, corpus_path, args.tokenizer, None)
     created = not run_dir.exists()
+    # The folders a new run creates above it (runs/ on a first run): a failed start removes them.
+    made_above = [p for p in run_dir.parents if not p.exists()] if created else []
     # The one lock of the command, from the first check to the last checkpoint (train() takes
     # it again, which nests).
     with rundir.hold(run_dir, holder=rank == 0):
@@ -237,6 +240,9 @@ def _train(args: argparse.Namespace) -> None:
         except BaseException as error:
             if created and not run.started and rank == 0:  # a failed start leaves no run
                 shutil.rmtree(run_dir, ignore_errors=True)
+                for folder in made_above:  # innermost first; only if still empty
+                    with contextlib.suppress(OSError):
+                        folder.rmdir()
             if isinstance(error, KeyboardInterrupt) and not isinstance(error, CommandStopped):
                 _explain_stop(error, run, rank)
             raise
