@@ -64,7 +64,7 @@ from .machinery.checkpoint import (
     load_checkpoint,
 )
 from .machinery.checks import ArgumentError, check_float, check_int, renamed
-from .machinery.registry import FAMILIES, build_model, preset_config
+from .machinery.registry import FAMILIES, build_model, family_of, preset_config
 from .machinery.resources import resource_path
 from .machinery.sources import load_model_and_tokenizer, load_tokenizer_spec
 from .modern.chat import chat_format_for
@@ -228,7 +228,9 @@ def _train(args: argparse.Namespace) -> None:
             resource_path("the-verdict.txt"))
         stamp = _same_on_all_ranks(time.strftime("%Y%m%d-%H%M%S"), world)
         run_dir = Path(args.run_dir or f"runs/{Path(corpus_path).stem}-{stamp}")
-        run = _Run(run_dir, corpus_path, args.tokenizer, None)
+        tokenizer = args.tokenizer if args.tokenizer is not None else family_of(
+            preset_config(args.preset)).tokenizer  # what the preset's family declares
+        run = _Run(run_dir, corpus_path, tokenizer, None)
     created = not run_dir.exists()
     # The folders a new run creates above it (runs/ on a first run): a failed start removes them.
     made_above = [p for p in run_dir.parents if not p.exists()] if created else []
@@ -471,8 +473,9 @@ def _add_train(commands: Any) -> None:
     add = train.add_argument
     add("--corpus", default=None, help="a .txt file or a directory of .txt files "
         "(default: the bundled the-verdict.txt)")
-    add("--tokenizer", default="gpt2", help="'gpt2', a directory saved by BPETokenizer.save, "
-        "or a Llama 3 / Qwen3 model directory (its tokenizer.model or tokenizer.json)")
+    add("--tokenizer", default=None, help="'gpt2', a directory saved by BPETokenizer.save, "
+        "or a Llama 3 / Qwen3 model directory (its tokenizer.model or tokenizer.json); "
+        "default: the one the preset's family declares ('gpt2' for every bundled family)")
     add("--preset", default="gpt-micro", help="model preset, any family's (listed below)")
     add("--context-length", type=int, default=None, help="tokens per window (default: the "
         "preset's)")

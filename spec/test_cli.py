@@ -2,6 +2,7 @@
 Ctrl-C, a locked run, resumes that extend or refuse, failed starts that leave nothing behind."""
 
 import builtins
+import dataclasses
 import errno
 import io
 import json
@@ -111,6 +112,26 @@ def test_a_bad_argument_gives_a_one_line_error_and_a_nonzero_exit(argv, fragment
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("gpt-components: error:")
     assert fragment in err and "Traceback" not in err
+
+
+def test_a_new_run_reads_the_tokenizer_its_presets_family_declares(tmp_path, monkeypatch):
+    from gpt_components.machinery import registry
+
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text(TEXT, encoding="utf-8")
+    learned = BPETokenizer.train(TEXT, vocab_size=300)
+    declared = learned.save(tmp_path / "declared")
+    gpt2 = FAMILIES["gpt2"]
+    monkeypatch.setitem(registry._DECLARED, "gpt2", gpt2)  # the original is back after the test
+    dataclasses.replace(gpt2, tokenizer=str(declared))  # declared again: registered again
+    run = tmp_path / "run"
+    assert main(["train", "--corpus", str(corpus), "--run-dir", str(run), *TINY]) == 0
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["vocab_size"] == learned.n_vocab == 300  # not GPT-2's 50,257
+    assert main(["train", "--corpus", str(corpus), "--run-dir", str(tmp_path / "given"),
+                 "--tokenizer", "gpt2", *TINY]) == 0  # a flag given still wins
+    given = json.loads((tmp_path / "given" / "config.json").read_text())
+    assert given["tokenizer"] == "gpt2" and given["model"]["vocab_size"] == 50257
 
 
 def test_train_writes_a_run_that_generate_continues_and_resume_accepts(tmp_path, capsys):
