@@ -331,7 +331,9 @@ _BYTES_PER_GENERATED_TOKEN = 96
 
 
 def _generate(args: argparse.Namespace) -> None:
-    check_int("seed", args.seed, low=0)
+    check_int("seed", args.seed, low=0)  # every flag the model does not decide, before loading it
+    check_int("max_new_tokens", args.max_new_tokens, low=0)
+    generation.check_sampling(args.temperature, args.top_k, args.top_p)
     device = _pick_device(args.device)
     model, tokenizer = _load_for_generation(args.source, args.tokenizer, device)
     generator = None
@@ -407,6 +409,7 @@ def _prompt_ids(args: argparse.Namespace, tokenizer: Any,
 
 
 def _inspect(args: argparse.Namespace) -> None:
+    check_int("top_k", args.top_k, low=1)  # before the model is loaded
     model, tokenizer = _load_for_generation(args.source, args.tokenizer,
                                             _pick_device(args.device))
     seen = inspect_prompt(model, tokenizer, args.prompt, top_k=args.top_k)
@@ -638,6 +641,10 @@ def _error_line(error: ArgumentError, args: argparse.Namespace) -> str:
     if resumed and flag != "--resume" and parameter not in getattr(args, "given", ()):
         return f"--resume {resumed}: the run's {error}"  # the saved configuration's value
     line = str(error) if flag is None else str(renamed(error, parameter, flag))
+    if flag is not None and flag.startswith("--"):
+        # A flag given has a value: the library's "or None" (leave the argument out) is the
+        # flag left out, which needs no saying.
+        line = line.replace(" or None, got ", ", got ", 1)
     if flag == "--preset":  # the list of presets is long: the help lays it out
         line += f" (see gpt-components {args.command} --help)"
     return line

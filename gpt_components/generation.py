@@ -52,6 +52,7 @@ __all__ = [
     "generate",
     "generate_stream",
     "sample_next_token",
+    "check_sampling",
     "text_to_token_ids",
     "token_ids_to_text",
 ]
@@ -123,7 +124,7 @@ def sample_next_token(logits: torch.Tensor, temperature: float = 0.0, top_k: int
     ``-inf`` logits mark tokens that can never be drawn; NaN or ``+inf`` (a diverged model) are
     refused, as greedy decoding would otherwise pick them silently.
     """
-    _check_sampling(temperature, top_k, top_p, generator)
+    check_sampling(temperature, top_k, top_p, generator)
     _check_logits(logits)
     if top_k is not None and top_k > logits.shape[-1]:
         raise value_error("top_k", f"top_k must be <= the {logits.shape[-1]} logits per row "
@@ -182,7 +183,7 @@ def generate_stream(model: nn.Module, idx: torch.Tensor, max_new_tokens: int,
     if check_int("context_size", context_size, low=1) > cfg.context_length:
         raise value_error("context_size", f"context_size must be <= the model's context_length="
                                           f"{cfg.context_length}, got {context_size}")
-    _check_sampling(temperature, top_k, top_p, generator)
+    check_sampling(temperature, top_k, top_p, generator)
     if top_k is not None and top_k > cfg.vocab_size:
         raise value_error("top_k", f"top_k must be <= the model's vocab_size={cfg.vocab_size}, "
                                    f"got {top_k}")
@@ -283,8 +284,10 @@ def _check_model(model: Any) -> None:
                                   f"(GPTModel, DecoderModel), got {type(model).__name__}")
 
 
-def _check_sampling(temperature: float, top_k: int | None, top_p: float | None,
-                    generator: torch.Generator | None) -> None:
+def check_sampling(temperature: float, top_k: int | None, top_p: float | None,
+                   generator: torch.Generator | None = None) -> None:
+    """Refuse sampling settings ``generate`` would refuse, naming the parameter: a caller that
+    loads a model first (the command line) checks them before that work."""
     check_float("temperature", temperature, low=0)
     check_int("top_k", top_k, low=1, optional=True)
     check_float("top_p", top_p, low=0, high=1, low_open=True, optional=True)

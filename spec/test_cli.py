@@ -168,6 +168,7 @@ def test_train_writes_a_run_that_generate_continues_and_resume_accepts(tmp_path,
         assert err.count("\n") == 1 and err.endswith(f"{got}\n")
         if LIBRARY_NAMES_PARAMETERS:  # the flag, named from error.parameter
             assert err.startswith(f"gpt-components: error: {bad[0]} must be ")
+        assert "None" not in err  # a flag given has a value: "or None" is no value to pass
     assert main(["train", "--corpus", str(corpus), "--run-dir", str(run), *TINY]) == 2
     assert main(["train", "--resume", str(run), "--steps", "4", "--no-progress"]) == 0
 
