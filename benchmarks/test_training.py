@@ -34,7 +34,8 @@ import torch
 
 from benchmarks.conftest import synchronize
 from benchmarks.reference import ReferenceGPT, reference_optimizer, reference_step
-from gpt_components.model import GPTConfig, GPTModel, _lay_out_blocks
+from gpt_components.machinery.language_model import lay_out_blocks
+from gpt_components.model import GPTConfig, GPTModel
 from gpt_components.training import configure_optimizer, train_step
 
 CASES = {"gpt-nano": 8, "gpt-micro": 4, "gpt-mini": 2, "gpt2-small": 2}  # preset -> batch
@@ -116,7 +117,7 @@ def _our_step(device: torch.device, rival: str = "") -> Callable[[], object]:
         for p in model.parameters():
             p.data = p.data.contiguous()
     if rival == "column-major":  # eval mode's decoding layout, kept for training
-        _lay_out_blocks(model.trf_blocks, decoding=True)
+        lay_out_blocks(model.trf_blocks, decoding=True)
     optimizer = configure_optimizer(model, 1e-4, 0.1)
     if rival == "foreach-adamw":
         _foreach_adamw(optimizer)

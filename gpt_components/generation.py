@@ -252,7 +252,7 @@ def _decoding_head(head: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
 
     A plain bias-free ``nn.Linear`` on the CPU (GPT-2's output head) is applied through a
     transposed copy of its weight: streaming a [emb, vocab] matrix past one row is about twice
-    as fast there as streaming ``nn.Linear``'s [vocab, emb] (see ``model._lay_out_blocks``).
+    as fast there as streaming ``nn.Linear``'s [vocab, emb] (see ``language_model.lay_out_blocks``).
     The copy lives as long as one generation call (154 MB for GPT-2 small). Any other head
     (LoRA-wrapped, biased, on a GPU) is called as it is.
     """

@@ -39,7 +39,7 @@ from .machinery.checks import (
     value_error,
     with_fields,
 )
-from .machinery.language_model import LanguageModel, lay_out_blocks
+from .machinery.language_model import LanguageModel
 from .transformer import LAYER_KERNELS, LayerNorm, TransformerBlock
 
 __all__ = ["GPTConfig", "GPTModel", "MODEL_PRESETS", "count_parameters", "memory_footprint_mb"]
@@ -107,10 +107,6 @@ def _as_config(cfg: GPTConfig | dict[str, Any]) -> GPTConfig:
         return GPTConfig(**cfg)
     raise type_error("cfg", f"cfg must be a GPTConfig or a dict of its fields, got "
                             f"{type(cfg).__name__}")
-
-
-#: The name ``benchmarks/test_training.py`` imports (``lay_out_blocks`` is the base's).
-_lay_out_blocks = lay_out_blocks
 
 
 class GPTModel(LanguageModel):

@@ -286,7 +286,8 @@ def _lay_out_as_parameters(optimizer: torch.optim.Optimizer, args: Any, kwargs: 
     torch's fused AdamW reads a parameter, its gradient and its moments as flat arrays, so a
     tensor laid out differently from its parameter is silently updated with the wrong
     elements. That happens when the layout changes between steps: the models keep some weights
-    column-major in eval mode and row-major in training mode (``model._lay_out_blocks``), and
+    column-major in eval mode and row-major in training mode
+    (``language_model.lay_out_blocks``), and
     moments keep the layout of the step that made them (or of the checkpoint they came from).
     Copying one into its parameter's order changes no value; usually nothing needs it.
     """

@@ -417,39 +417,12 @@ def flag(argv: list[str], *words: str) -> None:
     FLAGS.append(pytest.param(argv, words, id=" ".join(argv)))
 
 
-def _library_names_its_parameters() -> bool:
-    """Whether the model configs and generation raise ``ArgumentError``s carrying
-    ``error.parameter`` (the model and families helpers' side of issue 18): the CLI names a flag
-    from nothing else."""
-    from gpt_components.machinery.checks import ArgumentError
-
-    model = g.GPTModel(g.GPTConfig(vocab_size=10, context_length=4, emb_dim=8, n_heads=2,
-                                   n_layers=1))
-    for attempt in (lambda: g.preset_config("gpt-nano", context_length=0),
-                    lambda: g.preset_config("gpt-huge"),
-                    lambda: g.generate(model, torch.tensor([[1]]), 1, top_k=0)):
-        try:
-            attempt()
-        except ArgumentError:
-            continue
-        except (TypeError, ValueError):
-            return False
-    return True
-
-
-def library_flag(argv: list[str], *words: str) -> None:
-    """A flag whose check lives in a module of the model or families side (configs, generation)."""
-    FLAGS.append(pytest.param(argv, words, id=" ".join(argv), marks=pytest.mark.skipif(
-        not _library_names_its_parameters(), reason="needs the ArgumentErrors of the model "
-        "configs and generation (issue 18)")))
-
-
 TRAIN = ["train", "--no-progress", "--run-dir", "{run}"]
-library_flag([*TRAIN, "--context-length", "0"], "--context-length", ">= 1")
-library_flag([*TRAIN, "--context-length", "-3"], "--context-length")
+flag([*TRAIN, "--context-length", "0"], "--context-length", ">= 1")
+flag([*TRAIN, "--context-length", "-3"], "--context-length")
 flag([*TRAIN, "--steps", "0"], "--steps", ">= 1")
 flag([*TRAIN, "--steps", "-1"], "--steps")
-library_flag([*TRAIN, "--preset", "gpt-huge"], "--preset", "gpt-huge", "gpt-nano")
+flag([*TRAIN, "--preset", "gpt-huge"], "--preset", "gpt-huge", "gpt-nano")
 flag([*TRAIN, "--epochs", "0"], "--epochs")
 flag([*TRAIN, "--grad-accum", "0"], "--grad-accum")
 flag([*TRAIN, "--lr", "nan"], "--lr")
@@ -459,8 +432,8 @@ flag([*TRAIN, "--warmup-steps", "-1"], "--warmup-steps")
 flag([*TRAIN, "--weight-decay", "nan"], "--weight-decay")
 flag([*TRAIN, "--grad-clip", "-1"], "--grad-clip")
 flag([*TRAIN, "--grad-clip", "nan"], "--grad-clip")
-library_flag([*TRAIN, "--dropout", "1.5"], "--dropout")
-library_flag([*TRAIN, "--dropout", "nan"], "--dropout")
+flag([*TRAIN, "--dropout", "1.5"], "--dropout")
+flag([*TRAIN, "--dropout", "nan"], "--dropout")
 flag([*TRAIN, "--val-fraction", "0"], "--val-fraction")
 flag([*TRAIN, "--val-fraction", "nan"], "--val-fraction")
 flag([*TRAIN, "--stride", "0"], "--stride")
@@ -473,16 +446,16 @@ flag([*TRAIN, "--batch-size", "-2"], "--batch-size")
 flag([*TRAIN, "--corpus", "/no/such/corpus.txt"], "--corpus", "does not exist")
 flag([*TRAIN, "--val-fraction", "0.001", "--context-length", "64"], "validation", "--val-fraction")
 GEN = ["generate", "{tmp}/gpt"]
-library_flag([*GEN, "--max-new-tokens", "-1"], "--max-new-tokens")
-library_flag([*GEN, "--temperature", "nan"], "--temperature")
-library_flag([*GEN, "--temperature", "-1"], "--temperature")
-library_flag([*GEN, "--top-k", "0"], "--top-k")
-library_flag([*GEN, "--top-k", "50258", "--temperature", "1"], "--top-k", "vocab_size")
-library_flag([*GEN, "--top-p", "nan"], "--top-p")
-library_flag([*GEN, "--top-p", "0"], "--top-p")
-library_flag([*GEN, "--eos-id", "50257"], "--eos-id")
-library_flag([*GEN, "--eos-id", "-1"], "--eos-id")
-library_flag([*GEN, "--context-size", "0"], "--context-size")
+flag([*GEN, "--max-new-tokens", "-1"], "--max-new-tokens")
+flag([*GEN, "--temperature", "nan"], "--temperature")
+flag([*GEN, "--temperature", "-1"], "--temperature")
+flag([*GEN, "--top-k", "0"], "--top-k")
+flag([*GEN, "--top-k", "50258", "--temperature", "1"], "--top-k", "vocab_size")
+flag([*GEN, "--top-p", "nan"], "--top-p")
+flag([*GEN, "--top-p", "0"], "--top-p")
+flag([*GEN, "--eos-id", "50257"], "--eos-id")
+flag([*GEN, "--eos-id", "-1"], "--eos-id")
+flag([*GEN, "--context-size", "0"], "--context-size")
 flag([*GEN, "--seed", "-1", "--temperature", "1"], "--seed")
 flag([*GEN, "--device", "tpu"], "--device")
 flag([*GEN, "--prompt", ""], "--prompt")

@@ -162,7 +162,8 @@ def test_a_window_cache_holds_window_positions_whatever_the_length(window, lengt
         cache.advance(1)
         assert tuple(cache.keys.shape) == (2, 1, slots, 3)
         torch.testing.assert_close(keys, k[:, :, max(0, p - window + 1):p + 1], rtol=0, atol=0)
-    assert cache.memory_bytes() == 2 * 1 * slots * (3 + 2) * 8
+    bytes_held = sum(b.numel() * b.element_size() for b in cache.buffers())
+    assert bytes_held == cache.memory_bytes() == 2 * 1 * slots * (3 + 2) * 8
 
 
 def test_the_mask_follows_positions_and_hides_empty_slots():

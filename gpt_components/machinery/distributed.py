@@ -64,7 +64,7 @@ def parallelize(model: nn.Module, strategy: str, device: torch.device, *, world:
         from torch.distributed.fsdp import fully_shard
 
         # FSDP2 shards flat storage: a model in eval mode keeps some weights column-major for
-        # fast decoding (model._lay_out_blocks); they are made row-major, as training mode
+        # fast decoding (language_model.lay_out_blocks); they are made row-major, as training mode
         # keeps them (values do not change). train()/eval() then leave the shards alone.
         with torch.no_grad():
             for parameter in model.parameters():
