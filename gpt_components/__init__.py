@@ -42,6 +42,7 @@ _PUBLIC_MODULES = (
     "machinery.tensor_files",
     "weights",
     "modern",
+    "newest",
     "machinery.registry",
     "machinery.pretrained",
     "corpus",
@@ -52,6 +53,8 @@ _PUBLIC_MODULES = (
     "simple_loop",
     "appendix_d",
     "finetune",
+    "serving",
+    "reasoning",
 )
 
 #: Modules that moved into a folder, importable under their old names too (scripts written

@@ -6,7 +6,7 @@ small presets read and its instruct models' chat format. The declaration is the 
 ``FAMILIES`` holds every family declared, and the config class learns its family's name from it
 (``LlamaConfig.family == "llama"``: the name is spelled once). ``FAMILIES`` finds the package's
 own families on first use, by importing the modules that declare them (``weights`` for GPT-2,
-every module of ``modern``), so nothing lists them.
+every module of ``modern`` and ``newest``), so nothing lists them.
 
 A run's ``config.json`` keeps ``config_to_dict(cfg)``, the config's fields plus a ``"family"``
 key; ``build_model`` takes that dict back (a dict without a family key is GPT-2, as runs saved
@@ -40,7 +40,7 @@ __all__ = ["Family", "FAMILIES", "family_of", "family_for_model_type", "config_t
 
 # The modules that declare the package's own families; a package is imported with every module
 # in it (``modern`` does that itself), so a new family file there needs no edit here.
-_HOMES = ("gpt_components.weights", "gpt_components.modern")
+_HOMES = ("gpt_components.weights", "gpt_components.modern", "gpt_components.newest")
 _DECLARED: dict[str, Family] = {}
 
 

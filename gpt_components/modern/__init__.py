@@ -21,15 +21,11 @@ instruct models' chat formats; ``book_names`` gives the book's bonus-chapter nam
 torch.Size([1, 3, 100])
 """
 
-import importlib
-import pkgutil
+from ..machinery.chapter import import_chapter
 
 # Every module of the chapter, imported in name order: a family file declares its Family on
 # import (that registers it), and what a module lists in ``__all__`` is exported from here.
 # A new family is one new file in this folder; nothing here names it.
-_MODULES = [importlib.import_module(f"{__name__}.{info.name}")
-            for info in sorted(pkgutil.iter_modules(__path__), key=lambda info: info.name)
-            if not info.name.startswith("_")]
-__all__ = [name for module in _MODULES for name in getattr(module, "__all__", ())]
-globals().update({name: getattr(module, name) for module in _MODULES
-                  for name in getattr(module, "__all__", ())})
+_EXPORTS = import_chapter(__name__)
+__all__ = list(_EXPORTS)
+globals().update(_EXPORTS)
