@@ -32,7 +32,7 @@ Name a colour.
 <BLANKLINE>
 ### Response:
 Blue.<|endoftext|>
->>> text.count("### Instruction:"), text.endswith("Another?\n\n### Response:\n")
+>>> text.count("### Instruction:"), text.endswith("Another?\\n\\n### Response:\\n")
 (2, True)
 """
 
