@@ -46,6 +46,7 @@ import contextlib
 import dataclasses
 import hmac
 import importlib.util
+import ipaddress
 import json
 import queue
 import secrets
@@ -54,7 +55,7 @@ import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
@@ -68,13 +69,14 @@ from ..machinery.checks import (
     check_str,
     value_error,
 )
-from ._params import RequestOutput, SamplingParams
+from ._params import SamplingParams
+from .answer_text import AnswerText
 from .chat_page import CHAT_PAGE_HTML
 from .chat_prompts import chat_prompt_for
 from .sequential import SequentialEngine
 
 __all__ = ["build_app", "serve_model", "make_engine", "EngineLoop", "ENGINES", "DEFAULT_ENGINE",
-           "SERVE_EXTRA_HINT"]
+           "SERVE_EXTRA_HINT", "API_KEY_VARIABLE", "serve_extra_installed", "is_loopback"]
 
 ENGINES = ("batched", "sequential")
 # The batched engine once its module exists in this checkout; until then the sequential one.
@@ -82,6 +84,23 @@ DEFAULT_ENGINE = ("batched" if importlib.util.find_spec(f"{__package__}.engine")
                   else "sequential")
 SERVE_EXTRA_HINT = ("serving needs the 'serve' extra (FastAPI and uvicorn): "
                     "pip install 'gpt_components[serve]'")
+
+API_KEY_VARIABLE = "GPT_COMPONENTS_API_KEY"  # the key, when --api-key is not given
+
+
+def serve_extra_installed() -> bool:
+    """Whether FastAPI and uvicorn (the ``serve`` extra) can be imported."""
+    return all(importlib.util.find_spec(name) is not None for name in ("fastapi", "uvicorn"))
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is this machine only (``127.0.0.1``, ``::1``, ``localhost``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve anywhere
 
 
 def make_engine(name: str, model: nn.Module, tokenizer: Any) -> Any:
@@ -207,50 +226,11 @@ class _HTTPError(Exception):
 
 
 @dataclass
-class _Choice:
-    """One answer's text as its outputs arrive: stop ids dropped, stop strings cut, and the
-    text that might still change (a half-written character, a stop string's beginning) held
-    back until it cannot."""
+class _Choice(AnswerText):
+    """One of a request's ``n`` answers: its index and its request id in the engine."""
 
-    index: int
-    request_id: str
-    stop: tuple[str, ...]
-    stop_ids: frozenset[int]
-    text: str = ""  # the text sent so far
-    tokens: int = 0
-    finish_reason: str | None = None
-    ids: list[int] = field(default_factory=list)
-
-    def feed(self, output: RequestOutput, decode: Callable[[list[int]], str]) -> str:
-        """The text this output adds (possibly empty); sets ``finish_reason`` once done."""
-        ids = list(output.token_ids)
-        self.tokens = len(ids)
-        while ids and ids[-1] in self.stop_ids:  # an engine may keep the end id: never text
-            ids.pop()
-        full = decode(ids)
-        cuts = [full.find(s) for s in self.stop if s in full]
-        if cuts:
-            full, self.finish_reason = full[:min(cuts)], "stop"
-        elif output.finished:
-            self.finish_reason = "length" if output.finish_reason == "length" else "stop"
-        else:
-            full = full[:_safe_end(full, self.stop)]
-        new = full[len(self.text):] if full.startswith(self.text) else ""
-        self.text += new
-        return new
-
-
-def _safe_end(text: str, stop: tuple[str, ...]) -> int:
-    """How much of ``text`` no later token can change: not a trailing replacement character
-    (a character whose bytes are still coming), nor a tail that begins a stop string."""
-    end = len(text.rstrip("\ufffd"))
-    held = 0
-    for s in stop:
-        for size in range(min(len(s) - 1, end), held, -1):
-            if text[end - size:end] == s[:size]:
-                held = size
-                break
-    return end - held
+    index: int = 0
+    request_id: str = ""
 
 
 @dataclass
@@ -413,8 +393,8 @@ class _API:
                 seed = request.params.seed
                 params = dataclasses.replace(request.params,
                                              seed=None if seed is None else seed + index)
-                choice = _Choice(index, f"{base}-{index}", request.stop,
-                                 frozenset(params.stop_token_ids))
+                choice = _Choice(request.stop, frozenset(params.stop_token_ids), index=index,
+                                 request_id=f"{base}-{index}")
                 if not self.loop.submit(choice.request_id, request.prompt, params, deliver):
                     raise _HTTPError(429, f"The server holds {self.loop.max_requests} requests "
                                           "already: try again shortly", code="too_many_requests",
