@@ -93,7 +93,7 @@ class ChildServer:
             self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env,
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.first_line = self.process.stdout.readline()
-        found = re.search(r"http://127\.0\.0\.1:(\d+)", self.first_line)
+        found = re.search(r"http://\S+:(\d+) ", self.first_line)
         if not found:
             self.process.kill()
             _, err = self.process.communicate(timeout=30)
