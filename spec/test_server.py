@@ -24,9 +24,11 @@ from hypothesis import strategies as st
 from gpt_components import generation
 from gpt_components.cli import main
 from gpt_components.serving import (
+    ENGINES,
     InstructionChatFormat,
     SequentialEngine,
     build_app,
+    make_engine,
     serve_extra_installed,
 )
 from gpt_components.serving import server as serving_server
@@ -47,14 +49,25 @@ prompts = st.lists(st.sampled_from(WORDS), min_size=1, max_size=12).map("".join)
 seeds = st.integers(0, 2**31 - 1)
 
 
-@pytest.fixture(scope="module")
-def served():
-    """The tiny model, its tokenizer, and a TestClient of an application serving them."""
+def _served(engine: str):
     model, tokenizer = tiny_model(), tiny_tokenizer()
-    app = build_app(SequentialEngine(model, tokenizer=tokenizer), tokenizer,
-                    context_length=CONTEXT, model_name="tiny")
+    app = build_app(make_engine(engine, model, tokenizer), tokenizer, context_length=CONTEXT,
+                    model_name="tiny")
     with TestClient(app) as client:
         yield model, tokenizer, client
+
+
+@pytest.fixture(scope="module")
+def served():
+    """The tiny model, its tokenizer, and a TestClient of an application serving them with the
+    sequential engine."""
+    yield from _served("sequential")
+
+
+@pytest.fixture(scope="module", params=ENGINES)
+def served_by(request):
+    """The same, once with each engine: every answer must be the one generate gives."""
+    yield from _served(request.param)
 
 
 def reference(model, tokenizer, ids, max_tokens, temperature=0.0, top_k=None, seed=None,
@@ -75,8 +88,8 @@ def chat_ids(tokenizer, messages):
 
 @settings(deadline=None, max_examples=8)
 @given(prompt=prompts, max_tokens=st.integers(1, 12))
-def test_a_greedy_completion_is_what_generate_continues(served, prompt, max_tokens):
-    model, tokenizer, client = served
+def test_a_greedy_completion_is_what_generate_continues(served_by, prompt, max_tokens):
+    model, tokenizer, client = served_by
     reply = client.post("/v1/completions", json={"model": "tiny", "prompt": prompt,
                                                  "max_tokens": max_tokens, "temperature": 0})
     assert reply.status_code == 200, reply.text
@@ -93,8 +106,8 @@ def test_a_greedy_completion_is_what_generate_continues(served, prompt, max_toke
 @given(prompt=prompts, seed=seeds, temperature=st.floats(0.5, 2.0),
        top_k=st.none() | st.integers(1, 50))
 def test_a_seeded_sample_repeats_and_is_what_generate_samples_with_that_seed(
-        served, prompt, seed, temperature, top_k):
-    model, tokenizer, client = served
+        served_by, prompt, seed, temperature, top_k):
+    model, tokenizer, client = served_by
     request = {"prompt": prompt, "max_tokens": 6, "temperature": temperature, "seed": seed,
                "top_k": top_k}
     first = client.post("/v1/completions", json=request).json()
@@ -112,9 +125,9 @@ def _events(response) -> list:
 
 @settings(deadline=None, max_examples=6)
 @given(message=prompts, seed=seeds, n=st.integers(1, 3))
-def test_a_streamed_chat_joins_to_the_unstreamed_answer_and_ends_with_done(served, message,
+def test_a_streamed_chat_joins_to_the_unstreamed_answer_and_ends_with_done(served_by, message,
                                                                           seed, n):
-    model, tokenizer, client = served
+    model, tokenizer, client = served_by
     request = {"messages": [{"role": "user", "content": message}], "max_tokens": 8, "seed": seed,
                "n": n, "temperature": 1.0}
     whole = client.post("/v1/chat/completions", json=request).json()
@@ -139,8 +152,8 @@ def test_a_streamed_chat_joins_to_the_unstreamed_answer_and_ends_with_done(serve
 
 @settings(deadline=None, max_examples=8)
 @given(prompt=prompts, data=st.data())
-def test_a_stop_string_cuts_the_answer_before_it(served, prompt, data):
-    model, tokenizer, client = served
+def test_a_stop_string_cuts_the_answer_before_it(served_by, prompt, data):
+    model, tokenizer, client = served_by
     base = {"prompt": prompt, "max_tokens": 12, "temperature": 0}
     full = client.post("/v1/completions", json=base).json()["choices"][0]["text"]
     if not full:
@@ -227,22 +240,29 @@ def test_with_an_api_key_a_request_without_it_is_a_401(served):
         assert client.get("/").status_code == 200  # the page asks for the key itself
 
 
-class GatedEngine(SequentialEngine):
-    """The sequential engine, whose steps wait for ``gate`` and then ``delay`` seconds."""
+class GatedEngine:
+    """An engine whose steps wait for ``gate`` and then ``delay`` seconds, and which records
+    the requests aborted."""
 
-    def __init__(self, *args, delay: float = 0.0, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.gate, self.delay, self.aborted = threading.Event(), delay, []
+    def __init__(self, engine, delay: float = 0.0) -> None:
+        self.engine, self.delay, self.aborted = engine, delay, []
+        self.gate = threading.Event()
         self.gate.set()
+
+    def add_request(self, *args):
+        self.engine.add_request(*args)
+
+    def has_unfinished(self):
+        return self.engine.has_unfinished()
 
     def step(self):
         self.gate.wait(timeout=60)
         time.sleep(self.delay)
-        return super().step()
+        return self.engine.step()
 
     def abort(self, request_id):
         self.aborted.append(request_id)
-        super().abort(request_id)
+        self.engine.abort(request_id)
 
 
 def _until(condition, timeout: float = 30.0) -> None:
@@ -254,7 +274,7 @@ def _until(condition, timeout: float = 30.0) -> None:
 
 def test_one_request_past_max_requests_is_a_429_and_the_held_one_still_finishes(served):
     model, tokenizer, _ = served
-    engine = GatedEngine(model, tokenizer=tokenizer)
+    engine = GatedEngine(SequentialEngine(model, tokenizer=tokenizer))
     engine.gate.clear()
     app = build_app(engine, tokenizer, context_length=CONTEXT, model_name="tiny",
                     max_requests=1)
@@ -273,9 +293,10 @@ def test_one_request_past_max_requests_is_a_429_and_the_held_one_still_finishes(
         assert httpx.post(f"{url}/v1/completions", json={"prompt": "hi"}).status_code == 200
 
 
-def test_a_client_that_disconnects_mid_stream_aborts_its_request(served):
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_a_client_that_disconnects_mid_stream_aborts_its_request(served, engine_name):
     model, tokenizer, _ = served
-    engine = GatedEngine(model, tokenizer=tokenizer, delay=0.02)
+    engine = GatedEngine(make_engine(engine_name, model, tokenizer), delay=0.02)
     app = build_app(engine, tokenizer, context_length=CONTEXT, model_name="tiny")
     with ThreadServer(app) as url, httpx.Client(timeout=60) as client:
         with client.stream("POST", f"{url}/v1/completions",
@@ -313,9 +334,10 @@ def test_the_openai_client_completes_chats_streams_and_repeats_seeds(served):
             client.completions.create(model="gpt-9", prompt="hi")
 
 
-def test_concurrent_requests_each_get_the_answer_they_get_alone(served):
+@pytest.mark.parametrize("engine_name", ENGINES)
+def test_concurrent_requests_each_get_the_answer_they_get_alone(served, engine_name):
     model, tokenizer, _ = served
-    app = build_app(SequentialEngine(model, tokenizer=tokenizer), tokenizer,
+    app = build_app(make_engine(engine_name, model, tokenizer), tokenizer,
                     context_length=CONTEXT, model_name="tiny")
     asks = [dict(prompt=p, max_tokens=5, temperature=1.0, seed=s)
             for p, s in [("I had", 1), (" Jack", 2), ("a cheap", 3), ("genius", 4), ("!", 5)]]

@@ -14,7 +14,7 @@ text lag behind the ids:
 adds; ``finish_reason`` becomes ``"stop"`` or ``"length"`` once the answer is over (a stop
 string found here ends it even when the engine has not noticed: the caller aborts the request).
 
->>> from gpt_components.serving._params import RequestOutput
+>>> from gpt_components.serving import RequestOutput
 >>> answer = AnswerText(stop=("END",))
 >>> decode = lambda ids: "".join(chr(i) for i in ids)
 >>> answer.feed(RequestOutput("r", [72], [72], False, None), decode)  # "H"
@@ -34,7 +34,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from ._params import RequestOutput
+from .requests import RequestOutput
 
 __all__ = ["AnswerText"]
 

@@ -9,10 +9,11 @@ request therefore gets exactly the tokens ``generate`` gives it alone: the prope
 engine must keep, and the baseline its speed is measured against.
 
 A request stops at ``max_tokens`` (``"length"``), at one of its ``stop_token_ids`` (``"stop"``;
-that id is not part of the output, as ``generate``'s ``eos_id`` is not) or, when the engine has a
-tokenizer, once its decoded text holds one of its ``stop`` strings (``"stop"``; the ids are kept,
-the caller cuts the text). A prompt and its ``max_tokens`` must fit in the model's context: past
-it ``generate`` would slide the window and every engine would have to agree how.
+that id is not part of the output, as ``generate``'s ``eos_id`` is not), when the engine has a
+tokenizer once its decoded text holds one of its ``stop`` strings (``"stop"``; the ids are kept,
+the caller cuts the text), or when aborted (``"abort"``, reported by the next step). A prompt
+and its ``max_tokens`` must fit in the model's context: past it ``generate`` would slide the
+window, and every engine would have to agree how.
 
 >>> import torch
 >>> from gpt_components.model import GPTConfig, GPTModel
@@ -37,7 +38,7 @@ from torch import nn
 
 from ..generation import check_sampling, generate_stream
 from ..machinery.checks import check_instance, check_int, check_str, type_error, value_error
-from ._params import RequestOutput, SamplingParams
+from .requests import RequestOutput, SamplingParams
 
 __all__ = ["SequentialEngine", "check_engine_request"]
 
@@ -103,6 +104,7 @@ class SequentialEngine:
         self.model = model.eval()
         self.tokenizer = tokenizer
         self._queue: deque[_Request] = deque()  # the head is the one being served
+        self._aborted: list[_Request] = []  # to be reported by the next step
 
     def add_request(self, request_id: str, prompt_token_ids: list[int],
                     params: SamplingParams) -> None:
@@ -113,16 +115,25 @@ class SequentialEngine:
         self._queue.append(_Request(request_id, prompt, params))
 
     def has_unfinished(self) -> bool:
-        return bool(self._queue)
+        """Whether a request is queued, served, or aborted and not yet reported."""
+        return bool(self._queue or self._aborted)
 
     def abort(self, request_id: str) -> None:
-        """Drop a request, served or waiting (an unknown id is ignored: it may have finished)."""
-        self._queue = deque(r for r in self._queue if r.request_id != request_id)
+        """End a request, served or waiting; the next step reports it finished with reason
+        ``"abort"`` (an unknown or finished id is ignored)."""
+        for request in self._queue:
+            if request.request_id == request_id:
+                self._queue.remove(request)  # its stream, and the cache inside it, go with it
+                self._aborted.append(request)
+                return
 
     def step(self) -> list[RequestOutput]:
-        """One more token of the oldest request (an empty list when nothing is queued)."""
+        """The aborted requests' ends, then one more token of the oldest request."""
+        outputs = [RequestOutput(r.request_id, [], list(r.tokens), True, "abort")
+                   for r in self._aborted]
+        self._aborted.clear()
         if not self._queue:
-            return []
+            return outputs
         request = self._queue[0]
         if request.stream is None:
             request.stream = self._start(request)
@@ -140,8 +151,8 @@ class SequentialEngine:
                 reason = "length"
         if reason is not None:
             self._queue.popleft()
-        return [RequestOutput(request.request_id, new, list(request.tokens), reason is not None,
-                              reason)]
+        return [*outputs, RequestOutput(request.request_id, new, list(request.tokens),
+                                        reason is not None, reason)]
 
     def _start(self, request: _Request) -> Iterator[torch.Tensor]:
         params = request.params

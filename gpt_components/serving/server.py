@@ -69,10 +69,10 @@ from ..machinery.checks import (
     check_str,
     value_error,
 )
-from ._params import SamplingParams
 from .answer_text import AnswerText
 from .chat_page import CHAT_PAGE_HTML
 from .chat_prompts import chat_prompt_for
+from .requests import SamplingParams
 from .sequential import SequentialEngine
 
 __all__ = ["build_app", "serve_model", "make_engine", "EngineLoop", "ENGINES", "DEFAULT_ENGINE",

@@ -36,9 +36,9 @@ from dataclasses import dataclass, field
 from typing import Any, TextIO
 
 from ..machinery.checks import check_int, check_str, value_error
-from ._params import SamplingParams
 from .answer_text import AnswerText
 from .chat_prompts import chat_prompt_for
+from .requests import SamplingParams
 
 __all__ = ["chat_in_terminal", "TerminalChat"]
 
