@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 
 import httpx
 import openai
@@ -35,9 +34,11 @@ from gpt_components.serving import server as serving_server
 from spec.helpers.serving import (
     CONTEXT,
     ChildServer,
+    GatedEngine,
     ThreadServer,
     tiny_model,
     tiny_tokenizer,
+    until,
     write_run,
 )
 
@@ -240,38 +241,6 @@ def test_with_an_api_key_a_request_without_it_is_a_401(served):
         assert client.get("/").status_code == 200  # the page asks for the key itself
 
 
-class GatedEngine:
-    """An engine whose steps wait for ``gate`` and then ``delay`` seconds, and which records
-    the requests aborted."""
-
-    def __init__(self, engine, delay: float = 0.0) -> None:
-        self.engine, self.delay, self.aborted = engine, delay, []
-        self.gate = threading.Event()
-        self.gate.set()
-
-    def add_request(self, *args):
-        self.engine.add_request(*args)
-
-    def has_unfinished(self):
-        return self.engine.has_unfinished()
-
-    def step(self):
-        self.gate.wait(timeout=60)
-        time.sleep(self.delay)
-        return self.engine.step()
-
-    def abort(self, request_id):
-        self.aborted.append(request_id)
-        self.engine.abort(request_id)
-
-
-def _until(condition, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
-
-
 def test_one_request_past_max_requests_is_a_429_and_the_held_one_still_finishes(served):
     model, tokenizer, _ = served
     engine = GatedEngine(SequentialEngine(model, tokenizer=tokenizer))
@@ -283,7 +252,7 @@ def test_one_request_past_max_requests_is_a_429_and_the_held_one_still_finishes(
         first = threading.Thread(target=lambda: replies.append(httpx.post(
             f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)))
         first.start()
-        _until(lambda: app.state.api.loop.held == 1)
+        until(lambda: app.state.api.loop.held == 1)
         refused = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2})
         assert refused.status_code == 429
         assert refused.json()["error"]["type"] == "rate_limit_error"
@@ -303,7 +272,7 @@ def test_a_client_that_disconnects_mid_stream_aborts_its_request(served, engine_
                            json={"prompt": "hi", "max_tokens": 200, "stream": True}) as reply:
             next(reply.iter_lines())  # the first token has come: the request is running
             assert engine.has_unfinished()
-        _until(lambda: not engine.has_unfinished() and app.state.api.loop.held == 0)
+        until(lambda: not engine.has_unfinished() and app.state.api.loop.held == 0)
         assert len(engine.aborted) == 1  # freed by an abort, not by running to its end
         assert client.post(f"{url}/v1/completions", json={"prompt": "hi"}).status_code == 200
 

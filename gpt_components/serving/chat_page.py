@@ -5,13 +5,16 @@ The page keeps the conversation in the browser and sends all of it, each turn, t
 renders it in the model's chat format. The reply is read from the server-sent events as they
 arrive and written into the page token by token; the stop button aborts the fetch, which closes
 the connection, which makes the server abort the request (the engine frees its pages). What was
-written before the stop stays in the conversation. The sampling settings (temperature, top-p,
-top-k, max tokens, seed, a system message, the API key when the server asks for one) sit beside
-the conversation.
+written before the stop stays in the conversation. When the conversation would pass the model's
+context (the server answers ``context_length_exceeded``), the oldest exchange leaves it, greyed
+out on the page, and the turn is sent again, as the terminal chat does. The sampling settings
+(temperature, top-p, top-k, max tokens, seed, a system message, the API key when the server asks
+for one) sit beside the conversation.
 
 Hooks for tests and curious readers: ``#prompt`` (the message box), ``#send``, ``#stop``,
-``#log`` (one ``.message`` per turn, the assistant's with ``data-state`` ``streaming``, ``done``,
-``stopped`` or ``error``), ``#model`` (the served model's name).
+``#log`` (one ``.message`` per turn, the assistant's with ``data-state`` ``streaming``,
+``done``, ``stopped`` or ``error``; an exchange that left the conversation has ``.left``),
+``#model`` (the served model's name).
 
 >>> "<script>" in CHAT_PAGE_HTML and "http://" not in CHAT_PAGE_HTML
 True
@@ -46,6 +49,7 @@ CHAT_PAGE_HTML = """<!doctype html>
   .assistant[data-state="streaming"]::after { content: "\\258D"; color: var(--muted); }
   .assistant[data-state="stopped"]::after { content: " (stopped)"; color: var(--muted); }
   .assistant[data-state="error"] { border-color: #d33; color: #a11; }
+  .left { opacity: 0.45; }  /* left the conversation: past the model's context */
   form { display: flex; gap: 8px; padding: 12px 16px; border-top: 1px solid var(--line); }
   textarea { flex: 1; resize: vertical; min-height: 44px; font: inherit; padding: 8px; }
   button { font: inherit; padding: 6px 14px; }
@@ -131,19 +135,31 @@ async function send(text) {
   addMessage("user", text);
   const out = addMessage("assistant", "");
   out.dataset.state = "streaming";
-  const messages = [...history];
-  const system = $("system").value.trim();
-  if (system) messages.unshift({role: "system", content: system});
-  const body = {messages, stream: true, temperature: number("temperature"),
-                top_p: number("top_p"), top_k: number("top_k", true),
-                max_tokens: number("max_tokens", true), seed: number("seed", true)};
   controller = new AbortController();
   busy(true);
   let reply = "";
   try {
-    const response = await fetch("/v1/chat/completions", {method: "POST", headers: headers(),
-      body: JSON.stringify(body), signal: controller.signal});
-    if (!response.ok) throw new Error((await response.json()).error.message);
+    let response;
+    for (;;) {
+      const messages = [...history];
+      const system = $("system").value.trim();
+      if (system) messages.unshift({role: "system", content: system});
+      const body = {messages, stream: true, temperature: number("temperature"),
+                    top_p: number("top_p"), top_k: number("top_k", true),
+                    max_tokens: number("max_tokens", true), seed: number("seed", true)};
+      response = await fetch("/v1/chat/completions", {method: "POST", headers: headers(),
+        body: JSON.stringify(body), signal: controller.signal});
+      if (response.ok) break;
+      const error = (await response.json()).error;
+      if (error.code !== "context_length_exceeded" || history.length < 3) {
+        throw new Error(error.message);
+      }
+      // Past the context: the oldest exchange leaves the conversation, as in the terminal.
+      history.splice(0, 2);
+      const gone = $("log").querySelectorAll(".message:not(.left)");
+      gone[0].classList.add("left");
+      gone[1].classList.add("left");
+    }
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
     let buffer = "";

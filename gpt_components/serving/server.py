@@ -455,7 +455,7 @@ def build_app(engine: Any, tokenizer: Any, *, context_length: int, model_name: s
     """
     try:
         from fastapi import FastAPI
-        from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+        from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
         from starlette.exceptions import HTTPException
     except ImportError:
         raise ImportError(SERVE_EXTRA_HINT) from None
@@ -500,7 +500,11 @@ def build_app(engine: Any, tokenizer: Any, *, context_length: int, model_name: s
     async def chat_page(_: Any) -> Any:
         return HTMLResponse(CHAT_PAGE_HTML)
 
+    async def no_icon(_: Any) -> Any:
+        return Response(status_code=204)  # browsers ask; the page has none
+
     app.add_route("/", chat_page, methods=["GET"])
+    app.add_route("/favicon.ico", no_icon, methods=["GET"])
 
     async def list_models(_: Any) -> Any:
         return {"object": "list", "data": [{"id": model_name, "object": "model",

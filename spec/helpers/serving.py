@@ -111,3 +111,36 @@ class ChildServer:
         if self.process.poll() is None:
             self.process.kill()
             self.process.communicate(timeout=30)
+
+
+class GatedEngine:
+    """An engine whose steps wait for ``gate`` and then ``delay`` seconds, and which records
+    the requests aborted."""
+
+    def __init__(self, engine, delay: float = 0.0) -> None:
+        self.engine, self.delay, self.aborted = engine, delay, []
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def add_request(self, *args):
+        self.engine.add_request(*args)
+
+    def has_unfinished(self):
+        return self.engine.has_unfinished()
+
+    def step(self):
+        self.gate.wait(timeout=60)
+        time.sleep(self.delay)
+        return self.engine.step()
+
+    def abort(self, request_id):
+        self.aborted.append(request_id)
+        self.engine.abort(request_id)
+
+
+def until(condition, timeout: float = 30.0) -> None:
+    """Wait until ``condition()`` holds (a failed assertion after ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
