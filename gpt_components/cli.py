@@ -71,6 +71,7 @@ from .machinery.registry import FAMILIES, build_model, family_of, preset_config
 from .machinery.resources import resource_path
 from .machinery.sources import load_model_and_tokenizer, load_tokenizer_spec
 from .modern.chat import chat_format_for
+from .serving import engine_loop
 from .serving import server as serving_server
 from .serving.terminal import chat_in_terminal
 from .training import TrainConfig, TrainingDivergedError, TrainingInterrupted, lr_at, train
@@ -604,7 +605,7 @@ def _chat(args: argparse.Namespace) -> None:
     generation.check_sampling(args.temperature, args.top_k, args.top_p)
     model, tokenizer = _load_for_generation(args.source, args.tokenizer,
                                             _pick_device(args.device))
-    engine = serving_server.make_engine(args.engine, model, tokenizer)
+    engine = engine_loop.make_engine(args.engine, model, tokenizer)
     chat_in_terminal(engine, tokenizer, context_length=model.cfg.context_length,
                      system=args.system, max_tokens=args.max_tokens,
                      temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -626,7 +627,7 @@ def _add_serve(commands: Any) -> None:
     add("--host", default="127.0.0.1", help="address to listen on (beyond the loopback, give "
         "--api-key)")
     add("--port", type=int, default=8000, help="port to listen on (0: any free one)")
-    add("--engine", choices=serving_server.ENGINES, default=serving_server.DEFAULT_ENGINE,
+    add("--engine", choices=engine_loop.ENGINES, default=engine_loop.DEFAULT_ENGINE,
         help="batched: many requests share each step; sequential: one request at a time "
         "through generate")
     add("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 "
@@ -659,7 +660,7 @@ def _add_chat(commands: Any) -> None:
     add("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
     add("--top-p", type=float, default=None, help="nucleus sampling: smallest set reaching p")
     add("--seed", type=int, default=None, help="make the sampled answers repeatable")
-    add("--engine", choices=serving_server.ENGINES, default=serving_server.DEFAULT_ENGINE,
+    add("--engine", choices=engine_loop.ENGINES, default=engine_loop.DEFAULT_ENGINE,
         help="batched or sequential (the same answers; see serve)")
     add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
     add("--device", default="auto", help="auto, cpu, cuda or mps")

@@ -12,9 +12,9 @@ How a request travels:
    through ``machinery.checks`` (a refused field is a 400 whose ``param`` names it), renders
    the prompt (chat: ``chat_prompt_for(tokenizer)``, the family's format or chapter 7's) and
    checks it fits the context with its ``max_tokens``.
-2. ``EngineLoop`` owns the engine: one thread adds requests, calls ``engine.step()`` while any
-   is unfinished and hands each ``RequestOutput`` to its request's asyncio queue. Nothing else
-   touches the engine, so an engine need not be thread-safe.
+2. ``EngineLoop`` (``engine_loop.py``) owns the engine: one thread adds requests, calls
+   ``engine.step()`` while any is unfinished and hands each ``RequestOutput`` to its request's
+   asyncio queue. Nothing else touches the engine, so an engine need not be thread-safe.
 3. The handler turns outputs into text: stop strings are cut here (whatever the engine does
    with them), text that could still become a stop string or a half-written character is held
    back until it cannot.
@@ -28,6 +28,7 @@ a body too large, 429 when ``max_requests`` are already held, 500 if the engine 
 >>> from fastapi.testclient import TestClient
 >>> from gpt_components.bpe import BPETokenizer
 >>> from gpt_components.model import GPTConfig, GPTModel
+>>> from gpt_components.serving import SequentialEngine
 >>> tokenizer = BPETokenizer.train("the cat sat on the mat", vocab_size=262)
 >>> model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=tokenizer.n_vocab))
 >>> app = build_app(SequentialEngine(model, tokenizer=tokenizer), tokenizer,
@@ -48,7 +49,6 @@ import hmac
 import importlib.util
 import ipaddress
 import json
-import queue
 import secrets
 import signal
 import socket
@@ -63,7 +63,6 @@ from torch import nn
 from ..machinery.checks import (
     ArgumentError,
     check_bool,
-    check_choice,
     check_float,
     check_int,
     check_str,
@@ -72,16 +71,12 @@ from ..machinery.checks import (
 from .answer_text import AnswerText
 from .chat_page import CHAT_PAGE_HTML
 from .chat_prompts import chat_prompt_for
+from .engine_loop import DEFAULT_ENGINE, EngineLoop, make_engine
 from .requests import SamplingParams
-from .sequential import SequentialEngine
 
-__all__ = ["build_app", "serve_model", "make_engine", "EngineLoop", "ENGINES", "DEFAULT_ENGINE",
-           "SERVE_EXTRA_HINT", "API_KEY_VARIABLE", "serve_extra_installed", "is_loopback"]
+__all__ = ["build_app", "serve_model", "SERVE_EXTRA_HINT", "API_KEY_VARIABLE",
+           "serve_extra_installed", "is_loopback"]
 
-ENGINES = ("batched", "sequential")
-# The batched engine once its module exists in this checkout; until then the sequential one.
-DEFAULT_ENGINE = ("batched" if importlib.util.find_spec(f"{__package__}.engine") is not None
-                  else "sequential")
 SERVE_EXTRA_HINT = ("serving needs the 'serve' extra (FastAPI and uvicorn): "
                     "pip install 'gpt_components[serve]'")
 
@@ -101,114 +96,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False  # a name: it may resolve anywhere
-
-
-def make_engine(name: str, model: nn.Module, tokenizer: Any) -> Any:
-    """The engine called ``name`` (``"batched"`` or ``"sequential"``) serving ``model``."""
-    check_choice("engine", name, ENGINES)
-    if name == "sequential":
-        return SequentialEngine(model, tokenizer=tokenizer)
-    try:
-        from .engine import Engine
-    except ImportError:
-        raise value_error("engine", "engine 'batched' is not in this checkout yet: use "
-                                    "'sequential'") from None
-    return Engine(model, tokenizer=tokenizer)
-
-
-class EngineLoop:
-    """One thread drives the engine: requests in, ``step()`` while any is unfinished, outputs
-    out to each request's ``deliver`` callback (an exception if the engine failed).
-
-    ``max_requests`` bounds the requests held at once (waiting or running); ``submit`` refuses
-    one more with ``False``.
-    """
-
-    def __init__(self, engine: Any, max_requests: int = 64) -> None:
-        self.engine = engine
-        self.max_requests = check_int("max_requests", max_requests, low=1)
-        self._commands: queue.SimpleQueue[tuple] = queue.SimpleQueue()
-        self._deliver: dict[str, Callable[[Any], None]] = {}  # the loop thread's alone
-        self._held = 0  # requests submitted and not yet finished or aborted
-        self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
-
-    @property
-    def held(self) -> int:
-        return self._held
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping.set()
-        self._wake.set()
-        self._thread.join(timeout=30)
-
-    def submit(self, request_id: str, prompt: list[int], params: SamplingParams,
-               deliver: Callable[[Any], None]) -> bool:
-        """Queue a request, unless ``max_requests`` are held already (then ``False``)."""
-        with self._lock:
-            if self._held >= self.max_requests:
-                return False
-            self._held += 1
-        self._commands.put(("add", request_id, prompt, params, deliver))
-        self._wake.set()
-        return True
-
-    def abort(self, request_id: str) -> None:
-        """Cancel a request: the engine frees it, and nothing more is delivered for it."""
-        self._commands.put(("abort", request_id))
-        self._wake.set()
-
-    def _release(self, request_id: str) -> None:
-        if self._deliver.pop(request_id, None) is not None:
-            with self._lock:
-                self._held -= 1
-
-    def _apply_commands(self) -> None:
-        while True:
-            try:
-                command = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if command[0] == "add":
-                _, request_id, prompt, params, deliver = command
-                self._deliver[request_id] = deliver
-                try:
-                    self.engine.add_request(request_id, prompt, params)
-                except Exception as error:  # noqa: BLE001 - the request's, not the loop's
-                    self._release(request_id)
-                    deliver(error)
-            elif command[1] in self._deliver:
-                self.engine.abort(command[1])
-                self._release(command[1])
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            self._apply_commands()
-            if not self.engine.has_unfinished():
-                self._wake.wait()
-                self._wake.clear()
-                continue
-            try:
-                outputs = self.engine.step()
-            except Exception as error:  # noqa: BLE001 - every request held hears of it
-                for request_id, deliver in list(self._deliver.items()):
-                    with contextlib.suppress(Exception):
-                        self.engine.abort(request_id)
-                    self._release(request_id)
-                    deliver(error)
-                continue
-            for output in outputs:
-                deliver = self._deliver.get(output.request_id)
-                if deliver is None:
-                    continue  # aborted meanwhile
-                if output.finished:
-                    self._release(output.request_id)
-                deliver(output)
 
 
 class _HTTPError(Exception):
