@@ -277,6 +277,18 @@ def test_a_client_that_disconnects_mid_stream_aborts_its_request(served, engine_
         assert client.post(f"{url}/v1/completions", json={"prompt": "hi"}).status_code == 200
 
 
+def test_a_client_that_leaves_before_a_whole_answer_aborts_its_request(served):
+    model, tokenizer, _ = served
+    engine = GatedEngine(SequentialEngine(model, tokenizer=tokenizer), delay=0.02)
+    app = build_app(engine, tokenizer, context_length=CONTEXT, model_name="tiny")
+    with ThreadServer(app) as url:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 200},
+                       timeout=0.5)
+        until(lambda: not engine.has_unfinished() and app.state.api.loop.held == 0)
+        assert len(engine.aborted) == 1
+
+
 def test_the_openai_client_completes_chats_streams_and_repeats_seeds(served):
     model, tokenizer, _ = served
     app = build_app(SequentialEngine(model, tokenizer=tokenizer), tokenizer,

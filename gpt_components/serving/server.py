@@ -18,8 +18,8 @@ How a request travels:
 3. The handler turns outputs into text: stop strings are cut here (whatever the engine does
    with them), text that could still become a stop string or a half-written character is held
    back until it cannot.
-4. A client that goes away mid-stream cancels its handler, which aborts its request: the
-   engine frees what it held for it.
+4. A client that goes away (mid-stream, or before a whole answer is written) cancels its
+   answers, which aborts its requests: the engine frees what it held for them.
 
 Errors are OpenAI's shape, ``{"error": {"message", "type", "param", "code"}}``: 400 for a bad
 field, 401 without the ``api_key`` when one is set, 404 for an unknown model or route, 413 for
@@ -325,6 +325,20 @@ def _plain_content(message: Any) -> Any:
     return message
 
 
+async def _collect(answers: AsyncIterator[tuple[_Choice, str]]) -> dict[int, _Choice]:
+    """Every choice of a request, once all are finished."""
+    choices = {}
+    async for choice, _ in answers:
+        choices[choice.index] = choice
+    return choices
+
+
+async def _disconnected(request: Any) -> None:
+    """Returns once the client of ``request`` has closed its connection."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.2)
+
+
 def _usage(prompt: list[int], choices: list[_Choice]) -> dict[str, int]:
     completion = sum(c.tokens for c in choices)
     return {"prompt_tokens": len(prompt), "completion_tokens": completion,
@@ -402,7 +416,7 @@ def build_app(engine: Any, tokenizer: Any, *, context_length: int, model_name: s
         body = await api.body(request)
         prompt = api.completion_prompt(body)
         parsed = api.parse(body, prompt, default_max_tokens=16)
-        return await respond(parsed, chat=False)
+        return await respond(request, parsed, chat=False)
 
     async def chat_completions(request: Any) -> Any:
         body = await api.body(request)
@@ -412,22 +426,28 @@ def build_app(engine: Any, tokenizer: Any, *, context_length: int, model_name: s
                            default_max_tokens=max(1, api.context_length - len(prompt)),
                            extra_stop=tuple(getattr(chat, "stop_strings", ())),
                            stop_ids=tuple(chat.stop_ids(api.tokenizer)), prompt_param="messages")
-        return await respond(parsed, chat=True)
+        return await respond(request, parsed, chat=True)
 
     for path, method, handler in (("/v1/models", "GET", list_models),
                                   ("/v1/completions", "POST", completions),
                                   ("/v1/chat/completions", "POST", chat_completions)):
         app.add_route(path, handled(handler), methods=[method])  # plain Starlette endpoints
 
-    async def respond(parsed: _Request, chat: bool) -> Any:
+    async def respond(request: Any, parsed: _Request, chat: bool) -> Any:
         ident = ("chatcmpl-" if chat else "cmpl-") + secrets.token_hex(12)
         head = {"id": ident, "object": "chat.completion" if chat else "text_completion",
                 "created": int(time.time()), "model": model_name}
         if parsed.stream:
             return await stream(parsed, chat, head)
-        choices = {}
-        async for choice, _ in api.answers(parsed):
-            choices[choice.index] = choice
+        # A client that leaves before a whole answer is written cancels it, as a stream's does.
+        collected = asyncio.ensure_future(_collect(api.answers(parsed)))
+        gone = asyncio.ensure_future(_disconnected(request))
+        await asyncio.wait({collected, gone}, return_when=asyncio.FIRST_COMPLETED)
+        gone.cancel()
+        if not collected.done():
+            collected.cancel()  # its answers' finally aborts the requests
+            return Response(status_code=499)  # nobody is there to read it (nginx's code)
+        choices = collected.result()
         made = [choices[i] for i in sorted(choices)]
         return {**head, "choices": [
             {"index": c.index, "logprobs": None, "finish_reason": c.finish_reason,
