@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from gpt_components import generation
 from gpt_components.cli import main
+from gpt_components.machinery.checks import value_error
 from gpt_components.serving import (
     ENGINES,
     InstructionChatFormat,
@@ -195,6 +196,9 @@ BAD = [
     ("a negative temperature", {"prompt": "hi", "temperature": -1}, "temperature", 400),
     ("a NaN top_p", b'{"prompt": "hi", "top_p": NaN}', "top_p", 400),
     ("top_k 0", {"prompt": "hi", "top_k": 0}, "top_k", 400),
+    ("top_k past the vocabulary", {"prompt": "hi", "top_k": 10**6}, "top_k", 400),
+    ("a negative seed", {"prompt": "hi", "seed": -1}, "seed", 400),
+    ("a model name of the wrong type", {"prompt": "hi", "model": 5}, "model", 400),
     ("a stop of the wrong type", {"prompt": "hi", "stop": 7}, "stop", 400),
     ("n above the limit", {"prompt": "hi", "n": 9}, "n", 400),
     ("stream not a bool", {"prompt": "hi", "stream": "yes"}, "stream", 400),
@@ -220,6 +224,43 @@ def test_a_bad_request_gets_an_openai_error_object_and_the_server_keeps_serving(
     assert error["param"] == param
     fine = client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1})
     assert fine.status_code == 200
+
+
+class FaultyEngine(SequentialEngine):
+    """Refuses prompts that start with id 0 (as an engine with its own limits might) and fails
+    its next step once ``fail`` is set."""
+
+    fail = False
+
+    def add_request(self, request_id, prompt_token_ids, params):
+        if prompt_token_ids[0] == 0:
+            raise value_error("prompt_token_ids", "this engine refuses prompts opening with 0")
+        super().add_request(request_id, prompt_token_ids, params)
+
+    def step(self):
+        if self.fail:
+            self.fail = False
+            raise RuntimeError("a step that broke")
+        return super().step()
+
+
+def test_a_request_the_engine_refuses_is_a_400_and_a_failed_step_a_500_and_serving_goes_on(
+        served):
+    model, tokenizer, _ = served
+    engine = FaultyEngine(model, tokenizer=tokenizer)
+    app = build_app(engine, tokenizer, context_length=CONTEXT, model_name="tiny")
+    with TestClient(app) as client:
+        refused = client.post("/v1/completions", json={"prompt": [0, 1], "max_tokens": 2})
+        assert refused.status_code == 400
+        assert refused.json()["error"]["param"] == "prompt_token_ids"
+        engine.fail = True
+        failed = client.post("/v1/completions", json={"prompt": [1, 2], "max_tokens": 2})
+        assert failed.status_code == 500
+        assert failed.json()["error"]["type"] == "server_error"
+        assert "a step that broke" in failed.json()["error"]["message"]
+        until(lambda: not engine.has_unfinished() and app.state.api.loop.held == 0)
+        fine = client.post("/v1/completions", json={"prompt": [1, 2], "max_tokens": 2})
+        assert fine.status_code == 200
 
 
 def test_an_unknown_route_is_a_404_error_object(served):

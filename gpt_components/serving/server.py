@@ -178,7 +178,7 @@ class _API:
         if not isinstance(body, dict):
             raise _HTTPError(400, f"The body must be a JSON object, got "
                                   f"{type(body).__name__}", code="invalid_json")
-        model = body.get("model")
+        model = check_str("model", body.get("model"), optional=True)
         if model is not None and model != self.model_name:
             raise _HTTPError(404, f"The model {model!r} does not exist: this server serves "
                                   f"{self.model_name!r}", "model", "model_not_found")
@@ -205,8 +205,10 @@ class _API:
                              "context_length_exceeded")
         temperature = check_float("temperature", _get(body, "temperature", 1.0), low=0, high=2)
         top_p = check_float("top_p", _get(body, "top_p", 1.0), low=0, high=1, low_open=True)
-        top_k = check_int("top_k", body.get("top_k"), low=1, optional=True)
-        seed = check_int("seed", body.get("seed"), low=0, optional=True)
+        # A top_k past the vocabulary would fail inside a step, and every request in it.
+        top_k = check_int("top_k", body.get("top_k"), low=1, high=_vocab_size(self.tokenizer),
+                          optional=True)
+        seed = check_int("seed", body.get("seed"), low=0, high=2**63 - 1, optional=True)
         n = check_int("n", _get(body, "n", 1), low=1, high=self.max_n)
         stream = check_bool("stream", _get(body, "stream", False))
         options = _get(body, "stream_options", {})
@@ -289,6 +291,8 @@ class _API:
                 choices[choice.request_id] = choice
             while any(c.finish_reason is None for c in choices.values()):
                 item = await outputs.get()
+                if isinstance(item, ArgumentError):
+                    raise item  # the engine refused the request: a 400 naming the field
                 if isinstance(item, BaseException):
                     raise _HTTPError(500, f"The engine failed: {item}", code="engine_error",
                                      kind="server_error")
