@@ -194,3 +194,29 @@ def test_a_terminal_chat_refuses_a_message_too_long_for_the_context_and_goes_on(
                      stdin=io.StringIO("x " * CONTEXT + "\nshort\n"), max_tokens=4)
     assert len(engine.prompts) == 1 and "shorten it" in err.getvalue()
     assert TerminalChat(tokenizer, CONTEXT, 4).prompt("short")[1] == 4
+
+
+def test_ctrl_c_during_an_answer_stops_that_answer_and_the_chat_goes_on():
+    class Interrupted(ScriptedEngine):
+        """Ctrl-C arrives during the first answer's first step."""
+
+        def __init__(self, answer):
+            super().__init__(answer)
+            self.aborted, self.interrupted = [], False
+
+        def step(self):
+            if not self.interrupted:
+                self.interrupted = True
+                raise KeyboardInterrupt
+            return super().step()
+
+        def abort(self, request_id):
+            self.aborted.append(request_id)
+            self.pending.remove(request_id)
+
+    tokenizer = tiny_tokenizer()
+    engine, out = Interrupted(tokenizer.encode(" blue")), io.StringIO()
+    answers = chat_in_terminal(engine, tokenizer, context_length=CONTEXT, out=out,
+                               stdin=io.StringIO("first\nsecond\n"), max_tokens=4)
+    assert answers == 2 and engine.aborted == ["chat-0"]
+    assert out.getvalue() == " (stopped)\n blue\n"
