@@ -66,7 +66,7 @@ from .machinery.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from .machinery.checks import ArgumentError, check_float, check_int, renamed
+from .machinery.checks import ArgumentError, check_float, check_int, check_str, renamed
 from .machinery.registry import FAMILIES, build_model, family_of, preset_config
 from .machinery.resources import resource_path
 from .machinery.sources import load_model_and_tokenizer, load_tokenizer_spec
@@ -580,7 +580,8 @@ def _add_inspect(commands: Any) -> None:
 def _serve(args: argparse.Namespace) -> None:
     if not serving_server.serve_extra_installed():
         raise CLIError(serving_server.SERVE_EXTRA_HINT)
-    check_int("port", args.port, low=0, high=65535)  # every flag the model does not decide first
+    check_str("host", args.host)  # every flag the model does not decide, before loading it
+    check_int("port", args.port, low=0, high=65535)
     check_int("max_requests", args.max_requests, low=1)
     check_int("max_n", args.max_n, low=1)
     api_key = args.api_key or os.environ.get(serving_server.API_KEY_VARIABLE) or None

@@ -440,3 +440,23 @@ def test_gpt_components_serve_answers_and_a_signal_stops_it_in_one_line(tmp_path
         assert len(lines) == 2 and "--host 0.0.0.0" in lines[0] and "api-key" in lines[0]
     else:
         assert len(lines) == 1
+
+
+@pytest.mark.parametrize("argv, flag", [
+    (["serve", "{run}", "--port", "-1"], "--port"),
+    (["serve", "{run}", "--port", "70000"], "--port"),
+    (["serve", "{run}", "--max-requests", "0"], "--max-requests"),
+    (["serve", "{run}", "--max-n", "0"], "--max-n"),
+    (["serve", "{run}", "--host", ""], "--host"),
+    (["serve", "/no/such/run"], "source"),
+    (["chat", "{run}", "--temperature", "-1"], "--temperature"),
+    (["chat", "{run}", "--top-p", "2"], "--top-p"),
+    (["chat", "{run}", "--top-k", "0"], "--top-k"),
+    (["chat", "{run}", "--seed", "-1"], "--seed"),
+    (["chat", "{run}", "--max-tokens", "0"], "--max-tokens"),
+])
+def test_a_bad_serve_or_chat_flag_is_one_line_naming_it(argv, flag, tmp_path, capsys):
+    # The run does not exist: every flag is checked before the model is loaded.
+    assert main([a.replace("{run}", str(tmp_path / "run")) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpt-components: error: {flag}") and err.count("\n") == 1, err
