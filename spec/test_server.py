@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from gpt_components import generation
 from gpt_components.cli import main
 from gpt_components.machinery.checks import value_error
+from gpt_components.model import GPTConfig, GPTModel
 from gpt_components.serving import (
     ENGINES,
     InstructionChatFormat,
@@ -460,3 +461,36 @@ def test_a_bad_serve_or_chat_flag_is_one_line_naming_it(argv, flag, tmp_path, ca
     assert main([a.replace("{run}", str(tmp_path / "run")) for a in argv]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"gpt-components: error: {flag}") and err.count("\n") == 1, err
+
+
+def test_a_chat_is_in_the_familys_format_where_the_tokenizer_has_one(tmp_path):
+    """Qwen3's ChatML, rendered by transformers' own template (the reference), answered with
+    generate's greedy tokens up to the format's end of turn."""
+    import transformers
+
+    from gpt_components.modern.tokenizers import load_tokenizer
+    from spec.test_modern_chat import QWEN3_TEMPLATE, _byte_level_tokenizer, _model_dir
+    from spec.test_modern_tokenizers import QWEN_ADDED, QWEN_SPECIALS
+
+    path = _model_dir(tmp_path / "qwen3", _byte_level_tokenizer(QWEN_SPECIALS, QWEN_ADDED),
+                      {"eos_token": "<|im_end|>", "chat_template": QWEN3_TEMPLATE})
+    tokenizer, hf = load_tokenizer(path), transformers.AutoTokenizer.from_pretrained(path)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3)
+        model = GPTModel(GPTConfig.from_name("gpt-nano", vocab_size=tokenizer.n_vocab,
+                                             context_length=128, drop_rate=0.0)).eval()
+    app = build_app(SequentialEngine(model, tokenizer=tokenizer), tokenizer, context_length=128,
+                    model_name="qwen")
+    messages = [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Name a colour."}]
+    with TestClient(app) as client:
+        reply = client.post("/v1/chat/completions", json={"messages": messages,
+                                                          "max_tokens": 12, "temperature": 0})
+    ids = hf.apply_chat_template(messages, tokenize=True, add_generation_prompt=True)
+    ids = list(ids["input_ids"] if not isinstance(ids, list) else ids)
+    out = generation.generate(model, torch.tensor([ids]), 12)[0, len(ids):].tolist()
+    ends = [i for i, t in enumerate(out) if t in hf.convert_tokens_to_ids(
+        ["<|im_end|>", "<|endoftext|>"])]
+    expected = hf.decode(out[:ends[0]] if ends else out)
+    assert reply.json()["usage"]["prompt_tokens"] == len(ids)
+    assert reply.json()["choices"][0]["message"]["content"] == expected
