@@ -338,6 +338,9 @@ def test_the_openai_client_completes_chats_streams_and_repeats_seeds(served):
     with ThreadServer(app) as url:
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
         assert [m.id for m in client.models.list()] == ["tiny"]
+        assert client.models.retrieve("tiny").id == "tiny"
+        with pytest.raises(openai.NotFoundError):
+            client.models.retrieve("gpt-9")
         done = client.completions.create(model="tiny", prompt="I had always", max_tokens=6,
                                          temperature=0)
         ids = tokenizer.encode("I had always")

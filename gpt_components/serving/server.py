@@ -1,10 +1,11 @@
 """An OpenAI-compatible server: the API everybody's client already speaks, in front of an engine.
 
 ``build_app(engine, tokenizer, context_length=..., model_name=...)`` is a FastAPI application
-with ``GET /v1/models``, ``POST /v1/completions``, ``POST /v1/chat/completions`` (streamed as
-server-sent events ending in ``data: [DONE]`` when ``stream`` is true) and the chat page at
-``GET /``; ``serve_model(...)`` runs it under uvicorn until SIGINT or SIGTERM. FastAPI and
-uvicorn are the ``serve`` extra's, imported only when an application is built.
+with ``GET /v1/models`` (and ``/v1/models/{id}``), ``POST /v1/completions``, ``POST
+/v1/chat/completions`` (streamed as server-sent events ending in ``data: [DONE]`` when
+``stream`` is true) and the chat page at ``GET /``; ``serve_model(...)`` runs it under uvicorn
+until SIGINT or SIGTERM. FastAPI and uvicorn are the ``serve`` extra's, imported only when an
+application is built.
 
 How a request travels:
 
@@ -411,10 +412,18 @@ def build_app(engine: Any, tokenizer: Any, *, context_length: int, model_name: s
     app.add_route("/", chat_page, methods=["GET"])
     app.add_route("/favicon.ico", no_icon, methods=["GET"])
 
+    card = {"id": model_name, "object": "model", "created": api.created,
+            "owned_by": "gpt_components", "max_model_len": api.context_length}
+
     async def list_models(_: Any) -> Any:
-        return {"object": "list", "data": [{"id": model_name, "object": "model",
-                                            "created": api.created, "owned_by": "gpt_components",
-                                            "max_model_len": api.context_length}]}
+        return {"object": "list", "data": [card]}
+
+    async def one_model(request: Any) -> Any:
+        asked = request.path_params["model"]
+        if asked != model_name:
+            raise _HTTPError(404, f"The model {asked!r} does not exist: this server serves "
+                                  f"{model_name!r}", "model", "model_not_found")
+        return card
 
     async def completions(request: Any) -> Any:
         body = await api.body(request)
@@ -433,6 +442,7 @@ def build_app(engine: Any, tokenizer: Any, *, context_length: int, model_name: s
         return await respond(request, parsed, chat=True)
 
     for path, method, handler in (("/v1/models", "GET", list_models),
+                                  ("/v1/models/{model:path}", "GET", one_model),
                                   ("/v1/completions", "POST", completions),
                                   ("/v1/chat/completions", "POST", chat_completions)):
         app.add_route(path, handled(handler), methods=[method])  # plain Starlette endpoints
