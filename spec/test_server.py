@@ -346,6 +346,13 @@ def test_the_openai_client_completes_chats_streams_and_repeats_seeds(served):
         ids = tokenizer.encode("I had always")
         assert done.choices[0].text == reference(model, tokenizer, ids, 6)[0]
         assert done.usage.prompt_tokens == len(ids)
+        text = done.choices[0].text
+        assert len(text) > 2  # (the tiny model's fixed weights write this much)
+        stop = text[1:3]  # a stop string: the answer ends right before it
+        cut = client.completions.create(model="tiny", prompt="I had always", max_tokens=6,
+                                        temperature=0, stop=[stop])
+        assert cut.choices[0].text == text[:text.find(stop)]
+        assert cut.choices[0].finish_reason == "stop"
         messages = [{"role": "user", "content": "Name a colour."}]
         asked = dict(model="tiny", messages=messages, max_tokens=6, temperature=0.9, seed=11)
         answer = client.chat.completions.create(**asked)
