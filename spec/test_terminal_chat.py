@@ -32,7 +32,7 @@ pytestmark = pytest.mark.serving
 BOOK_PREAMBLE = ("Below is an instruction that describes a task. Write a response that "
                  "appropriately completes the request.")
 texts = st.text(st.sampled_from("abc xyz\n#!é"), min_size=1, max_size=20)
-lines = st.text(st.sampled_from("abc xyz#!é"), min_size=1, max_size=40)  # one message a line
+lines = st.text(st.sampled_from("abc xyz#!é"), min_size=1, max_size=80)  # one message a line
 
 
 def book_example(instruction: str, output: str | None) -> str:
@@ -193,7 +193,12 @@ def test_a_terminal_chat_refuses_a_message_too_long_for_the_context_and_goes_on(
     chat_in_terminal(engine, tokenizer, context_length=CONTEXT, err=err, out=out,
                      stdin=io.StringIO("x " * CONTEXT + "\nshort\n"), max_tokens=4)
     assert len(engine.prompts) == 1 and "shorten it" in err.getvalue()
-    assert TerminalChat(tokenizer, CONTEXT, 4).prompt("short")[1] == 4
+    chat = TerminalChat(tokenizer, CONTEXT, 4)
+    chat.history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}]
+    with pytest.raises(ValueError, match="shorten it") as refused:
+        chat.prompt("x " * CONTEXT)
+    assert refused.value.parameter == "message" and len(chat.history) == 2  # nothing lost
+    assert chat.prompt("short")[1:] == (4, 0)
 
 
 def test_ctrl_c_during_an_answer_stops_that_answer_and_the_chat_goes_on():

@@ -61,28 +61,32 @@ class TerminalChat:
         if self.chat_format is None:
             self.chat_format = chat_prompt_for(self.tokenizer)
 
-    def messages(self, message: str) -> list[dict[str, str]]:
+    def messages(self, message: str, history: list[dict[str, str]] | None = None
+                 ) -> list[dict[str, str]]:
+        """The system message, ``history`` (the kept one by default) and ``message``."""
+        history = self.history if history is None else history
         system = [] if self.system is None else [{"role": "system", "content": self.system}]
-        return [*system, *self.history, {"role": "user", "content": message}]
+        return [*system, *history, {"role": "user", "content": message}]
 
     def prompt(self, message: str) -> tuple[list[int], int, int]:
         """(prompt ids, the answer's max tokens, exchanges dropped) for the next answer.
 
         The oldest exchanges leave while the prompt and ``max_tokens`` pass the context; a
         prompt that fits only with a shorter answer gets one. Raises ValueError (parameter
-        ``message``) when the message does not fit even alone.
+        ``message``) when the message does not fit even alone, keeping the history as it was.
         """
-        dropped = 0
+        kept = list(self.history)
         while True:
-            ids = self.chat_format.encode(self.tokenizer, self.messages(message))
-            if len(ids) + self.max_tokens <= self.context_length or not self.history:
+            ids = self.chat_format.encode(self.tokenizer, self.messages(message, kept))
+            if len(ids) + self.max_tokens <= self.context_length or not kept:
                 break
-            del self.history[:2]  # the oldest user message and its answer
-            dropped += 1
+            del kept[:2]  # the oldest user message and its answer
         room = self.context_length - len(ids)
         if room < 1:
             raise value_error("message", f"the message makes a prompt of {len(ids)} tokens, and "
                                          f"the context holds {self.context_length}: shorten it")
+        dropped = (len(self.history) - len(kept)) // 2
+        self.history = kept
         return ids, min(self.max_tokens, room), dropped
 
     def stop(self) -> tuple[tuple[str, ...], tuple[int, ...]]:
