@@ -294,11 +294,14 @@ def test_one_request_past_max_requests_is_a_429_and_the_held_one_still_finishes(
         first = threading.Thread(target=lambda: replies.append(httpx.post(
             f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2}, timeout=60)))
         first.start()
-        until(lambda: app.state.api.loop.held == 1)
-        refused = httpx.post(f"{url}/v1/completions", json={"prompt": "hi", "max_tokens": 2})
+        try:
+            until(lambda: app.state.api.loop.held == 1)
+            refused = httpx.post(f"{url}/v1/completions", json={"prompt": "hi",
+                                                                "max_tokens": 2})
+        finally:
+            engine.gate.set()  # whatever happened, the held request may finish
         assert refused.status_code == 429
         assert refused.json()["error"]["type"] == "rate_limit_error"
-        engine.gate.set()
         first.join(timeout=60)
         assert replies[0].status_code == 200
         assert httpx.post(f"{url}/v1/completions", json={"prompt": "hi"}).status_code == 200
