@@ -10,9 +10,10 @@
   ``conv_kernel - 1`` inputs of ``conv_dim``, whatever the length.
 
 ``test_small_presets_hold_what_the_formula_says`` builds the real caches of the small presets
-(``llama3-nano``, ``gemma3-nano``, ``deepseek-v3-nano``, ``qwen3-next-nano``, ``qwen3.5-nano``) and counts their buffers' bytes against
-it. ``python -m benchmarks.test_kv_memory`` draws ``benchmarks/kv_cache_memory.png`` for the
-published sizes and prints the table recorded in ``benchmarks/README.md``.
+(``llama3-nano``, ``gemma3-nano``, ``deepseek-v3-nano``, ``qwen3-next-nano``,
+``qwen3.5-nano``) and counts their buffers' bytes against it. ``python -m
+benchmarks.test_kv_memory`` draws ``benchmarks/kv_cache_memory.png`` for the published sizes
+and prints the table recorded in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
