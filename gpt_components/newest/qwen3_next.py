@@ -44,10 +44,11 @@ from .gated_attention import GatedAttention
 from .gated_deltanet import DELTA_RULE_KERNELS, GatedDeltaNet
 from .shared_expert_moe import GatedSharedExpertMoE
 
-__all__ = ["LAYER_KINDS", "Qwen3NextConfig", "QWEN3_NEXT_PRESETS", "QWEN3_NEXT_HF_NAMES",
-           "deltanet_hf_names", "hybrid_fields_from_hf", "hybrid_fields_to_hf"]
+__all__ = ["QWEN3_NEXT_LAYER_KINDS", "Qwen3NextConfig", "QWEN3_NEXT_PRESETS",
+           "QWEN3_NEXT_HF_NAMES", "deltanet_hf_names", "hybrid_fields_from_hf",
+           "hybrid_fields_to_hf"]
 
-LAYER_KINDS = ("linear_attention", "full_attention")
+QWEN3_NEXT_LAYER_KINDS = ("linear_attention", "full_attention")
 
 
 def _gated_attention(cfg: Any, spec: LayerSpec) -> GatedAttention:
@@ -100,7 +101,7 @@ class Qwen3NextConfig(DecoderConfig):
     qk_norm: bool = True
     attention: str = "gated_attention"  # the full layers'
     partial_rotary_factor: float = 0.25  # the share of each head's features RoPE turns
-    layer_types: tuple[str, ...] | None = None  # a LAYER_KINDS entry per layer; None: interval
+    layer_types: tuple[str, ...] | None = None  # per layer, a kind; None: the interval's
     full_attention_interval: int = 4  # with layer_types None: every this-many-th layer is full
     linear_key_heads: int = 16  # Gated DeltaNet's query/key heads
     linear_value_heads: int = 32  # its value heads (and states), a multiple of the key heads
@@ -134,11 +135,11 @@ class Qwen3NextConfig(DecoderConfig):
             if isinstance(self.layer_types, str) or not isinstance(self.layer_types,
                                                                    (list, tuple)):
                 raise type_error("layer_types", f"layer_types must be a sequence of "
-                                                f"{list(LAYER_KINDS)} or None, got "
+                                                f"{list(QWEN3_NEXT_LAYER_KINDS)} or None, got "
                                                 f"{self.layer_types!r}")
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
             for kind in self.layer_types:
-                check_choice("layer_types", kind, LAYER_KINDS)
+                check_choice("layer_types", kind, QWEN3_NEXT_LAYER_KINDS)
             if len(self.layer_types) != self.n_layers:
                 raise value_error("layer_types", f"layer_types must give one kind per layer "
                                                  f"(n_layers={self.n_layers}), got "
