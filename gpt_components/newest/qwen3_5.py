@@ -1,4 +1,4 @@
-"""The Qwen3.5 text model (Alibaba, 2026): Qwen3-Next's hybrid with dense feed-forwards.
+"""The Qwen3.5 text model (Alibaba): Qwen3-Next's hybrid with dense feed-forwards.
 
 What Qwen3.5's language model changes from Qwen3-Next (``qwen3_next``): its dense sizes have no
 experts (every feed-forward is a SwiGLU of ``hidden_dim``), and its Gated DeltaNet layers keep
