@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gpt_components import save_pretrained
+from gpt_components import from_pretrained, save_pretrained
 from gpt_components.generation import generate
+from gpt_components.machinery.registry import FAMILIES, build_model, preset_config
 from gpt_components.modern import DecoderModel, MoEFeedForward, active_parameters
 from gpt_components.newest import GatedDeltaNet, Qwen3NextConfig
 from gpt_components.training import calc_loss_batch
@@ -222,3 +223,37 @@ def test_bad_configurations_are_refused_naming_the_field():
         with pytest.raises(error, match=field) as caught:
             Qwen3NextConfig.from_name("qwen3-next-nano", **bad)
         assert caught.value.parameter == field
+
+
+def test_the_published_config_json_reads_as_the_preset():
+    # The keys of Qwen/Qwen3-Next-80B-A3B-Instruct's config.json that set the architecture, in
+    # its own (transformers 4) spelling: the top-level RoPE keys and the layer interval.
+    published = {
+        "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
+        "vocab_size": 151936, "max_position_embeddings": 262144, "hidden_size": 2048,
+        "num_hidden_layers": 48, "num_attention_heads": 16, "num_key_value_heads": 2,
+        "head_dim": 256, "intermediate_size": 5120, "hidden_act": "silu",
+        "rms_norm_eps": 1e-06, "rope_theta": 10000000, "rope_scaling": None,
+        "partial_rotary_factor": 0.25, "attention_bias": False, "attention_dropout": 0.0,
+        "tie_word_embeddings": False, "full_attention_interval": 4, "linear_conv_kernel_dim": 4,
+        "linear_key_head_dim": 128, "linear_num_key_heads": 16, "linear_num_value_heads": 32,
+        "linear_value_head_dim": 128, "num_experts": 512, "num_experts_per_tok": 10,
+        "moe_intermediate_size": 512, "shared_expert_intermediate_size": 512,
+        "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+        "router_aux_loss_coef": 0.001}
+    family = FAMILIES["qwen3_next"]
+    assert family.layout.config_from_hf(published) == Qwen3NextConfig.from_name(
+        "qwen3-next-80b-a3b")
+
+
+def test_the_multi_token_prediction_head_of_a_checkpoint_is_skipped(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    model = build_model(preset_config("qwen3-next-nano", vocab_size=64)).eval()
+    directory = save_pretrained(model, tmp_path / "next")
+    tensors = load_file(directory / "model.safetensors")
+    save_file({**tensors, "mtp.fc.weight": torch.zeros(2, 2)}, directory / "model.safetensors",
+              metadata={"format": "pt"})
+    ids = torch.tensor([[1, 2, 3]])
+    with torch.no_grad():
+        assert torch.equal(from_pretrained(directory)(ids), model(ids))

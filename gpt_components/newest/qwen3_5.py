@@ -29,6 +29,7 @@ from .qwen3_next import (
     deltanet_hf_names,
     hybrid_fields_from_hf,
     hybrid_fields_to_hf,
+    without_mtp,
 )
 
 __all__ = ["Qwen35Config", "QWEN3_5_PRESETS", "QWEN3_5_HF_NAMES"]
@@ -78,6 +79,6 @@ def config_to_hf(cfg: Qwen35Config) -> dict[str, Any]:
 
 HF_LAYOUT = HFLayout(model_type="qwen3_5_text", architecture="Qwen3_5ForCausalLM",
                      names=QWEN3_5_HF_NAMES, config_from_hf=config_from_hf,
-                     config_to_hf=config_to_hf, title="Qwen3.5")
+                     config_to_hf=config_to_hf, title="Qwen3.5", canonical=without_mtp)
 FAMILY = Family(name="qwen3_5_text", config_class=Qwen35Config, model_class=DecoderModel,
                 presets=QWEN3_5_PRESETS, layout=HF_LAYOUT, chat_format=Qwen3ChatFormat)

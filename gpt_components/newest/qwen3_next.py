@@ -46,7 +46,7 @@ from .shared_expert_moe import GatedSharedExpertMoE
 
 __all__ = ["QWEN3_NEXT_LAYER_KINDS", "Qwen3NextConfig", "QWEN3_NEXT_PRESETS",
            "QWEN3_NEXT_HF_NAMES", "deltanet_hf_names", "hybrid_fields_from_hf",
-           "hybrid_fields_to_hf"]
+           "hybrid_fields_to_hf", "without_mtp"]
 
 QWEN3_NEXT_LAYER_KINDS = ("linear_attention", "full_attention")
 
@@ -265,6 +265,12 @@ def hybrid_fields_to_hf(cfg: Qwen3NextConfig, layout: HFLayout) -> dict[str, Any
             "linear_conv_kernel_dim": cfg.linear_conv_kernel}
 
 
+def without_mtp(key: str) -> str | None:
+    """A checkpoint's tensor name, or None for the multi-token-prediction head (``mtp.*``),
+    which the published checkpoints carry for speculative decoding and the model never runs."""
+    return None if key.startswith("mtp.") else key
+
+
 def config_from_hf(hf: Mapping[str, Any]) -> Qwen3NextConfig:
     """A ``Qwen3NextConfig`` from a ``Qwen3NextForCausalLM`` ``config.json``."""
     return Qwen3NextConfig(
@@ -290,6 +296,6 @@ def config_to_hf(cfg: Qwen3NextConfig) -> dict[str, Any]:
 
 HF_LAYOUT = HFLayout(model_type="qwen3_next", architecture="Qwen3NextForCausalLM",
                      names=QWEN3_NEXT_HF_NAMES, config_from_hf=config_from_hf,
-                     config_to_hf=config_to_hf, title="Qwen3-Next")
+                     config_to_hf=config_to_hf, title="Qwen3-Next", canonical=without_mtp)
 FAMILY = Family(name="qwen3_next", config_class=Qwen3NextConfig, model_class=DecoderModel,
                 presets=QWEN3_NEXT_PRESETS, layout=HF_LAYOUT, chat_format=Qwen3ChatFormat)
