@@ -257,3 +257,32 @@ def test_the_multi_token_prediction_head_of_a_checkpoint_is_skipped(tmp_path):
     ids = torch.tensor([[1, 2, 3]])
     with torch.no_grad():
         assert torch.equal(from_pretrained(directory)(ids), model(ids))
+
+
+def drawn_model(cfg, seed: int):
+    """``cfg``'s model in float64 with every weight drawn from ``seed``, in eval mode."""
+    model = build_model(cfg).to(F64)
+    g = generator(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=F64) * 0.3)
+    return model.eval()
+
+
+@settings(deadline=None, max_examples=2)
+@given(seed=seeds, chunk=st.integers(1, 5), t=st.integers(1, 12))
+def test_the_whole_model_computes_one_function_with_either_rule(seed, chunk, t):
+    cfg = preset_config("qwen3-next-nano", vocab_size=64, chunk_size=chunk)
+    chunked = drawn_model(cfg, seed)
+    recurrent = drawn_model(dataclasses.replace(cfg, deltanet_kernel="recurrent"), seed)
+    ids = torch.randint(0, 64, (2, t), generator=generator(seed))
+    with torch.no_grad():
+        torch.testing.assert_close(recurrent(ids), chunked(ids), **EXACT)
+
+
+def test_cached_generation_equals_uncached_past_the_context():
+    # A full window refills the cache from the last tokens: the states start again from zero.
+    model = drawn_model(preset_config("qwen3-next-nano", vocab_size=64, context_length=6), 0)
+    prompt = torch.tensor([[5, 9, 2]])
+    cached = generate(model, prompt, max_new_tokens=10)
+    assert torch.equal(cached, generate(model, prompt, max_new_tokens=10, use_cache=False))
