@@ -254,3 +254,5 @@ def test_bad_arguments_are_refused_naming_the_parameter():
         layer(torch.zeros(1, 3, 7))
     with pytest.raises(ValueError, match="batch_size"):
         layer(torch.zeros(1, 3, 8), cache=layer.new_cache(2, 8))
+    with pytest.raises(ValueError, match="need_weights"):
+        layer(torch.zeros(1, 3, 8), cache=layer.new_cache(1, 8), need_weights=True)

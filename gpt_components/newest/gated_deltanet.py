@@ -408,7 +408,10 @@ class GatedDeltaNet(nn.Module):
         before the rule.
         """
         check_features(x, self.emb_dim, (3,), self.W_out.weight)
-        first_position(cache, start)
+        first_position(cache, start)  # start, if given, must be the cache's next position
+        if need_weights and cache is not None:
+            raise value_error("need_weights", "need_weights shows a pass from an empty state: "
+                                              "it must be False with a cache")
         b_, t, _ = x.shape
         qkv, z, b, a = self._project(x)
         past = state = None
