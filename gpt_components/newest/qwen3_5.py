@@ -43,7 +43,7 @@ class Qwen35Config(Qwen3NextConfig):
     deltanet_projections: ClassVar[str] = "split"  # four matrices, not two fused
 
     vocab_size: int = 248320
-    context_length: int = 262144
+    context_length: int = 32768
     emb_dim: int = 4096
     n_layers: int = 32
     n_kv_heads: int = 4
@@ -52,7 +52,7 @@ class Qwen35Config(Qwen3NextConfig):
 
 
 QWEN3_5_PRESETS: dict[str, Qwen35Config] = {
-    # transformers' Qwen3_5TextConfig defaults ("Qwen3.5-9B style"), with the published context.
+    # transformers' Qwen3_5TextConfig defaults, which its docstring calls "Qwen3.5-9B style".
     "qwen3.5-9b": Qwen35Config(),
     # Small for a laptop CPU (GPT-2's BPE): three DeltaNet layers, then one gated attention.
     "qwen3.5-nano": Qwen35Config(vocab_size=50257, context_length=64, emb_dim=48, n_layers=4,
