@@ -141,6 +141,10 @@ class BlockPool:
         """Whether some block holds the prefix ``key``."""
         return key in self._block_of
 
+    def cached_block(self, key: bytes) -> int | None:
+        """The block holding the prefix ``key`` (not taken), or None."""
+        return self._block_of.get(key)
+
     def register(self, block: int, key: bytes) -> None:
         """Record that held ``block`` is full and holds the prefix ``key`` (first one wins)."""
         if key not in self._block_of and block not in self._key_of:
