@@ -15,15 +15,21 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import pkgutil
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import spec.families
 from gpt_components.machinery.registry import FAMILIES
 from gpt_components.serving.paged_cache import BlockPool, PagedKVCache, block_hashes
 from spec.strategies import generator, seeds
+
+for _info in pkgutil.iter_modules(spec.families.__path__):  # the spec's own families too
+    importlib.import_module(f"spec.families.{_info.name}")
 
 pytestmark = pytest.mark.serving
 F64 = torch.float64
@@ -47,8 +53,9 @@ def tiny_model(name: str, seed: int, *, n_layers: int | None = None, dtype=F64):
     cfg = family.config_class.from_name(preset, vocab_size=64, drop_rate=0.0)
     if getattr(cfg, "sliding_window", None):
         cfg = dataclasses.replace(cfg, sliding_window=4)
-    if n_layers is not None:
-        cfg = dataclasses.replace(cfg, n_layers=n_layers)
+    if n_layers is not None:  # (a family that names each layer's kind names them anew)
+        relisted = {"layer_types": None} if hasattr(cfg, "layer_types") else {}
+        cfg = dataclasses.replace(cfg, n_layers=n_layers, **relisted)
     model = family.model_class(cfg).to(dtype)
     g = generator(seed)
     with torch.no_grad():

@@ -440,7 +440,9 @@ class Engine:
         q: dict[_Sequence, list[torch.Tensor]] = {s: [] for s in sequences}
         for j in range(max(ks.values())):
             active = [s for s in sequences if ks[s] > j]
-            feeds = [(s, s.tokens[s.draft_computed:] + drafts[s], s.draft_computed)
+            # The draft's unfed positions: of the tokens (one, or two after a step that kept
+            # every drafted token) and then of its own drafts so far.
+            feeds = [(s, (s.tokens + drafts[s])[s.draft_computed:], s.draft_computed)
                      for s in active]
             hidden = self._hidden(self.draft_model, self.draft_cache, feeds)
             last = torch.stack([hidden[b, len(ids) - 1] for b, (_, ids, _) in enumerate(feeds)])
