@@ -277,6 +277,14 @@ class Engine:
                     results[output.request_id] = output.token_ids
         return [results[i] for i in ids]
 
+    def memory(self) -> dict[str, int]:
+        """What the pages hold now: blocks held by running sequences, the positions they have
+        computed (their keys and values), and how many sequences run."""
+        return {"held_blocks": self.num_blocks - self.pool.num_free,
+                "held_positions": (self.num_blocks - self.pool.num_free) * self.block_size,
+                "computed_positions": sum(s.computed for s in self._running),
+                "running": len(self._running)}
+
     @property
     def num_free_blocks(self) -> int:
         """Blocks no sequence holds (cached prefixes among them)."""
@@ -415,7 +423,8 @@ class Engine:
         if draft_too:
             self._hidden(self.draft_model, self.draft_cache, feeds)
         last = torch.stack([hidden[b, len(ids) - 1] for b, (_, ids, _) in enumerate(feeds)])
-        logits = self.model.out_head(last)  # (B, vocab)
+        # Sampled on the CPU, where each request's generator lives (as generate's would).
+        logits = self.model.out_head(last).cpu()  # (B, vocab)
         for b, (sequence, ids, _) in enumerate(feeds):
             sequence.computed += len(ids)
             if draft_too:
@@ -446,7 +455,7 @@ class Engine:
                      for s in active]
             hidden = self._hidden(self.draft_model, self.draft_cache, feeds)
             last = torch.stack([hidden[b, len(ids) - 1] for b, (_, ids, _) in enumerate(feeds)])
-            logits = self.draft_model.out_head(last)  # (B, vocab)
+            logits = self.draft_model.out_head(last).cpu()  # (B, vocab)
             for b, (s, ids, _) in enumerate(feeds):
                 s.draft_computed += len(ids)
                 p = s.params
@@ -456,7 +465,7 @@ class Engine:
                 drafts[s].append(token)
                 q[s].append(dist)
         feeds = [(s, s.tokens[s.computed:] + drafts[s], s.computed) for s in sequences]
-        logits = self.model.out_head(self._hidden(self.model, self.cache, feeds))  # (B, T, V)
+        logits = self.model.out_head(self._hidden(self.model, self.cache, feeds)).cpu()  # (B, T, V)
         for b, s in enumerate(sequences):
             accepted = self._verify(s, logits[b], drafts[s], q[s])
             self.stats["verify_rows"] += 1
