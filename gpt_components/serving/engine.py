@@ -316,27 +316,38 @@ class Engine:
         return self._forward(rows, draft_too=False)
 
     def _schedule_prefill(self) -> list[tuple[_Sequence, int]]:
-        """Rows of prompt chunks: running sequences mid-prompt first, then new ones while the
-        token budget, ``max_running`` and the free blocks allow."""
-        budget, rows = self.max_batch_tokens, []
-        for sequence in sorted((s for s in self._running if s.pending > 1),
-                               key=lambda s: s.arrival):
-            count = min(sequence.pending, budget)
-            if count == 0:
-                break
-            if sequence in self._running and self._reserve(sequence, sequence.computed + count):
-                rows.append((sequence, count))
-                budget -= count
-        while self._waiting and budget > 0 and len(self._running) < self.max_running:
-            sequence = self._waiting[0]
-            if not self._admit(sequence, budget):
-                break
-            self._waiting.popleft()
-            self._running.append(sequence)
-            count = min(sequence.pending, budget)
-            rows.append((sequence, count))
-            budget -= count
-        return rows
+        """Rows of prompt chunks: running sequences mid-prompt first (oldest first), then
+        waiting ones, admitted in order while ``max_running`` and the free blocks allow.
+
+        The rows are padded to the widest, so the step computes ``rows * width`` tokens,
+        at most ``max_batch_tokens``. Few wide rows or many narrow ones: the step takes the
+        most rows whose chunks still add up to at least half of the most real tokens any
+        choice gives. So a short prompt behind a long one shares the step with a chunk of
+        it instead of waiting for all of it, and short prompts go many to a step.
+        """
+        room = self.max_running - len(self._running)
+        candidates = sorted((s for s in self._running if s.pending > 1), key=lambda s: s.arrival)
+        candidates += list(self._waiting)[:max(0, room)]
+        if not candidates:
+            return []
+        budget = self.max_batch_tokens
+        real = [sum(min(s.pending, budget // r) for s in candidates[:r])
+                for r in range(1, min(len(candidates), budget) + 1)]
+        count = max(r + 1 for r, tokens in enumerate(real) if 2 * tokens >= max(real))
+        width = budget // count
+        rows = []
+        for sequence in candidates[:count]:
+            if sequence in self._running:
+                chunk = min(sequence.pending, width)
+                if sequence.pending > 1 and self._reserve(sequence, sequence.computed + chunk):
+                    rows.append((sequence, chunk))
+            elif self._waiting and self._waiting[0] is sequence and self._admit(sequence, width):
+                self._waiting.popleft()
+                self._running.append(sequence)
+                rows.append((sequence, min(sequence.pending, width)))
+            else:
+                break  # the queue is served in order: none admitted past one that waits
+        return [(s, chunk) for s, chunk in rows if s in self._running]
 
     def _schedule_decode(self) -> list[tuple[_Sequence, int]]:
         """Every decoding sequence, oldest first, as long as blocks can be found for it."""
