@@ -197,8 +197,9 @@ class PagedLayerCache(LayerCache):
     def _gather(self, pool: torch.Tensor) -> torch.Tensor:
         """Every row's positions ``0 .. S - 1`` in order, (B, S, *per_position)."""
         step = self.step
-        if self.gather == "fast":
-            return pool[step.read_slots]
+        if self.gather == "fast":  # index_select: a few times faster than pool[slots]
+            picked = pool.index_select(0, step.read_slots.reshape(-1))  # (B * S, *per_position)
+            return picked.view(*step.read_slots.shape, *pool.shape[1:])
         # The textbook walk: each row's blocks in table order, the last one cut at the row's
         # length, then padded (with the pool's first slot: never visible) to the longest row.
         blocks = pool.view(-1, self.block_size, *pool.shape[1:])  # (blocks, bs, *per_position)
