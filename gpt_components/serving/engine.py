@@ -115,7 +115,8 @@ class Engine:
     ``max_running`` sequences decoded together at most; ``prefix_caching`` keeps full blocks
     for reuse; ``draft_model`` (same vocabulary) with ``num_speculative_tokens`` > 0 turns on
     speculative decoding; ``gather`` picks the paged cache's read path (``"fast"`` or
-    ``"textbook"``). Call ``model.eval()`` first, as for ``generate``.
+    ``"textbook"``). Call ``model.eval()`` first, as for ``generate``. One thread drives an
+    engine: a server calls ``add_request``, ``abort`` and ``step`` from the loop that owns it.
     """
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, block_size: int = 16,
