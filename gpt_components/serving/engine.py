@@ -72,8 +72,13 @@ from ..machinery.checks import (
 )
 from ..machinery.language_model import LanguageModel
 from .paged_cache import BlockPool, PagedKVCache, block_hashes
-from .requests import RequestOutput, SamplingParams
-from .speculative import residual_distribution, sampling_distribution
+from .requests import (
+    RequestOutput,
+    SamplingParams,
+    tokens_before_stop,
+    tokens_safe_from_stop,
+)
+from .speculative import sampling_distribution, verify_drafts
 
 __all__ = ["Engine"]
 
@@ -479,7 +484,9 @@ class Engine:
         feeds = [(s, s.tokens[s.computed:] + drafts[s], s.computed) for s in sequences]
         logits = self.model.out_head(self._hidden(self.model, self.cache, feeds)).cpu()  # (B, T, V)
         for b, s in enumerate(sequences):
-            accepted = self._verify(s, logits[b], drafts[s], q[s])
+            p = s.params
+            accepted = verify_drafts(logits[b], drafts[s], q[s], p.temperature, p.top_k, p.top_p,
+                                     s.generator)
             self.stats["verify_rows"] += 1
             self.stats["draft_tokens"] += len(drafts[s])
             self.stats["accepted_tokens"] += len(accepted) - 1
@@ -488,30 +495,6 @@ class Engine:
             self._register(s)
             self._append(s, accepted)
         return sequences
-
-    def _verify(self, s: _Sequence, logits: torch.Tensor, drafts: list[int],
-                q: list[torch.Tensor]) -> list[int]:
-        """The kept draft tokens and one of the model's own: greedy keeps the prefix that
-        agrees with the argmax; sampling keeps a draft token with probability min(1, p/q)
-        and draws from the residual at the first rejection (``speculative``)."""
-        p = s.params
-        kept = []
-        for i, token in enumerate(drafts):
-            if p.greedy:
-                if token != int(logits[i].argmax()):
-                    break
-            else:
-                target = sampling_distribution(logits[i], p.temperature, p.top_k, p.top_p)
-                ratio = target[token] / q[i][token]
-                if float(torch.rand((), generator=s.generator, dtype=torch.float64)) >= ratio:
-                    residual = residual_distribution(target, q[i])
-                    return kept + [int(torch.multinomial(residual, 1, generator=s.generator))]
-            kept.append(token)
-        i = len(kept)
-        if p.greedy:
-            return kept + [int(logits[i].argmax())]
-        target = sampling_distribution(logits[i], p.temperature, p.top_k, p.top_p)
-        return kept + [int(torch.multinomial(target, 1, generator=s.generator))]
 
     def _register(self, sequence: _Sequence) -> None:
         """Put the sequence's newly full, computed blocks in the prefix cache."""
@@ -550,32 +533,19 @@ class Engine:
 
     def _cut_at_stop(self, sequence: _Sequence) -> bool:
         """If the text holds a stop string, cut the tokens before the one it begins in."""
-        text = self.tokenizer.decode(sequence.output)
-        found = [text.find(stop) for stop in sequence.params.stop if stop in text]
-        if not found:
+        keep = tokens_before_stop(sequence.output, sequence.params.stop, self.tokenizer)
+        if keep is None:
             return False
-        keep = self._tokens_within(sequence.output, min(found))
         sequence.output = sequence.output[:max(keep, sequence.emitted)]
         return True
 
-    def _tokens_within(self, tokens: list[int], chars: int) -> int:
-        """The most leading tokens whose text fits in the first ``chars`` characters."""
-        keep = len(tokens)
-        while keep > 0 and len(self.tokenizer.decode(tokens[:keep])) > chars:
-            keep -= 1
-        return keep
-
     def _safe_to_emit(self, sequence: _Sequence) -> int:
-        """How many tokens can be reported: all once finished; before that, those whose text
-        cannot be the start of a stop string still being written."""
+        """How many tokens can be reported: all once finished; before that, those that no
+        stop string still being written can take back."""
         if sequence.finish_reason is not None or not sequence.params.stop:
             return len(sequence.output)
-        text = self.tokenizer.decode(sequence.output)
-        held = max((n for stop in sequence.params.stop for n in range(1, len(stop))
-                    if text.endswith(stop[:n])), default=0)
-        if not held:
-            return len(sequence.output)
-        return max(sequence.emitted, self._tokens_within(sequence.output, len(text) - held))
+        return max(sequence.emitted, tokens_safe_from_stop(sequence.output, sequence.params.stop,
+                                                           self.tokenizer))
 
     def _output(self, sequence: _Sequence) -> RequestOutput | None:
         """The sequence's news for this step (None if it has none)."""

@@ -29,7 +29,8 @@ import torch
 
 from ..machinery.checks import check_float, check_int
 
-__all__ = ["sampling_distribution", "acceptance_probability", "residual_distribution"]
+__all__ = ["sampling_distribution", "acceptance_probability", "residual_distribution",
+           "verify_drafts"]
 
 
 def sampling_distribution(logits: torch.Tensor, temperature: float, top_k: int | None = None,
@@ -65,3 +66,33 @@ def residual_distribution(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     residual = torch.clamp(p - q, min=0.0)
     mass = residual.sum(dim=-1, keepdim=True)
     return torch.where(mass > 0, residual / mass.clamp(min=torch.finfo(p.dtype).tiny), p)
+
+
+def verify_drafts(logits: torch.Tensor, drafts: list[int], draft_probs: list[torch.Tensor],
+                  temperature: float, top_k: int | None, top_p: float | None,
+                  generator: torch.Generator) -> list[int]:
+    """The kept drafts and one token of the model's own, from the model's ``logits``
+    (k + 1, vocab) at the positions of the last fed token and the ``k`` drafts.
+
+    Greedy (``temperature`` 0) keeps the drafts that agree with the argmax, then the argmax
+    where they stop agreeing (or after the last). Sampling keeps draft ``x`` with probability
+    ``min(1, p(x) / q(x))`` (``q`` = ``draft_probs``, the draft's distribution it was drawn
+    from), draws from the residual at the first rejection, or from ``p`` after the last draft.
+    """
+    kept: list[int] = []
+    for i, token in enumerate(drafts):
+        if temperature == 0:
+            if token != int(logits[i].argmax()):
+                break
+        else:
+            p = sampling_distribution(logits[i], temperature, top_k, top_p)
+            accept = acceptance_probability(p, draft_probs[i], token)
+            if float(torch.rand((), generator=generator, dtype=torch.float64)) >= accept:
+                residual = residual_distribution(p, draft_probs[i])
+                return kept + [int(torch.multinomial(residual, 1, generator=generator))]
+        kept.append(token)
+    last = logits[len(kept)]
+    if temperature == 0:
+        return kept + [int(last.argmax())]
+    p = sampling_distribution(last, temperature, top_k, top_p)
+    return kept + [int(torch.multinomial(p, 1, generator=generator))]
