@@ -439,7 +439,7 @@ class Engine:
         hidden = self._hidden(self.model, self.cache, feeds)
         if draft_too:
             self._hidden(self.draft_model, self.draft_cache, feeds)
-        last = torch.stack([hidden[b, len(ids) - 1] for b, (_, ids, _) in enumerate(feeds)])
+        last = _last_positions(hidden, feeds)
         # Sampled on the CPU, where each request's generator lives (as generate's would).
         logits = self.model.out_head(last).cpu()  # (B, vocab)
         for b, (sequence, ids, _) in enumerate(feeds):
@@ -471,7 +471,7 @@ class Engine:
             feeds = [(s, (s.tokens + drafts[s])[s.draft_computed:], s.draft_computed)
                      for s in active]
             hidden = self._hidden(self.draft_model, self.draft_cache, feeds)
-            last = torch.stack([hidden[b, len(ids) - 1] for b, (_, ids, _) in enumerate(feeds)])
+            last = _last_positions(hidden, feeds)
             logits = self.draft_model.out_head(last).cpu()  # (B, vocab)
             for b, (s, ids, _) in enumerate(feeds):
                 s.draft_computed += len(ids)
@@ -561,6 +561,12 @@ class Engine:
             del self._requests[sequence.request_id]
         return RequestOutput(sequence.request_id, new, list(sequence.output[:ready]), finished,
                              sequence.finish_reason)
+
+
+def _last_positions(hidden: torch.Tensor, feeds: list) -> torch.Tensor:
+    """Each row's hidden state at its last fed token, (B, emb)."""
+    ends = torch.tensor([len(ids) - 1 for _, ids, _ in feeds], device=hidden.device)
+    return hidden[torch.arange(len(feeds), device=hidden.device), ends]
 
 
 def _probed(cache: PagedKVCache, model: LanguageModel) -> PagedKVCache:
