@@ -199,3 +199,21 @@ def test_a_family_whose_layers_have_no_paged_form_is_refused_by_name():
     with pytest.raises(ValueError, match="RecurrentState, which has no paged form") as error:
         PagedKVCache(model, 4, 2)
     assert error.value.parameter == "model"
+
+
+def test_an_attention_that_ignores_the_paged_mask_is_refused_before_any_request():
+    from gpt_components.serving.engine import Engine
+
+    model = tiny_model("llama", 0)
+    attention = model.trf_blocks[1].att
+    own_forward = attention.forward
+
+    def forgetful(x, rope=None, cache=None, start=None, need_weights=False):
+        if cache is not None:  # as an attention written before paged caches: no mask asked
+            cache.visible = lambda window=None: None
+        return own_forward(x, rope, cache, start, need_weights)
+
+    attention.forward = forgetful
+    with pytest.raises(ValueError, match="layer 1's attention did not ask") as error:
+        Engine(model, block_size=2, num_blocks=4)
+    assert error.value.parameter == "model"
