@@ -158,7 +158,9 @@ class PagedLayerCache(LayerCache):
     Each of ``like``'s buffers (keys and values, or latents and RoPE keys) becomes a pool of
     ``num_blocks * block_size`` slots of one position each. ``PagedKVCache.prepare`` points
     the layer at the step's rows; ``store`` then writes and gathers. The layer reports
-    ``like``'s layout, so the model checks it as the cache it replaces.
+    ``like``'s layout, so the model checks it as the cache it replaces. A windowed layer keeps
+    every position too (its attention's mask keeps the window): freeing the pages a window has
+    left behind would need tables of their own for the windowed layers.
     """
 
     def __init__(self, like: LayerCache, num_blocks: int, block_size: int, *,
