@@ -33,6 +33,7 @@ from hypothesis import strategies as st
 
 from gpt_components.generation import generate
 from gpt_components.serving.engine import Engine
+from gpt_components.serving.paged_cache import PagedKVCache
 from gpt_components.serving.requests import SamplingParams
 from gpt_components.serving.speculative import (
     acceptance_probability,
@@ -311,3 +312,16 @@ def test_an_aborted_request_frees_its_pages_and_is_reported_once():
     assert (output.request_id, output.finished, output.finish_reason) == ("a", True, "abort")
     assert not engine.has_unfinished() and engine.step() == []
     engine.abort("a")  # gone already: nothing happens
+
+
+def test_windowed_layers_keep_a_ring_of_pages_and_lose_nothing():
+    model = tiny_model("gemma3", 0)  # windowed layers of 4 positions, context 64
+    engine = Engine(model, block_size=2, num_blocks=64, max_batch_tokens=4, max_running=2)
+    ring = engine.cache.ring_blocks * engine.block_size
+    assert engine.cache.ringed and ring < 20  # the sequences below outgrow their rings
+    prompts = [list(range(1, 21)), list(range(30, 45)), [7, 7, 7]]
+    params = SamplingParams(temperature=0.0, max_tokens=12)
+    assert engine.generate(prompts, params) == [alone(model, p, params)[0] for p in prompts]
+    everything = PagedKVCache(model, 64, 2)  # every position of every layer in pages
+    assert engine.cache.memory_bytes() < everything.memory_bytes()
+    assert engine.stats["prefix_hit_tokens"] == 0  # a ring keeps no prefix for later

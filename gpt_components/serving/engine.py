@@ -99,6 +99,7 @@ class _Sequence:
     draft_computed: int = 0  # the same, in the draft model's pages
     keys: list[bytes] = field(default_factory=list)  # prefix keys of its full blocks
     registered: int = 0  # how many of its blocks are in the prefix cache
+    ring: int | None = None  # its ring of pages in windowed layers, while it runs
     finish_reason: str | None = None
 
     @property
@@ -118,7 +119,8 @@ class Engine:
     ``max_running`` sequences of a quarter of the context each, and at least one full one);
     ``max_batch_tokens`` tokens of prompt fed per prefill step (longer prompts go in chunks);
     ``max_running`` sequences decoded together at most; ``prefix_caching`` keeps full blocks
-    for reuse; ``draft_model`` (same vocabulary) with ``num_speculative_tokens`` > 0 turns on
+    for reuse (turned off for a model with windowed layers: their pages are rings, which keep
+    no prefix); ``draft_model`` (same vocabulary) with ``num_speculative_tokens`` > 0 turns on
     speculative decoding; ``gather`` picks the paged cache's read path (``"fast"`` or
     ``"textbook"``). Call ``model.eval()`` first, as for ``generate``. One thread drives an
     engine: a server calls ``add_request``, ``abort`` and ``step`` from the loop that owns it.
@@ -148,10 +150,16 @@ class Engine:
         self.num_blocks = check_int("num_blocks", num_blocks, low=1)
         self.draft_model = self._check_draft(draft_model)
         self.pool = BlockPool(num_blocks, block_size)
-        self.cache = _probed(PagedKVCache(model, num_blocks, block_size, gather=gather), model)
+        # Windowed layers keep a ring of pages per running sequence, a window and a chunk long.
+        rings = dict(gather=gather, ring_rows=max_running,
+                     max_chunk=max(max_batch_tokens, self.num_speculative_tokens + 2))
+        self.cache = _probed(PagedKVCache(model, num_blocks, block_size, **rings), model)
         self.draft_cache = None if self.draft_model is None else _probed(
-            PagedKVCache(self.draft_model, num_blocks, block_size, gather=gather),
-            self.draft_model)
+            PagedKVCache(self.draft_model, num_blocks, block_size, **rings), self.draft_model)
+        # A ring has written over the window's keys of every cached prefix: no prefix caching.
+        if self.cache.ringed or (self.draft_cache is not None and self.draft_cache.ringed):
+            self.prefix_caching = False
+        self._free_rings = list(range(max_running))
         self._requests: dict[str, _Sequence] = {}
         self._waiting: deque[_Sequence] = deque()
         self._running: list[_Sequence] = []
@@ -386,6 +394,7 @@ class Engine:
             return False
         sequence.table = [self.pool.take_cached(key) for key in keys]
         sequence.table += [self.pool.allocate() for _ in range(needed)]
+        sequence.ring = self._free_rings.pop()
         sequence.keys, sequence.registered = list(keys), len(keys)
         sequence.computed = sequence.draft_computed = start
         if not sequence.output:
@@ -416,6 +425,9 @@ class Engine:
     def _free(self, sequence: _Sequence) -> None:
         for block in sequence.table:
             self.pool.release(block)
+        if sequence.ring is not None:
+            self._free_rings.append(sequence.ring)
+            sequence.ring = None
         sequence.table, sequence.keys, sequence.registered = [], [], 0
         sequence.computed = sequence.draft_computed = 0
 
@@ -430,7 +442,7 @@ class Engine:
         idx = torch.tensor([ids + [0] * (width - len(ids)) for _, ids, _ in rows],
                            device=device)  # (B, T)
         cache.prepare([s.table for s, _, _ in rows], [start for _, _, start in rows],
-                      [len(ids) for _, ids, _ in rows])
+                      [len(ids) for _, ids, _ in rows], [s.ring for s, _, _ in rows])
         return model.hidden_states(idx, kv_cache=cache)
 
     def _forward(self, rows: list[tuple[_Sequence, int]], draft_too: bool) -> list[_Sequence]:

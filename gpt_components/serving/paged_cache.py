@@ -22,7 +22,9 @@ Exports:
   them each query may see. ``gather="textbook"`` walks each block table block by block,
   ``"fast"`` gathers every slot in one indexing; the spec proves them equal.
 - ``PagedKVCache``: one ``PagedLayerCache`` per layer, made from a model, which the engine
-  points at the rows of each step (``prepare``) before one forward pass over all of them.
+  points at the rows of each step (``prepare``) before one forward pass over all of them. With
+  ``ring_rows``, windowed layers keep only their window's pages: a ring of blocks per row, in
+  a pool of their own, the rest of a long sequence written over as the window moves on.
 
 >>> import torch
 >>> from gpt_components.model import GPTConfig, GPTModel
@@ -158,13 +160,14 @@ class PagedLayerCache(LayerCache):
     Each of ``like``'s buffers (keys and values, or latents and RoPE keys) becomes a pool of
     ``num_blocks * block_size`` slots of one position each. ``PagedKVCache.prepare`` points
     the layer at the step's rows; ``store`` then writes and gathers. The layer reports
-    ``like``'s layout, so the model checks it as the cache it replaces. A windowed layer keeps
-    every position too (its attention's mask keeps the window): freeing the pages a window has
-    left behind would need tables of their own for the windowed layers.
+    ``like``'s layout, so the model checks it as the cache it replaces. ``ring=True`` (a
+    windowed layer's, see ``PagedKVCache``) reads and writes through each row's ring of
+    blocks instead of its block table.
     """
 
     def __init__(self, like: LayerCache, num_blocks: int, block_size: int, *,
-                 gather: str = "fast", device: torch.device | str | None = None,
+                 gather: str = "fast", ring: bool = False,
+                 device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__(1, num_blocks * block_size)  # no row holds more than every slot
         self.gather = check_choice("gather", gather, GATHER_KERNELS)
@@ -177,6 +180,8 @@ class PagedLayerCache(LayerCache):
             self.register_buffer(name, torch.zeros(num_blocks * block_size, *per_position,
                                                    device=device, dtype=dtype),
                                  persistent=False)  # (slots, *per_position)
+        self.ring = ring  # pages in per-sequence rings (a windowed layer's), not the tables
+        self.window = getattr(like, "window", None)
         self.step: _Step | None = None
         self.unread = False  # stored this step, mask not yet asked for
 
@@ -186,19 +191,18 @@ class PagedLayerCache(LayerCache):
 
     def _write(self, k: torch.Tensor, v: torch.Tensor,
                start: int) -> tuple[torch.Tensor, torch.Tensor]:
-        step = self.step
+        step = self.step.rings if self.ring else self.step.pages
         pools = list(self.buffers(recurse=False))
         gathered = []
         for pool, new in zip(pools, (k, v), strict=True):
             rows = new.movedim(self.token_dim, 1)  # (B, T, *per_position)
-            pool[step.write_slots] = rows[step.real].to(pool.dtype)
-            gathered.append(self._gather(pool).movedim(1, self.token_dim))
+            pool[step.write_slots] = rows[self.step.real].to(pool.dtype)
+            gathered.append(self._gather(pool, step).movedim(1, self.token_dim))
         self.unread = True
         return gathered[0], gathered[1]
 
-    def _gather(self, pool: torch.Tensor) -> torch.Tensor:
+    def _gather(self, pool: torch.Tensor, step: _Slots) -> torch.Tensor:
         """Every row's positions ``0 .. S - 1`` in order, (B, S, *per_position)."""
-        step = self.step
         if self.gather == "fast":  # index_select: a few times faster than pool[slots]
             picked = pool.index_select(0, step.read_slots.reshape(-1))  # (B * S, *per_position)
             return picked.view(*step.read_slots.shape, *pool.shape[1:])
@@ -217,15 +221,41 @@ class PagedLayerCache(LayerCache):
         position, within ``window`` positions back when given. A padding query repeats its
         row's last position, so no query sees nothing (a softmax of nothing is NaN)."""
         self.unread = False
+        if self.ring and window != self.window:  # a ring holds nothing older than its window
+            raise value_error("window", f"this layer's pages are a ring of its window of "
+                                        f"{self.window} positions; its attention asked for "
+                                        f"window={window}")
         return self.step.visible(window)
+
+
+class _Slots:
+    """Where one step's rows read and write in a pool, through one set of block tables."""
+
+    def __init__(self, tables: list[list[int]], step: _Step, block_size: int) -> None:
+        device = step.positions.device
+        self.tables, self.lengths, self.longest = tables, step.lengths, step.longest
+        width = max(len(table) for table in tables)
+        table_t = torch.tensor([table + [0] * (width - len(table)) for table in tables],
+                               device=device)  # (B, blocks)
+        key_positions = torch.arange(step.longest, device=device)  # (S)
+        self.read_slots = self._slots(table_t, key_positions.expand(len(tables), -1),
+                                      block_size)  # (B, S)
+        self.write_slots = self._slots(table_t, step.positions, block_size)[step.real]  # (N)
+
+    @staticmethod
+    def _slots(tables: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
+        """The pool slot of each (row, position): table[p // bs] * bs + p % bs."""
+        blocks = torch.gather(tables, 1, (positions // block_size).clamp(max=tables.shape[1] - 1))
+        return blocks * block_size + positions % block_size
 
 
 class _Step:
     """Where one forward pass's rows sit: computed once in ``prepare``, read by every layer."""
 
     def __init__(self, tables: list[list[int]], starts: list[int], counts: list[int],
-                 block_size: int, device: torch.device) -> None:
-        self.tables, self.lengths = tables, [s + c for s, c in zip(starts, counts, strict=True)]
+                 block_size: int, device: torch.device,
+                 ring_tables: list[list[int]] | None = None) -> None:
+        self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         self.longest = max(self.lengths)
         t = max(counts)
         starts_t = torch.tensor(starts, device=device)
@@ -236,20 +266,9 @@ class _Step:
         # query sees what the last real one sees.
         self.positions = starts_t[:, None] + torch.minimum(offsets[None, :],
                                                            counts_t[:, None] - 1)  # (B, T)
-        width = max(len(table) for table in tables)
-        table_t = torch.tensor([table + [0] * (width - len(table)) for table in tables],
-                               device=device)  # (B, blocks)
-        key_positions = torch.arange(self.longest, device=device)  # (S)
-        self.read_slots = self._slots(table_t, key_positions.expand(len(tables), -1),
-                                      block_size)  # (B, S)
-        self.write_slots = self._slots(table_t, self.positions, block_size)[self.real]  # (N)
+        self.pages = _Slots(tables, self, block_size)
+        self.rings = None if ring_tables is None else _Slots(ring_tables, self, block_size)
         self._masks: dict[int | None, torch.Tensor] = {}
-
-    @staticmethod
-    def _slots(tables: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
-        """The pool slot of each (row, position): table[p // bs] * bs + p % bs."""
-        blocks = torch.gather(tables, 1, (positions // block_size).clamp(max=tables.shape[1] - 1))
-        return blocks * block_size + positions % block_size
 
     def visible(self, window: int | None) -> torch.Tensor:
         mask = self._masks.get(window)
@@ -273,14 +292,23 @@ class PagedKVCache(CacheStack):
     cover them), then the model's forward with ``kv_cache=`` this cache, its ids padded on the
     right to the longest row. ``length`` stays 0: each sequence's length is its row's
     ``starts + counts``, which the engine keeps.
+
+    ``ring_rows`` (None: every layer paged through the tables) gives each windowed layer a
+    pool of ``ring_rows`` rings instead, each of ``ring_blocks`` blocks spanning its window and
+    ``max_chunk`` tokens (the most one row feeds in one pass); ``prepare``'s ``rings`` then
+    says which ring each row uses.
     """
 
     def __init__(self, model: nn.Module, num_blocks: int, block_size: int, *,
-                 gather: str = "fast") -> None:
+                 gather: str = "fast", ring_rows: int | None = None,
+                 max_chunk: int | None = None) -> None:
         check_int("num_blocks", num_blocks, low=1)
         check_int("block_size", block_size, low=1)
         check_choice("gather", gather, GATHER_KERNELS)
         check_instance("model", model, LanguageModel, "a language model of gpt_components")
+        check_int("ring_rows", ring_rows, low=1, optional=True)
+        if ring_rows is not None:
+            check_int("max_chunk", max_chunk, low=1)
         own = model.new_kv_cache(1, 1)
         weight = model.tok_emb.weight
         paged: dict[int, PagedLayerCache] = {}  # a layer cache shared by layers stays shared
@@ -290,17 +318,39 @@ class PagedKVCache(CacheStack):
                                            f"pages: its layer {index} keeps a "
                                            f"{type(layer).__name__}, which has no paged form "
                                            f"(pageable: {[k.__name__ for k in PAGEABLE]})")
-            if id(layer) not in paged:
+            if id(layer) in paged:
+                continue
+            window = getattr(layer, "window", None) if ring_rows is not None else None
+            if window is not None:
+                # A ring spans a window and a chunk: no slot a query may see is overwritten
+                # within the step, and a stale slot is always outside the window.
+                # (Never longer than the context: such a ring never wraps.)
+                ring_blocks = min(-(-(window + max_chunk) // block_size) + 1,
+                                  -(-model.cfg.context_length // block_size))
+                paged[id(layer)] = PagedLayerCache(layer, ring_rows * ring_blocks, block_size,
+                                                   gather=gather, ring=True,
+                                                   device=weight.device, dtype=weight.dtype)
+            else:
                 paged[id(layer)] = PagedLayerCache(layer, num_blocks, block_size, gather=gather,
                                                    device=weight.device, dtype=weight.dtype)
         super().__init__((paged[id(layer)] for layer in own.layers), 1,
                          model.cfg.context_length)
         self.num_blocks, self.block_size = num_blocks, block_size
+        #: Blocks per ring of the windowed layers (0: none ringed), one ring per row at most.
+        self.ring_blocks = max((next(layer.buffers()).shape[0] // block_size // ring_rows
+                                for layer in self._distinct() if layer.ring), default=0)
+        self.ring_rows = ring_rows
         self._step: _Step | None = None
 
+    @property
+    def ringed(self) -> bool:
+        """Whether windowed layers keep rings of pages (made with ``ring_rows``)."""
+        return self.ring_blocks > 0
+
     def prepare(self, tables: Sequence[Sequence[int]], starts: Sequence[int],
-                counts: Sequence[int]) -> None:
-        """Point every layer at the next forward's rows (see the class docstring)."""
+                counts: Sequence[int], rings: Sequence[int] | None = None) -> None:
+        """Point every layer at the next forward's rows (see the class docstring); ``rings``
+        names each row's ring (distinct, below ``ring_rows``; default: the row's index)."""
         tables = [list(table) for table in tables]
         starts, counts = list(starts), list(counts)
         if not tables or not len(tables) == len(starts) == len(counts):
@@ -317,7 +367,19 @@ class PagedKVCache(CacheStack):
             for block in table:
                 check_int("tables", block, low=0, high=self.num_blocks - 1)
         device = next(self.layers[0].buffers()).device
-        self._step = _Step(tables, starts, counts, self.block_size, device)
+        ring_tables = None
+        if self.ringed:
+            rings = list(range(len(tables))) if rings is None else list(rings)
+            if len(set(rings)) != len(rings) or len(rings) != len(tables) or not all(
+                    0 <= r < self.ring_rows for r in rings):
+                raise value_error("rings", f"rings must name one distinct ring in [0, "
+                                           f"{self.ring_rows}) per row, got {rings}")
+            # Block i of a row lives in block i % R of its ring: positions a window has left
+            # behind are written over.
+            r = self.ring_blocks
+            ring_tables = [[ring * r + i % r for i in range(len(table))]
+                           for ring, table in zip(rings, tables, strict=True)]
+        self._step = _Step(tables, starts, counts, self.block_size, device, ring_tables)
         self.batch_size = len(tables)
         for layer in self._distinct():
             layer.step, layer.batch_size, layer.unread = self._step, len(tables), False
