@@ -24,11 +24,14 @@ top_p | top_p must be a float in (0, 1] or None, got 1.5
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..machinery.checks import check_float, check_int, check_str, type_error
 
-__all__ = ["SamplingParams", "RequestOutput", "FINISH_REASONS"]
+__all__ = ["SamplingParams", "RequestOutput", "FINISH_REASONS", "tokens_before_stop",
+           "tokens_safe_from_stop"]
 
 #: Why a request ended: a stop token or string, ``max_tokens`` reached, or an abort.
 FINISH_REASONS = ("stop", "length", "abort")
@@ -82,3 +85,27 @@ class RequestOutput:
     token_ids: list[int] = field(default_factory=list)  # every token generated so far
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort" once finished, else None
+
+
+def _tokens_within(tokens: Sequence[int], chars: int, tokenizer: Any) -> int:
+    """The most leading tokens whose text fits in the first ``chars`` characters."""
+    keep = len(tokens)
+    while keep > 0 and len(tokenizer.decode(list(tokens[:keep]))) > chars:
+        keep -= 1
+    return keep
+
+
+def tokens_before_stop(tokens: Sequence[int], stop: Sequence[str], tokenizer: Any) -> int | None:
+    """How many of ``tokens`` to keep when their text holds a stop string: those before the
+    token in which the first stop string begins (a token is never split). None: no stop."""
+    text = tokenizer.decode(list(tokens))
+    found = [text.find(s) for s in stop if s in text]
+    return None if not found else _tokens_within(tokens, min(found), tokenizer)
+
+
+def tokens_safe_from_stop(tokens: Sequence[int], stop: Sequence[str], tokenizer: Any) -> int:
+    """How many leading ``tokens`` no stop string can take back: those whose text ends before
+    the longest end of the text that begins a stop string (held back until it is decided)."""
+    text = tokenizer.decode(list(tokens))
+    held = max((n for s in stop for n in range(1, len(s)) if text.endswith(s[:n])), default=0)
+    return len(tokens) if not held else _tokens_within(tokens, len(text) - held, tokenizer)
