@@ -228,10 +228,13 @@ class _API:
         for text in stop:
             check_str("stop", text)
         stop = tuple(stop) + tuple(extra_stop)
+        # Stop strings stay here, not in the engine: the API returns all the text before a
+        # stop string, while an engine cuts whole tokens and so drops the text a token holds
+        # before the string. The handler cuts the text and aborts the request at the first one.
         params = SamplingParams(temperature=temperature, top_k=top_k,
                                 top_p=None if top_p == 1 else top_p, max_tokens=max_tokens,
                                 stop_token_ids=tuple(sorted(self.end_ids | set(stop_ids))),
-                                stop=stop, seed=seed)
+                                seed=seed)
         return _Request(prompt, params, n, stream, include_usage, stop)
 
     def completion_prompt(self, body: dict[str, Any]) -> list[int]:
@@ -302,7 +305,7 @@ class _API:
                     continue
                 new = choice.feed(item, self.tokenizer.decode)
                 if choice.finish_reason is not None and not item.finished:
-                    self.loop.abort(choice.request_id)  # a stop string the engine missed
+                    self.loop.abort(choice.request_id)  # its text reached a stop string
                 yield choice, new
         finally:
             for choice in choices.values():
