@@ -56,7 +56,11 @@ class AnswerText:
         while ids and ids[-1] in self.stop_ids:  # an engine may keep the end id: never text
             ids.pop()
         full = decode(ids)
-        cuts = [full.find(s) for s in self.stop if s in full]
+        # Trailing replacement characters are bytes of a character still being written: a
+        # stop string is looked for in the settled text only, or the next token could make
+        # it vanish (a stop string may itself hold U+FFFD).
+        settled = full if output.finished else full.rstrip("\ufffd")
+        cuts = [settled.find(s) for s in self.stop if s in settled]
         if cuts:
             full, self.finish_reason = full[:min(cuts)], "stop"
         elif output.finished:
