@@ -9,7 +9,11 @@
 - the block allocator never leaks nor double-frees, whatever the interleaving of allocations,
   releases, prefix registrations and cache hits: its reference counts match a plain count kept
   beside it, and once everything is released every block is free;
-- the prefix keys name whole prefixes: equal blocks after different prefixes differ.
+- the prefix keys name whole prefixes: equal blocks after different prefixes differ;
+- a hybrid's recurrent layers (Qwen3-Next, Qwen3.5) keep one state slot per row: rows fed
+  together, each from its own slot, give each sequence its own logits (the first property,
+  whose default tier draws one tiny hybrid case); rows of unequal counts are refused, since
+  padding would write into a state.
 """
 
 from __future__ import annotations
@@ -78,15 +82,21 @@ def run_paged(model, sequences: list[torch.Tensor], block_size: int, cuts: list[
         rows = [i for i, s in enumerate(sequences) if ends[i] > done[i]]
         if not rows:
             continue
-        counts = [ends[i] - done[i] for i in rows]
-        idx = torch.zeros(len(rows), max(counts), dtype=torch.long)
-        for r, i in enumerate(rows):
-            idx[r, :counts[r]] = sequences[i][done[i]:ends[i]]
-        cache.prepare([tables[i] for i in rows], [done[i] for i in rows], counts)
-        out = model(idx, kv_cache=cache)  # (rows, T, vocab)
-        for r, i in enumerate(rows):
-            logits[i].append(out[r, :counts[r]])
-            done[i] = ends[i]
+        # A recurrent layer's rows feed equal counts (padding would reach its state): one
+        # forward per count then, each row in its own state slot.
+        groups = ([[i for i in rows if ends[i] - done[i] == n]
+                   for n in sorted({ends[i] - done[i] for i in rows})]
+                  if cache.stateful else [rows])
+        for group in groups:
+            counts = [ends[i] - done[i] for i in group]
+            idx = torch.zeros(len(group), max(counts), dtype=torch.long)
+            for r, i in enumerate(group):
+                idx[r, :counts[r]] = sequences[i][done[i]:ends[i]]
+            cache.prepare([tables[i] for i in group], [done[i] for i in group], counts, group)
+            out = model(idx, kv_cache=cache)  # (rows, T, vocab)
+            for r, i in enumerate(group):
+                logits[i].append(out[r, :counts[r]])
+                done[i] = ends[i]
     return [torch.cat(parts) for parts in logits]
 
 
@@ -217,3 +227,30 @@ def test_an_attention_that_ignores_the_paged_mask_is_refused_before_any_request(
     with pytest.raises(ValueError, match="layer 1's attention did not ask") as error:
         Engine(model, block_size=2, num_blocks=4)
     assert error.value.parameter == "model"
+
+
+@settings(max_examples=1, deadline=None)
+@given(batch=batches())
+def test_a_hybrids_recurrent_layers_read_and_write_each_rows_own_state_slot(batch):
+    lengths, cuts, block_size, seed = batch
+    model = tiny_model("qwen3_next", seed % 1000)
+    g = generator(seed)
+    sequences = [torch.randint(0, 64, (n,), generator=g) for n in lengths]
+    paged = run_paged(model, sequences, block_size, cuts, "fast")
+    with torch.no_grad():
+        for sequence, logits in zip(sequences, paged, strict=True):
+            torch.testing.assert_close(logits, model(sequence[None])[0], rtol=1e-10,
+                                       atol=1e-10)
+
+
+def test_a_hybrid_refuses_rows_of_unequal_counts_and_shared_state_slots():
+    model = tiny_model("qwen3_5_text", 0)
+    cache = PagedKVCache(model, 8, 2, ring_rows=2, max_chunk=4)
+    assert cache.stateful and cache.state_rows == 2
+    with pytest.raises(ValueError, match="padding would write") as error:
+        cache.prepare([[0, 1], [2]], [0, 0], [3, 2], [0, 1])
+    assert error.value.parameter == "counts"
+    for rings in ([0, 0], [0, 2]):
+        with pytest.raises(ValueError, match="state slot") as error:
+            cache.prepare([[0], [1]], [0, 0], [2, 2], rings)
+        assert error.value.parameter == "rings"

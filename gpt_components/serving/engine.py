@@ -19,6 +19,11 @@ out for reading):
 - **Prefix caching** (``prefix_caching``): full blocks stay cached after their sequence ends,
   keyed by the hash of every token up to their end; a prompt that begins with cached blocks
   reuses them and prefills only the rest.
+- **State slots** (the hybrids, Qwen3-Next and Qwen3.5): a Gated DeltaNet layer keeps a state
+  of fixed size per sequence, not keys per position: one slot per running sequence, beside the
+  pages. A prefill step then feeds every row the same number of tokens (no padding may reach a
+  state); prefix caching is off and speculative decoding refused (a state has no blocks to
+  share and cannot be rolled back).
 - **Speculative decoding** (``draft_model``, ``num_speculative_tokens``): a small model with
   the same tokenizer drafts ``k`` tokens, the model checks them in one forward pass
   (``speculative``).
@@ -71,7 +76,7 @@ from ..machinery.checks import (
     value_error,
 )
 from ..machinery.language_model import LanguageModel
-from .paged_cache import BlockPool, PagedKVCache, block_hashes
+from .paged_cache import BlockPool, PagedKVCache, block_hashes, recurrent_layers
 from .requests import (
     RequestOutput,
     SamplingParams,
@@ -120,10 +125,13 @@ class Engine:
     ``max_batch_tokens`` tokens of prompt fed per prefill step (longer prompts go in chunks);
     ``max_running`` sequences decoded together at most; ``prefix_caching`` keeps full blocks
     for reuse (turned off for a model with windowed layers: their pages are rings, which keep
-    no prefix); ``draft_model`` (same vocabulary) with ``num_speculative_tokens`` > 0 turns on
-    speculative decoding; ``gather`` picks the paged cache's read path (``"fast"`` or
-    ``"textbook"``). Call ``model.eval()`` first, as for ``generate``. One thread drives an
-    engine: a server calls ``add_request``, ``abort`` and ``step`` from the loop that owns it.
+    no prefix; and for a model with recurrent layers, whose state is kept per sequence, in one
+    of ``max_running`` state slots, not per block); ``draft_model`` (same vocabulary) with
+    ``num_speculative_tokens`` > 0 turns on speculative decoding (refused for a model or draft
+    with recurrent layers: a state cannot be rolled back past rejected drafts); ``gather``
+    picks the paged cache's read path (``"fast"`` or ``"textbook"``). Call ``model.eval()``
+    first, as for ``generate``. One thread drives an engine: a server calls ``add_request``,
+    ``abort`` and ``step`` from the loop that owns it.
     """
 
     def __init__(self, model: nn.Module, *, tokenizer: Any = None, block_size: int = 16,
@@ -156,8 +164,10 @@ class Engine:
         self.cache = _probed(PagedKVCache(model, num_blocks, block_size, **rings), model)
         self.draft_cache = None if self.draft_model is None else _probed(
             PagedKVCache(self.draft_model, num_blocks, block_size, **rings), self.draft_model)
-        # A ring has written over the window's keys of every cached prefix: no prefix caching.
-        if self.cache.ringed or (self.draft_cache is not None and self.draft_cache.ringed):
+        # A ring has written over the window's keys of every cached prefix, and a recurrent
+        # state is kept only at a sequence's end, not at its blocks' ends: no prefix caching.
+        if any(c is not None and (c.ringed or c.stateful)
+               for c in (self.cache, self.draft_cache)):
             self.prefix_caching = False
         self._free_rings = list(range(max_running))
         self._requests: dict[str, _Sequence] = {}
@@ -187,7 +197,18 @@ class Engine:
             raise value_error("draft_model", f"draft_model's context_length="
                                              f"{draft.cfg.context_length} must reach the "
                                              f"model's {self.model.cfg.context_length}")
-        return draft if self.num_speculative_tokens else None
+        if not self.num_speculative_tokens:
+            return None
+        for name, which in (("model", self.model), ("draft_model", draft)):
+            layers = recurrent_layers(which)
+            if layers:
+                raise value_error("draft_model", f"speculative decoding cannot serve a {name} "
+                                                 f"with recurrent layers ({type(which).__name__}"
+                                                 f"'s layers {layers} keep a state that the "
+                                                 f"rejected drafts would have to be taken out "
+                                                 f"of, and a state cannot be rolled back); "
+                                                 f"serve it without draft_model")
+        return draft
 
     # -- the public surface -----------------------------------------------------------------
 
@@ -349,6 +370,10 @@ class Engine:
                 for r in range(1, min(len(candidates), budget) + 1)]
         count = max(r + 1 for r, tokens in enumerate(real) if 2 * tokens >= max(real))
         width = budget // count
+        if self.cache.stateful:
+            # Equal chunks, so no row is padded: a padding token would write into a recurrent
+            # state. The shortest prompt left sets the width; it leaves the prefill soon.
+            width = min([width] + [s.pending for s in candidates[:count]])
         rows = []
         for sequence in candidates[:count]:
             if sequence in self._running:

@@ -25,6 +25,9 @@ Exports:
   points at the rows of each step (``prepare``) before one forward pass over all of them. With
   ``ring_rows``, windowed layers keep only their window's pages: a ring of blocks per row, in
   a pool of their own, the rest of a long sequence written over as the window moves on.
+- ``PagedStateCache``: a recurrent layer's (Gated DeltaNet's) state and convolution tail, one
+  slot per running sequence beside the pages: constant size, nothing to page.
+- ``recurrent_layers(model)``: which of a model's layers keep such a state.
 
 >>> import torch
 >>> from gpt_components.model import GPTConfig, GPTModel
@@ -53,8 +56,10 @@ from ..machinery.checks import check_choice, check_instance, check_int, value_er
 from ..machinery.language_model import LanguageModel
 from ..modern.latent_attention import LatentKVCache
 from ..modern.sliding_window import WindowLayerCache
+from ..newest.gated_deltanet import DeltaNetCache
 
-__all__ = ["BlockPool", "block_hashes", "PagedLayerCache", "PagedKVCache", "GATHER_KERNELS"]
+__all__ = ["BlockPool", "block_hashes", "PagedLayerCache", "PagedStateCache", "PagedKVCache",
+           "GATHER_KERNELS", "recurrent_layers"]
 
 #: How a paged layer reads a sequence's pages: block by block, or every slot in one indexing.
 GATHER_KERNELS = ("fast", "textbook")
@@ -62,6 +67,15 @@ GATHER_KERNELS = ("fast", "textbook")
 #: The layer cache kinds that have a paged form: what one position of each holds is a few
 #: vectors, written and read in position order (a recurrent state has no positions to page).
 PAGEABLE = (LayerKVCache, WindowLayerCache, LatentKVCache)
+#: The layer cache kinds that keep a recurrent state of fixed size per sequence instead: no
+#: pages, one *state slot* per running sequence (``PagedStateCache``).
+STATEFUL = (DeltaNetCache,)
+
+
+def recurrent_layers(model: nn.Module) -> list[int]:
+    """The indices of ``model``'s layers whose cache is a recurrent state (``STATEFUL``)."""
+    own = model.new_kv_cache(1, 1)
+    return [index for index, layer in enumerate(own.layers) if type(layer) in STATEFUL]
 
 
 def block_hashes(tokens: Sequence[int], block_size: int) -> list[bytes]:
@@ -228,6 +242,55 @@ class PagedLayerCache(LayerCache):
         return self.step.visible(window)
 
 
+class PagedStateCache(LayerCache):
+    """A recurrent layer's cache in serving: one *state slot* per running sequence, no pages.
+
+    A Gated DeltaNet layer (``DeltaNetCache``) keeps, per sequence, a state of fixed size and
+    its short convolution's last inputs: nothing per position, so nothing to page. This keeps
+    ``slots`` of each (a pool beside the pages, one slot per running sequence); a step's row
+    reads and writes its own slot (``PagedKVCache.prepare``'s ``rings``). A row whose first
+    fed position is 0 starts from zeros, whatever its slot held before (a slot is reused as
+    soon as its sequence ends or is preempted, and a preempted sequence recomputes from its
+    first token, as with pages). Every row of a step must feed as many tokens as the others:
+    the layer runs its rule over the padded width, and a padding token would write into the
+    state and decay it (``prepare`` refuses rows of unequal counts).
+    """
+
+    def __init__(self, like: LayerCache, slots: int, max_tokens: int, *,
+                 device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        super().__init__(1, max_tokens)
+        self._layout = like.layout
+        for name, buffer in like.named_buffers(recurse=False):
+            self.register_buffer(name, torch.zeros(slots, *buffer.shape[1:], device=device,
+                                                   dtype=dtype), persistent=False)
+        self.ring = False
+        self.step: _Step | None = None
+        self.unread = False  # never set: a recurrent layer asks for no mask
+
+    @property
+    def layout(self) -> tuple:
+        return self._layout
+
+    def _write(self, k: torch.Tensor, v: torch.Tensor | None,
+               start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k``: the new positions' convolution inputs (B, conv_dim, T); returns each row's
+        inputs just before them and its state before them (zeros for a row at position 0)."""
+        if k.shape[1] != self.conv_tail.shape[1]:
+            raise value_error("k", f"k must be the convolution's inputs (B, conv_dim="
+                                   f"{self.conv_tail.shape[1]}, T), got {tuple(k.shape)}")
+        slots, fresh = self.step.slots, self.step.fresh  # (B), (B)
+        past = self.conv_tail.index_select(0, slots).masked_fill(fresh[:, None, None], 0)
+        state = self.state.index_select(0, slots).masked_fill(fresh[:, None, None, None], 0)
+        window = torch.cat([past, k.to(past.dtype)], dim=-1)  # every row's T tokens are real
+        self.conv_tail[slots] = window[..., window.shape[-1] - past.shape[-1]:]
+        return past, state
+
+    def keep_state(self, state: torch.Tensor) -> None:
+        """Each row's state after the positions just stored, into its slot."""
+        self.state[self.step.slots] = state.to(self.state.dtype)
+
+
 class _Slots:
     """Where one step's rows read and write in a pool, through one set of block tables."""
 
@@ -254,7 +317,8 @@ class _Step:
 
     def __init__(self, tables: list[list[int]], starts: list[int], counts: list[int],
                  block_size: int, device: torch.device,
-                 ring_tables: list[list[int]] | None = None) -> None:
+                 ring_tables: list[list[int]] | None = None,
+                 rows: list[int] | None = None) -> None:
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         self.longest = max(self.lengths)
         t = max(counts)
@@ -268,6 +332,9 @@ class _Step:
                                                            counts_t[:, None] - 1)  # (B, T)
         self.pages = _Slots(tables, self, block_size)
         self.rings = None if ring_tables is None else _Slots(ring_tables, self, block_size)
+        # Each row's state slot in recurrent layers, and whether it starts a sequence afresh.
+        self.slots = torch.tensor(range(len(tables)) if rows is None else rows, device=device)
+        self.fresh = starts_t == 0
         self._masks: dict[int | None, torch.Tensor] = {}
 
     def visible(self, window: int | None) -> torch.Tensor:
@@ -297,6 +364,10 @@ class PagedKVCache(CacheStack):
     pool of ``ring_rows`` rings instead, each of ``ring_blocks`` blocks spanning its window and
     ``max_chunk`` tokens (the most one row feeds in one pass); ``prepare``'s ``rings`` then
     says which ring each row uses.
+
+    A recurrent layer (Gated DeltaNet's ``DeltaNetCache``) has no positions to page: it gets
+    a ``PagedStateCache`` of ``ring_rows`` state slots (None: ``num_blocks``), one per row,
+    named by the same ``rings``; its rows must then feed equal counts (``stateful``).
     """
 
     def __init__(self, model: nn.Module, num_blocks: int, block_size: int, *,
@@ -312,13 +383,20 @@ class PagedKVCache(CacheStack):
         own = model.new_kv_cache(1, 1)
         weight = model.tok_emb.weight
         paged: dict[int, PagedLayerCache] = {}  # a layer cache shared by layers stays shared
+        state_rows = ring_rows if ring_rows is not None else num_blocks
         for index, layer in enumerate(own.layers):
-            if type(layer) not in PAGEABLE:
+            if type(layer) not in PAGEABLE + STATEFUL:
                 raise value_error("model", f"{type(model).__name__} cannot be served from "
                                            f"pages: its layer {index} keeps a "
                                            f"{type(layer).__name__}, which has no paged form "
-                                           f"(pageable: {[k.__name__ for k in PAGEABLE]})")
+                                           f"(pageable: {[k.__name__ for k in PAGEABLE]}; "
+                                           f"kept in state slots: "
+                                           f"{[k.__name__ for k in STATEFUL]})")
             if id(layer) in paged:
+                continue
+            if type(layer) in STATEFUL:
+                paged[id(layer)] = PagedStateCache(layer, state_rows, model.cfg.context_length,
+                                                   device=weight.device, dtype=weight.dtype)
                 continue
             window = getattr(layer, "window", None) if ring_rows is not None else None
             if window is not None:
@@ -340,7 +418,15 @@ class PagedKVCache(CacheStack):
         self.ring_blocks = max((next(layer.buffers()).shape[0] // block_size // ring_rows
                                 for layer in self._distinct() if layer.ring), default=0)
         self.ring_rows = ring_rows
+        #: State slots of the recurrent layers (0: the model has none), one per row at most.
+        self.state_rows = state_rows if any(
+            isinstance(layer, PagedStateCache) for layer in self._distinct()) else 0
         self._step: _Step | None = None
+
+    @property
+    def stateful(self) -> bool:
+        """Whether some layer keeps a recurrent state in slots (``PagedStateCache``)."""
+        return self.state_rows > 0
 
     @property
     def ringed(self) -> bool:
@@ -350,7 +436,8 @@ class PagedKVCache(CacheStack):
     def prepare(self, tables: Sequence[Sequence[int]], starts: Sequence[int],
                 counts: Sequence[int], rings: Sequence[int] | None = None) -> None:
         """Point every layer at the next forward's rows (see the class docstring); ``rings``
-        names each row's ring (distinct, below ``ring_rows``; default: the row's index)."""
+        names each row's ring and state slot (distinct, below ``ring_rows``; default: the
+        row's index)."""
         tables = [list(table) for table in tables]
         starts, counts = list(starts), list(counts)
         if not tables or not len(tables) == len(starts) == len(counts):
@@ -368,18 +455,25 @@ class PagedKVCache(CacheStack):
                 check_int("tables", block, low=0, high=self.num_blocks - 1)
         device = next(self.layers[0].buffers()).device
         ring_tables = None
+        rings = list(range(len(tables))) if rings is None else list(rings)
+        most = self.ring_rows if self.ringed else self.state_rows
+        if (self.ringed or self.stateful) and (
+                len(set(rings)) != len(rings) or len(rings) != len(tables)
+                or not all(isinstance(r, int) and 0 <= r < most for r in rings)):
+            raise value_error("rings", f"rings must name one distinct ring (state slot) in "
+                                       f"[0, {most}) per row, got {rings}")
+        if self.stateful and len(set(counts)) > 1:
+            raise value_error("counts", f"a model with recurrent layers needs every row to "
+                                        f"feed as many tokens (padding would write into a "
+                                        f"row's state), got counts={counts}")
         if self.ringed:
-            rings = list(range(len(tables))) if rings is None else list(rings)
-            if len(set(rings)) != len(rings) or len(rings) != len(tables) or not all(
-                    0 <= r < self.ring_rows for r in rings):
-                raise value_error("rings", f"rings must name one distinct ring in [0, "
-                                           f"{self.ring_rows}) per row, got {rings}")
             # Block i of a row lives in block i % R of its ring: positions a window has left
             # behind are written over.
             r = self.ring_blocks
             ring_tables = [[ring * r + i % r for i in range(len(table))]
                            for ring, table in zip(rings, tables, strict=True)]
-        self._step = _Step(tables, starts, counts, self.block_size, device, ring_tables)
+        self._step = _Step(tables, starts, counts, self.block_size, device, ring_tables,
+                           rings if self.stateful else None)
         self.batch_size = len(tables)
         for layer in self._distinct():
             layer.step, layer.batch_size, layer.unread = self._step, len(tables), False
