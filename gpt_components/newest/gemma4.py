@@ -439,11 +439,11 @@ def config_from_hf(hf: Mapping[str, Any]) -> Gemma4Config:
         raise value_error("config", "config vocab_size_per_layer_input must equal vocab_size")
     head_dim, global_head_dim = hf.get("head_dim", 256), hf.get("global_head_dim", 512)
     global_kv = hf.get("num_global_key_value_heads")
-    per_layer = hf.get("per_layer_config")  # transformers' own spelling of the two above
-    if per_layer:
-        full = [dict(v) for v in per_layer.values()]
-        global_head_dim = full[0].get("head_dim", head_dim)
-        global_kv = full[0].get("num_key_value_heads")
+    per_layer = hf.get("per_layer_config")  # transformers' own spelling of the two above,
+    if per_layer is not None:  # which leaves out what equals the sliding layers'
+        full = next(iter(per_layer.values()), {})
+        global_head_dim = full.get("head_dim", head_dim)
+        global_kv = full.get("num_key_value_heads")
     k_eq_v = bool(hf.get("attention_k_eq_v", False))
     shared = {"vocab_size": 262144, "max_position_embeddings": 131072, "hidden_size": 2304,
               "intermediate_size": 9216, "num_hidden_layers": 30, "num_attention_heads": 8,
