@@ -5,8 +5,8 @@ shows), saved by ``transformers`` and read by ``from_pretrained``; the reference
 ``Float64Mode`` (its float32 RoPE and norm steps widened), so the float64 logits agree to 1e-10;
 stock ``transformers`` is checked against it at a float32 bound, so the reference is tested too.
 The drawn configurations mix sliding and full layers with windows shorter than prompt plus
-generation, separate RoPE bases for the two kinds, grouped-query heads, biases, tied and untied
-heads.
+generation, YaRN of drawn factors on the full layers, separate RoPE bases for the two kinds,
+grouped-query heads, biases, tied and untied heads.
 """
 
 from __future__ import annotations
@@ -53,6 +53,12 @@ def hf_olmo3_configs(draw, layers=(2, 3)):
     if n_layers > 1:
         kinds[draw(st.integers(0, n_layers - 1))] = "full_attention"
     full_theta = draw(st.sampled_from([1e4, 5e5]))
+    yarn = {"rope_type": "yarn", "factor": draw(st.sampled_from([2.0, 4.0, 8.0])),
+            "original_max_position_embeddings": draw(st.sampled_from([4, 8, 16])),
+            "beta_fast": 32.0, "beta_slow": 1.0}
+    if draw(st.booleans()):  # as published; else transformers' default, 0.1 ln(factor) + 1
+        yarn["attention_factor"] = draw(st.sampled_from([1.0, 1.2079441541679836]))
+    full_rope = draw(st.sampled_from([{"rope_type": "default"}, yarn, yarn]))
     return transformers.Olmo3Config(
         vocab_size=draw(st.integers(40, 90)), hidden_size=draw(st.sampled_from([16, 24])),
         intermediate_size=draw(st.sampled_from([20, 32])), num_hidden_layers=n_layers,
@@ -62,7 +68,7 @@ def hf_olmo3_configs(draw, layers=(2, 3)):
         rms_norm_eps=draw(st.sampled_from([1e-6, 1e-3])),
         attention_bias=draw(st.booleans()),
         rope_parameters={
-            "full_attention": {"rope_type": "default", "rope_theta": full_theta},
+            "full_attention": {**full_rope, "rope_theta": full_theta},
             "sliding_attention": {"rope_type": "default",
                                   "rope_theta": draw(st.sampled_from([1e2, full_theta]))}},
         tie_word_embeddings=draw(st.booleans()),
@@ -187,8 +193,10 @@ def test_published_sizes_have_their_parameter_counts(name, count):
 def test_the_config_json_goes_both_ways_and_reads_the_published_spelling():
     cfg = Olmo3Config.from_name("olmo3-nano", rope_local_theta=100.0)
     assert config_from_hf(config_to_hf(cfg)) == cfg
-    published = {**config_to_hf(Olmo3Config.from_name("olmo3-7b")), "rope_theta": 500000.0,
-                 "rope_scaling": None}
+    published = {**config_to_hf(Olmo3Config.from_name("olmo3-7b")), "rope_theta": 500000,
+                 "rope_scaling": {"attention_factor": 1.2079441541679836, "beta_fast": 32,
+                                  "beta_slow": 1, "factor": 8.0,
+                                  "original_max_position_embeddings": 8192, "rope_type": "yarn"}}
     del published["rope_parameters"], published["layer_types"]
     assert config_from_hf(published) == Olmo3Config.from_name("olmo3-7b")
     assert FAMILIES["olmo3"].model_class is Olmo3Model

@@ -40,6 +40,7 @@ from ..modern.decoder import DecoderModel
 from ..modern.family import Family, HFLayout
 from ..modern.hf import decoder_fields_from_hf, decoder_fields_to_hf, rope_from_hf, rope_to_hf
 from ..modern.norms import RMSNorm
+from ..modern.rope import YarnRopeScaling
 
 __all__ = ["Olmo3Config", "Olmo3Model", "ProjectionRMSNorm", "OLMO3_PRESETS", "OLMO3_HF_NAMES"]
 
@@ -137,14 +138,21 @@ class Olmo3Model(DecoderModel):
 
 
 _SMALL = {"vocab_size": 50257, "rope_theta": 10000.0}  # GPT-2's BPE, the usual base
+# The published checkpoints' long-context stretch: pretrained at 8,192 positions, run at 65,536;
+# cos and sin times 0.1 ln(8) + 1 (transformers' attention factor for factor 8).
+_PUBLISHED_YARN = YarnRopeScaling(factor=8.0, original_context_length=8192, beta_fast=32.0,
+                                  beta_slow=1.0, attention_factor=1.2079441541679836)
 OLMO3_PRESETS: dict[str, Olmo3Config] = {
     # Published sizes (config.json of allenai/Olmo-3-1025-7B and Olmo-3-1125-32B).
-    "olmo3-7b": Olmo3Config(),
+    "olmo3-7b": Olmo3Config(rope_scaling=_PUBLISHED_YARN),
     "olmo3-32b": Olmo3Config(emb_dim=5120, n_layers=64, n_heads=40, n_kv_heads=8,
-                             hidden_dim=27648),
-    # Small for a laptop CPU: three windowed layers of 16, then a full one.
+                             hidden_dim=27648, rope_scaling=_PUBLISHED_YARN),
+    # Small for a laptop CPU: three windowed layers of 16, then a full one, whose RoPE YaRN
+    # stretches from 32 positions to 64, as the published ones do from 8,192 to 65,536.
     "olmo3-nano": Olmo3Config(context_length=64, emb_dim=48, n_layers=4, n_heads=4,
-                              n_kv_heads=2, hidden_dim=128, sliding_window=16, **_SMALL),
+                              n_kv_heads=2, hidden_dim=128, sliding_window=16,
+                              rope_scaling=YarnRopeScaling(factor=2.0, original_context_length=32),
+                              **_SMALL),
 }
 
 # Our module -> Olmo3ForCausalLM's; ".weight"/".bias" carry over. No input_layernorm: the two
