@@ -364,7 +364,7 @@ GEMMA4_PRESETS: dict[str, Gemma4Config] = {
         layer_types=gemma4_layer_types(35, pattern=5), kv_shared_layers=20,
         double_wide_mlp=True),
     # Small for a laptop CPU (GPT-2's BPE): two sliding layers and a full one, twice; the last
-    # three read the caches of layers 0 and 2 (ring of 16, every position), keys = values in
+    # three read the caches of layers 1 and 2 (a ring of 16, every position), keys = values in
     # the full layers, per-layer inputs of 8 features.
     "gemma4-nano": Gemma4Config(
         vocab_size=50257, context_length=64, emb_dim=48, n_layers=6, n_heads=4, n_kv_heads=2,
