@@ -8,7 +8,7 @@ against it at a float32 bound. The drawn configurations mix sliding and full lay
 full) with windows shorter than prompt plus generation, full layers with wider heads, fewer
 key/value heads and keys equal to values, proportional RoPE of drawn fractions and factors,
 0 to all-but-one layers sharing caches, per-layer inputs on and off, double-wide feed-forwards,
-soft-capped and plain logits, tied and untied heads.
+experts beside the feed-forward or none, soft-capped and plain logits, tied and untied heads.
 """
 
 from __future__ import annotations
@@ -65,6 +65,9 @@ def hf_gemma4_configs(draw):
     k_eq_v = draw(st.booleans())
     ple = draw(st.sampled_from([0, 4]))
     vocab = draw(st.integers(40, 90))
+    experts = draw(st.sampled_from([{}, {"enable_moe_block": True, "num_experts": 4,
+                                          "top_k_experts": draw(st.integers(1, 3)),
+                                          "moe_intermediate_size": 6}]))
     full_rope = draw(st.sampled_from([
         {"rope_type": "default"},
         {"rope_type": "proportional", "partial_rotary_factor": draw(st.sampled_from([0.25, 0.5,
@@ -86,7 +89,7 @@ def hf_gemma4_configs(draw):
             SLIDING: {"rope_type": "default", "rope_theta": draw(st.sampled_from([1e2, 1e4]))},
             FULL: {**full_rope, "rope_theta": draw(st.sampled_from([1e4, 1e6]))}},
         tie_word_embeddings=draw(st.booleans()),
-        pad_token_id=0, bos_token_id=1, eos_token_id=None)
+        pad_token_id=0, bos_token_id=1, eos_token_id=None, **experts)
 
 
 def random_hf_gemma4(config, seed):
@@ -269,8 +272,8 @@ def test_published_e2b_text_model_has_its_parameter_count():
 
 
 def test_the_config_json_goes_both_ways_and_reads_the_published_text_config():
-    for name in ("gemma4-nano", "gemma4-e2b"):
-        cfg = Gemma4Config.from_name(name)
+    for cfg in (Gemma4Config.from_name("gemma4-nano"), Gemma4Config.from_name("gemma4-e2b"),
+                Gemma4Config.from_name("gemma4-nano", n_experts=4, n_experts_per_token=2)):
         assert config_from_hf(config_to_hf(cfg)) == cfg
     published = {"model_type": "gemma4", "text_config": {
         "hidden_size": 1536, "num_hidden_layers": 35, "num_attention_heads": 8,
@@ -318,6 +321,8 @@ def test_the_config_refuses_what_gemma4_is_not():
         ({"logit_softcap": 0.0}, "logit_softcap"),
         ({"global_head_dim": 7}, "global_head_dim"),
         ({"per_layer_dim": -1}, "per_layer_dim"),
+        ({"n_experts": 4, "n_experts_per_token": 5}, "n_experts_per_token"),
+        ({"n_experts": 4, "n_experts_per_token": 2, "moe_hidden_dim": 0}, "moe_hidden_dim"),
     ):
         with pytest.raises(ValueError) as error:
             Gemma4Config(n_layers=2, **fields)
@@ -326,7 +331,5 @@ def test_the_config_refuses_what_gemma4_is_not():
         Gemma4Config(n_layers=2, keys_equal_values=1)
     assert error.value.parameter == "keys_equal_values"
     nano = config_to_hf(Gemma4Config.from_name("gemma4-nano"))
-    with pytest.raises(ValueError, match="enable_moe_block must be false"):
-        config_from_hf({**nano, "enable_moe_block": True})
     with pytest.raises(ValueError, match="vocab_size_per_layer_input must equal vocab_size"):
         config_from_hf({**nano, "vocab_size_per_layer_input": 7})

@@ -23,8 +23,8 @@ What Gemma 4 chooses, on top of Gemma 3 (``gpt_components.modern.gemma3``):
 - **final logit soft-capping**: ``cap * tanh(logits / cap)`` (``logit_softcap`` = 30), which
   keeps every logit within ``(-cap, cap)`` and leaves their order unchanged.
 
-The 26B-A4B model's mixture of experts (a router and experts beside the dense feed-forward) is
-not built here: its ``config.json`` is refused, naming ``enable_moe_block``.
+- **experts beside the feed-forward** (``n_experts``, the 26B-A4B): a routed mixture of small
+  experts runs next to the dense feed-forward, not instead of it (``newest.gemma4_moe``).
 
 >>> cfg = Gemma4Config.from_name("gemma4-e2b")
 >>> cfg.layer_types[13:15], cfg.kv_sources()[15:20]
@@ -62,6 +62,7 @@ from ..modern.feedforward import SwiGLU
 from ..modern.hf import decoder_fields_from_hf, decoder_fields_to_hf
 from ..modern.norms import RMSNorm
 from ..modern.rope import RotaryEmbedding
+from .gemma4_moe import Gemma4MoE
 from .per_layer_inputs import PerLayerEmbedding, PerLayerGate
 from .shared_kv import OnePassCache, SharedKVAttention, SharedLayerCache, kv_sources
 
@@ -142,6 +143,9 @@ class Gemma4Config(DecoderConfig):
     per_layer_dim: int = 256  # features of each layer's own input (0: none)
     double_wide_mlp: bool = False  # sharing layers' feed-forward twice as wide
     logit_softcap: float | None = 30.0  # None: logits not capped
+    n_experts: int = 0  # routed experts beside each dense feed-forward (0: none)
+    n_experts_per_token: int = 8  # experts each token is routed to
+    moe_hidden_dim: int = 704  # each expert's inner width
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -184,6 +188,10 @@ class Gemma4Config(DecoderConfig):
         check_int("per_layer_dim", self.per_layer_dim, low=0)
         check_bool("double_wide_mlp", self.double_wide_mlp)
         check_float("logit_softcap", self.logit_softcap, low=0, low_open=True, optional=True)
+        if check_int("n_experts", self.n_experts, low=0):
+            check_int("n_experts_per_token", self.n_experts_per_token, low=1,
+                      high=self.n_experts)
+            check_int("moe_hidden_dim", self.moe_hidden_dim, low=1)
         self.kv_sources()  # refuses a sharing layer with nothing to share from
 
     def kv_sources(self) -> list[int]:
@@ -215,7 +223,7 @@ class Gemma4Block(nn.Module):
     input, then ``layer_scalar``::
 
         x = x + post_norm1(att(norm1(x)))
-        x = x + post_norm2(ff(norm2(x)))
+        x = x + post_norm2(ff(norm2(x)))       # + moe.dense_norm, moe(x) with experts
         x = x + per_layer(x, layer_input)      # with per-layer inputs
         x = x * layer_scalar
     """
@@ -240,6 +248,8 @@ class Gemma4Block(nn.Module):
         wide = 2 if cfg.double_wide_mlp and shares else 1
         self.ff = SwiGLU(cfg.emb_dim, cfg.hidden_dim * wide, activation="gelu_tanh")
         self.post_norm2 = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps)
+        self.moe = (Gemma4MoE(cfg.emb_dim, cfg.n_experts, cfg.n_experts_per_token,
+                              cfg.moe_hidden_dim, eps=cfg.norm_eps) if cfg.n_experts else None)
         self.per_layer = (PerLayerGate(cfg.emb_dim, cfg.per_layer_dim, eps=cfg.norm_eps)
                           if cfg.per_layer_dim else None)
         self.register_buffer("layer_scalar", torch.ones(1))  # stored with the weights
@@ -254,7 +264,10 @@ class Gemma4Block(nn.Module):
         if need_weights:
             attended, weights = attended
         x = x + self.post_norm1(attended)
-        x = x + self.post_norm2(self.ff(self.norm2(x)))
+        fed = self.ff(self.norm2(x))
+        if self.moe is not None:  # the experts read the same residual stream as the dense
+            fed = self.moe.dense_norm(fed) + self.moe(x)
+        x = x + self.post_norm2(fed)
         if self.per_layer is not None:
             x = x + self.per_layer(x, layer_input)
         x = x * self.layer_scalar
@@ -392,6 +405,12 @@ GEMMA4_HF_NAMES: dict[str, str] = {
     "trf_blocks.{i}.ff.fc2": "model.layers.{i}.mlp.up_proj",
     "trf_blocks.{i}.ff.fc3": "model.layers.{i}.mlp.down_proj",
     "trf_blocks.{i}.post_norm2": "model.layers.{i}.post_feedforward_layernorm",
+    "trf_blocks.{i}.moe.dense_norm": "model.layers.{i}.post_feedforward_layernorm_1",
+    "trf_blocks.{i}.moe.norm_in": "model.layers.{i}.pre_feedforward_layernorm_2",
+    "trf_blocks.{i}.moe.norm_out": "model.layers.{i}.post_feedforward_layernorm_2",
+    "trf_blocks.{i}.moe.router": "model.layers.{i}.router",  # scale, per_expert_scale
+    "trf_blocks.{i}.moe.router.proj": "model.layers.{i}.router.proj",
+    "trf_blocks.{i}.moe.experts": "model.layers.{i}.experts",  # gate_up_proj, down_proj
     "trf_blocks.{i}.per_layer.gate": "model.layers.{i}.per_layer_input_gate",
     "trf_blocks.{i}.per_layer.projection": "model.layers.{i}.per_layer_projection",
     "trf_blocks.{i}.per_layer.norm": "model.layers.{i}.post_per_layer_input_norm",
@@ -428,9 +447,6 @@ def config_from_hf(hf: Mapping[str, Any]) -> Gemma4Config:
     """A ``Gemma4Config`` from a ``Gemma4ForCausalLM`` (``gemma4_text``) ``config.json``, or
     the ``text_config`` of a published ``gemma4`` one."""
     hf = hf.get("text_config") or hf
-    if hf.get("enable_moe_block"):
-        raise value_error("config", "config enable_moe_block must be false: Gemma 4's mixture "
-                                    "of experts (26B-A4B) is not built here")
     if hf.get("use_bidirectional_attention"):
         raise value_error("config", "config use_bidirectional_attention must be null: a "
                                     "causal model")
@@ -459,7 +475,14 @@ def config_from_hf(hf: Mapping[str, Any]) -> Gemma4Config:
         global_kv_heads=global_kv if k_eq_v and global_kv not in (None, n_kv) else None,
         keys_equal_values=k_eq_v, kv_shared_layers=hf.get("num_kv_shared_layers", 0),
         per_layer_dim=ple, double_wide_mlp=bool(hf.get("use_double_wide_mlp", False)),
-        logit_softcap=hf.get("final_logit_softcapping"))
+        logit_softcap=hf.get("final_logit_softcapping"), **_experts_from_hf(hf))
+
+
+def _experts_from_hf(hf: Mapping[str, Any]) -> dict[str, Any]:
+    if not hf.get("enable_moe_block"):
+        return {}
+    return {"n_experts": hf["num_experts"], "n_experts_per_token": hf["top_k_experts"],
+            "moe_hidden_dim": hf["moe_intermediate_size"]}
 
 
 def config_to_hf(cfg: Gemma4Config) -> dict[str, Any]:
@@ -481,8 +504,10 @@ def config_to_hf(cfg: Gemma4Config) -> dict[str, Any]:
             "hidden_size_per_layer_input": cfg.per_layer_dim,
             "vocab_size_per_layer_input": cfg.vocab_size,
             "use_double_wide_mlp": cfg.double_wide_mlp,
-            "final_logit_softcapping": cfg.logit_softcap, "enable_moe_block": False,
-            "use_bidirectional_attention": None}
+            "final_logit_softcapping": cfg.logit_softcap, "use_bidirectional_attention": None,
+            "enable_moe_block": cfg.n_experts > 0, "num_experts": cfg.n_experts or None,
+            "top_k_experts": cfg.n_experts_per_token if cfg.n_experts else None,
+            "moe_intermediate_size": cfg.moe_hidden_dim if cfg.n_experts else None}
 
 
 HF_LAYOUT = HFLayout(model_type="gemma4_text", architecture="Gemma4ForCausalLM",
