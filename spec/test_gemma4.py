@@ -271,9 +271,28 @@ def test_published_e2b_text_model_has_its_parameter_count():
     assert sum(p.numel() for p in theirs.parameters()) == count_parameters(model)
 
 
+def test_published_26b_a4b_text_model_has_its_total_and_active_parameter_counts():
+    # transformers' count for google/gemma-4-26B-A4B's text_config: 25,233,141,760 ("25.2B
+    # total" on the model card); a token runs through all but 120 of each layer's 128 experts:
+    # 3,822,530,560 ("3.8B active").
+    with torch.device("meta"):
+        model = build_model(preset_config("gemma4-26b-a4b"))
+    total = count_parameters(model)
+    assert total == 25_233_141_760
+    left_out = sum((block.moe.router.n_experts - block.moe.router.top_k)
+                   * sum(p[0].numel() for p in block.moe.experts.parameters())
+                   for block in model.trf_blocks)
+    assert total - left_out == 3_822_530_560
+    hf = transformers.Gemma4TextConfig(**{k: v for k, v in config_to_hf(model.cfg).items()
+                                          if k not in ("architectures", "model_type")})
+    with torch.device("meta"):
+        theirs = transformers.Gemma4ForCausalLM(hf)
+    assert sum(p.numel() for p in theirs.parameters()) == total
+
+
 def test_the_config_json_goes_both_ways_and_reads_the_published_text_config():
     for cfg in (Gemma4Config.from_name("gemma4-nano"), Gemma4Config.from_name("gemma4-e2b"),
-                Gemma4Config.from_name("gemma4-nano", n_experts=4, n_experts_per_token=2)):
+                Gemma4Config.from_name("gemma4-26b-a4b")):
         assert config_from_hf(config_to_hf(cfg)) == cfg
     published = {"model_type": "gemma4", "text_config": {
         "hidden_size": 1536, "num_hidden_layers": 35, "num_attention_heads": 8,

@@ -376,6 +376,12 @@ GEMMA4_PRESETS: dict[str, Gemma4Config] = {
     "gemma4-e2b": Gemma4Config(
         layer_types=gemma4_layer_types(35, pattern=5), kv_shared_layers=20,
         double_wide_mlp=True),
+    # Published size: google/gemma-4-26B-A4B's text_config: experts beside every feed-forward
+    # (8 of 128 per token), keys = values and 2 key/value heads in the full layers.
+    "gemma4-26b-a4b": Gemma4Config(
+        context_length=262144, emb_dim=2816, n_layers=30, n_heads=16, n_kv_heads=8,
+        hidden_dim=2112, sliding_window=1024, global_kv_heads=2, keys_equal_values=True,
+        per_layer_dim=0, n_experts=128, n_experts_per_token=8, moe_hidden_dim=704),
     # Small for a laptop CPU (GPT-2's BPE): two sliding layers and a full one, twice; the last
     # three read the caches of layers 1 and 2 (a ring of 16, every position), keys = values in
     # the full layers, per-layer inputs of 8 features.
