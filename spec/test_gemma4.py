@@ -21,6 +21,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from gpt_components import save_pretrained
+from gpt_components.finetune.lora import replace_linear_with_lora
 from gpt_components.generation import generate
 from gpt_components.kv_cache import LayerKVCache
 from gpt_components.machinery.registry import FAMILIES, build_model, preset_config
@@ -247,13 +248,21 @@ def test_soft_capped_logits_stay_within_the_cap_and_keep_their_order(seed, cap):
     g = generator(seed)
     head = SoftCappedHead(8, 20, cap).to(F64)
     with torch.no_grad():  # logits of a few units: far from tanh's float64 saturation
-        head.weight.copy_(torch.randn(20, 8, generator=g, dtype=F64) * 0.5)
+        head.linear.weight.copy_(torch.randn(20, 8, generator=g, dtype=F64) * 0.5)
     x = torch.randn(5, 8, generator=g, dtype=F64)
     plain = x @ head.weight.T
     capped = head(x)
     assert bool((capped.abs() < cap).all())
     torch.testing.assert_close(capped, cap * torch.tanh(plain / cap), **EXACT)
     assert torch.equal(capped.argsort(dim=-1), plain.argsort(dim=-1))
+    # LoRA adapts the linear layer inside the cap, and its merge keeps the cap.
+    adapted = replace_linear_with_lora(head, rank=2, alpha=4.0, generator=g)
+    with torch.no_grad():
+        adapted.linear.lora.B.normal_(generator=g)
+        before = adapted(x)
+        adapted.linear = adapted.linear.merged()
+    assert bool((before.abs() < cap).all())
+    torch.testing.assert_close(adapted(x), before, **EXACT)
 
 
 def test_published_e2b_text_model_has_its_parameter_count():

@@ -99,15 +99,37 @@ class ProportionalRotaryEmbedding(RotaryEmbedding):
         self.inv_freq = speeds / factor
 
 
-class SoftCappedHead(nn.Linear):
-    """The output head with Gemma's soft cap: ``cap * tanh(linear(x) / cap)``."""
+class SoftCappedHead(nn.Module):
+    """The output head with Gemma's soft cap: ``cap * tanh(linear(x) / cap)``.
+
+    The cap wraps a plain bias-free ``nn.Linear`` (``linear``), so whatever adapts or replaces
+    linear layers (LoRA, and its merge) changes what is capped, never the cap itself.
+    ``weight``, ``in_features`` and ``out_features`` are the linear layer's.
+    """
 
     def __init__(self, in_features: int, out_features: int, cap: float) -> None:
-        super().__init__(in_features, out_features, bias=False)
+        super().__init__()
         self.cap = check_float("cap", cap, low=0, low_open=True)
+        self.linear = nn.Linear(in_features, out_features, bias=False)
+
+    @property
+    def _base(self) -> nn.Linear:
+        return getattr(self.linear, "linear", self.linear)  # under a LoRA wrapper, its linear
+
+    @property
+    def weight(self) -> torch.Tensor:
+        return self._base.weight
+
+    @property
+    def in_features(self) -> int:
+        return self._base.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self._base.out_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.cap * torch.tanh(super().forward(x) / self.cap)
+        return self.cap * torch.tanh(self.linear(x) / self.cap)
 
 
 @dataclass(frozen=True)
@@ -314,7 +336,7 @@ class Gemma4Model(LanguageModel):
         self.shared = sorted({s for i, s in enumerate(self.sources) if s != i})  # read by others
         self.apply(_init_weights)
         if cfg.tie_weights:
-            self.out_head.weight = self.tok_emb.weight
+            getattr(self.out_head, "linear", self.out_head).weight = self.tok_emb.weight
 
     def _embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, _Context]:
         weight = self.tok_emb.weight
@@ -423,6 +445,7 @@ GEMMA4_HF_NAMES: dict[str, str] = {
     "trf_blocks.{i}.layer_scalar": "model.layers.{i}.layer_scalar",
     "final_norm": "model.norm",
     "out_head": "lm_head",
+    "out_head.linear": "lm_head",  # a soft-capped head's
 }
 
 _DEFAULT_ROPE = {SLIDING: {"rope_type": "default", "rope_theta": 10000.0},
