@@ -143,7 +143,8 @@ def test_from_pretrained_gives_transformers_logits_and_save_pretrained_goes_back
     torch.testing.assert_close(stock, expected, rtol=1e-4, atol=1e-4 * expected.abs().max())
     with tempfile.TemporaryDirectory() as directory:
         save_pretrained(model, directory)
-        back = transformers.AutoModelForCausalLM.from_pretrained(directory, dtype=F64)
+        back = transformers.AutoModelForCausalLM.from_pretrained(
+            directory, dtype=F64, experts_implementation="eager")  # its grouped kernel: no f64
         assert type(back).__name__ == "Gemma4ForCausalLM"
         back.config._attn_implementation = "eager"
         with Float64Mode():
@@ -151,7 +152,7 @@ def test_from_pretrained_gives_transformers_logits_and_save_pretrained_goes_back
         torch.testing.assert_close(exact_logits(back.eval(), ids), expected, **EXACT)
 
 
-@settings(max_examples=3, deadline=None)
+@settings(max_examples=2, deadline=None)
 @given(hf_gemma4_configs(), seeds, st.integers(1, 4))
 def test_greedy_generation_with_and_without_cache_equals_transformers_past_every_window(
         config, seed, prompt_len):
