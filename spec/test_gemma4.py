@@ -56,8 +56,8 @@ def shareable(kinds: list[str], n_shared: int) -> bool:
 
 
 @st.composite
-def hf_gemma4_configs(draw):
-    n_layers = draw(st.integers(2, 5))
+def hf_gemma4_configs(draw, layers=(2, 5)):
+    n_layers = draw(st.integers(*layers))
     kinds = [draw(st.sampled_from([SLIDING, FULL])) for _ in range(n_layers - 1)] + [FULL]
     kinds[draw(st.integers(0, n_layers - 2))] = SLIDING  # both kinds, the last one full
     n_shared = draw(st.sampled_from([n for n in range(n_layers) if shareable(kinds, n)]))
@@ -150,6 +150,23 @@ def test_from_pretrained_gives_transformers_logits_and_save_pretrained_goes_back
         with Float64Mode():
             back.model.rotary_emb.__init__(back.config)  # float64 frequencies, as above
         torch.testing.assert_close(exact_logits(back.eval(), ids), expected, **EXACT)
+
+
+@pytest.mark.slow
+@settings(max_examples=4, deadline=None)
+@given(hf_gemma4_configs(layers=(6, 9)), seeds, st.data())
+def test_deeper_models_equal_transformers_through_the_cache_too(config, seed, data):
+    hf_model = random_hf_gemma4(config, seed)
+    model = ours_from(hf_model)
+    ids = torch.randint(0, config.vocab_size, (1, data.draw(st.integers(8, 20))),
+                        generator=generator(seed))
+    expected = exact_logits(hf_model, ids)
+    first = data.draw(st.integers(1, ids.shape[1] - 1))
+    cache = model.new_kv_cache(1)
+    with torch.no_grad():
+        steps = [model(ids[:, :first], kv_cache=cache)]
+        steps += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(first, ids.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, **EXACT)
 
 
 @settings(max_examples=2, deadline=None)

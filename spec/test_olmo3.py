@@ -109,6 +109,23 @@ def test_from_pretrained_gives_transformers_logits_and_save_pretrained_goes_back
         torch.testing.assert_close(exact_logits(back.eval(), ids), expected, **EXACT)
 
 
+@pytest.mark.slow
+@settings(max_examples=4, deadline=None)
+@given(hf_olmo3_configs(layers=(5, 8)), seeds, st.data())
+def test_deeper_models_equal_transformers_through_the_cache_too(config, seed, data):
+    hf_model = random_hf_olmo3(config, seed)
+    model = ours_from(hf_model)
+    ids = torch.randint(0, config.vocab_size, (1, data.draw(st.integers(8, 20))),
+                        generator=generator(seed))
+    expected = exact_logits(hf_model, ids)
+    first = data.draw(st.integers(1, ids.shape[1] - 1))
+    cache = model.new_kv_cache(1)
+    with torch.no_grad():
+        steps = [model(ids[:, :first], kv_cache=cache)]
+        steps += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(first, ids.shape[1])]
+    torch.testing.assert_close(torch.cat(steps, dim=1), expected, **EXACT)
+
+
 @settings(max_examples=3, deadline=None)
 @given(hf_olmo3_configs(), seeds, st.integers(1, 4))
 def test_greedy_generation_with_and_without_cache_equals_transformers_past_every_window(
