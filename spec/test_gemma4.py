@@ -23,7 +23,6 @@ from hypothesis import strategies as st
 from gpt_components import save_pretrained
 from gpt_components.finetune.lora import replace_linear_with_lora
 from gpt_components.generation import generate
-from gpt_components.kv_cache import LayerKVCache
 from gpt_components.machinery.registry import FAMILIES, build_model, preset_config
 from gpt_components.model import count_parameters
 from gpt_components.modern.rope import RotaryEmbedding
@@ -36,7 +35,7 @@ from gpt_components.newest.gemma4 import (
     config_from_hf,
     config_to_hf,
 )
-from gpt_components.newest.shared_kv import OnePassCache, SharedLayerCache, kv_sources
+from gpt_components.newest.shared_kv import SharedKVAttention, kv_sources
 from spec.helpers.hf_exact import Float64Mode
 from spec.helpers.hf_random import ours_from, random_hf_model
 from spec.strategies import generator, seeds
@@ -209,37 +208,37 @@ def test_sharing_layers_hold_their_sources_cache_and_decode_as_without_a_cache(
     sources = kv_sources(kinds, n_shared)
     for i, source in enumerate(sources):
         assert cache.layers[i] is cache.layers[source]  # one object at every reader's position
-        shared = source != i or i in sources[i + 1:]
-        assert isinstance(cache.layers[i], SharedLayerCache) == shared
+        assert (model.trf_blocks[i].att.W_key is None) == (source != i)  # readers: no k, v
     owned = {id(c): c for c in cache.layers}.values()
-    inner = [c.inner if isinstance(c, SharedLayerCache) else c for c in owned]
-    window_slots = min(window, 24)
+    assert len(owned) == 4 - n_shared
     assert cache.memory_bytes() == sum(
-        2 * 2 * 1 * 8 * 8 * (window_slots if isinstance(c, WindowLayerCache) else 24)
-        for c in inner)  # k and v, B=2, one head of 8, float64: the distinct caches only
+        2 * 2 * 1 * 8 * 8 * (min(window, 24) if isinstance(c, WindowLayerCache) else 24)
+        for c in owned)  # k and v, B=2, one head of 8, float64: the distinct caches only
     ids = torch.randint(0, 50, (2, length), generator=generator(seed + 1))
     with torch.no_grad():
         steps = [model(ids[:, :3], kv_cache=cache)]
         steps += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(3, length)]
         torch.testing.assert_close(torch.cat(steps, dim=1), model(ids), **EXACT)
     assert all(c.length == length for c in owned)
-    assert model.trf_blocks[3].att.W_key is None  # a reader has no projections of its own
 
 
-def test_a_shared_cache_is_read_only_after_its_owner_stored_this_step():
-    cache = SharedLayerCache(LayerKVCache(1, 1, 2, 4))
-    with pytest.raises(ValueError, match="nothing to read") as error:
-        cache.read()
-    assert error.value.parameter == "cache"
-    k = torch.randn(1, 1, 3, 2)
-    stored = cache.store(k, -k)
-    assert cache.read() is stored and torch.equal(stored[0], k)
-    cache.advance(3)
-    assert cache.inner.length == cache.length == 3
-    with pytest.raises(ValueError, match="nothing to read"):
-        cache.read()
-    one_pass = SharedLayerCache(OnePassCache(1, 3))
-    assert one_pass.store(k, -k)[0] is k  # a pass without a cache keeps nothing
+def test_a_sharing_layer_reads_what_its_source_stored_this_pass_and_only_then():
+    owner = SharedKVAttention(8, 2, 1, 4, window=2, layer=0).to(F64)
+    reader = SharedKVAttention(8, 2, 1, 4, window=2, layer=1, reads_from=0).to(F64)
+    x = torch.randn(1, 5, 8, dtype=F64, generator=generator(0))
+    with pytest.raises(ValueError, match="attends to layer 0's keys and values") as error:
+        reader(x, shared={})
+    assert error.value.parameter == "shared"
+    cache, shared = owner.new_cache(1, 8, dtype=F64), {}
+    owner(x, cache=cache, shared=shared)
+    keys, values = shared[0]
+    assert keys.shape == (1, 1, 5, 4)  # every position the queries saw, past the ring of 2
+    assert tuple(cache.keys.shape) == (1, 1, 2, 4)
+    # keys = values where the layer says so: one projection, normed (and rotated: not here).
+    same = SharedKVAttention(8, 2, 1, 4, window=None, keys_equal_values=True).to(F64)
+    same(x, shared=(pair := {}))
+    torch.testing.assert_close(pair[0][0], pair[0][1], **EXACT)
+    assert same.W_value is None
 
 
 @settings(max_examples=20, deadline=None)

@@ -32,7 +32,7 @@ What Gemma 4 chooses, on top of Gemma 3 (``gpt_components.modern.gemma3``):
 >>> model = Gemma4Model(Gemma4Config.from_name("gemma4-nano", vocab_size=60))
 >>> cache = model.new_kv_cache(batch_size=1)
 >>> cache.layers[5] is cache.layers[2], type(cache.layers[2]).__name__
-(True, 'SharedLayerCache')
+(True, 'LayerKVCache')
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ from ..modern.norms import RMSNorm
 from ..modern.rope import RotaryEmbedding
 from .gemma4_moe import Gemma4MoE
 from .per_layer_inputs import PerLayerEmbedding, PerLayerGate
-from .shared_kv import OnePassCache, SharedKVAttention, SharedLayerCache, kv_sources
+from .shared_kv import SharedKVAttention, kv_sources
 
 __all__ = ["Gemma4Config", "Gemma4Model", "Gemma4Block", "ProportionalRotaryEmbedding",
            "SoftCappedHead", "GEMMA4_PRESETS", "GEMMA4_HF_NAMES"]
@@ -255,14 +255,16 @@ class Gemma4Block(nn.Module):
         self.index = index
         self.emb_dim = cfg.emb_dim
         sliding = cfg.layer_types[index] == SLIDING
-        shares = cfg.kv_sources()[index] != index
+        source = cfg.kv_sources()[index]
+        shares = source != index
         self.rope = "local" if sliding else "global"  # which of the model's RoPE tables
         n_kv_heads, head_dim = cfg.attention_shape(index)
         self.norm1 = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps)
         self.att = SharedKVAttention(
             cfg.emb_dim, cfg.n_heads, n_kv_heads, head_dim,
             window=cfg.sliding_window if sliding else None,
-            keys_equal_values=cfg.keys_equal_values and not sliding, reads_shared=shares,
+            keys_equal_values=cfg.keys_equal_values and not sliding, layer=index,
+            reads_from=source,
             norm_eps=cfg.norm_eps, bias=cfg.attention_bias, dropout=cfg.drop_rate,
             kernel=cfg.attn_kernel)
         self.post_norm1 = RMSNorm(cfg.emb_dim, eps=cfg.norm_eps)
@@ -278,10 +280,11 @@ class Gemma4Block(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: dict[str, tuple[torch.Tensor, torch.Tensor]],
                 layer_input: torch.Tensor | None = None, cache: LayerCache | None = None,
-                start: int | None = None,
-                need_weights: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+                start: int | None = None, need_weights: bool = False,
+                shared: dict[int, tuple[torch.Tensor, torch.Tensor]] | None = None
+                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         check_features(x, self.emb_dim, (3,), self.norm1.weight)
-        attended = self.att(self.norm1(x), rope[self.rope], cache, start, need_weights)
+        attended = self.att(self.norm1(x), rope[self.rope], cache, start, need_weights, shared)
         weights = None
         if need_weights:
             attended, weights = attended
@@ -300,9 +303,9 @@ class _Context(NamedTuple):
     """What every block reads besides the residual stream, for one pass."""
 
     rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # table name -> (cos, sin)
-    start: int  # position of the first token
+    start: int | None  # position of the first token (None: each row's, from a paged cache)
     layer_inputs: torch.Tensor | None  # (B, T, n_layers, per_layer_dim)
-    one_pass: list[LayerCache | None]  # the sharing caches of a pass without a cache
+    shared: dict[int, tuple[torch.Tensor, torch.Tensor]]  # the pass's keys, values by source
 
 
 class Gemma4Model(LanguageModel):
@@ -311,8 +314,8 @@ class Gemma4Model(LanguageModel):
     ``tok_emb``, ``trf_blocks``, ``final_norm`` and ``out_head`` (a ``SoftCappedHead`` when the
     logits are capped) as every family has them, plus ``per_layer`` (the per-layer inputs) and
     the two RoPE tables. ``new_kv_cache`` makes one cache per layer where a sharing layer's
-    entry *is* its source layer's cache (a ``SharedLayerCache``); a pass without a cache gives
-    the source layers a ``OnePassCache`` to share through instead.
+    entry *is* its source layer's cache object; within a pass, a sharing layer attends to what
+    its source's ``store`` returned (``SharedKVAttention``), with a cache or without.
     """
 
     def __init__(self, cfg: Gemma4Config) -> None:
@@ -333,51 +336,49 @@ class Gemma4Model(LanguageModel):
             "global": ProportionalRotaryEmbedding(cfg.global_head_dim, cfg.rope_theta,
                                                   cfg.partial_rotary_factor, cfg.rope_factor)})
         self.sources = cfg.kv_sources()
-        self.shared = sorted({s for i, s in enumerate(self.sources) if s != i})  # read by others
         self.apply(_init_weights)
         if cfg.tie_weights:
             getattr(self.out_head, "linear", self.out_head).weight = self.tok_emb.weight
 
-    def _embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, _Context]:
+    def _embed(self, idx: torch.Tensor,
+               start: int | torch.Tensor) -> tuple[torch.Tensor, _Context]:
+        """Embeddings, per-layer inputs and RoPE tables for positions ``start ..`` (or, for a
+        paged cache whose rows differ, the (B, T) positions ``start``)."""
         weight = self.tok_emb.weight
         # Scaled by sqrt(emb_dim) rounded to the weights' dtype first, as Gemma does.
         x = self.tok_emb(idx) * torch.tensor(self.cfg.emb_dim**0.5, dtype=weight.dtype,
                                              device=weight.device)  # (B, T, emb)
         layer_inputs = None if self.per_layer is None else self.per_layer(idx, x)
+        if isinstance(start, torch.Tensor):  # each row its own positions: (B, 1, T, hd) tables
+            b, t = start.shape
+            rope = {name: tuple(part.view(b, 1, t, -1)
+                                for part in table(start.reshape(-1), x.dtype))
+                    for name, table in self.rope.items()}
+            return x, _Context(rope, None, layer_inputs, {})
         positions = torch.arange(start, start + idx.shape[1], device=idx.device)
         rope = {name: table(positions, x.dtype) for name, table in self.rope.items()}
-        one_pass: list[LayerCache | None] = [None] * self.cfg.n_layers
-        for source in self.shared:
-            one_pass[source] = SharedLayerCache(OnePassCache(idx.shape[0], idx.shape[1]))
-        for i, source in enumerate(self.sources):
-            one_pass[i] = one_pass[source]
-        return x, _Context(rope, start, layer_inputs, one_pass)
+        return x, _Context(rope, start, layer_inputs, {})
 
     def _block(self, block: nn.Module, x: torch.Tensor, context: _Context,
                cache: LayerCache | None) -> torch.Tensor:
-        if cache is None:  # a pass without a cache: share through this pass's caches
-            cache = context.one_pass[block.index]
         layer_input = None if context.layer_inputs is None else context.layer_inputs[
             :, :, block.index]
-        return block(x, context.rope, layer_input, cache, context.start)
+        return block(x, context.rope, layer_input, cache, context.start,
+                     shared=context.shared)
 
     def _block_with_weights(self, block: nn.Module, x: torch.Tensor,
                             context: _Context) -> tuple[torch.Tensor, torch.Tensor]:
         layer_input = None if context.layer_inputs is None else context.layer_inputs[
             :, :, block.index]
-        return block(x, context.rope, layer_input, context.one_pass[block.index],
-                     need_weights=True)
+        return block(x, context.rope, layer_input, need_weights=True, shared=context.shared)
 
     def _new_cache(self, batch_size: int, max_tokens: int, device: torch.device,
                    dtype: torch.dtype) -> DecoderKVCache:
         """One cache per layer; a sharing layer's is its source layer's, the same object."""
         layers: list[LayerCache] = []
         for i, (block, source) in enumerate(zip(self.trf_blocks, self.sources, strict=True)):
-            if source != i:
-                layers.append(layers[source])
-                continue
-            own = block.att.new_cache(batch_size, max_tokens, device=device, dtype=dtype)
-            layers.append(SharedLayerCache(own) if i in self.shared else own)
+            layers.append(layers[source] if source != i else block.att.new_cache(
+                batch_size, max_tokens, device=device, dtype=dtype))
         return DecoderKVCache(layers, batch_size, max_tokens)
 
     def new_kv_cache(self, batch_size: int, max_tokens: int | None = None) -> DecoderKVCache:
