@@ -59,6 +59,8 @@ def tiny_model(name: str, seed: int, *, n_layers: int | None = None, dtype=F64):
         cfg = dataclasses.replace(cfg, sliding_window=4)
     if n_layers is not None:  # (a family that names each layer's kind names them anew)
         relisted = {"layer_types": None} if hasattr(cfg, "layer_types") else {}
+        if getattr(cfg, "kv_shared_layers", 0):  # no later layers left to share a cache
+            relisted["kv_shared_layers"] = 0
         cfg = dataclasses.replace(cfg, n_layers=n_layers, **relisted)
     model = family.model_class(cfg).to(dtype)
     g = generator(seed)

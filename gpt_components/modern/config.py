@@ -86,7 +86,9 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, Mapping):  # {"rope_type": "yarn", ...}: YaRN
             fields = dict(self.rope_scaling)
-            kind = YarnRopeScaling if fields.pop("rope_type", "llama3") == "yarn" else (
+            # Without a rope_type (dataclasses.asdict of a run's config.json), by its fields.
+            default = "yarn" if "beta_fast" in fields else "llama3"
+            kind = YarnRopeScaling if fields.pop("rope_type", default) == "yarn" else (
                 Llama3RopeScaling)
             object.__setattr__(self, "rope_scaling", kind(**fields))
         if self.head_dim is None:
