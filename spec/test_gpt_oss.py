@@ -296,3 +296,40 @@ def test_the_config_refuses_bad_arguments_naming_them():
         TopKSoftmaxRouter(8, 2, 3)
     with pytest.raises(ValueError, match="gate_up"):
         clamped_swiglu(torch.zeros(2, 3))
+
+
+def random_nano(seed, **fields):
+    cfg = GptOssConfig.from_name("gpt-oss-nano", vocab_size=64, **fields)
+    return random_weights(DecoderModel(cfg).to(F64), seed, std=0.3).eval()
+
+
+@settings(max_examples=3, deadline=None)
+@given(seeds, st.integers(1, 10))
+def test_trace_and_inspect_show_the_share_of_attention_each_sink_takes(seed, t):
+    from gpt_components.inspect.inspection import inspect_prompt
+
+    model = random_nano(seed)
+    ids = torch.randint(0, 64, (1, t), generator=generator(seed))
+    trace = model.trace(ids)
+    for weights, share in zip(trace.attentions, trace.sink_shares, strict=True):
+        torch.testing.assert_close(weights.sum(-1) + share, torch.ones_like(share), **EXACT)
+        assert bool(((share > 0) & (share < 1)).all())
+    with torch.no_grad():  # sinks at -inf: nothing left for them, rows sum to one again
+        for block in model.trf_blocks:
+            block.att.sinks.fill_(float("-inf"))
+    for share in model.trace(ids).sink_shares:
+        torch.testing.assert_close(share, torch.zeros_like(share), **EXACT)
+
+    class Ids:  # a tokenizer of the ids themselves
+        def encode(self, text):
+            return [int(piece) for piece in text.split()]
+
+        def decode(self, ids):
+            return " ".join(map(str, ids))
+
+    text = " ".join(str(i) for i in ids[0].tolist())
+    seen = inspect_prompt(random_nano(seed), Ids(), text)
+    assert seen.has_sinks and "attention sinks take" in seen.model_summary
+    torch.testing.assert_close(seen.sink_shares, torch.stack(
+        [share[0] for share in trace.sink_shares]), **EXACT)
+    assert not inspect_prompt(model, Ids(), text).has_sinks
