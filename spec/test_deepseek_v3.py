@@ -53,7 +53,16 @@ def hf_deepseek_v3_configs(draw):
         norm_topk_prob=draw(st.booleans()),
         first_k_dense_replace=draw(st.integers(0, n_layers - 1)), max_position_embeddings=32,
         rms_norm_eps=draw(st.sampled_from([1e-6, 1e-3])),
-        rope_parameters={"rope_type": "default", "rope_theta": draw(st.sampled_from([1e2, 1e4]))},
+        rope_parameters=draw(st.one_of(
+            st.builds(dict, rope_type=st.just("default"), rope_theta=st.sampled_from([1e2, 1e4])),
+            # YaRN as DeepSeek-V3 publishes it: mscale and mscale_all_dim, over a short context
+            st.builds(dict, rope_type=st.just("yarn"), rope_theta=st.sampled_from([1e2, 1e4]),
+                      factor=st.sampled_from([2.0, 4.0, 40.0]),
+                      original_max_position_embeddings=st.sampled_from([4, 8]),
+                      beta_fast=st.sampled_from([4.0, 32.0]), beta_slow=st.just(1.0),
+                      mscale=st.sampled_from([0.707, 1.0]),
+                      mscale_all_dim=st.sampled_from([0.0, 0.707, 1.0])))),
+        rope_interleave=draw(st.booleans()),
         attention_bias=draw(st.booleans()),
         tie_word_embeddings=draw(st.booleans()), pad_token_id=0, bos_token_id=1, eos_token_id=None)
 
@@ -114,3 +123,45 @@ def test_the_cache_holds_latents_and_rope_keys_only():
     assert all(isinstance(layer, LatentKVCache) for layer in cache.layers)
     per_token = cfg.kv_lora_rank + cfg.qk_rope_head_dim  # 20, where GQA-free MHA keeps 4 * 16
     assert cache.memory_bytes() == cfg.n_layers * 2 * 10 * per_token * 4
+
+
+# The published config.json of deepseek-ai/DeepSeek-V3 (its sizes and RoPE settings).
+PUBLISHED = {
+    "architectures": ["DeepseekV3ForCausalLM"], "model_type": "deepseek_v3",
+    "vocab_size": 129280, "hidden_size": 7168, "intermediate_size": 18432,
+    "moe_intermediate_size": 2048, "num_hidden_layers": 61, "num_attention_heads": 128,
+    "num_key_value_heads": 128, "n_shared_experts": 1, "n_routed_experts": 256,
+    "routed_scaling_factor": 2.5, "kv_lora_rank": 512, "q_lora_rank": 1536,
+    "qk_rope_head_dim": 64, "v_head_dim": 128, "qk_nope_head_dim": 128, "topk_method": "noaux_tc",
+    "n_group": 8, "topk_group": 4, "num_experts_per_tok": 8, "first_k_dense_replace": 3,
+    "norm_topk_prob": True, "hidden_act": "silu", "max_position_embeddings": 163840,
+    "rms_norm_eps": 1e-6, "tie_word_embeddings": False, "rope_theta": 10000,
+    "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "mscale": 1.0,
+                     "mscale_all_dim": 1.0, "original_max_position_embeddings": 4096,
+                     "type": "yarn"},
+    "attention_bias": False, "attention_dropout": 0.0}
+
+
+def test_the_published_configuration_builds_with_yarn_and_has_671b_parameters_37b_active():
+    import math
+
+    from gpt_components.modern import DecoderModel, active_parameters
+    from gpt_components.modern.deepseek_v3 import config_from_hf
+
+    cfg = config_from_hf(PUBLISHED)
+    assert cfg == DeepseekV3Config.from_name("deepseek-v3")
+    with torch.device("meta"):
+        model = DecoderModel(cfg)
+    # 671B in all (the 14B multi-token-prediction module of the checkpoint left out), 37B run
+    # per token: the dense layers, attention, 1 shared and 8 of the 256 routed experts.
+    assert sum(p.numel() for p in model.parameters()) == 671_026_404_352
+    assert active_parameters(model) == 37_552_282_624
+    # YaRN's magnitude correction: 1 on cos and sin (mscale = mscale_all_dim), its square on
+    # every score through the softmax scale, as transformers' yarn_apply_mscale does.
+    assert model.rope["default"].attention_factor == 1.0
+    expected = 192 ** -0.5 * (0.1 * math.log(40) + 1) ** 2
+    assert model.trf_blocks[0].att.scale == pytest.approx(expected, rel=1e-15)
+    from transformers.modeling_rope_utils import yarn_apply_mscale
+
+    assert expected == pytest.approx(yarn_apply_mscale(
+        {"rope_type": "yarn", "factor": 40, "mscale_all_dim": 1.0}, 192 ** -0.5), rel=1e-15)

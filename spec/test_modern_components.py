@@ -20,8 +20,10 @@ from gpt_components.modern import (
     RMSNorm,
     RotaryEmbedding,
     SwiGLU,
+    YarnRopeScaling,
     apply_rope,
     rope_inverse_frequencies,
+    yarn_mscale,
 )
 from spec.helpers.hf_exact import Float64Mode
 from spec.strategies import generator, seeds
@@ -76,6 +78,12 @@ scalings = st.one_of(st.none(), st.builds(
     Llama3RopeScaling, factor=st.sampled_from([2.0, 8.0, 32.0]),
     low_freq_factor=st.sampled_from([1.0, 2.0]), high_freq_factor=st.sampled_from([4.0, 8.0]),
     original_context_length=st.sampled_from([16, 64, 8192])))
+yarn_scalings = st.builds(
+    YarnRopeScaling, factor=st.sampled_from([1.5, 4.0, 32.0, 40.0]),
+    original_context_length=st.sampled_from([16, 64, 4096]),
+    beta_fast=st.sampled_from([8.0, 32.0]), beta_slow=st.sampled_from([0.5, 1.0]),
+    mscale=st.sampled_from([None, 0.707, 1.0]), mscale_all_dim=st.sampled_from([None, 1.0]),
+    attention_factor=st.sampled_from([None, None, 1.3]), truncate=st.booleans())
 
 
 @given(seeds, head_dims, thetas, scalings, st.integers(0, 10_000))
@@ -120,21 +128,29 @@ def test_rope_equals_the_complex_number_formulation(seed, head_dim, theta, start
                                rtol=1e-10, atol=1e-10)
 
 
-@given(seeds, head_dims, thetas, scalings)
-@settings(deadline=None, max_examples=15)
+@given(seeds, head_dims, thetas, st.one_of(scalings, yarn_scalings))
+@settings(deadline=None, max_examples=20)
 def test_rope_equals_transformers_rotary_functions(seed, head_dim, theta, scaling):
     transformers = pytest.importorskip("transformers")
     from transformers.models.llama import modeling_llama
 
     rope_parameters = {"rope_type": "default", "rope_theta": theta}
-    if scaling is not None:
+    if isinstance(scaling, Llama3RopeScaling):
         rope_parameters = {"rope_type": "llama3", "rope_theta": theta, "factor": scaling.factor,
                            "low_freq_factor": scaling.low_freq_factor,
                            "high_freq_factor": scaling.high_freq_factor,
                            "original_max_position_embeddings": scaling.original_context_length}
+    if isinstance(scaling, YarnRopeScaling):
+        rope_parameters = {"rope_type": "yarn", "rope_theta": theta, "factor": scaling.factor,
+                           "original_max_position_embeddings": scaling.original_context_length,
+                           "beta_fast": scaling.beta_fast, "beta_slow": scaling.beta_slow,
+                           "truncate": scaling.truncate,
+                           **{key: getattr(scaling, key)
+                              for key in ("mscale", "mscale_all_dim", "attention_factor")
+                              if getattr(scaling, key) is not None}}
     config = transformers.LlamaConfig(hidden_size=head_dim * 2, num_attention_heads=2,
                                       head_dim=head_dim, rope_parameters=rope_parameters,
-                                      max_position_embeddings=256)
+                                      max_position_embeddings=10_000)
     g = generator(seed)
     positions = torch.randint(0, 5000, (6,), generator=g)
     q, k = _randn(g, 1, 2, 6, head_dim), _randn(g, 1, 2, 6, head_dim)
@@ -150,6 +166,58 @@ def test_rope_equals_transformers_rotary_functions(seed, head_dim, theta, scalin
     stock = modeling_llama.LlamaRotaryEmbedding(config).inv_freq  # float32, as HF keeps it
     torch.testing.assert_close(rope_inverse_frequencies(head_dim, theta, scaling).float(), stock,
                                rtol=1e-6, atol=0)
+
+
+@given(seeds, st.sampled_from([8, 32, 64, 128]), thetas, yarn_scalings, st.integers(0, 10_000))
+@settings(deadline=None, max_examples=30)
+def test_yarn_keeps_fast_frequencies_divides_slow_ones_and_scales_norms(seed, head_dim, theta,
+                                                                        scaling, offset):
+    plain = rope_inverse_frequencies(head_dim, theta)
+    scaled = rope_inverse_frequencies(head_dim, theta, scaling)
+    # How many whole turns each frequency makes within the original context.
+    turns = scaling.original_context_length * plain / (2 * math.pi)
+    fast, slow = turns > scaling.beta_fast + 1e-9, turns < scaling.beta_slow - 1e-9
+    # The band's edges may be rounded outward to whole features (truncate): a feature is
+    # pinned when even its neighbour (turns times theta ** (2 / head_dim) apart) is.
+    step = theta ** (2 / head_dim)
+    clearly_fast = fast & (turns > scaling.beta_fast * step)
+    clearly_slow = slow & (turns < scaling.beta_slow / step)
+    assert torch.equal(scaled[clearly_fast], plain[clearly_fast])
+    torch.testing.assert_close(scaled[clearly_slow], plain[clearly_slow] / scaling.factor,
+                               rtol=1e-15, atol=0)
+    # Every frequency lies between its interpolated and its original self.
+    assert bool(((scaled <= plain * (1 + 1e-15))
+                 & (scaled >= plain / scaling.factor * (1 - 1e-15))).all())
+    # Every rotated vector's length is multiplied by the attention factor, nothing else.
+    g = generator(seed)
+    x = _randn(g, 2, 5, head_dim)
+    cos, sin = RotaryEmbedding(head_dim, theta, scaling)(torch.arange(offset, offset + 5), f64)
+    factor = scaling.cos_sin_factor
+    if scaling.attention_factor is None and not (scaling.mscale and scaling.mscale_all_dim):
+        assert factor == 0.1 * math.log(scaling.factor) + 1  # the paper's default
+    torch.testing.assert_close(apply_rope(x, cos, sin).norm(dim=-1), factor * x.norm(dim=-1),
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_yarn_refuses_what_has_no_meaning():
+    with pytest.raises(ValueError, match="^factor must be a float > 0, got 0"):
+        YarnRopeScaling(factor=0, original_context_length=4096)
+    with pytest.raises(ValueError, match=r"^factor must be a float > 0 \(finite\), got nan"):
+        YarnRopeScaling(factor=float("nan"), original_context_length=4096)
+    with pytest.raises(ValueError, match="^beta_fast must be > beta_slow=1.0, got 1.0"):
+        YarnRopeScaling(factor=4.0, original_context_length=4096, beta_fast=1.0)
+    with pytest.raises(ValueError, match="^original_context_length must be an int >= 1"):
+        YarnRopeScaling(factor=4.0, original_context_length=0)
+    with pytest.raises(ValueError,
+                       match=r"^attention_factor must be a float > 0 or None \(finite\)"):
+        YarnRopeScaling(factor=4.0, original_context_length=64, attention_factor=float("inf"))
+    with pytest.raises(TypeError, match="^truncate must be True or False, got 'yes'$"):
+        YarnRopeScaling(factor=4.0, original_context_length=64, truncate="yes")
+    assert yarn_mscale(1.0) == 1.0 and yarn_mscale(40.0, 1.0) == 0.1 * math.log(40.0) + 1
+    yarn = {"rope_type": "yarn", "factor": 4.0, "original_context_length": 2}
+    cfg = DecoderConfig(vocab_size=10, context_length=8, emb_dim=8, n_layers=1, n_heads=2,
+                        n_kv_heads=2, hidden_dim=8, rope_scaling=yarn)
+    assert cfg.rope_scaling == YarnRopeScaling(factor=4.0, original_context_length=2)
 
 
 def test_llama3_scaling_keeps_fast_frequencies_and_slows_the_slow_ones():

@@ -79,7 +79,7 @@ def _latent(cfg: Any, spec: Any) -> nn.Module:
         cfg.emb_dim, cfg.n_heads, q_lora_rank=cfg.q_lora_rank, kv_lora_rank=cfg.kv_lora_rank,
         qk_nope_head_dim=cfg.qk_nope_head_dim, qk_rope_head_dim=cfg.qk_rope_head_dim,
         v_head_dim=cfg.v_head_dim, scale=cfg.attention_scale(), kernel=cfg.attn_kernel,
-        bias=cfg.attention_bias)
+        bias=cfg.attention_bias, interleaved=getattr(cfg, "rope_interleave", True))
 
 
 ATTENTIONS: dict[str, Callable[[Any, Any], nn.Module]] = {

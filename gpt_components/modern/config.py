@@ -31,7 +31,7 @@ from ..machinery.checks import (
 )
 from ..machinery.registry import FAMILIES
 from .attention import ATTENTION_KERNELS
-from .rope import Llama3RopeScaling
+from .rope import Llama3RopeScaling, YarnRopeScaling
 
 __all__ = ["LayerSpec", "RopeSpec", "DecoderConfig"]
 
@@ -73,7 +73,7 @@ class DecoderConfig:
     feed_forward: str = "swiglu"  # a key of components.FEED_FORWARDS
     attention: str = "gqa"  # a key of components.ATTENTIONS
     rope_theta: float = 500000.0  # RoPE base: larger turns slower, reaches further
-    rope_scaling: Llama3RopeScaling | None = None  # Llama 3.1+'s long-context frequency scaling
+    rope_scaling: Llama3RopeScaling | YarnRopeScaling | None = None  # long-context scaling
     qk_norm: bool = False  # a norm on each head's queries and keys before RoPE (Qwen3)
     attention_bias: bool = False  # biases on W_query/W_key/W_value/out_proj (HF's attention_bias)
     post_norms: bool = False  # also norm each branch's output before its residual add (Gemma 3)
@@ -84,8 +84,11 @@ class DecoderConfig:
     attn_kernel: str = "sdpa"  # "sdpa" (fused) or "textbook" (the softmax written out)
 
     def __post_init__(self) -> None:
-        if isinstance(self.rope_scaling, Mapping):
-            object.__setattr__(self, "rope_scaling", Llama3RopeScaling(**self.rope_scaling))
+        if isinstance(self.rope_scaling, Mapping):  # {"rope_type": "yarn", ...}: YaRN
+            fields = dict(self.rope_scaling)
+            kind = YarnRopeScaling if fields.pop("rope_type", "llama3") == "yarn" else (
+                Llama3RopeScaling)
+            object.__setattr__(self, "rope_scaling", kind(**fields))
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.emb_dim // max(self.n_heads, 1))
         for name in ("vocab_size", "context_length", "emb_dim", "n_layers", "n_heads",
@@ -99,9 +102,10 @@ class DecoderConfig:
                                           f"{self.head_dim}")
         check_float("norm_eps", self.norm_eps, low=0, low_open=True)
         check_float("rope_theta", self.rope_theta, low=1, low_open=True)
-        check_instance("rope_scaling", self.rope_scaling, (Llama3RopeScaling, type(None)),
-                       "a Llama3RopeScaling, its dict or None")
-        if self.rope_scaling is not None:
+        check_instance("rope_scaling", self.rope_scaling,
+                       (Llama3RopeScaling, YarnRopeScaling, type(None)),
+                       "a Llama3RopeScaling, a YarnRopeScaling, its dict or None")
+        if isinstance(self.rope_scaling, Llama3RopeScaling):
             for name in ("factor", "low_freq_factor", "high_freq_factor"):
                 check_float(f"rope_scaling.{name}", getattr(self.rope_scaling, name), low=0,
                             low_open=True)

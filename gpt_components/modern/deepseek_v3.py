@@ -3,7 +3,10 @@
 What DeepSeek-V3 chooses, on top of the modern decoder:
 
 - ``MultiHeadLatentAttention`` in every layer: a cache of one latent and one shared RoPE key
-  per token; RoPE on ``qk_rope_head_dim`` features only, in interleaved pairs;
+  per token; RoPE on ``qk_rope_head_dim`` features only, in interleaved pairs (split halves
+  when ``rope_interleave`` is false, as some converted checkpoints have it), stretched by YaRN
+  in the published configuration (``factor`` 40 over 4,096 positions), whose magnitude
+  correction also scales the softmax (``mscale_all_dim``);
 - dense SwiGLU feed-forwards in the first ``first_k_dense_replace`` layers, then mixtures:
   sigmoid router scores with a selection bias (``e_score_correction_bias``), the experts chosen
   within the ``topk_group`` best of ``n_group`` groups, gates renormalised and multiplied by
@@ -20,12 +23,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..machinery.checks import check_float, check_int, value_error
+from ..machinery.checks import check_bool, check_float, check_int, value_error
 from .config import DecoderConfig, LayerSpec, RopeSpec
 from .decoder import DecoderModel
 from .family import Family, HFLayout
 from .hf import decoder_fields_from_hf, decoder_fields_to_hf
 from .llama import LLAMA_HF_NAMES
+from .rope import Llama3RopeScaling, YarnRopeScaling, yarn_mscale
 
 __all__ = ["DeepseekV3Config", "DEEPSEEK_V3_PRESETS", "DEEPSEEK_V3_HF_NAMES"]
 
@@ -53,6 +57,7 @@ class DeepseekV3Config(DecoderConfig):
     routed_scaling_factor: float = 2.5
     norm_topk_prob: bool = True
     first_k_dense_replace: int = 3  # the first layers keep a dense feed-forward
+    rope_interleave: bool = True  # RoPE pairs interleaved (x0, x1), (x2, x3)...; False: halves
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "n_kv_heads", self.n_heads)  # MLA has no key/value heads
@@ -67,6 +72,7 @@ class DeepseekV3Config(DecoderConfig):
         check_int("n_experts_per_token", self.n_experts_per_token, low=1, high=self.n_experts)
         check_int("topk_group", self.topk_group, low=1, high=self.n_group)
         check_float("routed_scaling_factor", self.routed_scaling_factor, low=0, low_open=True)
+        check_bool("rope_interleave", self.rope_interleave)
         if self.n_experts % self.n_group:
             raise value_error("n_group", f"n_group ({self.n_group}) must divide n_experts "
                                          f"({self.n_experts})")
@@ -77,10 +83,27 @@ class DeepseekV3Config(DecoderConfig):
                          feed_forward=self.feed_forward if dense else "deepseek_moe")
 
     def rope_specs(self) -> dict[str, RopeSpec]:
-        return {"default": RopeSpec(self.qk_rope_head_dim, self.rope_theta)}
+        return {"default": RopeSpec(self.qk_rope_head_dim, self.rope_theta, self.rope_scaling)}
+
+    def attention_scale(self) -> float | None:
+        """``(qk_nope + qk_rope) ** -0.5``; under YaRN with ``mscale_all_dim``, times the square
+        of its magnitude correction: MLA scales every feature's score, not only the rotated
+        ones (DeepSeek's reference code, and transformers')."""
+        scale = (self.qk_nope_head_dim + self.qk_rope_head_dim) ** -0.5
+        scaling = self.rope_scaling
+        if isinstance(scaling, YarnRopeScaling) and scaling.mscale_all_dim:
+            scale *= yarn_mscale(scaling.factor, scaling.mscale_all_dim) ** 2
+        return scale
 
 
 DEEPSEEK_V3_PRESETS: dict[str, DeepseekV3Config] = {
+    # The published DeepSeek-V3 (and R1): 671B parameters, 37B active per token, its context
+    # stretched by YaRN from 4,096 to 163,840 positions. Build it on the meta device.
+    "deepseek-v3": DeepseekV3Config(
+        vocab_size=129280, context_length=163840, emb_dim=7168, n_layers=61, n_heads=128,
+        hidden_dim=18432, rope_scaling=YarnRopeScaling(
+            factor=40.0, original_context_length=4096, beta_fast=32.0, beta_slow=1.0,
+            mscale=1.0, mscale_all_dim=1.0)),
     # Small for a laptop CPU (GPT-2's BPE): one dense layer, then 8 experts (2 per token) in
     # 2 groups, one shared expert.
     "deepseek-v3-nano": DeepseekV3Config(
@@ -114,14 +137,11 @@ DEEPSEEK_V3_HF_NAMES: dict[str, str] = {
 
 def config_from_hf(hf: Mapping[str, Any]) -> DeepseekV3Config:
     """A ``DeepseekV3Config`` from a ``DeepseekV3ForCausalLM`` ``config.json``."""
-    if not hf.get("rope_interleave", True):
-        raise value_error("config", "config rope_interleave must be true (DeepSeek-V3's RoPE "
-                                    "pairs)")
     hf = {"head_dim": hf.get("qk_rope_head_dim", 64), **hf}
     fields = decoder_fields_from_hf(hf)
-    if fields.pop("rope_scaling") is not None:
-        raise value_error("config", "config rope_parameters must be of rope_type 'default' "
-                                    "(YaRN is not supported yet)")
+    if isinstance(fields["rope_scaling"], Llama3RopeScaling):
+        raise value_error("config", "config rope_parameters must be of rope_type 'default' or "
+                                    "'yarn' (DeepSeek-V3's), got 'llama3'")
     for name in ("head_dim", "n_kv_heads"):  # MLA's sizes replace them
         fields.pop(name)
     return DeepseekV3Config(
@@ -133,11 +153,12 @@ def config_from_hf(hf: Mapping[str, Any]) -> DeepseekV3Config:
         moe_hidden_dim=hf["moe_intermediate_size"], n_group=hf["n_group"],
         topk_group=hf["topk_group"], routed_scaling_factor=hf["routed_scaling_factor"],
         norm_topk_prob=bool(hf.get("norm_topk_prob", True)),
-        first_k_dense_replace=hf["first_k_dense_replace"])
+        first_k_dense_replace=hf["first_k_dense_replace"],
+        rope_interleave=bool(hf.get("rope_interleave", True)))
 
 
 def config_to_hf(cfg: DeepseekV3Config) -> dict[str, Any]:
-    return {**decoder_fields_to_hf(cfg, HF_LAYOUT), "rope_interleave": True,
+    return {**decoder_fields_to_hf(cfg, HF_LAYOUT), "rope_interleave": cfg.rope_interleave,
             "q_lora_rank": cfg.q_lora_rank, "kv_lora_rank": cfg.kv_lora_rank,
             "qk_nope_head_dim": cfg.qk_nope_head_dim, "qk_rope_head_dim": cfg.qk_rope_head_dim,
             "v_head_dim": cfg.v_head_dim, "n_routed_experts": cfg.n_experts,

@@ -28,12 +28,17 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..machinery.checks import value_error
-from .rope import Llama3RopeScaling
+from .rope import Llama3RopeScaling, YarnRopeScaling
 
 __all__ = ["rope_from_hf", "rope_to_hf", "decoder_fields_from_hf", "decoder_fields_to_hf"]
 
 
-def rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, Llama3RopeScaling | None]:
+_YARN_OPTIONAL = ("beta_fast", "beta_slow", "mscale", "mscale_all_dim", "attention_factor",
+                  "truncate")
+
+
+def rope_from_hf(hf: Mapping[str, Any]
+                 ) -> tuple[float, Llama3RopeScaling | YarnRopeScaling | None]:
     """``(rope_theta, rope_scaling)`` from either spelling of a config.json's RoPE settings."""
     params = dict(hf.get("rope_parameters") or {})
     scaling = dict(hf.get("rope_scaling") or {})
@@ -42,19 +47,39 @@ def rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, Llama3RopeScaling | None
     kind = rope.get("rope_type", rope.get("type", "default"))
     if kind == "default":
         return float(theta), None
+    if kind == "yarn":
+        factor = rope.get("factor")
+        if factor is None:  # DeepSeek's spelling: the ratio of the two context lengths
+            factor = hf["max_position_embeddings"] / rope["original_max_position_embeddings"]
+        given = {key: rope[key] for key in _YARN_OPTIONAL if rope.get(key) is not None}
+        for key in ("beta_fast", "beta_slow"):  # 0 in a config means the default, as in HF
+            if not given.get(key, 1):
+                given.pop(key)
+        return float(theta), YarnRopeScaling(
+            factor=float(factor),
+            original_context_length=int(rope["original_max_position_embeddings"]),
+            **{key: value if key == "truncate" else float(value)
+               for key, value in given.items()})
     if kind != "llama3":
-        raise value_error("config", f"config rope_type must be 'default' or 'llama3', got "
-                                    f"{kind!r}")
+        raise value_error("config", f"config rope_type must be 'default', 'llama3' or 'yarn', "
+                                    f"got {kind!r}")
     return float(theta), Llama3RopeScaling(
         factor=float(rope["factor"]), low_freq_factor=float(rope["low_freq_factor"]),
         high_freq_factor=float(rope["high_freq_factor"]),
         original_context_length=int(rope["original_max_position_embeddings"]))
 
 
-def rope_to_hf(theta: float, scaling: Llama3RopeScaling | None) -> dict[str, Any]:
+def rope_to_hf(theta: float,
+               scaling: Llama3RopeScaling | YarnRopeScaling | None) -> dict[str, Any]:
     """The published spelling (``rope_theta``, ``rope_scaling``), read by transformers 4 and 5."""
     if scaling is None:
         return {"rope_theta": theta, "rope_scaling": None}
+    if isinstance(scaling, YarnRopeScaling):
+        return {"rope_theta": theta, "rope_scaling": {
+            "rope_type": "yarn", "factor": scaling.factor,
+            "original_max_position_embeddings": scaling.original_context_length,
+            **{key: getattr(scaling, key) for key in _YARN_OPTIONAL
+               if getattr(scaling, key) is not None}}}
     return {"rope_theta": theta, "rope_scaling": {
         "rope_type": "llama3", "factor": scaling.factor,
         "low_freq_factor": scaling.low_freq_factor, "high_freq_factor": scaling.high_freq_factor,
