@@ -171,6 +171,18 @@ def test_the_router_chooses_the_top_logits_then_weighs_them_by_a_softmax_over_th
 
 
 @st.composite
+def ropes(draw):
+    """Default RoPE, or YaRN as GPT-OSS uses it (and with its other options drawn)."""
+    theta = draw(st.sampled_from([1e4, 1.5e5]))
+    if draw(st.booleans()):
+        return {"rope_type": "default", "rope_theta": theta}
+    return {"rope_type": "yarn", "rope_theta": theta, "factor": draw(st.sampled_from([2.0, 32.0])),
+            "original_max_position_embeddings": draw(st.sampled_from([4, 16])),
+            "beta_fast": draw(st.sampled_from([32.0, 8.0])),
+            "beta_slow": draw(st.sampled_from([1.0, 2.0])), "truncate": draw(st.booleans())}
+
+
+@st.composite
 def hf_gpt_oss_configs(draw):
     n_kv = draw(st.sampled_from([1, 2]))
     n_layers = draw(st.integers(2, 3))
@@ -186,8 +198,7 @@ def hf_gpt_oss_configs(draw):
         swiglu_alpha=draw(st.sampled_from([1.702, 1.0])),
         swiglu_limit=draw(st.sampled_from([7.0, 0.5])),
         rms_norm_eps=draw(st.sampled_from([1e-5, 1e-3])),
-        rope_parameters={"rope_type": "default",
-                         "rope_theta": draw(st.sampled_from([1e4, 1.5e5]))},
+        rope_parameters=draw(ropes()),
         tie_word_embeddings=draw(st.booleans()), pad_token_id=0, bos_token_id=1,
         eos_token_id=None)
 
@@ -333,3 +344,34 @@ def test_trace_and_inspect_show_the_share_of_attention_each_sink_takes(seed, t):
     torch.testing.assert_close(seen.sink_shares, torch.stack(
         [share[0] for share in trace.sink_shares]), **EXACT)
     assert not inspect_prompt(model, Ids(), text).has_sinks
+
+
+def test_the_published_config_json_reads_as_the_preset_and_transformers_defaults_as_120b():
+    from gpt_components.newest.gpt_oss import config_from_hf, config_to_hf
+
+    published = {  # openai/gpt-oss-20b's config.json, less its quantization and token ids
+        "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
+        "attention_bias": True, "attention_dropout": 0.0, "head_dim": 64,
+        "hidden_act": "silu", "hidden_size": 2880, "initializer_range": 0.02,
+        "intermediate_size": 2880, "layer_types": ["sliding_attention", "full_attention"] * 12,
+        "max_position_embeddings": 131072, "num_attention_heads": 64,
+        "num_experts_per_tok": 4, "num_hidden_layers": 24, "num_key_value_heads": 8,
+        "num_local_experts": 32, "output_router_logits": False, "rms_norm_eps": 1e-05,
+        "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0,
+                         "original_max_position_embeddings": 4096, "rope_type": "yarn",
+                         "truncate": False},
+        "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128,
+        "swiglu_limit": 7.0, "tie_word_embeddings": False, "vocab_size": 201088}
+    cfg = config_from_hf(published)
+    assert cfg == GptOssConfig.from_name("gpt-oss-20b")
+    assert config_from_hf(transformers.GptOssConfig().to_dict()) == GptOssConfig.from_name(
+        "gpt-oss-120b")
+    assert config_from_hf(config_to_hf(cfg)) == cfg
+    back = transformers.GptOssConfig(**config_to_hf(cfg))
+    assert back.rope_parameters["rope_type"] == "yarn" and back.rope_parameters["factor"] == 32
+    nano = GptOssConfig.from_name("gpt-oss-nano")
+    assert transformers.GptOssConfig(**config_to_hf(nano)).rope_parameters["factor"] == 4
+    plain = dataclasses.replace(nano, rope_scaling=None)
+    assert transformers.GptOssConfig(**config_to_hf(plain)).rope_parameters["rope_type"] \
+        == "default"  # spelt out: a missing one reads as YaRN
+    assert config_from_hf(config_to_hf(plain)) == plain

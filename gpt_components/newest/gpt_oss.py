@@ -10,16 +10,16 @@ What GPT-OSS chooses, on top of the modern decoder:
 - every feed-forward is a mixture of experts (``newest/clamped_swiglu.py``): a biased router
   that keeps the top 4 logits and takes the softmax over them, experts with biases and the
   clamped SwiGLU (``alpha`` 1.702, ``limit`` 7.0), their weights stacked;
-- RMSNorm (eps 1e-5) before each branch, RoPE base 150,000 (YaRN-stretched to 131,072
-  positions in the published models), an untied output head;
+- RMSNorm (eps 1e-5) before each branch, RoPE base 150,000 stretched by YaRN
+  (``modern/rope.py``) from the 4,096 positions of pretraining to 131,072, an untied output head;
 - o200k tokens with the harmony special tokens, and the harmony chat format
   (``newest/harmony.py``).
 
 >>> cfg = GptOssConfig.from_name("gpt-oss-20b")
 >>> cfg.layer(0).attention, cfg.layer(1).attention, cfg.layer(1).feed_forward
 ('sink_sliding_gqa', 'sink_gqa', 'clamped_swiglu_moe')
->>> cfg.n_experts, cfg.n_experts_per_token, cfg.sliding_window
-(32, 4, 128)
+>>> cfg.n_experts, cfg.n_experts_per_token, cfg.sliding_window, cfg.rope_scaling.factor
+(32, 4, 128, 32.0)
 """
 
 from __future__ import annotations
@@ -33,13 +33,15 @@ from ..modern.components import ATTENTIONS, FEED_FORWARDS
 from ..modern.config import DecoderConfig, LayerSpec
 from ..modern.decoder import DecoderModel
 from ..modern.family import Family, HFLayout
-from ..modern.hf import decoder_fields_from_hf, decoder_fields_to_hf
+from ..modern.hf import decoder_fields_from_hf, decoder_fields_to_hf, rope_from_hf, rope_to_hf
 from ..modern.llama import LLAMA_HF_NAMES
+from ..modern.rope import YarnRopeScaling
 from .clamped_swiglu import ClampedSwiGLUMoE
 from .harmony import HarmonyChatFormat
 from .sinks import SinkAttention
 
-__all__ = ["GptOssConfig", "GPT_OSS_PRESETS", "GPT_OSS_HF_NAMES", "gpt_oss_layer_types"]
+__all__ = ["GptOssConfig", "GPT_OSS_PRESETS", "GPT_OSS_HF_NAMES", "GPT_OSS_YARN",
+           "gpt_oss_layer_types"]
 
 SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' names for the two kinds
 
@@ -127,15 +129,23 @@ class GptOssConfig(DecoderConfig):
                          feed_forward=self.feed_forward)
 
 
+# The published models' YaRN: trained at 4,096 positions, stretched 32 times to 131,072.
+GPT_OSS_YARN = YarnRopeScaling(factor=32.0, original_context_length=4096, beta_fast=32.0,
+                               beta_slow=1.0, truncate=False)
+
 GPT_OSS_PRESETS: dict[str, GptOssConfig] = {
     # Published sizes (Hugging Face config.json of openai/gpt-oss-20b and gpt-oss-120b).
-    "gpt-oss-20b": GptOssConfig(),
-    "gpt-oss-120b": GptOssConfig(n_layers=36, n_experts=128),
-    # Small for a laptop CPU (GPT-2's BPE): banded and full layers in turn, 8 experts, 2 run.
+    "gpt-oss-20b": GptOssConfig(rope_scaling=GPT_OSS_YARN),
+    "gpt-oss-120b": GptOssConfig(n_layers=36, n_experts=128, rope_scaling=GPT_OSS_YARN),
+    # Small for a laptop CPU (GPT-2's BPE): banded and full layers in turn, 8 experts, 2 run;
+    # like the published models, YaRN stretches a shorter original context (16) 4 times.
     "gpt-oss-nano": GptOssConfig(vocab_size=50257, context_length=64, emb_dim=48, n_layers=4,
                                  n_heads=4, n_kv_heads=2, head_dim=16, hidden_dim=32,
                                  rope_theta=10000.0, n_experts=8, n_experts_per_token=2,
-                                 sliding_window=16),
+                                 sliding_window=16,
+                                 rope_scaling=YarnRopeScaling(factor=4.0,
+                                                              original_context_length=16,
+                                                              truncate=False)),
 }
 
 # Llama's names for the embedding, norms, attention and head; the sinks, the router and the
@@ -157,14 +167,22 @@ _HF_DEFAULTS = {"num_hidden_layers": 36, "num_local_experts": 128, "vocab_size":
 _ROPE_KEYS = ("rope_parameters", "rope_scaling", "rope_theta")
 
 
-def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, Any]:
-    """RoPE base and scaling from either spelling; transformers' default for GPT-OSS is YaRN."""
-    params = dict(hf.get("rope_parameters") or hf.get("rope_scaling") or {})
-    theta = float(params.get("rope_theta", hf.get("rope_theta", 150000.0)))
-    kind = params.get("rope_type", params.get("type", "default" if params else "yarn"))
-    if kind != "default":
-        raise value_error("config", f"config rope_type must be 'default', got {kind!r}")
-    return theta, None
+# transformers' GPT-OSS RoPE when a config.json gives none: YaRN, as the published models.
+_HF_YARN = {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0,
+            "truncate": False, "original_max_position_embeddings": 4096}
+
+
+def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, YarnRopeScaling | None]:
+    """RoPE base and scaling from either spelling (``rope_parameters``, or the published
+    ``rope_theta`` + ``rope_scaling``); neither given: transformers' YaRN default."""
+    rope = {"rope_theta": 150000.0, **{key: hf[key] for key in _ROPE_KEYS if key in hf}}
+    if not (rope.get("rope_parameters") or rope.get("rope_scaling")):
+        rope["rope_scaling"] = _HF_YARN
+    theta, scaling = rope_from_hf(rope)
+    if scaling is not None and not isinstance(scaling, YarnRopeScaling):
+        raise value_error("config", "config rope_type must be 'default' or 'yarn' for GPT-OSS, "
+                                    "got 'llama3'")
+    return theta, scaling
 
 
 def config_from_hf(hf: Mapping[str, Any]) -> GptOssConfig:
@@ -183,11 +201,13 @@ def config_from_hf(hf: Mapping[str, Any]) -> GptOssConfig:
 
 
 def config_to_hf(cfg: GptOssConfig) -> dict[str, Any]:
-    """The ``config.json`` of a ``GptOssForCausalLM``, RoPE spelt out (transformers' default
-    for a missing one is YaRN)."""
+    """The ``config.json`` of a ``GptOssForCausalLM``, YaRN in the published spelling."""
     shared = {k: v for k, v in decoder_fields_to_hf(cfg, HF_LAYOUT).items()
               if k not in _ROPE_KEYS and k != "mlp_bias"}
-    return {**shared, "rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta},
+    # Default RoPE spelt out: transformers reads a missing (or null) one as YaRN.
+    rope = (rope_to_hf(cfg.rope_theta, cfg.rope_scaling) if cfg.rope_scaling is not None else
+            {"rope_parameters": {"rope_type": "default", "rope_theta": cfg.rope_theta}})
+    return {**shared, **rope,
             "num_local_experts": cfg.n_experts, "num_experts_per_tok": cfg.n_experts_per_token,
             "swiglu_alpha": cfg.swiglu_alpha, "swiglu_limit": cfg.swiglu_limit,
             "sliding_window": cfg.sliding_window, "layer_types": list(cfg.layer_types),
