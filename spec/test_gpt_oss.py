@@ -235,10 +235,15 @@ def test_from_pretrained_gives_transformers_logits_and_save_pretrained_goes_back
         torch.testing.assert_close(exact(back.eval(), ids), expected, **EXACT)
 
 
+@pytest.mark.slow
 @settings(max_examples=3, deadline=None)
 @given(hf_gpt_oss_configs(), seeds, st.integers(1, 4))
 def test_cached_generation_equals_uncached_and_transformers_past_the_window(config, seed,
                                                                            prompt_len):
+    # A window of one position: transformers' (5.25) cached generate disagrees with its own
+    # greedy decoding without a cache, which ours agrees with (the forward pass is compared
+    # above for windows from 1): windows of 2 or more here.
+    config.sliding_window = max(config.sliding_window, 2)
     hf_model = random_hf_model(transformers.GptOssForCausalLM, config, seed)
     model = ours_from(hf_model)
     new = config.sliding_window + 6  # well past the window

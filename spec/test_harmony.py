@@ -120,8 +120,9 @@ def test_without_a_source_or_tiktokens_cached_ranks_the_tokenizer_says_so(tmp_pa
 
 
 @pytest.fixture(scope="module")
-def ranks_file(tmp_path_factory):
-    """A tiktoken-format file of o200k_base's size: every byte, every pair, then triples."""
+def ranks_file(tmp_path_factory, tiktokens_harmony):
+    """Ours read from a tiktoken-format file of o200k_base's size (every byte, every pair, then
+    triples), and tiktoken's ``o200k_harmony`` of the same ranks."""
     import base64
     import itertools
 
@@ -131,7 +132,10 @@ def ranks_file(tmp_path_factory):
                                                     199998 - len(tokens))]
     path = tmp_path_factory.mktemp("o200k") / "o200k_base.tiktoken"
     path.write_bytes(b"".join(base64.b64encode(t) + b" %d\n" % i for i, t in enumerate(tokens)))
-    return path, {t: i for i, t in enumerate(tokens)}
+    reference = tiktoken.Encoding(name="o200k_harmony", pat_str=tiktokens_harmony["pat_str"],
+                                  mergeable_ranks={t: i for i, t in enumerate(tokens)},
+                                  special_tokens=tiktokens_harmony["special_tokens"])
+    return o200k_harmony_tokenizer(path), reference
 
 
 @settings(max_examples=25, deadline=None)
@@ -139,12 +143,8 @@ def ranks_file(tmp_path_factory):
                     max_size=30),
        marker=st.sampled_from(["<|start|>", "<|channel|>", "<|return|>", "<|reserved_200500|>"]))
 def test_from_o200k_ranks_it_encodes_as_tiktoken_with_the_harmony_specials(
-        ranks_file, tiktokens_harmony, text, marker):
-    path, ranks = ranks_file
-    ours = o200k_harmony_tokenizer(path)
-    reference = tiktoken.Encoding(name="o200k_harmony", pat_str=tiktokens_harmony["pat_str"],
-                                  mergeable_ranks=ranks,
-                                  special_tokens=tiktokens_harmony["special_tokens"])
+        ranks_file, text, marker):
+    ours, reference = ranks_file
     sample = f"{text}{marker}{text}"
     assert ours.encode(sample, allowed_special="all") == reference.encode(
         sample, allowed_special="all")
