@@ -380,3 +380,10 @@ def test_the_published_config_json_reads_as_the_preset_and_transformers_defaults
     assert transformers.GptOssConfig(**config_to_hf(plain)).rope_parameters["rope_type"] \
         == "default"  # spelt out: a missing one reads as YaRN
     assert config_from_hf(config_to_hf(plain)) == plain
+    # A run's config.json (config_to_dict: YaRN's fields without a rope_type) reads back.
+    import json
+
+    from gpt_components.machinery.registry import config_from_dict, config_to_dict
+
+    for kept in (cfg, nano, plain):
+        assert config_from_dict(json.loads(json.dumps(config_to_dict(kept)))) == kept

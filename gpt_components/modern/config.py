@@ -86,8 +86,9 @@ class DecoderConfig:
     def __post_init__(self) -> None:
         if isinstance(self.rope_scaling, Mapping):  # {"rope_type": "yarn", ...}: YaRN
             fields = dict(self.rope_scaling)
-            kind = YarnRopeScaling if fields.pop("rope_type", "llama3") == "yarn" else (
-                Llama3RopeScaling)
+            # A run's config.json (dataclasses.asdict) has no rope_type: YaRN's fields tell it.
+            named = fields.pop("rope_type", "yarn" if "beta_fast" in fields else "llama3")
+            kind = YarnRopeScaling if named == "yarn" else Llama3RopeScaling
             object.__setattr__(self, "rope_scaling", kind(**fields))
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.emb_dim // max(self.n_heads, 1))
