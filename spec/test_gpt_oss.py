@@ -387,3 +387,16 @@ def test_the_published_config_json_reads_as_the_preset_and_transformers_defaults
 
     for kept in (cfg, nano, plain):
         assert config_from_dict(json.loads(json.dumps(config_to_dict(kept)))) == kept
+
+
+def test_the_inspect_command_prints_the_sinks_share(tmp_path, capsys):
+    from gpt_components.cli import main
+
+    torch.manual_seed(0)
+    model = DecoderModel(GptOssConfig.from_name("gpt-oss-nano")).eval()
+    directory = save_pretrained(model, tmp_path / "nano")
+    assert main(["inspect", str(directory), "--tokenizer", "gpt2", "--out",
+                 str(tmp_path / "seen.html")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[-1].startswith("attention sinks take ") and "by layer" in printed[-1]
+    assert "attention sinks take" in (tmp_path / "seen.html").read_text(encoding="utf-8")
