@@ -19,8 +19,8 @@ Three things differ from Qwen3-MoE's mixture (``modern/moe.py``):
 tokens routed to it, and its outputs are added back weighted by the router.
 
 >>> import torch
->>> clamped_swiglu(torch.tensor([[0.0, 1.0, 100.0, -100.0]]), alpha=1.702, limit=7.0)
-tensor([[ 0.0000, -0.0000]])
+>>> clamped_swiglu(torch.tensor([[1.0, 0.0, 100.0, -100.0]]))  # (gate, up), (gate, up)
+tensor([[  0.8458, -41.9997]])
 >>> _ = torch.manual_seed(0)
 >>> moe = ClampedSwiGLUMoE(emb_dim=8, hidden_dim=6, n_experts=4, top_k=2)
 >>> moe(torch.randn(2, 3, 8)).shape, moe.experts.gate_up_proj.shape

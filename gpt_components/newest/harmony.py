@@ -22,7 +22,7 @@ writes this as the published template does (tools are not supported).
 
 >>> chat = HarmonyChatFormat(date="2026-12-07", reasoning_effort="low")
 >>> text = chat.render([{"role": "user", "content": "Hi"}])
->>> text.splitlines()[3], text.endswith("<|start|>user<|message|>Hi<|end|><|start|>assistant")
+>>> text.splitlines()[4], text.endswith("<|start|>user<|message|>Hi<|end|><|start|>assistant")
 ('Reasoning: low', True)
 >>> HARMONY_SPECIAL_TOKENS["<|start|>"], len(HARMONY_SPECIAL_TOKENS)
 (200006, 1090)
