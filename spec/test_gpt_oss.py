@@ -380,6 +380,12 @@ def test_the_published_config_json_reads_as_the_preset_and_transformers_defaults
     assert transformers.GptOssConfig(**config_to_hf(plain)).rope_parameters["rope_type"] \
         == "default"  # spelt out: a missing one reads as YaRN
     assert config_from_hf(config_to_hf(plain)) == plain
+    unbanded = config_from_hf({**published, "sliding_window": None})
+    assert unbanded.sliding_window == unbanded.context_length == 131072
+    with pytest.raises(ValueError, match="rope_type must be 'default' or 'yarn'"):
+        config_from_hf({**published, "rope_scaling": {
+            "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}})
     # A run's config.json (config_to_dict: YaRN's fields without a rope_type) reads back.
     import json
 

@@ -187,7 +187,11 @@ def _rope_from_hf(hf: Mapping[str, Any]) -> tuple[float, YarnRopeScaling | None]
 
 def config_from_hf(hf: Mapping[str, Any]) -> GptOssConfig:
     """A ``GptOssConfig`` from a ``GptOssForCausalLM`` ``config.json``."""
+    # An explicit null window: banded layers that see everything, as in transformers.
+    unbanded = "sliding_window" in hf and hf["sliding_window"] is None
     hf = {**_HF_DEFAULTS, **{key: value for key, value in hf.items() if value is not None}}
+    if unbanded:
+        hf["sliding_window"] = hf["max_position_embeddings"]
     theta, scaling = _rope_from_hf(hf)
     fields = decoder_fields_from_hf({k: v for k, v in hf.items() if k not in _ROPE_KEYS})
     n_layers = fields["n_layers"]
