@@ -270,3 +270,24 @@ def test_bad_arguments_are_named(tmp_path):
     Tokenizer(models.BPE({"a": 0}, [])).save(str(empty / "tokenizer.json"))
     with pytest.raises(ValueError, match="holds no harmony tokenizer"):
         o200k_harmony_tokenizer(empty)
+
+
+def test_generate_chat_writes_harmony_for_a_gpt_oss_directory(harmony, tmp_path, capsys):
+    import shutil
+
+    import torch
+
+    from gpt_components import save_pretrained
+    from gpt_components.cli import main
+    from gpt_components.modern import DecoderModel
+    from gpt_components.newest import GptOssConfig
+
+    path, tok, _ = harmony
+    torch.manual_seed(0)
+    model = DecoderModel(GptOssConfig.from_name("gpt-oss-nano", vocab_size=tok.n_vocab,
+                                                context_length=512)).eval()
+    directory = save_pretrained(model, tmp_path / "gpt-oss-chat")
+    shutil.copy(path / "tokenizer.json", directory / "tokenizer.json")
+    assert main(["generate", str(directory), "--chat", "--prompt", "Hi", "--max-new-tokens",
+                 "3"]) == 0
+    assert capsys.readouterr().out.strip() != ""
