@@ -4,12 +4,16 @@
 
 - multi-head / grouped-query: ``2 * layers * kv_heads * head_dim`` per token;
 - latent (MLA): ``layers * (kv_lora_rank + qk_rope_head_dim)`` per token;
-- sliding window: the global layers as GQA, the local ones capped at ``window`` positions.
+- sliding window: the global layers as GQA, the local ones capped at ``window`` positions;
+- hybrid (Qwen3-Next, Qwen3.5): the ``full`` attention layers as GQA, and each Gated DeltaNet
+  layer's state ``value_heads * head_k_dim * head_v_dim`` plus its convolution's last
+  ``conv_kernel - 1`` inputs of ``conv_dim``, whatever the length.
 
 ``test_small_presets_hold_what_the_formula_says`` builds the real caches of the small presets
-(``llama3-nano``, ``gemma3-nano``, ``deepseek-v3-nano``) and counts their buffers' bytes against
-it. ``python -m benchmarks.test_kv_memory`` draws ``benchmarks/kv_cache_memory.png`` for the
-published sizes and prints the table recorded in ``benchmarks/README.md``.
+(``llama3-nano``, ``gemma3-nano``, ``deepseek-v3-nano``, ``qwen3-next-nano``,
+``qwen3.5-nano``) and counts their buffers' bytes against it. ``python -m
+benchmarks.test_kv_memory`` draws ``benchmarks/kv_cache_memory.png`` for the published sizes
+and prints the table recorded in ``benchmarks/README.md``.
 """
 
 from __future__ import annotations
@@ -34,6 +38,14 @@ PUBLISHED = {
                                                "head_dim": 256, "window": 512, "pattern": 6},
     "DeepSeek-V3 671B (MLA)": {"kind": "mla", "layers": 61, "kv_lora_rank": 512,
                                "qk_rope_head_dim": 64},
+    "Qwen3-Next-80B-A3B (12 of 48 layers full, 2 kv heads)": {
+        "kind": "hybrid", "layers": 48, "full": 12, "kv_heads": 2, "head_dim": 256,
+        "value_heads": 32, "head_k_dim": 128, "head_v_dim": 128, "conv_dim": 8192,
+        "conv_kernel": 4},
+    "Qwen3.5-9B text (8 of 32 layers full, 4 kv heads)": {
+        "kind": "hybrid", "layers": 32, "full": 8, "kv_heads": 4, "head_dim": 256,
+        "value_heads": 32, "head_k_dim": 128, "head_v_dim": 128, "conv_dim": 8192,
+        "conv_kernel": 4},
 }
 
 
@@ -43,6 +55,11 @@ def cache_bytes(sizes: dict, tokens: int, bytes_per: int = BF16) -> int:
         return sizes["layers"] * (sizes["kv_lora_rank"] + sizes["qk_rope_head_dim"]) * tokens \
             * bytes_per
     per_position = 2 * sizes["kv_heads"] * sizes["head_dim"] * bytes_per
+    if sizes["kind"] == "hybrid":  # the linear layers' states do not grow with the text
+        state = sizes["value_heads"] * sizes["head_k_dim"] * sizes["head_v_dim"] \
+            + sizes["conv_dim"] * (sizes["conv_kernel"] - 1)
+        return sizes["full"] * per_position * tokens \
+            + (sizes["layers"] - sizes["full"]) * state * bytes_per
     if sizes["kind"] == "gqa":
         return sizes["layers"] * per_position * tokens
     n_global = sizes["layers"] // sizes["pattern"]
@@ -55,6 +72,15 @@ def _sizes_of(cfg) -> dict:
     if cfg.family == "deepseek_v3":
         return {"kind": "mla", "layers": cfg.n_layers, "kv_lora_rank": cfg.kv_lora_rank,
                 "qk_rope_head_dim": cfg.qk_rope_head_dim}
+    if cfg.family in ("qwen3_next", "qwen3_5_text"):
+        full = sum(cfg.layer_kind(i) == "full_attention" for i in range(cfg.n_layers))
+        return {"kind": "hybrid", "layers": cfg.n_layers, "full": full,
+                "kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
+                "value_heads": cfg.linear_value_heads, "head_k_dim": cfg.linear_key_head_dim,
+                "head_v_dim": cfg.linear_value_head_dim,
+                "conv_dim": 2 * cfg.linear_key_heads * cfg.linear_key_head_dim
+                + cfg.linear_value_heads * cfg.linear_value_head_dim,
+                "conv_kernel": cfg.linear_conv_kernel}
     if cfg.family == "gemma3":
         return {"kind": "window", "layers": cfg.n_layers, "kv_heads": cfg.n_kv_heads,
                 "head_dim": cfg.head_dim, "window": cfg.sliding_window, "pattern": 6}
@@ -62,20 +88,16 @@ def _sizes_of(cfg) -> dict:
             "head_dim": cfg.head_dim}
 
 
-@pytest.mark.parametrize("preset", ["llama3-nano", "gemma3-nano", "deepseek-v3-nano"])
+@pytest.mark.parametrize("preset", ["llama3-nano", "gemma3-nano", "deepseek-v3-nano",
+                                    "qwen3-next-nano", "qwen3.5-nano"])
 def test_small_presets_hold_what_the_formula_says(preset):
     cfg = preset_config(preset, vocab_size=100)
     model = DecoderModel(cfg).to(torch.bfloat16)
     for tokens in (1, 8, cfg.context_length):
         cache = model.new_kv_cache(1, tokens)
         held = sum(b.numel() * b.element_size() for b in cache.buffers())
-        # Gemma's ring buffers always hold the whole window, even for a shorter cache.
-        expected = cache_bytes(_sizes_of(cfg), tokens)
-        if cfg.family == "gemma3" and tokens < cfg.sliding_window:
-            n_local = sum(kind == "sliding_attention" for kind in cfg.layer_types)
-            expected += n_local * (cfg.sliding_window - tokens) * 2 * cfg.n_kv_heads \
-                * cfg.head_dim * BF16
-        assert held == expected, (preset, tokens)
+        # (Gemma's ring buffers hold min(tokens, window) positions, as the formula says.)
+        assert held == cache_bytes(_sizes_of(cfg), tokens), (preset, tokens)
 
 
 PICTURE = Path(__file__).with_name("kv_cache_memory.png")
@@ -95,7 +117,7 @@ def draw(path: Path = PICTURE) -> Path:
     ax.set_yscale("log")
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("KV cache per sequence (GiB, bf16)")
-    ax.set_title("KV-cache memory: multi-head, grouped-query, sliding-window, latent")
+    ax.set_title("KV-cache memory: multi-head, grouped-query, sliding-window, latent, hybrid")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -12,6 +12,9 @@
   a prompt (see ``gpt_components.inspect.inspection``).
 - ``finetune-classifier``, ``classify``, ``finetune-instructions``, ``instruction-responses``:
   chapters 6 and 7 (see ``gpt_components.finetune.commands``).
+- ``serve``: an OpenAI-compatible server with a chat page (see
+  ``gpt_components.serving.server``); ``chat``: a conversation in the terminal (see
+  ``gpt_components.serving.terminal``).
 
 This module parses flags and prints; the run directory is ``machinery.rundir``'s, loading is
 ``machinery.sources``'. A bad argument is one line naming its flag, exit status 2: the library
@@ -63,11 +66,14 @@ from .machinery.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from .machinery.checks import ArgumentError, check_float, check_int, renamed
+from .machinery.checks import ArgumentError, check_float, check_int, check_str, renamed
 from .machinery.registry import FAMILIES, build_model, family_of, preset_config
 from .machinery.resources import resource_path
 from .machinery.sources import load_model_and_tokenizer, load_tokenizer_spec
 from .modern.chat import chat_format_for
+from .serving import engine_loop
+from .serving import server as serving_server
+from .serving.terminal import chat_in_terminal
 from .training import TrainConfig, TrainingDivergedError, TrainingInterrupted, lr_at, train
 
 __all__ = ["main", "build_parser", "flag_of", "PARAMETER_FLAGS"]
@@ -573,6 +579,97 @@ def _add_inspect(commands: Any) -> None:
     look.set_defaults(run=_inspect)
 
 
+def _serve(args: argparse.Namespace) -> None:
+    if not serving_server.serve_extra_installed():
+        raise CLIError(serving_server.SERVE_EXTRA_HINT)
+    check_str("host", args.host)  # every flag the model does not decide, before loading it
+    check_int("port", args.port, low=0, high=65535)
+    check_int("max_requests", args.max_requests, low=1)
+    check_int("max_n", args.max_n, low=1)
+    api_key = args.api_key or os.environ.get(serving_server.API_KEY_VARIABLE) or None
+    if api_key is None and not serving_server.is_loopback(args.host):
+        print(f"gpt-components: warning: --host {args.host} listens beyond this machine and no "
+              f"--api-key (or ${serving_server.API_KEY_VARIABLE}) is set: anyone who reaches "
+              "it may use the model", file=sys.stderr, flush=True)
+    model, tokenizer = _load_for_generation(args.source, args.tokenizer,
+                                            _pick_device(args.device))
+    name = args.model_name or Path(args.source).resolve().name or str(args.source)
+    stopped = serving_server.serve_model(
+        model, tokenizer, model_name=name, host=args.host, port=args.port, engine=args.engine,
+        api_key=api_key, max_requests=args.max_requests, max_n=args.max_n,
+        announce=lambda line: print(line, flush=True))
+    print(f"gpt-components: server stopped{f' by {stopped}' if stopped else ''}",
+          file=sys.stderr, flush=True)
+
+
+def _chat(args: argparse.Namespace) -> None:
+    check_int("max_tokens", args.max_tokens, low=1)  # before the model is loaded
+    check_int("seed", args.seed, low=0, optional=True)
+    generation.check_sampling(args.temperature, args.top_k, args.top_p)
+    model, tokenizer = _load_for_generation(args.source, args.tokenizer,
+                                            _pick_device(args.device))
+    engine = engine_loop.make_engine(args.engine, model, tokenizer)
+    chat_in_terminal(engine, tokenizer, context_length=model.cfg.context_length,
+                     system=args.system, max_tokens=args.max_tokens,
+                     temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                     seed=args.seed)
+
+
+def _add_serve(commands: Any) -> None:
+    serve = commands.add_parser(
+        "serve", help="serve a model over an OpenAI-compatible HTTP API, with a chat page",
+        description="Serve the model of SOURCE (a run directory, one of its checkpoints or a "
+        "model directory, as generate takes) on an OpenAI-compatible API: GET /v1/models, POST "
+        "/v1/completions and /v1/chat/completions (streamed as server-sent events with "
+        "stream: true), and a chat page at /. Chat uses the model's chat format, or chapter "
+        "7's instruction format for a tokenizer without one. Ctrl-C or SIGTERM stops it. "
+        "Needs the 'serve' extra (FastAPI, uvicorn).", formatter_class=_DefaultsFormatter)
+    add = serve.add_argument
+    add("source", help="a run directory written by 'train', a Hugging Face directory (any "
+        "family) or a GPT-2 model.safetensors file")
+    add("--host", default="127.0.0.1", help="address to listen on (beyond the loopback, give "
+        "--api-key)")
+    add("--port", type=int, default=8000, help="port to listen on (0: any free one)")
+    add("--engine", choices=engine_loop.ENGINES, default=engine_loop.DEFAULT_ENGINE,
+        help="batched: many requests share each step; sequential: one request at a time "
+        "through generate")
+    add("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 "
+        f"(default: ${serving_server.API_KEY_VARIABLE} if set)")
+    add("--model-name", default=None, help="the model's id in the API (default: SOURCE's "
+        "folder name)")
+    add("--max-requests", type=int, default=64, help="requests held at once, waiting or "
+        "running; one more is answered 429")
+    add("--max-n", type=int, default=8, help="most answers one request may ask for (n)")
+    add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
+    add("--device", default="auto", help="auto, cpu, cuda or mps")
+    serve.set_defaults(run=_serve)
+
+
+def _add_chat(commands: Any) -> None:
+    chat = commands.add_parser(
+        "chat", help="chat with a model in the terminal, the answers streamed",
+        description="Chat with the model of SOURCE in the terminal: one message a line, the "
+        "answer streamed as it is written, in the model's chat format (chapter 7's instruction "
+        "format for a tokenizer without one). The oldest exchanges leave the history when the "
+        "conversation would pass the context. /reset starts over; /exit or Ctrl-D ends; Ctrl-C "
+        "stops an answer. With stdin piped, every line is a message.",
+        formatter_class=_DefaultsFormatter)
+    add = chat.add_argument
+    add("source", help="a run directory written by 'train', a Hugging Face directory (any "
+        "family) or a GPT-2 model.safetensors file")
+    add("--system", default=None, help="a system message before the conversation")
+    add("--max-tokens", type=int, default=256, help="most tokens of one answer")
+    add("--temperature", type=float, default=0.7, help="0: greedy; higher: more random")
+    add("--top-k", type=int, default=None, help="sample only among the k most likely tokens")
+    add("--top-p", type=float, default=None, help="nucleus sampling: smallest set reaching p")
+    add("--seed", type=int, default=None, help="make the sampled answers repeatable")
+    add("--engine", choices=engine_loop.ENGINES, default=engine_loop.DEFAULT_ENGINE,
+        help="batched or sequential (the same answers; see serve)")
+    add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
+    add("--device", default="auto", help="auto, cpu, cuda or mps")
+    chat.set_defaults(run=_chat)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gpt-components",
@@ -588,6 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(commands)
     add_finetune_commands(commands)
     _add_inspect(commands)
+    _add_serve(commands)
+    _add_chat(commands)
     for command in commands.choices.values():
         command.set_defaults(flags=_flags_of(command))
     return parser

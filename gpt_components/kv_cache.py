@@ -12,7 +12,9 @@ This module holds the one cache protocol every cache kind implements, and GPT-2'
   ``remaining``, ``advance``, ``reset``), kept in this one place.
 - ``LayerCache``: one layer's cache; ``store(k, v)`` writes the new positions after the
   ``length`` stored ones and returns what the new queries attend to (bounds-checked here; a
-  kind writes its own way in ``_write``).
+  kind writes its own way in ``_write``). A cache whose rows hold sequences of different
+  lengths (serving's paged cache) also says where each row's tokens sit (``positions``) and
+  which keys each query sees (``visible``); every other kind answers None.
 - ``LayerKVCache``: plain keys and values (B, heads, max_tokens, head_dim) of one layer.
 - ``CacheStack``: one layer cache per block, advanced and reset together: what a model's
   ``new_kv_cache`` returns, and the only thing a model hands from step to step.
@@ -98,6 +100,13 @@ class Cache(nn.Module):
         """Bytes held by the buffers (each counted once, however many layers share it)."""
         return sum(b.numel() * b.element_size() for b in self.buffers())
 
+    @property
+    def positions(self) -> torch.Tensor | None:
+        """The positions of the next forward's tokens, (B, T), where the rows differ (a paged
+        cache serving sequences of different lengths at once); None, the usual case: every
+        row's tokens sit at ``length ..``."""
+        return None
+
 
 class LayerCache(Cache):
     """One layer's cache: ``store(k, v)`` is the one way in, whatever the kind keeps.
@@ -123,6 +132,15 @@ class LayerCache(Cache):
                start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The kind's own writing: positions ``start ..``; what the new queries attend to."""
         raise NotImplementedError(f"{type(self).__name__} must implement _write(k, v, start)")
+
+    def visible(self, window: int | None = None) -> torch.Tensor | None:
+        """Which of the keys the last ``store`` returned each new query may see, where the
+        rows differ: a bool (B, 1, T, S), True where visible (``window``: a query sees only
+        the last ``window`` positions). None, the usual case: every row's queries sit at
+        ``length ..`` and the attention's own causal (or windowed) mask holds. Attention
+        asks after ``store``; only a cache serving rows of different lengths (the paged cache
+        of ``gpt_components.serving``) answers."""
+        return None
 
     @property
     def layout(self) -> tuple:

@@ -130,8 +130,9 @@ class GPTModel(LanguageModel):
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
 
-    def _embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, None]:
-        positions = torch.arange(start, start + idx.shape[1], device=idx.device)
+    def _embed(self, idx: torch.Tensor, start: int | torch.Tensor) -> tuple[torch.Tensor, None]:
+        positions = start if isinstance(start, torch.Tensor) else torch.arange(
+            start, start + idx.shape[1], device=idx.device)  # (T) or, rows differing, (B, T)
         return self.drop_emb(self.tok_emb(idx) + self.pos_emb(positions)), None  # (B, T, emb)
 
     def _block(self, block: nn.Module, x: torch.Tensor, context: None,

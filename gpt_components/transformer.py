@@ -163,11 +163,17 @@ class CausalSelfAttention(MultiHeadAttention):
             raise value_error("x", f"x has {t} tokens after {start} cached ones, more than "
                                    f"context_length={self.context_length}")
         q, k, v = self._heads(x)
+        visible = None
         if kv_cache is not None:
             k, v = kv_cache.store(k, v)  # (B, nh, start + T, hd)
+            visible = kv_cache.visible()  # a paged cache's rows differ: (B, 1, T, S)
         # Query i sits at absolute position start + i: it sees keys 0 .. start + i.
-        future = self.mask[start:start + t, :start + t]
-        if self.kernel == "textbook":
+        future = self.mask[start:start + t, :start + t] if visible is None else ~visible
+        if visible is not None and self.kernel == "sdpa":
+            context = F.scaled_dot_product_attention(q, k, v, attn_mask=visible,
+                                                     dropout_p=self.dropout.p if self.training
+                                                     else 0.0)
+        elif self.kernel == "textbook":
             scores = q @ k.transpose(2, 3)  # (B, nh, T, start + T)
             scores = scores.masked_fill(future, float("-inf"))
             weights = self.dropout(torch.softmax(scores / self.head_dim**0.5, dim=-1))

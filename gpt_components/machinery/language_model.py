@@ -14,7 +14,9 @@ modern families). It owns what they do the same way, once:
 - ``auxiliary_loss()`` is None unless a family adds a training loss (a mixture of experts).
 
 A family writes only what differs, as four hooks: ``_embed(idx, start)`` (the embeddings of
-the ids at positions ``start ..``, with whatever its blocks need besides, such as RoPE tables),
+the ids at positions ``start ..``, with whatever its blocks need besides, such as RoPE tables;
+``start`` is a (B, T) tensor of positions instead when the cache's rows differ, as a paged
+cache's do: ``Cache.positions``),
 ``_block(block, x, context, cache)`` (one block's forward, with its layer's cache),
 ``_block_with_weights(block, x, context)`` (the same, returning the attention probabilities)
 and ``_new_cache(batch_size, max_tokens, device, dtype)`` (a ``CacheStack`` of its layers'
@@ -103,9 +105,10 @@ class LanguageModel(nn.Module):
 
     # -- what a family writes -------------------------------------------------------------
 
-    def _embed(self, idx: torch.Tensor, start: int) -> tuple[torch.Tensor, Any]:
-        """The blocks' input (B, T, emb) for checked ids at positions ``start ..``, and the
-        context every block reads besides (None if nothing)."""
+    def _embed(self, idx: torch.Tensor, start: int | torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The blocks' input (B, T, emb) for checked ids at positions ``start ..`` (or at the
+        positions of a (B, T) tensor ``start``), and the context every block reads besides
+        (None if nothing)."""
         raise NotImplementedError
 
     def _block(self, block: nn.Module, x: torch.Tensor, context: Any,
@@ -151,7 +154,8 @@ class LanguageModel(nn.Module):
         apply the head to the last position only.
         """
         start = self._check_input(idx, kv_cache)
-        x, context = self._embed(idx, start)  # (B, T, emb)
+        positions = None if kv_cache is None else kv_cache.positions
+        x, context = self._embed(idx, start if positions is None else positions)  # (B, T, emb)
         for layer, block in enumerate(self.trf_blocks):
             x = self._block(block, x, context, None if kv_cache is None else kv_cache.layers[layer])
         if kv_cache is not None:
@@ -214,6 +218,10 @@ class LanguageModel(nn.Module):
                                          f"context_length={context}")
             return 0
         self._check_cache(kv_cache, rows, weight)
+        positions = kv_cache.positions
+        if positions is not None and tuple(positions.shape) != (rows, t):
+            raise value_error("kv_cache", f"kv_cache holds positions for {tuple(positions.shape)}"
+                                          f" tokens, idx has {(rows, t)}")
         start = kv_cache.length
         limit = min(kv_cache.max_tokens, context)
         if start + t > limit:
@@ -247,6 +255,7 @@ class LanguageModel(nn.Module):
         if kv_cache.batch_size != rows:
             raise value_error("kv_cache", f"kv_cache was made for batch_size="
                                           f"{kv_cache.batch_size}, idx has {rows} rows")
+
 
     def _cache_layout(self) -> tuple:
         """The layout of this model's caches, worked out once on the meta device."""

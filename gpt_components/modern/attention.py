@@ -57,6 +57,9 @@ def first_position(cache: LayerCache | None, start: int | None) -> int:
 class GroupedQueryAttention(nn.Module):
     """Causal attention with ``n_kv_heads`` key/value heads shared by ``n_heads`` query heads.
 
+    A cache whose rows differ (serving's paged cache) supplies the mask itself
+    (``LayerCache.visible``), for this attention's ``window`` (None: causal).
+
     ``qk_norm``: False, True (an ``RMSNorm(head_dim, norm_eps)`` on queries and on keys) or a
     function ``head_dim -> nn.Module`` making the norm. ``qkv_bias``/``out_bias``: biases on
     the three input projections / on ``out_proj``. ``scale`` multiplies the scores (default
@@ -68,6 +71,7 @@ class GroupedQueryAttention(nn.Module):
                  qkv_bias: bool = False, out_bias: bool = False, dropout: float = 0.0,
                  kernel: str = "sdpa", scale: float | None = None) -> None:
         super().__init__()
+        self.window: int | None = None  # how far back a query sees (None: every earlier key)
         self.emb_dim = check_int("emb_dim", emb_dim, low=1)
         self.n_heads = check_int("n_heads", n_heads, low=1)
         self.n_kv_heads = check_int("n_kv_heads", n_kv_heads, low=1)
@@ -125,12 +129,14 @@ class GroupedQueryAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        visible = None
         if cache is not None:
             k, v = cache.store(k, v)  # what the queries see: (B, nkv, start + T, hd) here
+            visible = cache.visible(self.window)  # a paged cache's rows differ: (B, 1, T, S)
         if need_weights or self.kernel == "textbook":
-            context, weights = self._textbook(q, k, v, start)
+            context, weights = self._textbook(q, k, v, start, visible)
         else:
-            context, weights = self._sdpa(q, k, v, start), None
+            context, weights = self._sdpa(q, k, v, start, visible), None
         out = self.out_proj(context.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
         return (out, weights) if need_weights else out
 
@@ -139,26 +145,29 @@ class GroupedQueryAttention(nn.Module):
         queries = torch.arange(start, start + t, device=device)
         return torch.arange(s, device=device)[None, :] > queries[:, None]
 
-    def _textbook(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _textbook(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
+                  visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, t, hd = q.shape
         s = k.shape[2]
         # Fold each group of query heads onto the key/value head it shares:
         # (B, nh, T, hd) -> (B, nkv, group * T, hd); no copy of the keys is made.
         folded = q.reshape(b, self.n_kv_heads, self.group * t, hd)
         scores = (folded @ k.transpose(2, 3)).view(b, self.n_heads, t, s)  # (B, nh, T, S)
-        scores = scores.masked_fill(self._future(t, s, start, q.device), float("-inf"))
+        hidden = self._future(t, s, start, q.device) if visible is None else ~visible
+        scores = scores.masked_fill(hidden, float("-inf"))
         weights = torch.softmax(scores * self.scale, dim=-1)
         dropped = F.dropout(weights, self.dropout, self.training) if self.dropout else weights
         context = dropped.view(b, self.n_kv_heads, self.group * t, s) @ v  # (B, nkv, g*T, hd)
         return context.view(b, self.n_heads, t, hd), weights
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              start: int) -> torch.Tensor:
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
+              visible: torch.Tensor | None = None) -> torch.Tensor:
         t, s = q.shape[2], k.shape[2]
         dropout_p = self.dropout if self.training else 0.0
         mask, causal = None, False
-        if start == 0 and t == s:
+        if visible is not None:
+            mask = visible
+        elif start == 0 and t == s:
             causal = True
         elif t > 1:
             mask = ~self._future(t, s, start, q.device)  # True where a key may be seen

@@ -98,12 +98,22 @@ class DecoderModel(LanguageModel):
         if cfg.tie_weights:
             self.out_head.weight = self.tok_emb.weight
 
-    def _embed(self, idx: torch.Tensor,
-               start: int) -> tuple[torch.Tensor, tuple[RopeTables, int]]:
-        """Embeddings (B, T, emb), and the RoPE tables for positions ``start ..`` with start."""
+    def _embed(self, idx: torch.Tensor, start: int | torch.Tensor
+               ) -> tuple[torch.Tensor, tuple[RopeTables, int | None]]:
+        """Embeddings (B, T, emb), and the RoPE tables for positions ``start ..`` with start.
+
+        A (B, T) ``start`` holds each row's positions (a paged cache's rows differ): the
+        tables are then (B, 1, T, hd), one per row, and the blocks read the first position
+        from the cache (whose ``visible`` mask places each row)."""
         x = self.tok_emb(idx)  # (B, T, emb)
         if self.cfg.scale_embeddings:  # rounded to the weights' dtype first, as Gemma does
             x = x * torch.tensor(self.cfg.emb_dim**0.5, dtype=x.dtype, device=x.device)
+        if isinstance(start, torch.Tensor):
+            b, t = start.shape
+            rope = {name: tuple(part.view(b, 1, t, -1) for part in table(start.reshape(-1),
+                                                                         x.dtype))
+                    for name, table in self.rope.items()}  # each (B, 1, T, hd)
+            return x, (rope, None)
         positions = torch.arange(start, start + idx.shape[1], device=idx.device)
         rope = {name: table(positions, x.dtype) for name, table in self.rope.items()}
         return x, (rope, start)

@@ -173,11 +173,15 @@ class MultiHeadLatentAttention(nn.Module):
         b, t, _ = x.shape
         q_nope, q_rope = self._queries(x, rope)
         latents, k_rope = self._latents(x, rope)
+        visible = None
         if cache is not None:
             latents, k_rope = cache.store(latents, k_rope)  # (B, S, r), (B, S, rope)
+            visible = cache.visible()  # a paged cache's rows differ: (B, 1, T, S)
         s = latents.shape[1]
         future = torch.arange(s, device=x.device)[None, :] > \
             torch.arange(start, start + t, device=x.device)[:, None]  # (T, S)
+        if visible is not None:
+            future = ~visible
         if absorb:
             context, weights = self._absorbed(q_nope, q_rope, latents, k_rope, future)
         else:

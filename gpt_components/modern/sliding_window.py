@@ -210,8 +210,10 @@ class SlidingWindowAttention(GroupedQueryAttention):
         """True where a query must not see a key: ahead of it, or ``window`` or more behind."""
         return ~window_mask(*self._positions(t, s, start, device), self.window)
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              start: int) -> torch.Tensor:
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
+              visible: torch.Tensor | None = None) -> torch.Tensor:
+        if visible is not None:  # a paged cache masked the window itself
+            return super()._sdpa(q, k, v, start, visible)
         queries, keys = self._positions(q.shape[2], k.shape[2], start, q.device)
         return windowed_attention(q, k, v, self.window, scale=self.scale,
                                   query_positions=queries, key_positions=keys,

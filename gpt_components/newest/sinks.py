@@ -97,30 +97,38 @@ class SinkAttention(GroupedQueryAttention):
         queries = torch.arange(start, end, device=device)
         return ~window_mask(queries, torch.arange(end - s, end, device=device), self.window)
 
-    def _textbook(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                  start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def _hidden(self, t: int, s: int, start: int, device: torch.device,
+                visible: torch.Tensor | None) -> torch.Tensor:
+        """True where a query must not see a key: (T, S), or (B, 1, T, S) from a cache whose
+        rows differ (serving's paged cache masks the window itself: ``visible``)."""
+        return self._future(t, s, start, device) if visible is None else ~visible
+
+    def _textbook(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
+                  visible: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b, _, t, hd = q.shape
         s = k.shape[2]
         folded = q.reshape(b, self.n_kv_heads, self.group * t, hd)  # (B, nkv, group * T, hd)
         scores = (folded @ k.transpose(2, 3)).view(b, self.n_heads, t, s) * self.scale
-        scores = scores.masked_fill(self._future(t, s, start, q.device), float("-inf"))
+        scores = scores.masked_fill(self._hidden(t, s, start, q.device, visible), float("-inf"))
         weights = sink_attention_weights(scores, self.sinks)  # (B, nh, T, S), rows sum < 1
         dropped = F.dropout(weights, self.dropout, self.training) if self.dropout else weights
         context = dropped.view(b, self.n_kv_heads, self.group * t, s) @ v  # (B, nkv, g*T, hd)
         return context.view(b, self.n_heads, t, hd), weights
 
-    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-              start: int) -> torch.Tensor:
+    def _sdpa(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start: int,
+              visible: torch.Tensor | None = None) -> torch.Tensor:
         b, nkv, s, hd = k.shape
         t = q.shape[2]
         # The sink as a key of zeros with a zero value: its score is 0 plus the mask's s_h.
         k = torch.cat([k, k.new_zeros(b, nkv, 1, hd)], dim=2)  # (B, nkv, S + 1, hd)
         v = torch.cat([v, v.new_zeros(b, nkv, 1, v.shape[-1])], dim=2)
-        hidden = self._future(t, s, start, q.device)  # (T, S)
-        bias = torch.zeros(t, s, dtype=q.dtype, device=q.device).masked_fill(hidden,
-                                                                              float("-inf"))
-        sink = self.sinks.to(q.dtype).view(self.n_heads, 1, 1).expand(self.n_heads, t, 1)
-        mask = torch.cat([bias.expand(self.n_heads, t, s), sink], dim=-1)  # (nh, T, S + 1)
+        hidden = self._hidden(t, s, start, q.device, visible)  # (T, S) or (B, 1, T, S)
+        bias = torch.zeros(hidden.shape, dtype=q.dtype, device=q.device).masked_fill(
+            hidden, float("-inf"))
+        rows = bias.shape[0] if bias.dim() == 4 else 1
+        bias = bias.reshape(rows, 1, t, s).expand(rows, self.n_heads, t, s)
+        sink = self.sinks.to(q.dtype).view(1, self.n_heads, 1, 1).expand(rows, self.n_heads, t, 1)
+        mask = torch.cat([bias, sink], dim=-1)  # (B or 1, nh, T, S + 1)
         return F.scaled_dot_product_attention(
             q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
             scale=self.scale, enable_gqa=self.group > 1)
