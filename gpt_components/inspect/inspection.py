@@ -4,6 +4,7 @@
 ``Inspection``: the prompt's tokens (ids, byte pieces, byte spans), the attention
 probabilities of every layer and head, the top-k next-token distribution at every position,
 each token's surprisal (its cross-entropy, in nats, the loss ``calc_loss_batch`` gives), the
+share of each query's attention its head's sink took (GPT-OSS; zero without sinks), the
 logit lens (each layer's residual stream read through the final norm and the output head) and
 the size of each stage (the norm of the residual stream entering each layer and of what each
 block adds). It uses only ``model.trace``, ``model.final_norm``, ``model.out_head`` and the
@@ -69,6 +70,12 @@ class Inspection:
     update_norms: torch.Tensor  # [L, T]: the norm of what block l adds to the stream
     final_norms: torch.Tensor  # [T]: the norm of the final norm's output (the head's input)
     vocab: dict[int, bytes]  # the bytes of every id above: tokens, top-k, lens
+    sink_shares: torch.Tensor | None = None  # [L, H, T]: attention no token got (its sink's)
+
+    @property
+    def has_sinks(self) -> bool:
+        """Whether some head gave attention to a sink: a share above float rounding (1e-4)."""
+        return self.sink_shares is not None and bool((self.sink_shares > 1e-4).any())
 
     @property
     def n_layers(self) -> int:
@@ -179,10 +186,15 @@ def inspect_prompt(model: nn.Module, tokenizer: Any, text: str, top_k: int = 5) 
     shown = {*ids, *top_ids.flatten().tolist(), *torch.stack(lens_ids).flatten().tolist()}
     pieces = token_pieces(tokenizer, ids)
     ends = torch.tensor([len(piece) for piece in pieces]).cumsum(0).tolist()
+    shares = torch.stack([share[0] for share in trace.sink_shares]).double().cpu()  # (L, H, T)
+    summary = (f"{type(model).__name__}: {cfg.n_layers} layers x {cfg.n_heads} heads, "
+               f"emb_dim {cfg.emb_dim}, vocab {cfg.vocab_size}")
+    if bool((shares > 1e-4).any()):  # above float rounding: the heads have sinks
+        summary += (f"; attention sinks take {shares.mean():.1%} of the attention (by layer: "
+                    + ", ".join(f"{share:.0%}" for share in shares.mean(dim=(1, 2))) + ")")
     return Inspection(
         text=text,
-        model_summary=f"{type(model).__name__}: {cfg.n_layers} layers x {cfg.n_heads} heads, "
-                      f"emb_dim {cfg.emb_dim}, vocab {cfg.vocab_size}",
+        model_summary=summary,
         token_ids=ids,
         pieces=pieces,
         spans=[(end - len(piece), end) for piece, end in zip(pieces, ends, strict=True)],
@@ -197,4 +209,5 @@ def inspect_prompt(model: nn.Module, tokenizer: Any, text: str, top_k: int = 5) 
         update_norms=residuals.diff(dim=0).norm(dim=-1).cpu(),
         final_norms=final.norm(dim=-1).cpu(),
         vocab=dict(zip(sorted(shown), token_pieces(tokenizer, sorted(shown)), strict=True)),
+        sink_shares=shares,
     )

@@ -7,7 +7,9 @@ gradients, in eval mode and without a KV cache, that keeps what a reader wants t
   block, then the last block's output (before the final norm). ``residuals[0]`` is the embedding.
 - ``attentions``: ``n_layers`` tensors ``[B, n_heads, T, T]``, the attention probabilities each
   layer really uses (one map per *query* head where heads share keys, as in grouped-query
-  attention): row ``i`` is how query ``i`` spreads its attention over the keys; rows sum to one.
+  attention): row ``i`` is how query ``i`` spreads its attention over the keys; rows sum to one,
+  or to less where a layer's heads have attention sinks (GPT-OSS), by the sink's share
+  (``sink_shares``).
 - ``logits``: ``[B, T, vocab_size]``, equal to ``model(idx)``.
 
 ``gpt_components.inspect.inspection`` builds its report from this and ``model.final_norm`` and
@@ -75,3 +77,10 @@ class ModelTrace:
     @property
     def n_layers(self) -> int:
         return len(self.attentions)
+
+    @property
+    def sink_shares(self) -> list[torch.Tensor]:
+        """``n_layers`` tensors [B, n_heads, T]: the share of each query's attention that went
+        to no token, ``1 - row sum``: its head's attention sink's (GPT-OSS, ``newest/sinks.py``);
+        zero, up to rounding, in a model without sinks."""
+        return [1 - weights.sum(-1) for weights in self.attentions]
