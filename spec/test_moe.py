@@ -2,8 +2,11 @@
 
 The reference runs every expert on every token (the SwiGLU written out with explicit matrix
 products and ``x * sigmoid(x)``) and weights the outputs by a sparse gate computed here, token by
-token from sorted scores, not with the module's ``topk``. The auxiliary loss is compared with
-``transformers``' own ``load_balancing_loss_func``.
+token from sorted scores, not with the module's ``topk``. The stacked experts' grouped kernel
+(sorted pairs and grouped matrix products; gathered matrices for a batch of few tokens) is
+proven equal to the textbook per-expert dispatch, forward and every gradient of a training step,
+in float64, and torch's float32 grouped kernel to the float64 reference. The auxiliary loss is
+compared with ``transformers``' own ``load_balancing_loss_func``.
 """
 
 from __future__ import annotations
@@ -14,7 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
-from gpt_components.modern.moe import MoEFeedForward, Router, load_balancing_loss
+from gpt_components.modern import moe as moe_module
+from gpt_components.modern.feedforward import SwiGLU
+from gpt_components.modern.moe import MoEFeedForward, Router, SwiGLUExperts, load_balancing_loss
 from spec.strategies import generator, seeds
 
 pytestmark = pytest.mark.modern
@@ -55,9 +60,19 @@ def moe_setups(draw, **fixed):
     return moe, x
 
 
+def swiglu_of(fc1, fc2, fc3, x):
+    gate = x @ fc1.T
+    return ((gate * torch.sigmoid(gate)) * (x @ fc2.T)) @ fc3.T
+
+
 def swiglu(expert, x):
-    gate = x @ expert.fc1.weight.T
-    return ((gate * torch.sigmoid(gate)) * (x @ expert.fc2.weight.T)) @ expert.fc3.weight.T
+    """A ``SwiGLU`` module (the shared experts) written out."""
+    return swiglu_of(expert.fc1.weight, expert.fc2.weight, expert.fc3.weight, x)
+
+
+def routed(experts, e, x):
+    """Routed expert ``e`` of the stacked ``SwiGLUExperts`` written out from its slices."""
+    return swiglu_of(experts.fc1[e], experts.fc2[e], experts.fc3[e], x)
 
 
 def sparse_gate(router: Router, token: torch.Tensor) -> torch.Tensor:
@@ -92,7 +107,7 @@ def naive_moe(moe: MoEFeedForward, x: torch.Tensor) -> torch.Tensor:
     rows = []
     for token in tokens:
         gate = sparse_gate(moe.gate, token)
-        row = sum(gate[e] * swiglu(expert, token) for e, expert in enumerate(moe.experts))
+        row = sum(gate[e] * routed(moe.experts, e, token) for e in range(len(moe.experts)))
         if moe.shared_experts is not None:
             row = row + swiglu(moe.shared_experts, token)
         rows.append(row)
@@ -107,28 +122,127 @@ def test_the_mixture_equals_every_expert_weighted_by_the_sparse_gate(setup):
 
 
 @settings(max_examples=15)
-@given(moe_setups())
-def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup):
+@given(moe_setups(), st.sampled_from(["grouped", "per_expert"]))
+def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup, kernel):
+    """The textbook dispatch calls each chosen expert once; the grouped kernel's first product
+    sees, in expert ``e``'s group, exactly the tokens routed to ``e``, in order."""
     moe, x = setup
-    seen = {e: [] for e in range(len(moe.experts))}
-    hooks = [expert.register_forward_hook(lambda m, args, out, e=e: seen[e].append(args[0]))
-             for e, expert in enumerate(moe.experts)]
-    moe(x)
-    for hook in hooks:
-        hook.remove()
     tokens = x.reshape(-1, x.shape[-1])
+    moe.experts.kernel = kernel
+    seen = {e: [] for e in range(len(moe.experts))}
+    if kernel == "per_expert":
+        textbook = moe.experts.expert
+        moe.experts.expert = lambda e, rows: seen[e].append(rows) or textbook(e, rows)
+        moe(x)
+        del moe.experts.expert
+    else:
+        calls = []
+        real = moe_module.grouped_linear
+        moe_module.grouped_linear = lambda *args: calls.append(args) or real(*args)
+        try:
+            moe(x)
+        finally:
+            moe_module.grouped_linear = real
+        if not calls:  # few pairs: gathered matrices, no grouping
+            assert tokens.shape[0] * moe.gate.top_k <= len(moe.experts)
+            return
+        rows, _, counts = calls[0]
+        for e, group in enumerate(rows.split(counts.tolist())):
+            if len(group):
+                seen[e].append(group)
     for e, calls in seen.items():
-        routed = [t for t in tokens if sparse_gate(moe.gate, t)[e] != 0]
-        assert len(calls) == (1 if routed else 0)
-        if routed:
-            torch.testing.assert_close(calls[0], torch.stack(routed), rtol=0, atol=0)
+        routed_rows = [t for t in tokens if sparse_gate(moe.gate, t)[e] != 0]
+        assert len(calls) == (1 if routed_rows else 0)
+        if routed_rows:
+            torch.testing.assert_close(calls[0], torch.stack(routed_rows), rtol=0, atol=0)
 
 
-@settings(max_examples=15)
-@given(moe_setups(n_experts=1, top_k=1, scoring="softmax", routed_scaling_factor=1.0))
-def test_one_expert_with_k_1_is_the_dense_swiglu(setup):
+def training_step(moe, x, kernel, upstream):
+    """Output and gradients (input, every parameter) of ``(moe(x) * upstream).sum()``."""
+    moe.experts.kernel = kernel
+    moe.requires_grad_(True)
+    x = x.clone().requires_grad_(True)
+    out = moe(x)
+    params = [p for p in moe.parameters()]
+    grads = torch.autograd.grad((out * upstream).sum(), [x, *params], allow_unused=True)
+    return out.detach(), [torch.zeros_like(p) if g is None else g
+                          for g, p in zip(grads, [x, *params], strict=True)]
+
+
+@settings(max_examples=30)
+@given(moe_setups(), seeds)
+def test_a_grouped_training_step_equals_the_per_expert_one(setup, seed):
+    """Forward and every gradient (input, router, stacked experts, shared experts): the grouped
+    kernel (sorted and grouped for many tokens, gathered for few) against the textbook."""
     moe, x = setup
-    torch.testing.assert_close(moe(x), swiglu(moe.experts[0], x), **TIGHT)
+    upstream = torch.randn(x.shape, generator=generator(seed), dtype=F64)
+    out, grads = training_step(moe, x, "grouped", upstream)
+    out_ref, grads_ref = training_step(moe, x, "per_expert", upstream)
+    torch.testing.assert_close(out, out_ref, **TIGHT)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad, grad_ref, **TIGHT)
+
+
+@settings(max_examples=10)
+@given(st.integers(1, 40), st.sampled_from([(8, 2), (6, 3), (4, 1)]), seeds)
+def test_torchs_float32_grouped_kernel_matches_the_float64_textbook(tokens, experts, seed):
+    """Float32 widths that torch's grouped matrix product takes (multiples of 4), its forward and
+    backward against the per-expert form in float64."""
+    n_experts, top_k = experts
+    moe = MoEFeedForward(16, 8, n_experts, top_k)
+    g = generator(seed)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.5)
+    x = torch.randn(1, tokens, 16, generator=g)
+    upstream = torch.randn(x.shape, generator=g)
+    out, grads = training_step(moe, x, "grouped", upstream)
+    out_ref, grads_ref = training_step(moe.to(F64), x.to(F64), "per_expert", upstream.to(F64))
+    torch.testing.assert_close(out.to(F64), out_ref, rtol=1e-5, atol=1e-5)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad.to(F64), grad_ref, rtol=1e-4, atol=1e-5)
+
+
+@settings(max_examples=10)
+@given(moe_setups(scoring="softmax"))
+def test_per_expert_checkpoints_load_into_the_stacked_experts(setup):
+    """An older checkpoint's per-expert tensors (``experts.3.fc1.weight``) are stacked on load."""
+    moe, x = setup
+    old = {name: tensor for name, tensor in moe.state_dict().items()
+           if not name.startswith("experts.")}
+    old.update({f"experts.{name}": view.clone() for name, view in moe.experts.unstacked().items()})
+    assert "experts.0.fc1.weight" in old and "experts.fc1" not in old
+    again = MoEFeedForward(moe.gate.weight.shape[1], moe.experts.fc1.shape[1], len(moe.experts),
+                           moe.gate.top_k, norm_topk_prob=moe.gate.norm_topk_prob,
+                           routed_scaling_factor=moe.gate.routed_scaling_factor).to(F64)
+    again.load_state_dict(old)
+    torch.testing.assert_close(again(x), moe(x), rtol=0, atol=0)
+
+
+@settings(max_examples=10)
+@given(moe_setups(scoring="softmax"))
+def test_experts_of_another_form_run_one_module_each(setup):
+    """A non-SwiGLU ``expert`` (the gated GELU here) keeps one module per expert; the mixture is
+    still every expert weighted by the sparse gate."""
+    moe, x = setup
+    hidden = moe.experts.fc1.shape[1]
+    geglu = MoEFeedForward(x.shape[-1], hidden, len(moe.experts), moe.gate.top_k,
+                           norm_topk_prob=moe.gate.norm_topk_prob,
+                           routed_scaling_factor=moe.gate.routed_scaling_factor,
+                           expert=lambda emb, width: SwiGLU(emb, width, "gelu_tanh")).to(F64)
+    assert not isinstance(geglu.experts, SwiGLUExperts) and len(geglu.experts) == len(moe.experts)
+    geglu.gate.load_state_dict(moe.gate.state_dict())
+    with torch.no_grad():
+        for e, expert in enumerate(geglu.experts):
+            for name in ("fc1", "fc2", "fc3"):
+                getattr(expert, name).weight.copy_(getattr(moe.experts, name)[e])
+        rows = []
+        for token in x.reshape(-1, x.shape[-1]):
+            gate = sparse_gate(moe.gate, token)
+            rows.append(sum(gate[e] * ((0.5 * u * (1 + torch.tanh(0.7978845608028654 * (
+                u + 0.044715 * u ** 3)))) * (moe.experts.fc2[e] @ token)) @ moe.experts.fc3[e].T
+                for e in range(len(moe.experts)) for u in [moe.experts.fc1[e] @ token]))
+        torch.testing.assert_close(geglu(x), torch.stack(rows).view(x.shape), **TIGHT)
 
 
 @settings(max_examples=15)

@@ -28,6 +28,7 @@ Exports:
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -44,9 +45,12 @@ from ..machinery.checks import (
 )
 from .feedforward import SwiGLU
 
-__all__ = ["Router", "MoEFeedForward", "load_balancing_loss"]
+__all__ = ["Router", "MoEFeedForward", "SwiGLUExperts", "ExpertModules", "per_expert_mixture",
+           "grouped_linear", "load_balancing_loss"]
 
 SCORINGS = ("softmax", "sigmoid")
+# torch's grouped matrix product (public from 2.10, private before; None where absent).
+_GROUPED_MM = getattr(F, "grouped_mm", None) or getattr(torch, "_grouped_mm", None)
 
 
 def _check_tokens(x: object, emb_dim: int, dims: int | tuple[int, ...]) -> None:
@@ -134,14 +138,154 @@ class Router(nn.Module):
         return grouped.masked_fill(~keep[..., None], float("-inf")).view_as(choice)
 
 
+def per_expert_mixture(expert: Callable[[int, torch.Tensor], torch.Tensor], x: torch.Tensor,
+                       weights: torch.Tensor, experts: torch.Tensor) -> torch.Tensor:
+    """The textbook dispatch: each chosen expert runs once, on the tokens routed to it.
+
+    ``expert(e, rows)`` is expert ``e`` on some of ``x``'s rows; ``x`` [N, emb], ``weights`` and
+    ``experts`` [N, k] the router's gates and choices. Returns [N, emb]: each token's sum over
+    its ``k`` experts of gate times output.
+    """
+    out = torch.zeros_like(x)
+    for e in experts.unique().tolist():
+        token, slot = torch.where(experts == e)  # the tokens routed to expert e
+        out.index_add_(0, token, expert(e, x[token]) * weights[token, slot, None])
+    return out
+
+
+def _fast_grouped_mm(rows: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether torch's grouped kernel takes these operands: float32 or narrower (it refuses
+    float64), contiguous, every row and column stride a multiple of 16 bytes (backward too)."""
+    if not _GROUPED_MM or rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        return False
+    step = 16 // rows.element_size()
+    return (rows.is_contiguous() and weight.is_contiguous() and rows.shape[1] % step == 0
+            and weight.shape[1] % step == 0)
+
+
+def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Rows grouped by expert, each group through its expert's matrix: [S, in] -> [S, out].
+
+    ``rows`` are sorted by expert, ``counts[e]`` of them for expert ``e``; ``weight`` is
+    [experts, out, in]. One call of torch's grouped matrix product where it can (float32 on the
+    CPU: one kernel, its backward included), else one ``F.linear`` per group (float64).
+    """
+    if _fast_grouped_mm(rows, weight):
+        ends = counts.cumsum(0).to(torch.int32)
+        return _GROUPED_MM(rows, weight.transpose(-2, -1), offs=ends)  # (S, out)
+    groups = rows.split(counts.tolist())
+    return torch.cat([F.linear(group, w) for group, w in zip(groups, weight.unbind(0),
+                                                              strict=True)])
+
+
+class SwiGLUExperts(nn.Module):
+    """``n_experts`` SwiGLU feed-forwards stacked: one parameter per projection.
+
+    ``fc1`` (gate) and ``fc2`` (up) are [experts, hidden, emb], ``fc3`` (down) [experts, emb,
+    hidden]; expert ``e`` is ``SwiGLU``'s ``fc3[e] (silu(fc1[e] x) * fc2[e] x)``. ``forward(x,
+    weights, experts)`` mixes them for tokens [N, emb] given the router's [N, k] gates and
+    choices. ``kernel`` picks how, all three computing the same function (``spec/test_moe.py``):
+
+    - ``"per_expert"``: the textbook, ``per_expert_mixture`` over the experts' slices;
+    - ``"grouped"`` (default): the (token, expert) pairs sorted by expert and pushed through
+      each projection by one grouped matrix product (``grouped_linear``), then scattered back;
+      when a batch has no more pairs than experts (decoding one token), each pair's matrices
+      are gathered instead and multiplied as a batch (``torch.bmm``), with no sorting at all.
+
+    Checkpoints name the stacked tensors (``experts.fc1``); ``unstacked()`` lends each expert's
+    slice under the per-expert name (``experts.3.fc1.weight``) that Hugging Face files and this
+    project's older checkpoints use, and ``load_state_dict`` takes either naming.
+    """
+
+    KERNELS = ("grouped", "per_expert")
+
+    def __init__(self, n_experts: int, emb_dim: int, hidden_dim: int) -> None:
+        super().__init__()
+        for name, value in (("n_experts", n_experts), ("emb_dim", emb_dim),
+                            ("hidden_dim", hidden_dim)):
+            check_int(name, value, low=1)
+        self.kernel = "grouped"
+        self.fc1 = nn.Parameter(torch.empty(n_experts, hidden_dim, emb_dim))
+        self.fc2 = nn.Parameter(torch.empty(n_experts, hidden_dim, emb_dim))
+        self.fc3 = nn.Parameter(torch.empty(n_experts, emb_dim, hidden_dim))
+        for weight in (self.fc1, self.fc2, self.fc3):
+            if not weight.is_meta:  # Llama's N(0, 0.02), as the per-expert nn.Linears had
+                nn.init.normal_(weight, std=0.02)
+        self.register_load_state_dict_pre_hook(_restack)
+
+    def __len__(self) -> int:
+        return self.fc1.shape[0]
+
+    def expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
+        """Expert ``e`` alone on ``rows`` [n, emb] (the textbook SwiGLU)."""
+        return F.linear(F.silu(F.linear(rows, self.fc1[e])) * F.linear(rows, self.fc2[e]),
+                        self.fc3[e])
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                experts: torch.Tensor) -> torch.Tensor:
+        kernel = check_choice("kernel", self.kernel, self.KERNELS)
+        if kernel == "per_expert":
+            return per_expert_mixture(self.expert, x, weights, experts)
+        if experts.numel() <= len(self):
+            return self._gathered(x, weights, experts)
+        return self._grouped(x, weights, experts)
+
+    def _grouped(self, x: torch.Tensor, weights: torch.Tensor,
+                 experts: torch.Tensor) -> torch.Tensor:
+        pairs = experts.flatten()  # (S = N k,) expert of each (token, slot) pair
+        order = pairs.argsort(stable=True)  # pairs by expert, tokens in order within each
+        token = order // experts.shape[1]
+        counts = torch.bincount(pairs, minlength=len(self))  # pairs per expert
+        rows = x[token]  # (S, emb)
+        hidden = (F.silu(grouped_linear(rows, self.fc1, counts))
+                  * grouped_linear(rows, self.fc2, counts))  # (S, hidden)
+        out = grouped_linear(hidden, self.fc3, counts) * weights.flatten()[order, None]
+        return torch.zeros_like(x).index_add_(0, token, out)  # (N, emb)
+
+    def _gathered(self, x: torch.Tensor, weights: torch.Tensor,
+                  experts: torch.Tensor) -> torch.Tensor:
+        n, k = experts.shape
+        pairs = experts.flatten()  # (S,)
+        rows = x.repeat_interleave(k, dim=0)[:, None, :]  # (S, 1, emb)
+        hidden = (F.silu(torch.bmm(rows, self.fc1[pairs].transpose(1, 2)))
+                  * torch.bmm(rows, self.fc2[pairs].transpose(1, 2)))  # (S, 1, hidden)
+        out = torch.bmm(hidden, self.fc3[pairs].transpose(1, 2))[:, 0]  # (S, emb)
+        return (out * weights.flatten()[:, None]).view(n, k, -1).sum(dim=1)  # (N, emb)
+
+    def unstacked(self) -> dict[str, torch.Tensor]:
+        """Each expert's weights under its per-expert name, as views: ``"3.fc1.weight"``."""
+        return {f"{e}.{name}.weight": weight.detach()[e]
+                for name, weight in (("fc1", self.fc1), ("fc2", self.fc2), ("fc3", self.fc3))
+                for e in range(len(self))}
+
+
+def _restack(module: SwiGLUExperts, state: dict[str, Any], prefix: str, *_: Any) -> None:
+    """``load_state_dict``'s pre-hook: per-expert tensors (``3.fc1.weight``) stacked in place."""
+    for name in ("fc1", "fc2", "fc3"):
+        keys = [f"{prefix}{e}.{name}.weight" for e in range(len(module))]
+        if prefix + name not in state and all(key in state for key in keys):
+            state[prefix + name] = torch.stack([state.pop(key) for key in keys])
+
+
+class ExpertModules(nn.ModuleList):
+    """Experts of any form, one module each (``MoEFeedForward``'s ``expert`` other than
+    ``SwiGLU``), mixed by ``per_expert_mixture``: the same call as ``SwiGLUExperts``."""
+
+    def forward(self, x: torch.Tensor, weights: torch.Tensor,
+                experts: torch.Tensor) -> torch.Tensor:
+        return per_expert_mixture(lambda e, rows: self[e](rows), x, weights, experts)
+
+
 class MoEFeedForward(nn.Module):
     """``n_experts`` SwiGLU experts behind a ``Router``, plus optional shared experts.
 
-    Tokens are grouped by expert, so each expert runs once, on exactly the tokens routed to it,
-    and its outputs are added back weighted by their gates. ``n_shared_experts`` always-on
-    experts (one SwiGLU of ``n_shared_experts * hidden_dim``) see every token (DeepSeek-V3).
-    The last forward's router logits stay in ``router_logits`` [N, E] for the auxiliary loss.
-    ``expert`` builds one expert from ``(emb_dim, hidden_dim)``.
+    Each token runs only its ``top_k`` experts, their outputs added back weighted by their
+    gates; ``n_shared_experts`` always-on experts (one SwiGLU of ``n_shared_experts *
+    hidden_dim``) see every token (DeepSeek-V3). The last forward's router logits stay in
+    ``router_logits`` [N, E] for the auxiliary loss. ``expert`` builds one expert from
+    ``(emb_dim, hidden_dim)``: with ``SwiGLU`` (the default) the routed experts are one
+    ``SwiGLUExperts`` (stacked weights, grouped matrix products); any other form is kept one
+    module per expert (``ExpertModules``).
     """
 
     def __init__(self, emb_dim: int, hidden_dim: int, n_experts: int, top_k: int, *,
@@ -156,7 +300,8 @@ class MoEFeedForward(nn.Module):
             raise type_error("expert", f"expert must be a callable (emb_dim, hidden_dim) -> "
                                        f"nn.Module, got {type(expert).__name__}")
         self.gate = Router(emb_dim, n_experts, top_k, **router)
-        self.experts = nn.ModuleList(expert(emb_dim, hidden_dim) for _ in range(n_experts))
+        self.experts = (SwiGLUExperts(n_experts, emb_dim, hidden_dim) if expert is SwiGLU else
+                        ExpertModules(expert(emb_dim, hidden_dim) for _ in range(n_experts)))
         self.shared_experts = (expert(emb_dim, hidden_dim * n_shared_experts)
                                if n_shared_experts else None)
         self.router_logits: torch.Tensor | None = None
@@ -167,10 +312,7 @@ class MoEFeedForward(nn.Module):
         tokens = x.reshape(-1, shape[-1])  # (N, emb)
         logits, weights, experts = self.gate(tokens)  # (N, E), (N, k), (N, k)
         self.router_logits = logits
-        out = torch.zeros_like(tokens)
-        for e in experts.unique().tolist():
-            token, slot = torch.where(experts == e)  # the tokens routed to expert e
-            out.index_add_(0, token, self.experts[e](tokens[token]) * weights[token, slot, None])
+        out = self.experts(tokens, weights, experts)
         if self.shared_experts is not None:
             out = out + self.shared_experts(tokens)
         return out.view(shape)
