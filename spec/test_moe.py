@@ -70,9 +70,16 @@ def swiglu(expert, x):
     return swiglu_of(expert.fc1.weight, expert.fc2.weight, expert.fc3.weight, x)
 
 
+def matrices(experts, e):
+    """Routed expert ``e``'s (fc1, fc2, fc3) read from the stacked ``SwiGLUExperts``: the gate
+    rows above the up rows in ``gate_up[e]`` (transformers' ``gate_up_proj``), ``down[e]``."""
+    hidden = experts.down.shape[2]
+    return experts.gate_up[e, :hidden], experts.gate_up[e, hidden:], experts.down[e]
+
+
 def routed(experts, e, x):
-    """Routed expert ``e`` of the stacked ``SwiGLUExperts`` written out from its slices."""
-    return swiglu_of(experts.fc1[e], experts.fc2[e], experts.fc3[e], x)
+    """Routed expert ``e`` of the stacked ``SwiGLUExperts`` written out from its matrices."""
+    return swiglu_of(*matrices(experts, e), x)
 
 
 def sparse_gate(router: Router, token: torch.Tensor) -> torch.Tensor:
@@ -146,10 +153,11 @@ def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup, kernel):
         if not calls:  # few pairs: gathered matrices, no grouping
             assert tokens.shape[0] * moe.gate.top_k <= len(moe.experts)
             return
-        rows, _, counts = calls[0]
-        for e, group in enumerate(rows.split(counts.tolist())):
-            if len(group):
-                seen[e].append(group)
+        rows, _, ends = calls[0]
+        bounds = [0, *ends.tolist()]
+        for e in range(len(moe.experts)):
+            if bounds[e + 1] > bounds[e]:
+                seen[e].append(rows[bounds[e]:bounds[e + 1]])
     for e, calls in seen.items():
         routed_rows = [t for t in tokens if sparse_gate(moe.gate, t)[e] != 0]
         assert len(calls) == (1 if routed_rows else 0)
@@ -211,8 +219,11 @@ def test_per_expert_checkpoints_load_into_the_stacked_experts(setup):
     old = {name: tensor for name, tensor in moe.state_dict().items()
            if not name.startswith("experts.")}
     old.update({f"experts.{name}": view.clone() for name, view in moe.experts.unstacked().items()})
-    assert "experts.0.fc1.weight" in old and "experts.fc1" not in old
-    again = MoEFeedForward(moe.gate.weight.shape[1], moe.experts.fc1.shape[1], len(moe.experts),
+    assert "experts.0.fc1.weight" in old and "experts.gate_up" not in old
+    for e in range(len(moe.experts)):
+        for name, matrix in zip(("fc1", "fc2", "fc3"), matrices(moe.experts, e), strict=True):
+            assert torch.equal(old[f"experts.{e}.{name}.weight"], matrix)
+    again = MoEFeedForward(moe.gate.weight.shape[1], moe.experts.down.shape[2], len(moe.experts),
                            moe.gate.top_k, norm_topk_prob=moe.gate.norm_topk_prob,
                            routed_scaling_factor=moe.gate.routed_scaling_factor).to(F64)
     again.load_state_dict(old)
@@ -225,7 +236,7 @@ def test_experts_of_another_form_run_one_module_each(setup):
     """A non-SwiGLU ``expert`` (the gated GELU here) keeps one module per expert; the mixture is
     still every expert weighted by the sparse gate."""
     moe, x = setup
-    hidden = moe.experts.fc1.shape[1]
+    hidden = moe.experts.down.shape[2]
     geglu = MoEFeedForward(x.shape[-1], hidden, len(moe.experts), moe.gate.top_k,
                            norm_topk_prob=moe.gate.norm_topk_prob,
                            routed_scaling_factor=moe.gate.routed_scaling_factor,
@@ -234,14 +245,18 @@ def test_experts_of_another_form_run_one_module_each(setup):
     geglu.gate.load_state_dict(moe.gate.state_dict())
     with torch.no_grad():
         for e, expert in enumerate(geglu.experts):
-            for name in ("fc1", "fc2", "fc3"):
-                getattr(expert, name).weight.copy_(getattr(moe.experts, name)[e])
+            for name, matrix in zip(("fc1", "fc2", "fc3"), matrices(moe.experts, e), strict=True):
+                getattr(expert, name).weight.copy_(matrix)
         rows = []
         for token in x.reshape(-1, x.shape[-1]):
             gate = sparse_gate(moe.gate, token)
-            rows.append(sum(gate[e] * ((0.5 * u * (1 + torch.tanh(0.7978845608028654 * (
-                u + 0.044715 * u ** 3)))) * (moe.experts.fc2[e] @ token)) @ moe.experts.fc3[e].T
-                for e in range(len(moe.experts)) for u in [moe.experts.fc1[e] @ token]))
+            row = torch.zeros_like(token)
+            for e in range(len(moe.experts)):
+                fc1, fc2, fc3 = matrices(moe.experts, e)
+                u = fc1 @ token
+                gelu = 0.5 * u * (1 + torch.tanh(0.7978845608028654 * (u + 0.044715 * u ** 3)))
+                row = row + gate[e] * ((gelu * (fc2 @ token)) @ fc3.T)
+            rows.append(row)
         torch.testing.assert_close(geglu(x), torch.stack(rows).view(x.shape), **TIGHT)
 
 

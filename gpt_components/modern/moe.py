@@ -125,7 +125,9 @@ class Router(nn.Module):
             weights = scores.gather(1, experts)  # (N, k)
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        return logits, weights * self.routed_scaling_factor, experts
+        if self.routed_scaling_factor != 1.0:
+            weights = weights * self.routed_scaling_factor
+        return logits, weights, experts
 
     def _group_limited(self, choice: torch.Tensor) -> torch.Tensor:
         """``choice`` with every expert outside the ``topk_group`` best groups set to -inf."""
@@ -163,28 +165,31 @@ def _fast_grouped_mm(rows: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.shape[1] % step == 0)
 
 
-def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
     """Rows grouped by expert, each group through its expert's matrix: [S, in] -> [S, out].
 
-    ``rows`` are sorted by expert, ``counts[e]`` of them for expert ``e``; ``weight`` is
-    [experts, out, in]. One call of torch's grouped matrix product where it can (float32 on the
-    CPU: one kernel, its backward included), else one ``F.linear`` per group (float64).
+    ``rows`` are sorted by expert, expert ``e``'s group ending before row ``ends[e]`` (int32,
+    cumulative counts); ``weight`` is [experts, out, in]. One call of torch's grouped matrix
+    product where it can (float32 on the CPU: one kernel, its backward included), else one
+    ``F.linear`` per group (float64).
     """
     if _fast_grouped_mm(rows, weight):
-        ends = counts.cumsum(0).to(torch.int32)
         return _GROUPED_MM(rows, weight.transpose(-2, -1), offs=ends)  # (S, out)
-    groups = rows.split(counts.tolist())
-    return torch.cat([F.linear(group, w) for group, w in zip(groups, weight.unbind(0),
-                                                              strict=True)])
+    bounds = [0, *ends.tolist()]
+    return torch.cat([F.linear(rows[start:end], w) for start, end, w in
+                      zip(bounds, bounds[1:], weight.unbind(0), strict=False)])
 
 
 class SwiGLUExperts(nn.Module):
-    """``n_experts`` SwiGLU feed-forwards stacked: one parameter per projection.
+    """``n_experts`` SwiGLU feed-forwards stacked: one parameter per projection, as
+    ``transformers`` 5 holds them (``gate_up_proj``, ``down_proj``).
 
-    ``fc1`` (gate) and ``fc2`` (up) are [experts, hidden, emb], ``fc3`` (down) [experts, emb,
-    hidden]; expert ``e`` is ``SwiGLU``'s ``fc3[e] (silu(fc1[e] x) * fc2[e] x)``. ``forward(x,
-    weights, experts)`` mixes them for tokens [N, emb] given the router's [N, k] gates and
-    choices. ``kernel`` picks how, all three computing the same function (``spec/test_moe.py``):
+    ``gate_up`` [experts, 2 * hidden, emb] holds each expert's ``fc1`` (gate) rows above its
+    ``fc2`` (up) rows, so one product makes both; ``down`` [experts, emb, hidden] is ``fc3``.
+    Expert ``e`` is ``SwiGLU``'s ``fc3(silu(fc1 x) * fc2 x)`` with ``e``'s slices.
+    ``forward(x, weights, experts)`` mixes them for tokens [N, emb] given the router's [N, k]
+    gates and choices. ``kernel`` picks how, both computing the same function
+    (``spec/test_moe.py``):
 
     - ``"per_expert"``: the textbook, ``per_expert_mixture`` over the experts' slices;
     - ``"grouped"`` (default): the (token, expert) pairs sorted by expert and pushed through
@@ -192,9 +197,9 @@ class SwiGLUExperts(nn.Module):
       when a batch has no more pairs than experts (decoding one token), each pair's matrices
       are gathered instead and multiplied as a batch (``torch.bmm``), with no sorting at all.
 
-    Checkpoints name the stacked tensors (``experts.fc1``); ``unstacked()`` lends each expert's
-    slice under the per-expert name (``experts.3.fc1.weight``) that Hugging Face files and this
-    project's older checkpoints use, and ``load_state_dict`` takes either naming.
+    Checkpoints name the stacked tensors (``experts.gate_up``); ``unstacked()`` lends each
+    expert's matrices under the per-expert names (``experts.3.fc1.weight``) that Hugging Face
+    files and this project's older checkpoints use, and ``load_state_dict`` takes either.
     """
 
     KERNELS = ("grouped", "per_expert")
@@ -205,21 +210,25 @@ class SwiGLUExperts(nn.Module):
                             ("hidden_dim", hidden_dim)):
             check_int(name, value, low=1)
         self.kernel = "grouped"
-        self.fc1 = nn.Parameter(torch.empty(n_experts, hidden_dim, emb_dim))
-        self.fc2 = nn.Parameter(torch.empty(n_experts, hidden_dim, emb_dim))
-        self.fc3 = nn.Parameter(torch.empty(n_experts, emb_dim, hidden_dim))
-        for weight in (self.fc1, self.fc2, self.fc3):
+        self.hidden_dim = hidden_dim
+        self.gate_up = nn.Parameter(torch.empty(n_experts, 2 * hidden_dim, emb_dim))
+        self.down = nn.Parameter(torch.empty(n_experts, emb_dim, hidden_dim))
+        for weight in (self.gate_up, self.down):
             if not weight.is_meta:  # Llama's N(0, 0.02), as the per-expert nn.Linears had
                 nn.init.normal_(weight, std=0.02)
         self.register_load_state_dict_pre_hook(_restack)
 
     def __len__(self) -> int:
-        return self.fc1.shape[0]
+        return self.gate_up.shape[0]
+
+    def _swiglu(self, gate_up: torch.Tensor) -> torch.Tensor:
+        """``silu(gate) * up`` from the two halves of a ``gate_up`` product [..., 2 * hidden]."""
+        gate, up = gate_up.split(self.hidden_dim, dim=-1)
+        return F.silu(gate) * up
 
     def expert(self, e: int, rows: torch.Tensor) -> torch.Tensor:
         """Expert ``e`` alone on ``rows`` [n, emb] (the textbook SwiGLU)."""
-        return F.linear(F.silu(F.linear(rows, self.fc1[e])) * F.linear(rows, self.fc2[e]),
-                        self.fc3[e])
+        return F.linear(self._swiglu(F.linear(rows, self.gate_up[e])), self.down[e])
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
                 experts: torch.Tensor) -> torch.Tensor:
@@ -235,11 +244,9 @@ class SwiGLUExperts(nn.Module):
         pairs = experts.flatten()  # (S = N k,) expert of each (token, slot) pair
         order = pairs.argsort(stable=True)  # pairs by expert, tokens in order within each
         token = order // experts.shape[1]
-        counts = torch.bincount(pairs, minlength=len(self))  # pairs per expert
-        rows = x[token]  # (S, emb)
-        hidden = (F.silu(grouped_linear(rows, self.fc1, counts))
-                  * grouped_linear(rows, self.fc2, counts))  # (S, hidden)
-        out = grouped_linear(hidden, self.fc3, counts) * weights.flatten()[order, None]
+        ends = torch.bincount(pairs, minlength=len(self)).cumsum(0, dtype=torch.int32)
+        hidden = self._swiglu(grouped_linear(x[token], self.gate_up, ends))  # (S, hidden)
+        out = grouped_linear(hidden, self.down, ends) * weights.flatten()[order, None]
         return torch.zeros_like(x).index_add_(0, token, out)  # (N, emb)
 
     def _gathered(self, x: torch.Tensor, weights: torch.Tensor,
@@ -247,24 +254,30 @@ class SwiGLUExperts(nn.Module):
         n, k = experts.shape
         pairs = experts.flatten()  # (S,)
         rows = x.repeat_interleave(k, dim=0)[:, None, :]  # (S, 1, emb)
-        hidden = (F.silu(torch.bmm(rows, self.fc1[pairs].transpose(1, 2)))
-                  * torch.bmm(rows, self.fc2[pairs].transpose(1, 2)))  # (S, 1, hidden)
-        out = torch.bmm(hidden, self.fc3[pairs].transpose(1, 2))[:, 0]  # (S, emb)
+        hidden = self._swiglu(torch.bmm(rows, self.gate_up[pairs].transpose(1, 2)))
+        out = torch.bmm(hidden, self.down[pairs].transpose(1, 2))[:, 0]  # (S, emb)
         return (out * weights.flatten()[:, None]).view(n, k, -1).sum(dim=1)  # (N, emb)
 
     def unstacked(self) -> dict[str, torch.Tensor]:
-        """Each expert's weights under its per-expert name, as views: ``"3.fc1.weight"``."""
-        return {f"{e}.{name}.weight": weight.detach()[e]
-                for name, weight in (("fc1", self.fc1), ("fc2", self.fc2), ("fc3", self.fc3))
-                for e in range(len(self))}
+        """Each expert's matrices under their per-expert names, as views (``"3.fc1.weight"``:
+        expert 3's gate, the top half of ``gate_up[3]``)."""
+        gate_up, down, h = self.gate_up.detach(), self.down.detach(), self.hidden_dim
+        return {name: tensor for e in range(len(self)) for name, tensor in (
+            (f"{e}.fc1.weight", gate_up[e, :h]), (f"{e}.fc2.weight", gate_up[e, h:]),
+            (f"{e}.fc3.weight", down[e]))}
 
 
 def _restack(module: SwiGLUExperts, state: dict[str, Any], prefix: str, *_: Any) -> None:
     """``load_state_dict``'s pre-hook: per-expert tensors (``3.fc1.weight``) stacked in place."""
-    for name in ("fc1", "fc2", "fc3"):
-        keys = [f"{prefix}{e}.{name}.weight" for e in range(len(module))]
-        if prefix + name not in state and all(key in state for key in keys):
-            state[prefix + name] = torch.stack([state.pop(key) for key in keys])
+    keys = {name: [f"{prefix}{e}.{name}.weight" for e in range(len(module))]
+            for name in ("fc1", "fc2", "fc3")}
+    if prefix + "gate_up" in state or not all(k in state for names in keys.values()
+                                              for k in names):
+        return
+    fc1, fc2, fc3 = ([state.pop(k) for k in names] for names in keys.values())
+    state[prefix + "gate_up"] = torch.stack([torch.cat(pair) for pair in zip(fc1, fc2,
+                                                                              strict=True)])
+    state[prefix + "down"] = torch.stack(fc3)
 
 
 class ExpertModules(nn.ModuleList):
