@@ -165,6 +165,32 @@ def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup, kernel):
             torch.testing.assert_close(calls[0], torch.stack(routed_rows), rtol=0, atol=0)
 
 
+@settings(max_examples=30)
+@given(st.lists(st.integers(0, 5), min_size=1, max_size=5), st.sampled_from([4, 6, 8]),
+       st.sampled_from([4, 6, 8]), st.sampled_from([torch.float32, F64]), seeds)
+def test_grouped_linear_is_one_linear_per_group(counts, width_in, width_out, dtype, seed):
+    """Forward and backward (through ``.sum()``, whose gradient is expanded), empty groups and
+    widths torch's kernel refuses included, against each group's product in float64."""
+    g = generator(seed)
+    rows = torch.randn(sum(counts), width_in, generator=g, dtype=dtype).requires_grad_(True)
+    weight = torch.randn(len(counts), width_out, width_in, generator=g,
+                         dtype=dtype).requires_grad_(True)
+    ends = torch.tensor(counts).cumsum(0, dtype=torch.int32)
+    out = moe_module.grouped_linear(rows, weight, ends)
+    out.sum().backward()
+    start, tol = 0, TIGHT if dtype == F64 else {"rtol": 1e-5, "atol": 1e-5}
+    grad_weight = torch.zeros(weight.shape, dtype=F64)
+    for e, count in enumerate(counts):
+        group = rows.detach()[start:start + count].to(F64)
+        torch.testing.assert_close(out.detach()[start:start + count].to(F64),
+                                   group @ weight.detach()[e].to(F64).T, **tol)
+        torch.testing.assert_close(rows.grad[start:start + count].to(F64),
+                                   weight.detach()[e].to(F64).sum(0).expand(count, -1), **tol)
+        grad_weight[e] = group.sum(0).expand(width_out, -1)
+        start += count
+    torch.testing.assert_close(weight.grad.to(F64), grad_weight, **tol)
+
+
 def training_step(moe, x, kernel, upstream):
     """Output and gradients (input, every parameter) of ``(moe(x) * upstream).sum()``."""
     moe.experts.kernel = kernel

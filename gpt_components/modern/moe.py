@@ -156,13 +156,33 @@ def per_expert_mixture(expert: Callable[[int, torch.Tensor], torch.Tensor], x: t
 
 
 def _fast_grouped_mm(rows: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether torch's grouped kernel takes these operands: float32 or narrower (it refuses
-    float64), contiguous, every row and column stride a multiple of 16 bytes (backward too)."""
-    if not _GROUPED_MM or rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+    """Whether torch's grouped kernel takes these operands: on the CPU float32 or narrower (it
+    refuses float64), on CUDA bfloat16 on an Ampere or newer GPU; some rows, contiguous, every
+    row and column stride a multiple of 16 bytes (its backward's too)."""
+    if (_GROUPED_MM is None or rows.shape[0] == 0  # (its backward fails on no rows)
+            or not (rows.is_contiguous() and weight.is_contiguous())):
+        return False
+    if rows.device.type == "cpu":
+        if rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+            return False
+    elif not (rows.device.type == "cuda" and rows.dtype == torch.bfloat16
+              and torch.cuda.get_device_capability(rows.device) >= (8, 0)):
         return False
     step = 16 // rows.element_size()
-    return (rows.is_contiguous() and weight.is_contiguous() and rows.shape[1] % step == 0
-            and weight.shape[1] % step == 0)
+    return rows.shape[1] % step == 0 and weight.shape[1] % step == 0
+
+
+class _ContiguousGradient(torch.autograd.Function):
+    """The identity, whose backward hands a contiguous gradient on: the grouped kernel's
+    backward refuses an expanded one (``out.sum().backward()``'s)."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
 
 
 def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
@@ -174,7 +194,8 @@ def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor)
     ``F.linear`` per group (float64).
     """
     if _fast_grouped_mm(rows, weight):
-        return _GROUPED_MM(rows, weight.transpose(-2, -1), offs=ends)  # (S, out)
+        out = _GROUPED_MM(rows, weight.transpose(-2, -1), offs=ends)  # (S, out)
+        return _ContiguousGradient.apply(out) if out.requires_grad else out
     bounds = [0, *ends.tolist()]
     return torch.cat([F.linear(rows[start:end], w) for start, end, w in
                       zip(bounds, bounds[1:], weight.unbind(0), strict=False)])
@@ -256,7 +277,7 @@ class SwiGLUExperts(nn.Module):
         rows = x.repeat_interleave(k, dim=0)[:, None, :]  # (S, 1, emb)
         hidden = self._swiglu(torch.bmm(rows, self.gate_up[pairs].transpose(1, 2)))
         out = torch.bmm(hidden, self.down[pairs].transpose(1, 2))[:, 0]  # (S, emb)
-        return (out * weights.flatten()[:, None]).view(n, k, -1).sum(dim=1)  # (N, emb)
+        return (out * weights.flatten()[:, None]).view(n, k, x.shape[1]).sum(dim=1)  # (N, emb)
 
     def unstacked(self) -> dict[str, torch.Tensor]:
         """Each expert's matrices under their per-expert names, as views (``"3.fc1.weight"``:
