@@ -37,6 +37,7 @@ BATCH, CONTEXT = 4, 63
 def make_models(preset: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Our preset with random weights, and the same weights in transformers' class."""
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     torch.manual_seed(0)
     ours = build_model(preset_config(preset, vocab_size=VOCAB)).eval()
     with torch.no_grad():

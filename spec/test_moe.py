@@ -17,6 +17,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
+from gpt_components.machinery.checkpoint import load_checkpoint, save_checkpoint
+from gpt_components.machinery.registry import build_model, preset_config
 from gpt_components.modern import moe as moe_module
 from gpt_components.modern.feedforward import SwiGLU
 from gpt_components.modern.moe import MoEFeedForward, Router, SwiGLUExperts, load_balancing_loss
@@ -254,6 +256,24 @@ def test_per_expert_checkpoints_load_into_the_stacked_experts(setup):
                            routed_scaling_factor=moe.gate.routed_scaling_factor).to(F64)
     again.load_state_dict(old)
     torch.testing.assert_close(again(x), moe(x), rtol=0, atol=0)
+
+
+def test_a_run_checkpoint_with_per_expert_tensors_loads_into_the_stacked_experts(tmp_path):
+    """A run directory saved before the experts were stacked (one tensor per expert) loads."""
+    model = build_model(preset_config("qwen3-moe-nano", vocab_size=64, n_layers=2))
+    old = model.state_dict()
+    for prefix, module in model.named_modules():
+        if isinstance(module, SwiGLUExperts):
+            del old[f"{prefix}.gate_up"], old[f"{prefix}.down"]
+            old.update({f"{prefix}.{name}": view.clone()
+                        for name, view in module.unstacked().items()})
+    assert "trf_blocks.0.ff.experts.7.fc3.weight" in old
+    save_checkpoint(tmp_path, model=old, state={}, meta={"step": 1})
+    again = build_model(preset_config("qwen3-moe-nano", vocab_size=64, n_layers=2))
+    load_checkpoint(tmp_path).load_into(again)
+    ids = torch.tensor([[1, 2, 3, 4]])
+    with torch.no_grad():
+        assert torch.equal(again.eval()(ids), model.eval()(ids))
 
 
 @settings(max_examples=10)

@@ -226,7 +226,9 @@ class SwiGLUExperts(nn.Module):
 
     Checkpoints name the stacked tensors (``experts.gate_up``); ``unstacked()`` lends each
     expert's matrices under the per-expert names (``experts.3.fc1.weight``) that Hugging Face
-    files and this project's older checkpoints use, and ``load_state_dict`` takes either.
+    files and this project's older checkpoints use; ``load_state_dict`` takes either naming, and
+    ``restack`` renames an older state dict's per-expert tensors (as loading a run's checkpoint
+    does).
     """
 
     KERNELS = ("grouped", "per_expert")
@@ -287,6 +289,20 @@ class SwiGLUExperts(nn.Module):
         out = torch.bmm(hidden, self.down[pairs].transpose(1, 2))[:, 0]  # (S, emb)
         return (out * weights.flatten()[:, None]).view(n, k, x.shape[1]).sum(dim=1)  # (N, emb)
 
+    def restack(self, state: dict[str, Any], prefix: str = "") -> None:
+        """An older checkpoint's per-expert tensors in ``state`` (``{prefix}3.fc1.weight``, ...)
+        replaced, in place, by the stacked ones (``{prefix}gate_up``, ``{prefix}down``); a state
+        without all of them, or already stacked, is left as it is."""
+        keys = {name: [f"{prefix}{e}.{name}.weight" for e in range(len(self))]
+                for name in ("fc1", "fc2", "fc3")}
+        if prefix + "gate_up" in state or not all(k in state for names in keys.values()
+                                                  for k in names):
+            return
+        fc1, fc2, fc3 = ([state.pop(k) for k in names] for names in keys.values())
+        state[prefix + "gate_up"] = torch.stack([torch.cat(pair) for pair in zip(fc1, fc2,
+                                                                                  strict=True)])
+        state[prefix + "down"] = torch.stack(fc3)
+
     def unstacked(self) -> dict[str, torch.Tensor]:
         """Each expert's matrices under their per-expert names, as views (``"3.fc1.weight"``:
         expert 3's gate, the top half of ``gate_up[3]``)."""
@@ -297,16 +313,8 @@ class SwiGLUExperts(nn.Module):
 
 
 def _restack(module: SwiGLUExperts, state: dict[str, Any], prefix: str, *_: Any) -> None:
-    """``load_state_dict``'s pre-hook: per-expert tensors (``3.fc1.weight``) stacked in place."""
-    keys = {name: [f"{prefix}{e}.{name}.weight" for e in range(len(module))]
-            for name in ("fc1", "fc2", "fc3")}
-    if prefix + "gate_up" in state or not all(k in state for names in keys.values()
-                                              for k in names):
-        return
-    fc1, fc2, fc3 = ([state.pop(k) for k in names] for names in keys.values())
-    state[prefix + "gate_up"] = torch.stack([torch.cat(pair) for pair in zip(fc1, fc2,
-                                                                              strict=True)])
-    state[prefix + "down"] = torch.stack(fc3)
+    """``load_state_dict``'s pre-hook: ``module.restack``."""
+    module.restack(state, prefix)
 
 
 class ExpertModules(nn.ModuleList):
