@@ -349,6 +349,18 @@ def test_routers_and_mixtures_refuse_bad_arguments():
         Router(4, 3, 1, scoring="sigmoid", n_group=3, topk_group=1)
     with pytest.raises(TypeError, match="n_experts must be an int >= 1"):
         MoEFeedForward(4, 4, 2.0, 1)
+    experts = MoEFeedForward(4, 4, 3, 2).experts
+    with pytest.raises(ValueError, match=r"experts must be in \[0, 3\), got values from 0 to 3"):
+        experts(torch.zeros(2, 4), torch.ones(2, 2), torch.tensor([[0, 1], [2, 3]]))
+    with pytest.raises(ValueError, match=r"must both be \[N=2, k\], got \(2, 2\) and \(2, 1\)"):
+        experts(torch.zeros(2, 4), torch.ones(2, 2), torch.zeros(2, 1, dtype=torch.long))
+    with pytest.raises(TypeError, match="experts must hold integer numbers"):
+        experts(torch.zeros(2, 4), torch.ones(2, 2), torch.ones(2, 2))
+    with pytest.raises(ValueError, match="x must have emb_dim=4 features last"):
+        experts(torch.zeros(2, 5), torch.ones(2, 2), torch.zeros(2, 2, dtype=torch.long))
+    experts.kernel = "fused"
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        experts(torch.zeros(2, 4), torch.ones(2, 2), torch.zeros(2, 2, dtype=torch.long))
     with pytest.raises(ValueError, match="at least one layer"):
         load_balancing_loss([], 4, 2)
     with pytest.raises(ValueError, match=r"\[N, n_experts=4\]"):

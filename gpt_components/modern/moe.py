@@ -65,6 +65,23 @@ def _check_tokens(x: object, emb_dim: int, dims: int | tuple[int, ...]) -> None:
                                f"{tuple(x.shape)}")
 
 
+def _check_routing(x: object, weights: object, experts: object, emb_dim: int,
+                   n_experts: int) -> None:
+    """Tokens [N, emb_dim], and the router's gates (floating) and choices (integers in
+    ``[0, n_experts)``), both [N, k]."""
+    _check_tokens(x, emb_dim, dims=2)
+    check_tensor("weights", weights, kind="floating", dims=2)
+    check_tensor("experts", experts, kind="integer", dims=2)
+    if weights.shape != experts.shape or weights.shape[0] != x.shape[0]:
+        raise value_error("experts", f"weights and experts must both be [N={x.shape[0]}, k], got "
+                                     f"{tuple(weights.shape)} and {tuple(experts.shape)}")
+    if experts.numel():
+        low, high = (int(v) for v in torch.aminmax(experts))
+        if low < 0 or high >= n_experts:
+            raise value_error("experts", f"experts must be in [0, {n_experts}), got values "
+                                         f"from {low} to {high}")
+
+
 class Router(nn.Module):
     """Which ``top_k`` of ``n_experts`` experts each token goes to, and with what weights.
 
@@ -261,6 +278,7 @@ class SwiGLUExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
                 experts: torch.Tensor) -> torch.Tensor:
+        _check_routing(x, weights, experts, self.gate_up.shape[2], len(self))
         kernel = check_choice("kernel", self.kernel, self.KERNELS)
         if kernel == "per_expert":
             return per_expert_mixture(self.expert, x, weights, experts)
@@ -323,6 +341,8 @@ class ExpertModules(nn.ModuleList):
 
     def forward(self, x: torch.Tensor, weights: torch.Tensor,
                 experts: torch.Tensor) -> torch.Tensor:
+        check_tensor("x", x, kind="floating", dims=2)
+        _check_routing(x, weights, experts, x.shape[1], len(self))
         return per_expert_mixture(lambda e, rows: self[e](rows), x, weights, experts)
 
 
