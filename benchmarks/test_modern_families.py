@@ -25,7 +25,7 @@ import torch
 
 from gpt_components import from_pretrained, generate, save_pretrained
 from gpt_components.machinery.registry import build_model, preset_config
-from gpt_components.modern.moe import SwiGLUExperts
+from gpt_components.modern.experts import SwiGLUExperts
 
 transformers = pytest.importorskip("transformers")
 

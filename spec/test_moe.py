@@ -1,4 +1,5 @@
-"""Properties of the mixture-of-experts feed-forward (Qwen3-MoE's and DeepSeek-V3's routing).
+"""Properties of the mixture-of-experts feed-forward (``moe.py``: Qwen3-MoE's and DeepSeek-V3's
+routing; ``experts.py``: the experts as grouped matrix products).
 
 The reference runs every expert on every token (the SwiGLU written out with explicit matrix
 products and ``x * sigmoid(x)``) and weights the outputs by a sparse gate computed here, token by
@@ -19,9 +20,10 @@ from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss
 
 from gpt_components.machinery.checkpoint import load_checkpoint, save_checkpoint
 from gpt_components.machinery.registry import build_model, preset_config
-from gpt_components.modern import moe as moe_module
+from gpt_components.modern import experts as experts_module
+from gpt_components.modern.experts import SwiGLUExperts
 from gpt_components.modern.feedforward import SwiGLU
-from gpt_components.modern.moe import MoEFeedForward, Router, SwiGLUExperts, load_balancing_loss
+from gpt_components.modern.moe import MoEFeedForward, Router, load_balancing_loss
 from spec.strategies import generator, seeds
 
 pytestmark = pytest.mark.modern
@@ -146,12 +148,12 @@ def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup, kernel):
         del moe.experts.expert
     else:
         calls = []
-        real = moe_module.grouped_linear
-        moe_module.grouped_linear = lambda *args: calls.append(args) or real(*args)
+        real = experts_module.grouped_linear
+        experts_module.grouped_linear = lambda *args: calls.append(args) or real(*args)
         try:
             moe(x)
         finally:
-            moe_module.grouped_linear = real
+            experts_module.grouped_linear = real
         if not calls:  # few pairs: gathered matrices, no grouping
             assert tokens.shape[0] * moe.gate.top_k <= len(moe.experts)
             return
@@ -178,7 +180,7 @@ def test_grouped_linear_is_one_linear_per_group(counts, width_in, width_out, dty
     weight = torch.randn(len(counts), width_out, width_in, generator=g,
                          dtype=dtype).requires_grad_(True)
     ends = torch.tensor(counts).cumsum(0, dtype=torch.int32)
-    out = moe_module.grouped_linear(rows, weight, ends)
+    out = experts_module.grouped_linear(rows, weight, ends)
     out.sum().backward()
     start, tol = 0, TIGHT if dtype == F64 else {"rtol": 1e-5, "atol": 1e-5}
     grad_weight = torch.zeros(weight.shape, dtype=F64)
