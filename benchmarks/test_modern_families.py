@@ -5,21 +5,27 @@ Each preset (``gemma3-nano``, ``qwen3-moe-nano``, ``deepseek-v3-nano``, vocabula
 ``from_pretrained``. Decoding: a 16-token prompt, 48 greedy tokens (past Gemma's 16-token
 window), batch 1, ours with its cache against ``generate``. Training: one AdamW step on 4 x 64
 tokens (the mixture's auxiliary loss left out on both sides). ``python -m
-benchmarks.test_modern_families`` alternates the two sides in one process and prints the ratios
-recorded in ``benchmarks/README.md``.
+benchmarks.test_modern_families [preset ...]`` names the machine, then alternates the two sides
+in one process, with 1 thread and with 2 (the two thread counts in turn, preset by preset), and
+prints the ratios recorded in ``benchmarks/README.md``; ``--kernel per_expert`` runs our
+mixtures with the textbook per-expert dispatch instead of the grouped kernel, for comparison.
 """
 
 from __future__ import annotations
 
+import argparse
+import platform
 import statistics
 import tempfile
 import time
+from pathlib import Path
 
 import pytest
 import torch
 
 from gpt_components import from_pretrained, generate, save_pretrained
 from gpt_components.machinery.registry import build_model, preset_config
+from gpt_components.modern.experts import SwiGLUExperts
 
 transformers = pytest.importorskip("transformers")
 
@@ -31,6 +37,7 @@ BATCH, CONTEXT = 4, 63
 def make_models(preset: str) -> tuple[torch.nn.Module, torch.nn.Module]:
     """Our preset with random weights, and the same weights in transformers' class."""
     transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
     torch.manual_seed(0)
     ours = build_model(preset_config(preset, vocab_size=VOCAB)).eval()
     with torch.no_grad():
@@ -101,28 +108,64 @@ def _alternate(first, second, rounds: int) -> tuple[float, float]:
     return statistics.median(times[0]), statistics.median(times[1])
 
 
-def measure(preset: str) -> str:
-    """One table row: decoding and a training step, ours against transformers, alternated."""
+def set_expert_kernel(model: torch.nn.Module, kernel: str) -> None:
+    """Our mixtures' experts run with ``kernel`` ("grouped" or the textbook "per_expert")."""
+    for module in model.modules():
+        if isinstance(module, SwiGLUExperts):
+            module.kernel = kernel
+
+
+def measure(preset: str, threads: tuple[int, ...] = (1, 2), kernel: str = "grouped",
+            rounds: int = 3) -> dict[int, str]:
+    """One table row per thread count: decoding and a training step, ours against
+    transformers on the same weights, the two sides alternated (medians of ``rounds``)."""
     ours, hf = make_models(preset)
+    set_expert_kernel(ours, kernel)
     same = torch.equal(decode_ours(ours), decode_hf(hf))
-    d_ours, d_hf = _alternate(lambda: decode_ours(ours), lambda: decode_hf(hf), 3)
-    opt_ours = torch.optim.AdamW(ours.train().parameters(), lr=1e-4)
-    opt_hf = torch.optim.AdamW(hf.train().parameters(), lr=1e-4)
-    train_step(ours, opt_ours, False), train_step(hf, opt_hf, True)  # warm-up
-    t_ours, t_hf = _alternate(lambda: train_step(ours, opt_ours, False),
-                              lambda: train_step(hf, opt_hf, True), 3)
-    return (f"| {preset}{'' if same else ' (tokens differ in float32)'} | "
-            f"{NEW_TOKENS / d_ours:.0f} | {NEW_TOKENS / d_hf:.0f} | {d_hf / d_ours:.2f}x | "
-            f"{t_ours * 1000:.0f} | {t_hf * 1000:.0f} | {t_hf / t_ours:.2f}x |")
+    opt_ours = torch.optim.AdamW(ours.parameters(), lr=1e-4)
+    opt_hf = torch.optim.AdamW(hf.parameters(), lr=1e-4)
+    decode, train = {}, {}
+    for n in threads:
+        torch.set_num_threads(n)
+        ours.eval(), hf.eval()
+        decode[n] = _alternate(lambda: decode_ours(ours), lambda: decode_hf(hf), rounds)
+        ours.train(), hf.train()
+        train_step(ours, opt_ours, False), train_step(hf, opt_hf, True)  # warm-up
+        train[n] = _alternate(lambda: train_step(ours, opt_ours, False),
+                              lambda: train_step(hf, opt_hf, True), rounds)
+    rows = {}
+    for n in threads:
+        (d_ours, d_hf), (t_ours, t_hf) = decode[n], train[n]
+        rows[n] = (f"| {preset}{'' if same else ' (tokens differ in float32)'} | {n} | "
+                   f"{NEW_TOKENS / d_ours:.0f} | {NEW_TOKENS / d_hf:.0f} | {d_hf / d_ours:.2f}x | "
+                   f"{t_ours * 1000:.0f} | {t_hf * 1000:.0f} | {t_hf / t_ours:.2f}x |")
+    return rows
+
+
+def machine() -> str:
+    """The CPU's name (``/proc/cpuinfo``), its cores, torch's and transformers' versions."""
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in
+             (cpuinfo.read_text().splitlines() if cpuinfo.is_file() else [])
+             if line.startswith("model name")]
+    return (f"{names[0] if names else platform.processor() or platform.machine()}, "
+            f"{len(names) or '?'} logical CPUs; torch {torch.__version__}, "
+            f"transformers {transformers.__version__}")
 
 
 def main() -> None:
-    torch.set_num_threads(1)
-    print("| preset | decode ours (tok/s) | decode transformers (tok/s) | ratio | train step ours "
-          "(ms) | train step transformers (ms) | ratio |")
-    print("|---|---:|---:|---:|---:|---:|---:|")
-    for preset in PRESETS:
-        print(measure(preset), flush=True)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("presets", nargs="*", default=list(PRESETS))
+    parser.add_argument("--kernel", choices=("grouped", "per_expert"), default="grouped")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    print(f"Machine: {machine()}; our experts' kernel: {args.kernel}")
+    print("| preset | threads | decode ours (tok/s) | decode transformers (tok/s) | ratio | "
+          "train step ours (ms) | train step transformers (ms) | ratio |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for preset in args.presets:
+        for row in measure(preset, kernel=args.kernel, rounds=args.rounds).values():
+            print(row, flush=True)
 
 
 if __name__ == "__main__":

@@ -105,10 +105,16 @@ class Checkpoint:
         """Copy the weights into ``model`` after checking every name, shape and dtype.
 
         ``CheckpointError`` names the first tensor that is missing, extra or of another shape;
-        floating-point weights of another precision are converted with a warning.
+        floating-point weights of another precision are converted with a warning. A module that
+        stacks tensors an older checkpoint kept apart (a mixture's experts) renames them first
+        (its ``restack(weights, prefix)``).
         """
+        weights = dict(self.weights)
+        for prefix, module in model.named_modules():  # experts an older checkpoint kept apart
+            if callable(getattr(module, "restack", None)):
+                module.restack(weights, f"{prefix}." if prefix else "")
         try:
-            weights = check_state_dict(model.state_dict(), self.weights, self.path / WEIGHTS)
+            weights = check_state_dict(model.state_dict(), weights, self.path / WEIGHTS)
         except TensorFileError as error:
             raise CheckpointError(str(error)) from None
         model.load_state_dict(weights)

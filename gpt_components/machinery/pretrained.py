@@ -6,7 +6,9 @@ its config, and its tensor names (``names``: our module path, or a whole tensor 
 theirs; ``{i}`` is a block's index, ``{e}`` an expert's). Two transforms cover the layouts met
 so far: several of our tensors mapped to one of theirs are fused along the first axis (GPT-2's
 ``c_attn`` holds ``W_query``, ``W_key``, ``W_value``), and ``transposed`` names the tensors kept
-transposed (GPT-2's ``Conv1D``). Everything else is this module's, the same for every family:
+transposed (GPT-2's ``Conv1D``). Experts stacked into one tensor of ours are seen one slice per
+expert, under per-expert names (``_tensors``). Everything else is this module's, the same for
+every family:
 
 - ``from_pretrained(path)`` reads ``config.json``'s ``model_type``, checks every tensor's name,
   shape and dtype against the model from the file headers alone (a float16 tensor among float32
@@ -75,10 +77,20 @@ def read_config_json(file: str | Path) -> dict[str, Any]:
 
 
 def _tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a checkpoint holds: parameters (a tied one once) and persistent buffers."""
+    """What a checkpoint holds: parameters (a tied one once) and persistent buffers; a module
+    that stacks several experts' weights into one tensor lends each expert's slice instead,
+    under its per-expert name (``unstacked()``, e.g. ``experts.3.fc1.weight`` -> ``fc1[3]``),
+    and restacks those names when ``load_state_dict`` reads them."""
     persistent = set(model.state_dict(keep_vars=True))
-    return {**dict(model.named_parameters()),
-            **{name: b for name, b in model.named_buffers() if name in persistent}}
+    tensors = {**dict(model.named_parameters()),
+               **{name: b for name, b in model.named_buffers() if name in persistent}}
+    for prefix, module in model.named_modules():
+        if callable(getattr(module, "unstacked", None)):
+            for name, _ in module.named_parameters(recurse=False):
+                del tensors[f"{prefix}.{name}" if prefix else name]
+            tensors.update({f"{prefix}.{name}" if prefix else name: view
+                            for name, view in module.unstacked().items()})
+    return tensors
 
 
 def _ties(model: nn.Module) -> dict[str, str]:

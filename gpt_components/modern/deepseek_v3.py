@@ -126,6 +126,7 @@ DEEPSEEK_V3_HF_NAMES: dict[str, str] = {
     "trf_blocks.{i}.att.out_proj": f"{_ATTENTION}.o_proj",
     "trf_blocks.{i}.ff.gate": "model.layers.{i}.mlp.gate",
     "trf_blocks.{i}.ff.gate.score_bias": "model.layers.{i}.mlp.gate.e_score_correction_bias",
+    # The routed experts, one tensor per expert: slices of our stacked ``SwiGLUExperts``.
     "trf_blocks.{i}.ff.experts.{e}.fc1": "model.layers.{i}.mlp.experts.{e}.gate_proj",
     "trf_blocks.{i}.ff.experts.{e}.fc2": "model.layers.{i}.mlp.experts.{e}.up_proj",
     "trf_blocks.{i}.ff.experts.{e}.fc3": "model.layers.{i}.mlp.experts.{e}.down_proj",

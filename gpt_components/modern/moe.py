@@ -10,8 +10,8 @@ Exports:
 - ``Router``: a linear layer, then either a softmax over experts and the top ``k`` (Qwen3-MoE),
   optionally renormalised; or DeepSeek-V3's sigmoid scores with a selection bias, group-limited
   routing (``n_group`` groups, the best ``topk_group`` of them) and ``routed_scaling_factor``.
-- ``MoEFeedForward``: the router plus ``SwiGLU`` experts, dispatched so each expert runs once on the
-  tokens routed to it, plus optional always-on shared experts (DeepSeek-V3).
+- ``MoEFeedForward``: the router plus ``SwiGLU`` experts (stacked, run as grouped matrix
+  products: ``experts.SwiGLUExperts``), plus optional always-on shared experts (DeepSeek-V3).
 - ``load_balancing_loss(router_logits, n_experts, top_k)``: the Switch Transformer auxiliary
   loss over every sparse layer's router logits, as Qwen3-MoE trains with.
 
@@ -42,12 +42,12 @@ from ..machinery.checks import (
     type_error,
     value_error,
 )
+from .experts import ExpertModules, SwiGLUExperts
 from .feedforward import SwiGLU
 
 __all__ = ["Router", "MoEFeedForward", "load_balancing_loss"]
 
 SCORINGS = ("softmax", "sigmoid")
-
 
 def _check_tokens(x: object, emb_dim: int, dims: int | tuple[int, ...]) -> None:
     """``x`` must be a floating tensor of ``dims`` dimensions with ``emb_dim`` features last."""
@@ -121,7 +121,9 @@ class Router(nn.Module):
             weights = scores.gather(1, experts)  # (N, k)
         if self.norm_topk_prob:
             weights = weights / weights.sum(dim=-1, keepdim=True)
-        return logits, weights * self.routed_scaling_factor, experts
+        if self.routed_scaling_factor != 1.0:
+            weights = weights * self.routed_scaling_factor
+        return logits, weights, experts
 
     def _group_limited(self, choice: torch.Tensor) -> torch.Tensor:
         """``choice`` with every expert outside the ``topk_group`` best groups set to -inf."""
@@ -137,11 +139,13 @@ class Router(nn.Module):
 class MoEFeedForward(nn.Module):
     """``n_experts`` SwiGLU experts behind a ``Router``, plus optional shared experts.
 
-    Tokens are grouped by expert, so each expert runs once, on exactly the tokens routed to it,
-    and its outputs are added back weighted by their gates. ``n_shared_experts`` always-on
-    experts (one SwiGLU of ``n_shared_experts * hidden_dim``) see every token (DeepSeek-V3).
-    The last forward's router logits stay in ``router_logits`` [N, E] for the auxiliary loss.
-    ``expert`` builds one expert from ``(emb_dim, hidden_dim)``.
+    Each token runs only its ``top_k`` experts, their outputs added back weighted by their
+    gates; ``n_shared_experts`` always-on experts (one SwiGLU of ``n_shared_experts *
+    hidden_dim``) see every token (DeepSeek-V3). The last forward's router logits stay in
+    ``router_logits`` [N, E] for the auxiliary loss. ``expert`` builds one expert from
+    ``(emb_dim, hidden_dim)``: with ``SwiGLU`` (the default) the routed experts are one
+    ``SwiGLUExperts`` (stacked weights, grouped matrix products); any other form is kept one
+    module per expert (``ExpertModules``).
     """
 
     def __init__(self, emb_dim: int, hidden_dim: int, n_experts: int, top_k: int, *,
@@ -156,7 +160,8 @@ class MoEFeedForward(nn.Module):
             raise type_error("expert", f"expert must be a callable (emb_dim, hidden_dim) -> "
                                        f"nn.Module, got {type(expert).__name__}")
         self.gate = Router(emb_dim, n_experts, top_k, **router)
-        self.experts = nn.ModuleList(expert(emb_dim, hidden_dim) for _ in range(n_experts))
+        self.experts = (SwiGLUExperts(n_experts, emb_dim, hidden_dim) if expert is SwiGLU else
+                        ExpertModules(expert(emb_dim, hidden_dim) for _ in range(n_experts)))
         self.shared_experts = (expert(emb_dim, hidden_dim * n_shared_experts)
                                if n_shared_experts else None)
         self.router_logits: torch.Tensor | None = None
@@ -167,10 +172,7 @@ class MoEFeedForward(nn.Module):
         tokens = x.reshape(-1, shape[-1])  # (N, emb)
         logits, weights, experts = self.gate(tokens)  # (N, E), (N, k), (N, k)
         self.router_logits = logits
-        out = torch.zeros_like(tokens)
-        for e in experts.unique().tolist():
-            token, slot = torch.where(experts == e)  # the tokens routed to expert e
-            out.index_add_(0, token, self.experts[e](tokens[token]) * weights[token, slot, None])
+        out = self.experts(tokens, weights, experts)
         if self.shared_experts is not None:
             out = out + self.shared_experts(tokens)
         return out.view(shape)

@@ -74,7 +74,8 @@ QWEN3_MOE_PRESETS: dict[str, Qwen3MoeConfig] = {
                                      n_experts_per_token=2, moe_hidden_dim=32),
 }
 
-# Qwen3's names; a sparse layer's router and experts (saved one tensor per expert).
+# Qwen3's names; a sparse layer's router and experts (saved one tensor per expert, the slices
+# of our stacked ``SwiGLUExperts``: ``experts.fc1[e]`` is expert e's ``gate_proj``).
 QWEN3_MOE_HF_NAMES: dict[str, str] = {
     **QWEN3_HF_NAMES,
     "trf_blocks.{i}.ff.gate": "model.layers.{i}.mlp.gate",
@@ -89,7 +90,8 @@ def active_parameters(model: nn.Module) -> int:
     total = sum(p.numel() for p in model.parameters())
     for module in model.modules():
         if isinstance(module, MoEFeedForward):
-            per_expert = sum(p.numel() for p in module.experts[0].parameters())
+            per_expert = sum(p.numel() for p in module.experts.parameters()) // len(
+                module.experts)
             total -= (len(module.experts) - module.gate.top_k) * per_expert
     return total
 
