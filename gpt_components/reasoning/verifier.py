@@ -9,14 +9,11 @@ simplifies to zero. The names, signatures and behaviour are the sequel's
 ``grade_answer`` and ``render_prompt``.
 
 One thing is added, and it changes no verdict the sequel reaches in time: a model's text is
-untrusted input, and sympy evaluates while it parses. ``10^{10^{10}}`` asks for a number of ten
-billion digits, ``(10^{10})!`` for a factorial no machine holds, ``1e999999`` hangs sympy's
-``Float``, brackets thousands deep exhaust Python's parser, and ``x.__class__`` is an attribute
-access that ``parse_expr`` would run. So ``sympy_parser`` first turns the text into Python code
-(sympy's own token transformations, which evaluate nothing), reads that code as a syntax tree,
-and evaluates it only when every node is arithmetic it knows and an upper bound on the digits
-of every number it would compute stays within a budget. ``refusal_reason`` says why a text was
-refused (``None``: it was evaluated); a refused text still grades equal to the same text.
+untrusted input, and sympy evaluates while it parses, so a tower ``10^{10^{10}}``, a factorial
+``(10^{10})!`` or ``1e999999`` would hang it, and brackets thousands deep would crash it.
+``sympy_parser`` evaluates only what ``answer_guard`` lets through (it reads the code sympy would
+run and bounds the size of every number on the way); ``refusal_reason`` says why a text was
+refused. A refused text still grades equal to the same text, and unequal to anything else.
 
 >>> extract_final_candidate(r"... so the answer is \\boxed{\\dfrac{14}{3}}.")
 '\\\\dfrac{14}{3}'
@@ -24,24 +21,22 @@ refused (``None``: it was evaluated); a refused text still grades equal to the s
 '(14)/(3)'
 >>> grade_answer(r"\\dfrac{14}{3}", "14/3"), grade_answer("(2, 1)", "(1, 2)")
 (True, False)
+>>> from gpt_components.reasoning.answer_guard import refusal_reason
 >>> refusal_reason(normalize_text("10^{10^{10}}"))
-'a number of more than 2000 digits (10^{10^{11}} digits or so)'
+'a number of more than 2000 digits (10^{10^{11}} digits at most)'
 >>> grade_answer("10^{10^{10}}", "10^{10^{10}}"), grade_answer("10^{10^{10}}", "1")
 (True, False)
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import math
 import re
 from typing import Any
 
 from sympy import simplify
-from sympy.parsing import sympy_parser as spp
 
 from ..machinery.checks import check_choice, check_str
+from .answer_guard import guarded_eval
 
 __all__ = [
     "get_last_boxed",
@@ -52,7 +47,6 @@ __all__ = [
     "split_into_parts",
     "grade_answer",
     "render_prompt",
-    "refusal_reason",
     "strip_chat_markers",
 ]
 
@@ -173,198 +167,11 @@ def _sub_before_last(pattern: re.Pattern[str], replacement: str, text: str, clos
     return pattern.sub(replacement, text[:end]) + text[end:]
 
 
-# -- the guard: what sympy may evaluate ---------------------------------------------------------
-
-MAX_CHARS = 400  # a normalized answer longer than this is compared as text only
-MAX_NESTING = 40  # brackets deeper than this: Python's parser gives up near 200
-MAX_NODES = 300  # syntax-tree nodes; simplify's time grows fast with the expression
-MAX_DIGITS = 2000  # an exact number up to this long costs microseconds
-MAX_ROOT_DIGITS = 200  # sympy factors a number to take its root or logarithm: keep those short
-SYMBOL_DIGITS = 10  # a symbol counts as a 10-digit number, so (x+1)**200 is refused as 10**200 is
-
-_TRANSFORMATIONS = (*spp.standard_transformations, spp.implicit_multiplication_application)
-_NAMESPACE: dict[str, Any] = {}
-exec("from sympy import *", _NAMESPACE)  # the names parse_expr resolves against, as it does
-_NAMESPACE["__builtins__"] = {}  # the code that passes the guard calls no builtin
-
-_CONSTANTS = {"pi", "E", "I", "oo", "zoo", "nan"}
-_KEEP_SIZE = {"sin", "cos", "tan", "cot", "sec", "csc", "asin", "acos", "atan", "acot", "sinh",
-              "cosh", "tanh", "Abs", "sign", "floor", "ceiling", "re", "im", "arg", "conjugate",
-              "Max", "Min", "gcd", "lcm"}
-_ROOTS = {"sqrt", "cbrt", "root", "log", "ln"}
-_FACTORIALS = {"factorial", "factorial2", "gamma", "subfactorial", "binomial"}
-_NUMBER = re.compile(r"(\d*)\.?(\d*)(?:[eE]([+-]?\d+))?")
-_SYMBOL_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
-
-
-class _Refused(Exception):
-    """The guard's answer: this code would compute something too large (the reason)."""
-
-
-def _literal(node: ast.AST) -> Any:
-    if not isinstance(node, ast.Constant) or isinstance(node.value, bool):
-        raise _Refused("a bare Python literal")
-    return node.value
-
-
-def _integer_digits(value: Any) -> float:
-    if not isinstance(value, int):
-        raise _Refused(f"Integer of {type(value).__name__}")
-    return math.log10(abs(value) + 1)
-
-
-def _float_digits(value: Any) -> float:
-    match = _NUMBER.fullmatch(value) if isinstance(value, str) else None
-    if match is None:
-        raise _Refused(f"Float of {value!r}")
-    whole, fraction, exponent = match.groups()
-    if len(exponent or "") > 6:
-        raise _Refused("a float exponent of more than six digits")
-    return len(whole) + len(fraction) + abs(int(exponent or 0))
-
-
-def _budget(digits: float) -> float:
-    if not digits <= MAX_DIGITS:  # also catches inf and NaN from an overflowing bound
-        raise _Refused(f"a number of more than {MAX_DIGITS} digits"
-                       + (f" (10^{{10^{{{math.log10(digits):.0f}}}}} digits or so)"
-                          if math.isfinite(digits) and digits > 1e6 else ""))
-    return digits
-
-
-def _value_bound(digits: float) -> float:
-    """An upper bound on |v| for a number of at most ``digits`` digits (inf past 10^300)."""
-    return 10.0 ** digits if digits < 300 else math.inf
-
-
-def _is_integer_literal(node: ast.AST) -> bool:
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        node = node.operand
-    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Name)
-            and node.func.id == "Integer")
-
-
-def _digits(node: ast.AST) -> float:
-    """An upper bound on the digits (numerator and denominator together) of any number that
-    evaluating ``node`` computes; _Refused for anything that is not arithmetic or is too large."""
-    if isinstance(node, ast.Expression):
-        return _digits(node.body)
-    if isinstance(node, ast.Name):
-        if node.id not in _CONSTANTS:
-            raise _Refused(f"the name {node.id!r}")
-        return 1.0
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
-        return _digits(node.operand)
-    if isinstance(node, (ast.Tuple, ast.List)):
-        return _budget(sum(_digits(item) for item in node.elts))
-    if isinstance(node, ast.Compare) and all(
-            isinstance(op, (ast.Lt, ast.LtE, ast.Gt, ast.GtE)) for op in node.ops):
-        return _budget(sum(_digits(item) for item in (node.left, *node.comparators)))
-    if isinstance(node, ast.BinOp):
-        return _binary_digits(node)
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and not node.keywords:
-        return _call_digits(node.func.id, node.args)
-    raise _Refused(f"Python syntax {type(node).__name__}")
-
-
-def _binary_digits(node: ast.BinOp) -> float:
-    left, right = _digits(node.left), _digits(node.right)
-    if isinstance(node.op, (ast.Add, ast.Sub)):
-        return _budget(left + right + 1)  # a/b + c/d = (ad + bc)/bd
-    if isinstance(node.op, (ast.Mult, ast.Div)):
-        return _budget(left + right)
-    if isinstance(node.op, ast.Pow):
-        if not _is_integer_literal(node.right) and left > MAX_ROOT_DIGITS:
-            raise _Refused(f"a root of a number of more than {MAX_ROOT_DIGITS} digits")
-        return _budget(max(left, 1.0) * _value_bound(right))  # |a^b| <= |a|^|b|
-    raise _Refused(f"the operator {type(node.op).__name__}")
-
-
-def _call_digits(name: str, args: list[ast.expr]) -> float:
-    if name == "Integer" and len(args) == 1:
-        return _budget(_integer_digits(_literal(args[0])))
-    if name == "Float" and len(args) == 1:
-        return _budget(_float_digits(_literal(args[0])))
-    if name == "Rational" and len(args) == 2:
-        return _budget(sum(_integer_digits(_literal(a)) for a in args))
-    if name == "Symbol" and len(args) == 1:
-        symbol = _literal(args[0])
-        if not isinstance(symbol, str) or not _SYMBOL_NAME.fullmatch(symbol) or "__" in symbol:
-            raise _Refused(f"the symbol {symbol!r}")
-        return float(SYMBOL_DIGITS)
-    if not args:
-        raise _Refused(f"{name}() without arguments")
-    sizes = [_digits(a) for a in args]
-    if name in _KEEP_SIZE:
-        return _budget(sum(sizes))
-    if name in _ROOTS:
-        if sizes[0] > MAX_ROOT_DIGITS:
-            raise _Refused(f"a root of a number of more than {MAX_ROOT_DIGITS} digits")
-        return _budget(sum(sizes))
-    if name == "exp":
-        return _budget(max(sizes[0], 1.0) * _value_bound(sizes[0]))
-    if name in _FACTORIALS:  # n! <= n^n: n log10(n) digits
-        n = _value_bound(sizes[0])
-        return _budget(n * math.log10(n + 1) + sum(sizes[1:]))
-    raise _Refused(f"the function {name!r}")
-
-
-def _nesting(text: str) -> int:
-    depth = deepest = 0
-    for char in text:
-        if char in "([":
-            depth += 1
-            deepest = max(deepest, depth)
-        elif char in ")]":
-            depth -= 1
-    return deepest
-
-
-@functools.lru_cache(maxsize=4096)
-def _inspected(expr: str) -> tuple[Any, str | None]:
-    """(the compiled code, None) when ``expr`` may be evaluated; (None, the reason) if not."""
-    if len(expr) > MAX_CHARS:
-        return None, f"longer than {MAX_CHARS} characters"
-    if _nesting(expr) > MAX_NESTING:
-        return None, f"brackets nested deeper than {MAX_NESTING}"
-    try:
-        code = spp.stringify_expr(expr, {}, _NAMESPACE, _TRANSFORMATIONS)
-        tree = ast.parse(code.strip(), mode="eval")
-    except Exception as error:  # tokenize and ast raise many kinds; none may escape
-        return None, f"not an expression ({type(error).__name__})"
-    if sum(1 for _ in ast.walk(tree)) > MAX_NODES:
-        return None, f"more than {MAX_NODES} syntax-tree nodes"
-    try:
-        _digits(tree)
-    except _Refused as refusal:
-        return None, str(refusal)
-    return compile(tree, "<answer>", "eval"), None
-
-
-def refusal_reason(expr: str) -> str | None:
-    """Why ``sympy_parser`` will not evaluate ``expr`` (a normalized answer), or None when it
-    will: the text is too long or too deeply nested, is not an expression, contains anything but
-    numbers, symbols, arithmetic and a list of known functions, or would compute a number of
-    more than ``MAX_DIGITS`` digits (a root or logarithm of more than ``MAX_ROOT_DIGITS``)."""
-    check_str("expr", expr, empty=True)
-    return _inspected(expr)[1]
-
-
 def sympy_parser(expr: str) -> Any:
     """``expr`` read by sympy as the sequel reads it (standard transformations plus implicit
     multiplication, evaluated: ``"2x + 3x"`` is ``5*x``), or None when it is not an expression
     or ``refusal_reason`` refuses it."""
-    return _parsed(expr) if isinstance(expr, str) else None
-
-
-@functools.lru_cache(maxsize=4096)
-def _parsed(expr: str) -> Any:
-    code, _ = _inspected(expr)
-    if code is None:
-        return None
-    try:
-        return eval(code, dict(_NAMESPACE), {})  # only the arithmetic the guard let through
-    except Exception:
-        return None
+    return guarded_eval(expr) if isinstance(expr, str) else None
 
 
 def equality_check(expr_gtruth: str, expr_pred: str) -> bool:
