@@ -40,7 +40,9 @@ import dataclasses
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -441,13 +443,38 @@ def _evaluate_math(args: argparse.Namespace) -> None:
     print(f"evaluate-math: {len(problems)} problems of {args.dataset}, {args.samples} sample(s) "
           f"each, on {device}; records in {out}", file=sys.stderr)
     source = str(Path(args.source).resolve()) if Path(args.source).exists() else args.source
-    summary = evaluate_math(model, tokenizer, problems, out, samples=args.samples,
-                            vote=args.vote, temperature=args.temperature, top_p=args.top_p,
-                            max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat,
-                            progress=not args.no_progress,
-                            settings={"dataset": args.dataset, "source": source,
-                                      "tokenizer": args.tokenizer})
+    try:
+        with _sigterm_interrupts():
+            summary = evaluate_math(
+                model, tokenizer, problems, out, samples=args.samples, vote=args.vote,
+                temperature=args.temperature, top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat,
+                progress=not args.no_progress,
+                settings={"dataset": args.dataset, "source": source, "tokenizer": args.tokenizer})
+    except KeyboardInterrupt as stop:  # every finished problem is on the disk already
+        name = "SIGTERM" if isinstance(stop, CommandStopped) else "SIGINT"
+        kept = len(read_math_records(out)[1])
+        raise CommandStopped(f"{'interrupted' if name == 'SIGINT' else 'stopped by SIGTERM'}: "
+                             f"{kept} problem record(s) are kept in {out}; the same command "
+                             f"goes on from there", name) from None
     print("\n".join(format_math_summary(summary)))
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Any:
+    """SIGTERM raises where the command is, as Ctrl-C does (the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise CommandStopped("", "SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_has_tokenizer(args: argparse.Namespace, model: torch.nn.Module) -> None:

@@ -11,6 +11,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from fractions import Fraction
 
@@ -215,6 +219,31 @@ def test_evaluate_math_runs_end_to_end_and_resumes_with_nothing_left(qwen3_dir, 
     assert main(chat) == 0
     assert "pass@3" in capsys.readouterr().out
     assert read_math_records(tmp_path / "c")[0]["chat"] is True
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_every_finished_record_and_the_same_command_goes_on(qwen3_dir, tmp_path):
+    out, whole = tmp_path / "stopped.jsonl", tmp_path / "whole.jsonl"
+    flags = [str(qwen3_dir), "--limit", "6", "--max-new-tokens", "24", "--no-progress"]
+    child = subprocess.Popen([sys.executable, "-m", "gpt_components.cli", "evaluate-math",
+                              *flags, "--out", str(out)], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and child.poll() is None and (
+                not out.exists() or out.read_bytes().count(b"\n") < 2):
+            time.sleep(0.05)
+        child.send_signal(signal.SIGTERM)
+        _, err = child.communicate(timeout=120)
+    finally:
+        child.kill()
+    kept = out.read_bytes().count(b"\n") - 1
+    assert child.returncode == 143 and 1 <= kept < 6
+    assert err.strip().splitlines()[-1] == (f"gpt-components: stopped by SIGTERM: {kept} problem "
+                                            f"record(s) are kept in {out}; the same command goes "
+                                            "on from there")
+    assert main(["evaluate-math", *flags, "--out", str(out)]) == 0
+    assert main(["evaluate-math", *flags, "--out", str(whole)]) == 0
+    assert out.read_bytes() == whole.read_bytes()
 
 
 def test_bad_flags_are_one_line_naming_the_flag(qwen3_dir, tmp_path, capsys):
