@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sympy import simplify
+from sympy import Float, Rational, S, simplify
 
 from ..machinery.checks import check_choice, check_str
 from .answer_guard import guarded_eval
@@ -176,15 +176,45 @@ def sympy_parser(expr: str) -> Any:
 
 def equality_check(expr_gtruth: str, expr_pred: str) -> bool:
     """Whether two normalized answers are equal: the same text, or sympy expressions whose
-    difference simplifies to 0."""
+    difference simplifies to 0.
+
+    ``simplify`` can take seconds on a symbolic difference of a few dozen operations, and is
+    needed only to prove a zero: a difference that is, at a generic point, a number clearly
+    away from zero cannot simplify to 0 (simplify keeps values), so it is not simplified.
+    """
     if expr_gtruth == expr_pred:
         return True
     gtruth, pred = sympy_parser(expr_gtruth), sympy_parser(expr_pred)
     if gtruth is None or pred is None:
         return False
     try:
-        return bool(simplify(gtruth - pred) == 0)
+        difference = gtruth - pred
+        if difference == 0:
+            return True
+        if difference.has(S.ComplexInfinity, S.NaN) or _surely_nonzero(difference, gtruth, pred):
+            return False  # a division by zero left in it: simplify is slow and finds no 0
+        return bool(simplify(difference) == 0)
     except Exception:  # tuples, relations, sets: no difference to simplify
+        return False
+
+
+# A generic point: symbols take these values (shifted by their index), where no answer's
+# expression is singular or zero by accident.
+_PROBES = (Rational(7, 11), Rational(13, 17), Rational(19, 23), Rational(29, 31))
+
+
+def _surely_nonzero(difference: Any, gtruth: Any, pred: Any) -> bool:
+    """Whether ``difference`` evaluates, at a generic point, to a number far from zero relative
+    to the two sides (30 digits, in sympy's floats, whose exponents do not overflow); False
+    (undecided) when it does not evaluate to a finite number."""
+    symbols = sorted(difference.free_symbols, key=str)
+    point = {s: _PROBES[i % len(_PROBES)] + i for i, s in enumerate(symbols)}
+    try:
+        sizes = [abs(e.evalf(30, subs=point)) for e in (difference, gtruth, pred)]
+        if not all(size.is_Float or size.is_zero for size in sizes):
+            return False
+        return bool(sizes[0] > Float("1e-20") * max(Float(1), sizes[1], sizes[2]))
+    except (TypeError, ValueError, ArithmeticError):
         return False
 
 
