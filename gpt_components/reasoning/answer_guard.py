@@ -46,7 +46,7 @@ __all__ = ["refusal_reason", "guarded_code", "guarded_eval", "MAX_DIGITS", "MAX_
 
 MAX_CHARS = 400  # a normalized answer longer than this is compared as text only
 MAX_NESTING = 40  # brackets deeper than this are refused (Python's parser gives up near 200)
-MAX_NODES = 300  # syntax-tree nodes: simplify's time grows fast with the expression
+MAX_NODES = 150  # syntax-tree nodes (the longest bundled answer has 95): simplify grows fast
 MAX_DIGITS = 2000  # an exact number this long costs microseconds
 MAX_ROOT_DIGITS = 200  # sympy factors a number to take its root or log: 1000 digits take seconds
 SYMBOL_DIGITS = 10  # a symbol counts as a 10-digit number

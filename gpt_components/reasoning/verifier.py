@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sympy import Float, Rational, S, simplify
+from sympy import Float, I, Rational, S, simplify
 
 from ..machinery.checks import check_choice, check_str
 from .answer_guard import guarded_eval
@@ -176,11 +176,17 @@ def sympy_parser(expr: str) -> Any:
 
 def equality_check(expr_gtruth: str, expr_pred: str) -> bool:
     """Whether two normalized answers are equal: the same text, or sympy expressions whose
-    difference simplifies to 0.
+    difference is 0.
 
-    ``simplify`` can take seconds on a symbolic difference of a few dozen operations, and is
-    needed only to prove a zero: a difference that is, at a generic point, a number clearly
-    away from zero cannot simplify to 0 (simplify keeps values), so it is not simplified.
+    The sequel asks ``simplify(difference) == 0``, which took seconds, and on a ninth power of
+    a sum of sines and logarithms minutes, for differences of a few dozen operations. So: a
+    difference that evaluates, at a generic real point, to a number clearly away from zero is
+    not zero (``simplify`` keeps values, it could not reach 0), nor is one holding a division
+    by zero, nor a nonzero number. Any other difference without decimals is evaluated to 50
+    digits, at three generic complex points (one per quadrant, so ``Abs(x)`` and
+    ``sqrt(x**2)`` are not ``x``) when it has symbols: below 1e-20 of the two sides at all of
+    them is zero. One with decimals (``0.3333333333`` against ``1/3``) is simplified, as the
+    sequel does, its floats rounding as the sequel's do.
     """
     if expr_gtruth == expr_pred:
         return True
@@ -191,31 +197,47 @@ def equality_check(expr_gtruth: str, expr_pred: str) -> bool:
         difference = gtruth - pred
         if difference == 0:
             return True
-        if difference.has(S.ComplexInfinity, S.NaN) or _surely_nonzero(difference, gtruth, pred):
-            return False  # a division by zero left in it: simplify is slow and finds no 0
-        return bool(simplify(difference) == 0)
-    except Exception:  # tuples, relations, sets: no difference to simplify
-        return False
-
-
-# A generic point: symbols take these values (shifted by their index), where no answer's
-# expression is singular or zero by accident.
-_PROBES = (Rational(7, 11), Rational(13, 17), Rational(19, 23), Rational(29, 31))
-
-
-def _surely_nonzero(difference: Any, gtruth: Any, pred: Any) -> bool:
-    """Whether ``difference`` evaluates, at a generic point, to a number far from zero relative
-    to the two sides (30 digits, in sympy's floats, whose exponents do not overflow); False
-    (undecided) when it does not evaluate to a finite number."""
-    symbols = sorted(difference.free_symbols, key=str)
-    point = {s: _PROBES[i % len(_PROBES)] + i for i, s in enumerate(symbols)}
-    try:
-        sizes = [abs(e.evalf(30, subs=point)) for e in (difference, gtruth, pred)]
-        if not all(size.is_Float or size.is_zero for size in sizes):
+        if difference.has(S.ComplexInfinity, S.NaN):
+            return False  # a division by zero left in it
+        sides = (difference, gtruth, pred)
+        first = _relative_size(sides, _REAL_PROBES, 30)
+        if difference.is_Number or (first is not None and first > _ZERO):
             return False
-        return bool(sizes[0] > Float("1e-20") * max(Float(1), sizes[1], sizes[2]))
-    except (TypeError, ValueError, ArithmeticError):
+        if not difference.has(Float):  # decimals keep the sequel's float arithmetic: simplify
+            points = _COMPLEX_PROBES if difference.free_symbols else _REAL_PROBES[:1]
+            sizes = [_relative_size(sides, probes, 50) for probes in points]
+            if all(size is not None for size in sizes):
+                return all(size <= _ZERO for size in sizes)
+        return bool(simplify(difference) == 0)
+    except Exception:  # tuples, relations, sets: no difference to take
         return False
+
+
+# Generic points: the i-th symbol (by name) takes the i-th value, where no answer's expression
+# is singular or zero by accident.
+_REAL_PROBES = (Rational(7, 11), Rational(23, 13), Rational(41, 17), Rational(59, 19))
+_COMPLEX_PROBES = tuple(tuple(re * Rational(sign_re) + I * im * Rational(sign_im)
+                              for re, im in zip(_REAL_PROBES, (Rational(3, 13), Rational(5, 7),
+                                                               Rational(2, 9), Rational(4, 11)),
+                                                strict=True))
+                        for sign_re, sign_im in ((1, 1), (-1, 1), (-1, -1)))
+_ZERO = Float("1e-20")  # far above 50 digits' rounding, far below any answer's difference
+
+
+def _relative_size(sides: tuple[Any, Any, Any], probes: tuple[Any, ...], digits: int) -> Any:
+    """|difference| / max(1, |gtruth|, |pred|) at the point ``probes`` names, to ``digits``
+    digits in sympy's floats (whose exponents do not overflow); None when one of them does not
+    evaluate to a finite number there."""
+    symbols = sorted(sides[0].free_symbols | sides[1].free_symbols | sides[2].free_symbols,
+                     key=str)
+    point = {s: probes[i % len(probes)] + i // len(probes) for i, s in enumerate(symbols)}
+    try:
+        sizes = [abs(side.evalf(digits, subs=point)) for side in sides]
+    except (TypeError, ValueError, ArithmeticError):
+        return None
+    if not all(size.is_Float or size.is_zero for size in sizes):
+        return None
+    return sizes[0] / max(Float(1), sizes[1], sizes[2])
 
 
 def split_into_parts(text: str) -> list[str]:
