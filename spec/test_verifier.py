@@ -16,7 +16,7 @@ from fractions import Fraction
 
 import pytest
 import sympy
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from sympy.parsing import sympy_parser as spp
 
@@ -411,6 +411,38 @@ def test_every_bundled_answer_sympy_reads_is_read_the_same_through_the_guard():
             assert refusal_reason(part) is None, (answer, part, refusal_reason(part))
             assert guarded_eval(part) == direct
     assert read > 450
+
+
+ATOMS = ["x", "y", "2", "3", "17", "pi", "sqrt(2)", "sin(x)", "cos(x)", "log(3)", "exp(x)",
+         "(x+1)", "1/3", "x**2", "tan(y)", "Abs(x)", "sin(1)", "E"]
+symbolic = st.recursive(st.sampled_from(ATOMS), lambda inner: st.one_of(
+    st.tuples(inner, st.sampled_from(["+", "-", "*", "/"]), inner).map(
+        lambda t: f"({t[0]}){t[1]}({t[2]})"),
+    st.tuples(inner, st.sampled_from(["2", "3", "(1/2)"])).map(lambda t: f"({t[0]})**{t[1]}")),
+    max_leaves=4)
+REWRITES = {"expand": sympy.expand, "factor": sympy.factor, "together": sympy.together,
+            "cancel": sympy.cancel, "expand_trig": sympy.expand_trig}
+
+
+@settings(deadline=None, max_examples=30)
+@given(gt=symbolic, other=symbolic, rewrite=st.sampled_from([*sorted(REWRITES), "another"]),
+       re=st.floats(-3, 3), im=st.floats(0.1, 3))
+def test_equality_finds_every_zero_simplify_finds_and_no_zero_a_random_point_denies(
+        gt, other, rewrite, re, im):
+    value = sympy_parser(gt)
+    assume(value is not None and refusal_reason(gt) is None)
+    pred = other if rewrite == "another" else str(REWRITES[rewrite](value))
+    assume(refusal_reason(pred) is None and sympy_parser(pred) is not None)
+    difference = value - sympy_parser(pred)
+    ours = equality_check(gt, pred)
+    if rewrite != "another" and sympy.simplify(difference) == 0:  # the sequel's test
+        assert ours
+    if ours:  # then the two agree at a point the verifier never probes
+        point = {s: sympy.Float(re + 0.37 * i) + sympy.I * sympy.Float(im) for i, s in
+                 enumerate(sorted(value.free_symbols | difference.free_symbols, key=str))}
+        sizes = [abs(complex(e.evalf(30, subs=point))) for e in (difference, value)]
+        assume(all(math.isfinite(size) for size in sizes))
+        assert sizes[0] <= 1e-12 * max(1.0, sizes[1])
 
 
 @settings(deadline=None, max_examples=300)
