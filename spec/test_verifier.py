@@ -414,7 +414,7 @@ def test_every_bundled_answer_sympy_reads_is_read_the_same_through_the_guard():
 
 
 ATOMS = ["x", "y", "2", "3", "17", "pi", "sqrt(2)", "sin(x)", "cos(x)", "log(3)", "exp(x)",
-         "(x+1)", "1/3", "x**2", "tan(y)", "Abs(x)", "sin(1)", "E"]
+         "(x+1)", "1/3", "x**2", "tan(y)", "Abs(x)", "sin(1)", "E", "0.5", "2.25"]
 symbolic = st.recursive(st.sampled_from(ATOMS), lambda inner: st.one_of(
     st.tuples(inner, st.sampled_from(["+", "-", "*", "/"]), inner).map(
         lambda t: f"({t[0]}){t[1]}({t[2]})"),

@@ -33,7 +33,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from sympy import Float, I, Rational, S, simplify
+from sympy import Float, I, Rational, S
 
 from ..machinery.checks import check_choice, check_str
 from .answer_guard import guarded_eval
@@ -178,15 +178,16 @@ def equality_check(expr_gtruth: str, expr_pred: str) -> bool:
     """Whether two normalized answers are equal: the same text, or sympy expressions whose
     difference is 0.
 
-    The sequel asks ``simplify(difference) == 0``, which took seconds, and on a ninth power of
-    a sum of sines and logarithms minutes, for differences of a few dozen operations. So: a
-    difference that evaluates, at a generic real point, to a number clearly away from zero is
-    not zero (``simplify`` keeps values, it could not reach 0), nor is one holding a division
-    by zero, nor a nonzero number. Any other difference without decimals is evaluated to 50
-    digits, at three generic complex points (one per quadrant, so ``Abs(x)`` and
-    ``sqrt(x**2)`` are not ``x``) when it has symbols: below 1e-20 of the two sides at all of
-    them is zero. One with decimals (``0.3333333333`` against ``1/3``) is simplified, as the
-    sequel does, its floats rounding as the sequel's do.
+    The sequel asks ``simplify(difference) == 0``, which took seconds, and on a tenth power of a
+    sum of sines minutes, for differences of a few dozen operations. ``simplify`` is only needed
+    to prove a zero, and it keeps values: so the difference is evaluated instead. One that is
+    a nonzero number, holds a division by zero, or evaluates at a generic real point (30 digits)
+    to a number clearly away from zero is not zero. Any other is evaluated to 50 digits, at
+    three generic complex points when it has symbols (one per quadrant, so ``Abs(x)`` and
+    ``sqrt(x**2)`` are not ``x``): below ``1e-20`` of the two sides at every point is zero, and
+    a difference that does not evaluate to a finite number there is not. Every zero
+    ``simplify`` proves is found, and identities it misses too; decimals keep the sequel's
+    verdicts (``0.5`` is ``1/2``, ``0.3333333333`` is not ``1/3``).
     """
     if expr_gtruth == expr_pred:
         return True
@@ -197,18 +198,15 @@ def equality_check(expr_gtruth: str, expr_pred: str) -> bool:
         difference = gtruth - pred
         if difference == 0:
             return True
-        if difference.has(S.ComplexInfinity, S.NaN):
-            return False  # a division by zero left in it
+        if difference.is_Number or difference.has(S.ComplexInfinity, S.NaN):
+            return False  # exact and nonzero, or a division by zero left in it
         sides = (difference, gtruth, pred)
         first = _relative_size(sides, _REAL_PROBES, 30)
-        if difference.is_Number or (first is not None and first > _ZERO):
+        if first is None or first > _ZERO:
             return False
-        if not difference.has(Float):  # decimals keep the sequel's float arithmetic: simplify
-            points = _COMPLEX_PROBES if difference.free_symbols else _REAL_PROBES[:1]
-            sizes = [_relative_size(sides, probes, 50) for probes in points]
-            if all(size is not None for size in sizes):
-                return all(size <= _ZERO for size in sizes)
-        return bool(simplify(difference) == 0)
+        points = _COMPLEX_PROBES if difference.free_symbols else _REAL_PROBES[:1]
+        sizes = [_relative_size(sides, probes, 50) for probes in points]
+        return all(size is not None and size <= _ZERO for size in sizes)
     except Exception:  # tuples, relations, sets: no difference to take
         return False
 
