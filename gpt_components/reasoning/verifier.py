@@ -2,18 +2,21 @@
 
 A math problem with one right answer needs no judge: pull the answer out of the model's text
 (the last ``\\boxed{...}``, else the last number), rewrite both it and the reference into plain
-arithmetic (``\\dfrac{14}{3}`` -> ``(14)/(3)``), and ask sympy whether their difference
-simplifies to zero. The names, signatures and behaviour are the sequel's
+arithmetic (``\\dfrac{14}{3}`` -> ``(14)/(3)``), read both with sympy and ask whether their
+difference is zero. The names, signatures and behaviour are the sequel's
 (``reasoning_from_scratch.ch03``): ``get_last_boxed``, ``extract_final_candidate``,
 ``normalize_text``, ``sympy_parser``, ``equality_check``, ``split_into_parts``,
 ``grade_answer`` and ``render_prompt``.
 
-One thing is added, and it changes no verdict the sequel reaches in time: a model's text is
-untrusted input, and sympy evaluates while it parses, so a tower ``10^{10^{10}}``, a factorial
-``(10^{10})!`` or ``1e999999`` would hang it, and brackets thousands deep would crash it.
+Two things change, so that grading any text answers quickly. A model's text is untrusted
+input, and sympy evaluates while it parses: a tower ``10^{10^{10}}``, a factorial
+``(10^{10})!`` or ``1e999999`` would hang it, and brackets thousands deep would crash it. So
 ``sympy_parser`` evaluates only what ``answer_guard`` lets through (it reads the code sympy would
 run and bounds the size of every number on the way); ``refusal_reason`` says why a text was
-refused. A refused text still grades equal to the same text, and unequal to anything else.
+refused, and a refused text still grades equal to the same text and unequal to anything else.
+And the sequel's ``simplify(difference) == 0``, whose time has no bound, becomes an evaluation
+of the difference at generic points (``equality_check``): every zero ``simplify`` proves is
+still found.
 
 >>> extract_final_candidate(r"... so the answer is \\boxed{\\dfrac{14}{3}}.")
 '\\\\dfrac{14}{3}'
