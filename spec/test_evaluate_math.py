@@ -219,6 +219,15 @@ def test_evaluate_math_runs_end_to_end_and_resumes_with_nothing_left(qwen3_dir, 
     assert main(chat) == 0
     assert "pass@3" in capsys.readouterr().out
     assert read_math_records(tmp_path / "c")[0]["chat"] is True
+    corpus = tmp_path / "corpus.txt"  # a run directory of `train` is a source too
+    corpus.write_text(" ".join(p["problem"] for p in PROBLEMS[:20]), encoding="utf-8")
+    run = tmp_path / "run"
+    assert main(["train", "--preset", "gpt-nano", "--steps", "1", "--run-dir", str(run),
+                 "--corpus", str(corpus), "--context-length", "32", "--sample-tokens", "0",
+                 "--no-progress"]) == 0
+    assert main(["evaluate-math", str(run), "--limit", "1", "--max-new-tokens", "2",
+                 "--out", str(tmp_path / "r"), "--no-progress"]) == 0
+    assert read_math_records(tmp_path / "r")[1][0]["id"] == PROBLEMS[0]["unique_id"]
 
 
 @pytest.mark.slow

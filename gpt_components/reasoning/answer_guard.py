@@ -41,8 +41,7 @@ from sympy.parsing import sympy_parser as spp
 
 from ..machinery.checks import check_str
 
-__all__ = ["refusal_reason", "guarded_code", "guarded_eval", "MAX_DIGITS", "MAX_ROOT_DIGITS",
-           "SYMBOL_DIGITS", "MAX_CHARS", "MAX_NESTING", "MAX_NODES"]
+__all__ = ["refusal_reason", "guarded_code", "guarded_eval"]
 
 MAX_CHARS = 400  # a normalized answer longer than this is compared as text only
 MAX_NESTING = 40  # brackets deeper than this are refused (Python's parser gives up near 200)
