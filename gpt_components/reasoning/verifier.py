@@ -40,6 +40,7 @@ from sympy import Float, I, Rational, S
 
 from ..machinery.checks import check_choice, check_str
 from .answer_guard import guarded_eval
+from .math500 import load_math500_test  # noqa: F401  (the sequel's ch03 has it beside these)
 
 __all__ = [
     "get_last_boxed",
