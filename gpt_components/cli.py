@@ -15,6 +15,8 @@
 - ``serve``: an OpenAI-compatible server with a chat page (see
   ``gpt_components.serving.server``); ``chat``: a conversation in the terminal (see
   ``gpt_components.serving.terminal``).
+- ``evaluate-math``: grade a model's answers to MATH-500 (the sequel's chapter 3; see
+  ``gpt_components.reasoning.evaluate``), resumable, accuracy by subject and level.
 
 This module parses flags and prints; the run directory is ``machinery.rundir``'s, loading is
 ``machinery.sources``'. A bad argument is one line naming its flag, exit status 2: the library
@@ -41,7 +43,9 @@ import dataclasses
 import os
 import shlex
 import shutil
+import signal
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Sequence
@@ -66,11 +70,20 @@ from .machinery.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
 )
-from .machinery.checks import ArgumentError, check_float, check_int, check_str, renamed
+from .machinery.checks import (
+    ArgumentError,
+    check_float,
+    check_int,
+    check_str,
+    renamed,
+    value_error,
+)
 from .machinery.registry import FAMILIES, build_model, family_of, preset_config
 from .machinery.resources import resource_path
-from .machinery.sources import load_model_and_tokenizer, load_tokenizer_spec
+from .machinery.sources import TOKENIZER_FILES, load_model_and_tokenizer, load_tokenizer_spec
 from .modern.chat import chat_format_for
+from .reasoning.evaluate import evaluate_math, format_math_summary, read_math_records
+from .reasoning.math500 import load_math_problems
 from .serving import engine_loop
 from .serving import server as serving_server
 from .serving.terminal import chat_in_terminal
@@ -427,6 +440,71 @@ def _inspect(args: argparse.Namespace) -> None:
         print(f"wrote {path}")
 
 
+def _evaluate_math(args: argparse.Namespace) -> None:
+    check_int("limit", args.limit, low=1, optional=True)  # every flag, before the model loads
+    check_int("samples", args.samples, low=1)
+    check_int("max_new_tokens", args.max_new_tokens, low=1)
+    check_int("seed", args.seed, low=0)
+    generation.check_sampling(args.temperature, None, args.top_p)
+    problems = load_math_problems(args.dataset)[:args.limit]
+    named = Path(args.dataset).stem if args.dataset.endswith((".json", ".jsonl")) else args.dataset
+    out = Path(args.out or f"{named}-{Path(args.source).name}.jsonl")
+    read_math_records(out)  # a file that is no evaluation's: refused before the model loads
+    device = _pick_device(args.device)
+    model, tokenizer, origin = load_model_and_tokenizer(args.source, args.tokenizer)
+    if origin.startswith("weights"):
+        _check_has_tokenizer(args, model)
+    model = model.to(device)
+    print(f"evaluate-math: {len(problems)} problems of {args.dataset}, {args.samples} sample(s) "
+          f"each, on {device}; records in {out}", file=sys.stderr)
+    source = str(Path(args.source).resolve()) if Path(args.source).exists() else args.source
+    try:
+        with _sigterm_interrupts():
+            summary = evaluate_math(
+                model, tokenizer, problems, out, samples=args.samples, vote=args.vote,
+                temperature=args.temperature, top_p=args.top_p,
+                max_new_tokens=args.max_new_tokens, seed=args.seed, chat=args.chat,
+                progress=not args.no_progress,
+                settings={"dataset": args.dataset, "source": source, "tokenizer": args.tokenizer})
+    except KeyboardInterrupt as stop:  # every finished problem is on the disk already
+        name = "SIGTERM" if isinstance(stop, CommandStopped) else "SIGINT"
+        kept = len(read_math_records(out)[1])
+        raise CommandStopped(f"{'interrupted' if name == 'SIGINT' else 'stopped by SIGTERM'}: "
+                             f"{kept} problem record(s) are kept in {out}; the same command "
+                             f"goes on from there", name) from None
+    print("\n".join(format_math_summary(summary)))
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Any:
+    """SIGTERM raises where the command is, as Ctrl-C does (the main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum: int, frame: Any) -> None:
+        raise CommandStopped("", "SIGTERM")
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _check_has_tokenizer(args: argparse.Namespace, model: torch.nn.Module) -> None:
+    """Weights without tokenizer files read GPT-2's: right for GPT-2's vocabulary only."""
+    folder = Path(args.source)
+    folder = folder if folder.is_dir() else folder.parent
+    if (args.tokenizer is None and folder.exists()
+            and not any((folder / name).is_file() for name in TOKENIZER_FILES)
+            and model.cfg.vocab_size != load_tokenizer_spec("gpt2").n_vocab):
+        raise value_error("source", f"source {args.source!r} holds weights with a vocabulary of "
+                                    f"{model.cfg.vocab_size:,} ids but no tokenizer (none of "
+                                    f"{', '.join(TOKENIZER_FILES)}): put the model's "
+                                    f"tokenizer.json beside the weights or give --tokenizer DIR")
+
+
 class _DefaultsFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Show each option's default in its help, unless it is None or the help already says it."""
 
@@ -668,6 +746,38 @@ def _add_chat(commands: Any) -> None:
     add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
     add("--device", default="auto", help="auto, cpu, cuda or mps")
     chat.set_defaults(run=_chat)
+def _add_evaluate_math(commands: Any) -> None:
+    math = commands.add_parser(
+        "evaluate-math", help="grade a model's answers to MATH-500 (the reasoning chapter)",
+        description="Ask the model of SOURCE each problem of --dataset in the sequel's prompt "
+        "('write the final result as \\boxed{ANSWER}'), extract its final answer and grade it "
+        "against the reference with the verifier (gpt_components.reasoning.verifier). One JSON "
+        "line per problem is appended to --out and flushed to the disk: run the same command "
+        "again after an interruption and it skips the problems the file holds. Prints the "
+        "accuracy by subject and level at the end (and pass@k with --samples K).",
+        formatter_class=_DefaultsFormatter)
+    add = math.add_argument
+    add("source", help="a run directory written by 'train', or a model directory with weights "
+        "and its tokenizer (a Hugging Face download of Qwen/Qwen3-0.6B, say)")
+    add("--dataset", default="math500", help="'math500' (bundled) or a .json / .jsonl file of "
+        "records with 'problem' and 'answer'")
+    add("--limit", type=int, default=None, help="grade only the first N problems")
+    add("--samples", type=int, default=1, help="answers sampled per problem (needs "
+        "--temperature > 0 when more than 1); reports pass@k")
+    add("--vote", action="store_true", help="grade the most frequent of the samples' answers "
+        "(self-consistency; a tie is no answer)")
+    add("--temperature", type=float, default=0.0, help="0: greedy; higher: more random")
+    add("--top-p", type=float, default=None, help="nucleus sampling: smallest set reaching p")
+    add("--max-new-tokens", type=int, default=512, help="tokens per answer at most")
+    add("--chat", action="store_true", help="send the prompt as a user message in the chat "
+        "format of the model's tokenizer (instruct and reasoning weights: Qwen3-0.6B)")
+    add("--seed", type=int, default=123, help="problem i's samples use seed + i")
+    add("--out", default=None, help="the JSON-lines file of records (default: "
+        "<dataset>-<source name>.jsonl); an existing one is resumed")
+    add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
+    add("--device", default="auto", help="auto, cpu, cuda or mps")
+    add("--no-progress", action="store_true", help="no progress bar")
+    math.set_defaults(run=_evaluate_math)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -687,6 +797,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_inspect(commands)
     _add_serve(commands)
     _add_chat(commands)
+    _add_evaluate_math(commands)
     for command in commands.choices.values():
         command.set_defaults(flags=_flags_of(command))
     return parser
@@ -722,6 +833,7 @@ PARAMETER_FLAGS: dict[str, tuple[str, ...]] = {
     "run_dir": ("resume", "run_dir"),
     "data_path": ("data",),
     "path": ("data",),
+    "problems": ("dataset",),
 }
 
 
