@@ -53,6 +53,7 @@ from . import __version__, generation
 from .corpus import TokenWindows, prepare_corpus
 from .finetune.commands import CommandStopped
 from .finetune.commands import add_commands as add_finetune_commands
+from .reasoning.grpo_command import add_grpo_command
 from .fundamentals import available_devices
 from .inspect.inspection import inspect_prompt
 from .inspect.inspection_report import write_pngs, write_report
@@ -585,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_generate(commands)
     add_finetune_commands(commands)
+    add_grpo_command(commands)
     _add_inspect(commands)
     for command in commands.choices.values():
         command.set_defaults(flags=_flags_of(command))

@@ -1,0 +1,245 @@
+"""GRPO with verifiable rewards (the sequel's chapters 6 and 7): advantages, the loss, one step.
+
+Every number is checked against a float64 recomputation written out here one rollout and one
+token at a time: the group-normalised advantage with the unbiased std, the clipped surrogate
+``min(r A, clip(r) A)``, the k3 estimator ``exp(ref - logp) - (ref - logp) - 1``, and
+REINFORCE's gradient ``-A_i / (n_i R)`` per response token at ratio 1.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from gpt_components.model import GPTConfig
+from gpt_components.reasoning.grpo import (
+    compute_advantage_stats,
+    group_advantages,
+    grpo_loss,
+    grpo_step,
+    reward_format,
+    sequence_logprob,
+    token_logprobs,
+)
+from spec.strategies import generator, random_gpt_model, seeds
+
+pytestmark = pytest.mark.reasoning
+
+
+def _advantage64(group: list[float], eps: float) -> list[float]:
+    mean = sum(group) / len(group)
+    std = math.sqrt(sum((r - mean) ** 2 for r in group) / (len(group) - 1))
+    return [(r - mean) / (std + eps) for r in group]
+
+
+def _loss64(logp, old, ref, adv, mask, clip_eps, kl_coef) -> float:
+    """The DeepSeekMath objective, negated, one token at a time in float64."""
+    per_rollout = []
+    for i in range(len(logp)):
+        terms = []
+        for t in range(len(logp[i])):
+            if not mask[i][t]:
+                continue
+            ratio = math.exp(logp[i][t] - old[i][t])
+            clipped = min(max(ratio, 1 - clip_eps), 1 + clip_eps)
+            surrogate = min(ratio * adv[i], clipped * adv[i])
+            d = ref[i][t] - logp[i][t]
+            terms.append(surrogate - kl_coef * (math.exp(d) - d - 1))
+        per_rollout.append(sum(terms) / len(terms) if terms else 0.0)
+    return -sum(per_rollout) / len(per_rollout)
+
+
+@st.composite
+def rollouts(draw, *, spread: float = 0.5):
+    """Per-token log-probabilities of a few rollouts, a mask with at least one token each."""
+    seed = draw(seeds)
+    rows, tokens = draw(st.integers(2, 6)), draw(st.integers(1, 7))
+    g = generator(seed)
+    logp = -torch.rand(rows, tokens, generator=g, dtype=torch.float64) * 3
+    old = logp + (torch.rand(rows, tokens, generator=g, dtype=torch.float64) - 0.5) * spread
+    ref = logp + (torch.rand(rows, tokens, generator=g, dtype=torch.float64) - 0.5) * spread
+    mask = torch.rand(rows, tokens, generator=g) < 0.7
+    mask[:, -1] = True
+    adv = torch.randn(rows, generator=g, dtype=torch.float64)
+    return logp, old, ref, adv, mask
+
+
+@settings(deadline=None)
+@given(seed=seeds, groups=st.integers(1, 4), size=st.integers(2, 8),
+       eps=st.sampled_from([1e-4, 1e-2, 1.0]))
+def test_group_advantages_normalise_each_row_with_the_unbiased_std(seed, groups, size, eps):
+    g = generator(seed)
+    rewards = (torch.rand(groups, size, generator=g) < 0.5).double()
+    rewards[0] += torch.rand(size, generator=g, dtype=torch.float64)  # not only 0/1
+    got = group_advantages(rewards, eps=eps)
+    for row, values in zip(got.tolist(), rewards.tolist()):
+        assert row == pytest.approx(_advantage64(values, eps), rel=1e-12, abs=1e-12)
+    one = group_advantages(rewards[0], eps=eps)  # a 1-D input is one group
+    assert torch.allclose(one, got[0])
+
+
+def test_a_group_of_equal_rewards_gets_zero_advantage_and_the_stats_match_the_sequel():
+    assert group_advantages(torch.tensor([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])).abs().max() == 0
+    advantages, mean, std = compute_advantage_stats([1.0, 0.0, 0.0, 0.0])
+    rewards = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    expected = (rewards - rewards.mean()) / (rewards.std() + 1e-4)  # the sequel's formula
+    assert torch.allclose(advantages, expected)
+    assert mean == pytest.approx(expected.mean().item(), abs=1e-7)
+    assert std == pytest.approx(expected.std().item())
+
+
+@settings(deadline=None)
+@given(data=rollouts(), clip_eps=st.floats(0.0, 0.5), kl_coef=st.floats(0.0, 2.0))
+def test_grpo_loss_is_the_clipped_surrogate_minus_k3_averaged_per_sequence(data, clip_eps,
+                                                                            kl_coef):
+    logp, old, ref, adv, mask = data
+    got = grpo_loss(logp, old, ref, adv, mask, clip_eps=clip_eps, kl_coef=kl_coef)
+    expected = _loss64(logp.tolist(), old.tolist(), ref.tolist(), adv.tolist(), mask.tolist(),
+                       clip_eps, kl_coef)
+    assert got.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+
+
+@settings(deadline=None)
+@given(data=rollouts())
+def test_at_ratio_one_without_kl_the_gradient_is_reinforces_with_the_group_advantage(data):
+    logp, _, ref, _, mask = data
+    rewards = (torch.rand(logp.shape[0], generator=generator(0)) < 0.5).double()
+    rewards[0], rewards[1] = 0.0, 1.0  # never a group of equal rewards
+    advantages = group_advantages(rewards)
+    leaf = logp.clone().requires_grad_(True)
+    grpo_loss(leaf, logp.clone(), ref, advantages, mask, clip_eps=0.2, kl_coef=0.0).backward()
+    rows = logp.shape[0]
+    adv64 = _advantage64(rewards.tolist(), 1e-4)
+    for i in range(rows):
+        n = int(mask[i].sum())
+        for t in range(logp.shape[1]):
+            # d/dlogp of -(1/R) sum_i A_i (1/n_i) sum_t logp_it: REINFORCE, one token at a time
+            expected = -adv64[i] / (n * rows) if mask[i, t] else 0.0
+            assert leaf.grad[i, t].item() == pytest.approx(expected, rel=1e-9, abs=1e-15)
+
+
+@settings(deadline=None)
+@given(data=rollouts(), clip_eps=st.floats(0.05, 0.4), sign=st.sampled_from([1.0, -1.0]))
+def test_a_token_clipped_on_the_side_the_minimum_selects_has_zero_gradient(data, clip_eps, sign):
+    logp, _, ref, _, mask = data
+    rows = logp.shape[0]
+    advantages = torch.full((rows,), sign, dtype=torch.float64)
+    # A > 0 and ratio above 1 + eps (or A < 0 and ratio below 1 - eps): min picks the clip.
+    push = math.log(1 + clip_eps) + 0.1 if sign > 0 else math.log(1 - clip_eps) - 0.1
+    old = logp - push
+    leaf = logp.clone().requires_grad_(True)
+    grpo_loss(leaf, old, ref, advantages, mask, clip_eps=clip_eps, kl_coef=0.0).backward()
+    assert torch.count_nonzero(leaf.grad) == 0
+    inside = logp.clone().requires_grad_(True)  # the other side is not clipped: it learns
+    grpo_loss(inside, logp + push, ref, advantages, mask, clip_eps=clip_eps).backward()
+    assert torch.count_nonzero(inside.grad[mask]) == int(mask.sum())
+
+
+@settings(deadline=None)
+@given(data=rollouts(), kl_coef=st.floats(0.0, 2.0))
+def test_a_group_whose_rewards_are_all_equal_contributes_nothing(data, kl_coef):
+    logp, old, ref, _, mask = data
+    rows = logp.shape[0]
+    rewards = torch.stack([torch.ones(rows, dtype=torch.float64),
+                           torch.arange(rows, dtype=torch.float64)])  # group 0: all equal
+    advantages = group_advantages(rewards).flatten()
+    both = (torch.cat([logp, logp]), torch.cat([old, old]), torch.cat([ref, ref]),
+            torch.cat([mask, mask]))
+    leaf = both[0].clone().requires_grad_(True)
+    grpo_loss(leaf, both[1], both[2], advantages, both[3], clip_eps=0.2, kl_coef=0.0).backward()
+    assert torch.count_nonzero(leaf.grad[:rows]) == 0
+    assert torch.count_nonzero(leaf.grad[rows:][both[3][rows:]]) > 0
+
+
+@settings(deadline=None)
+@given(data=rollouts(spread=4.0), kl_coef=st.floats(0.01, 3.0))
+def test_the_k3_term_is_never_negative_and_zero_where_policy_and_reference_agree(data, kl_coef):
+    logp, old, ref, _, mask = data
+    zero = torch.zeros(logp.shape[0], dtype=torch.float64)  # no surrogate: the KL term alone
+    kl = grpo_loss(logp, old, ref, zero, mask, kl_coef=kl_coef) / kl_coef
+    assert kl.item() >= 0
+    d = (ref - logp)[mask]
+    expected = sum(
+        sum(math.exp(x) - x - 1 for x in (ref[i] - logp[i])[mask[i]].tolist()) / int(mask[i].sum())
+        for i in range(logp.shape[0])) / logp.shape[0]
+    assert kl.item() == pytest.approx(expected, rel=1e-9, abs=1e-12)
+    assert grpo_loss(logp, old, logp.clone(), zero, mask, kl_coef=kl_coef).item() == 0.0
+    assert bool((torch.exp(d) - d - 1 >= 0).all())
+
+
+@pytest.mark.parametrize(("kwargs", "parameter"), [
+    ({"clip_eps": -0.1}, "clip_eps"), ({"clip_eps": math.nan}, "clip_eps"),
+    ({"clip_eps": math.inf}, "clip_eps"), ({"kl_coef": -1.0}, "kl_coef"),
+    ({"kl_coef": math.nan}, "kl_coef"), ({"kl_coef": math.inf}, "kl_coef")])
+def test_a_negative_or_non_finite_clip_or_kl_coefficient_is_refused_by_name(kwargs, parameter):
+    logp = torch.zeros(2, 3)
+    with pytest.raises(ValueError) as caught:
+        grpo_loss(logp, logp, logp, torch.ones(2), torch.ones(2, 3, dtype=torch.bool), **kwargs)
+    assert caught.value.parameter == parameter and parameter in str(caught.value)
+
+
+def test_a_group_size_below_two_is_refused_by_name():
+    with pytest.raises(ValueError) as caught:
+        group_advantages(torch.ones(3, 1))
+    assert caught.value.parameter == "rewards" and "at least 2" in str(caught.value)
+    model = random_gpt_model(GPTConfig.from_name("gpt-nano", vocab_size=20), 0)
+    with pytest.raises(ValueError) as caught:
+        grpo_step(model, copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.1),
+                  _Chars(), [{"problem": "1", "answer": "1"}], prompt_fn=str,
+                  reward_fn=lambda text, answer: 0.0, group_size=1)
+    assert caught.value.parameter == "group_size"
+
+
+@settings(deadline=None, max_examples=10)
+@given(seed=seeds, prompt_len=st.integers(1, 5), answer_len=st.integers(1, 5))
+def test_sequence_logprob_sums_the_answer_tokens_log_probabilities(seed, prompt_len, answer_len):
+    model = random_gpt_model(GPTConfig.from_name("gpt-nano", vocab_size=30), seed)
+    ids = torch.randint(0, 30, (prompt_len + answer_len,), generator=generator(seed))
+    logits = model(ids.unsqueeze(0))[0].double()
+    expected = 0.0
+    for t in range(prompt_len, len(ids)):  # log p(token t | tokens before it)
+        expected += (logits[t - 1, ids[t]] - torch.logsumexp(logits[t - 1], 0)).item()
+    assert sequence_logprob(model, ids, prompt_len).item() == pytest.approx(expected, rel=1e-9)
+    assert token_logprobs(model, ids.unsqueeze(0))[0, 0].item() == 0.0
+
+
+def test_the_format_reward_asks_for_a_think_block_opened_before_it_closes():
+    assert reward_format([5, 151667, 9, 151668], 1) == 1.0
+    assert reward_format(torch.tensor([5, 151668, 9, 151667]), 1) == 0.0
+    assert reward_format([151667, 151668], 1) == 0.0  # the opening one is in the prompt
+    assert reward_format([1, 2, 3], 0, start_think_id=1, end_think_id=3) == 1.0
+
+
+class _Chars:
+    """A character tokenizer of digits: ids 0-9, end of text 10."""
+
+    eos_token_id = 10
+
+    def encode(self, text):
+        return [int(c) for c in text if c.isdigit()]
+
+    def decode(self, ids):
+        return "".join(str(i) for i in ids if i < 10)
+
+
+def test_the_reference_never_receives_a_gradient_and_stays_bit_identical_through_a_step():
+    cfg = GPTConfig.from_name("gpt-nano", vocab_size=11, context_length=16)
+    policy = random_gpt_model(cfg, 1, dtype=torch.float32, std=0.1)
+    reference = copy.deepcopy(policy)  # requires_grad left on: the step must not use it
+    before = {k: v.clone() for k, v in reference.state_dict().items()}
+    start = {k: v.clone() for k, v in policy.state_dict().items()}
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-2)
+    record = grpo_step(policy, reference, optimizer, _Chars(),
+                       [{"problem": "12", "answer": "3"}, {"problem": "45", "answer": "9"}],
+                       prompt_fn=str, reward_fn=lambda text, answer: float(answer in text),
+                       group_size=6, max_new_tokens=4, kl_coef=0.5, updates=2, seed=3)
+    assert all(p.grad is None for p in reference.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in reference.state_dict().items())
+    changed = any(not torch.equal(v, start[k]) for k, v in policy.state_dict().items())
+    assert changed == (record["grad_norm"] > 0)
+    assert 0.0 <= record["reward"] <= 1.0 and record["kl"] >= 0
