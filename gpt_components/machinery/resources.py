@@ -24,6 +24,7 @@ BUNDLED_FILES = (
     "sms-spam-collection.tsv",
     "instruction-data.json",
     "instruction-data-with-preference.json",
+    "math500_test.json",
     "gpt2/encoder.json",
     "gpt2/vocab.bpe",
 )
