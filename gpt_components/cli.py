@@ -53,7 +53,6 @@ from . import __version__, generation
 from .corpus import TokenWindows, prepare_corpus
 from .finetune.commands import CommandStopped
 from .finetune.commands import add_commands as add_finetune_commands
-from .reasoning.grpo_command import add_grpo_command
 from .fundamentals import available_devices
 from .inspect.inspection import inspect_prompt
 from .inspect.inspection_report import write_pngs, write_report
@@ -69,6 +68,7 @@ from .machinery.registry import FAMILIES, build_model, family_of, preset_config
 from .machinery.resources import resource_path
 from .machinery.sources import load_model_and_tokenizer, load_tokenizer_spec
 from .modern.chat import chat_format_for
+from .reasoning.grpo_command import add_grpo_command
 from .training import TrainConfig, TrainingDivergedError, TrainingInterrupted, lr_at, train
 
 __all__ = ["main", "build_parser", "flag_of", "PARAMETER_FLAGS"]

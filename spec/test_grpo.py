@@ -77,7 +77,7 @@ def test_group_advantages_normalise_each_row_with_the_unbiased_std(seed, groups,
     rewards = (torch.rand(groups, size, generator=g) < 0.5).double()
     rewards[0] += torch.rand(size, generator=g, dtype=torch.float64)  # not only 0/1
     got = group_advantages(rewards, eps=eps)
-    for row, values in zip(got.tolist(), rewards.tolist()):
+    for row, values in zip(got.tolist(), rewards.tolist(), strict=True):
         assert row == pytest.approx(_advantage64(values, eps), rel=1e-12, abs=1e-12)
     one = group_advantages(rewards[0], eps=eps)  # a 1-D input is one group
     assert torch.allclose(one, got[0])
@@ -243,3 +243,12 @@ def test_the_reference_never_receives_a_gradient_and_stays_bit_identical_through
     changed = any(not torch.equal(v, start[k]) for k, v in policy.state_dict().items())
     assert changed == (record["grad_norm"] > 0)
     assert 0.0 <= record["reward"] <= 1.0 and record["kl"] >= 0
+
+
+def test_the_rlvr_reward_pays_a_boxed_answer_that_grades_equal_and_nothing_else():
+    from gpt_components.reasoning.grpo import reward_rlvr
+
+    assert reward_rlvr("so the answer is \\boxed{\\frac{1}{2}}", "0.5") == 1.0
+    assert reward_rlvr("so the answer is \\boxed{632}", "632") == 1.0
+    assert reward_rlvr("so the answer is 632", "632") == 0.0  # no box: no reward
+    assert reward_rlvr("\\boxed{631}", "632") == 0.0

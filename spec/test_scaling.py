@@ -37,7 +37,7 @@ def test_top_p_keeps_the_most_probable_tokens_whose_running_total_stays_within_p
     probas = torch.softmax(torch.randn(2, vocab, generator=generator(seed),
                                        dtype=torch.float64) * 3, -1)
     got = top_p_filter(probas, top_p)
-    for row, out in zip(probas.tolist(), got.tolist()):
+    for row, out in zip(probas.tolist(), got.tolist(), strict=True):
         order = sorted(range(vocab), key=lambda i: -row[i])
         kept, total = set(), 0.0
         for rank, i in enumerate(order):
@@ -163,3 +163,64 @@ def test_best_of_n_keeps_the_answer_the_model_finds_most_likely():
     again = best_of_n(model, tok, "abc", num_samples=5, max_new_tokens=4, temperature=1.5,
                       seed=1)
     assert again == result
+
+
+class _Digits:
+    """Ids 0-9 are the digits, 10 is ' ', 11 is end of text: answers are numbers."""
+
+    eos_token_id = 11
+
+    def encode(self, text):
+        return [int(c) if c.isdigit() else 10 for c in text]
+
+    def decode(self, ids):
+        return "".join(str(i) if i < 10 else " " for i in ids if i != 11)
+
+
+@settings(deadline=None, max_examples=8)
+@given(seed=seeds, k=st.integers(1, 7), family=st.sampled_from(["gpt", "qwen3"]))
+def test_self_consistency_repeats_for_a_seed_and_its_winner_has_the_most_votes_alone(
+        seed, k, family):
+    from gpt_components.reasoning.scaling import self_consistency_vote
+
+    if family == "gpt":
+        model = random_gpt_model(GPTConfig.from_name("gpt-nano", vocab_size=12,
+                                                     context_length=16), seed % 2**16)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed % 2**16)
+            model = Qwen3Model({"vocab_size": 12, "context_length": 16, "emb_dim": 16,
+                                "n_heads": 2, "n_layers": 1, "hidden_dim": 32, "head_dim": 8,
+                                "qk_norm": True, "n_kv_groups": 1, "dtype": torch.float64})
+    kwargs = {"num_samples": k, "temperature": 1.5, "top_p": None, "max_new_tokens": 3,
+              "show_progress": False, "seed": seed % 10_000}
+    result = self_consistency_vote(model.eval(), _Digits(), "12 ", **kwargs)
+    assert self_consistency_vote(model, _Digits(), "12 ", **kwargs) == result
+    short = result["short_answers"]
+    assert len(short) == k and sum(result["counts"].values()) == k
+    assert all(short[i] == answer for answer, idx in result["groups"].items() for i in idx)
+    top = max(result["counts"].values())
+    winners = [a for a in dict.fromkeys(short) if result["counts"][a] == top]  # first seen
+    assert result["majority_winners"] == winners
+    assert result["final_answer"] == (winners[0] if len(winners) == 1 else None)
+
+
+def test_a_tie_has_no_winner_as_in_the_sequel(monkeypatch):
+    from gpt_components.reasoning import scaling
+
+    texts = iter([["\\boxed{3}", "\\boxed{4}", "\\boxed{4}", "\\boxed{3}"]])
+    monkeypatch.setattr(scaling, "_sample_texts", lambda *args: next(texts))
+    model = random_gpt_model(GPTConfig.from_name("gpt-nano", vocab_size=12), 0)
+    result = scaling.self_consistency_vote(model, _Digits(), "1", num_samples=4,
+                                           show_progress=False, seed=0)
+    assert result["majority_winners"] == ["3", "4"] and result["final_answer"] is None
+    assert result["groups"] == {"3": [0, 3], "4": [1, 2]}
+
+
+def test_zero_samples_is_refused_by_name():
+    from gpt_components.reasoning.scaling import self_consistency_vote
+
+    model = random_gpt_model(GPTConfig.from_name("gpt-nano", vocab_size=12), 0)
+    with pytest.raises(ValueError) as caught:
+        self_consistency_vote(model, _Digits(), "1", num_samples=0, show_progress=False)
+    assert caught.value.parameter == "num_samples"

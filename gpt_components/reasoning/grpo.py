@@ -75,12 +75,13 @@ END_THINK_TOKEN_ID = 151668  # Qwen3's </think>
 
 def reward_rlvr(answer_text: str, ground_truth: str) -> float:
     """1.0 if ``answer_text`` has a ``\\boxed{}`` answer that grades equal to ``ground_truth``,
-    else 0.0: an answer without a box earns nothing (the sequel's ``fallback=None``)."""
+    else 0.0: an answer without a box earns nothing (the sequel's ``fallback=None``, here
+    ``"none"``)."""
     from .verifier import extract_final_candidate, grade_answer
 
     check_str("answer_text", answer_text, empty=True)
     check_str("ground_truth", ground_truth, empty=True)
-    extracted = extract_final_candidate(answer_text, fallback=None)
+    extracted = extract_final_candidate(answer_text, fallback="none")
     if not extracted:
         return 0.0
     return float(grade_answer(extracted, ground_truth))
@@ -226,14 +227,14 @@ def _rollout_batch(prompts: list[list[int]], answers: list[list[list[int]]],
 
     An answer that ended with the end-of-text id gets it back, so the model learns to stop."""
     rows, starts = [], []
-    for prompt, group, group_ended in zip(prompts, answers, ended):
-        for answer, stop in zip(group, group_ended):
+    for prompt, group, group_ended in zip(prompts, answers, ended, strict=True):
+        for answer, stop in zip(group, group_ended, strict=True):
             rows.append(prompt + answer + ([eos] if stop and eos is not None else []))
             starts.append(len(prompt))
     width = max(len(r) for r in rows)
     ids = torch.full((len(rows), width), eos if eos is not None else 0, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    for i, (row, start) in enumerate(zip(rows, starts)):
+    for i, (row, start) in enumerate(zip(rows, starts, strict=True)):
         ids[i, : len(row)] = torch.tensor(row)
         mask[i, start: len(row)] = True
     return ids.to(device), mask.to(device)

@@ -45,10 +45,10 @@ from ..fundamentals import default_device
 from ..machinery import rundir
 from ..machinery.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..machinery.checks import check_choice, check_float, check_int, value_error
+from ..machinery.distributed import load_optimizer_state
 from ..machinery.metrics import append_metrics, read_metrics, start_metrics
 from ..machinery.pretrained import from_pretrained, save_pretrained
 from ..machinery.sources import SourceNotFoundError, load_tokenizer_spec, save_tokenizer
-from ..machinery.distributed import load_optimizer_state
 from ..training import configure_optimizer, stop_on_signals
 from .grpo import grpo_step, reward_rlvr
 from .tasks import arithmetic_problems, reward_exact, task_accuracy, task_prompt
@@ -73,8 +73,8 @@ def add_grpo_command(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--out", default=None, help="a new run directory to write")
     run.add_argument("--resume", default=None, metavar="RUN",
                      help="continue the run in RUN from its latest checkpoint, with its saved "
-                     "settings (--steps sets a new total; --device and --no-progress apply; every other "
-                     "setting is the run's own)")
+                     "settings (--steps sets a new total; --device and --no-progress apply; "
+                     "every other setting is the run's own)")
     start = p.add_argument_group("starting model (at most one of --weights and --run)")
     start.add_argument("--weights", help="weights in Hugging Face's layout (any family), with "
                        "the tokenizer files beside them")
@@ -389,10 +389,10 @@ def plot_grpo(records: list[dict], path: str | os.PathLike) -> Any:
     FigureCanvasAgg(fig)
     panels = (("reward", "mean reward"), ("response_length", "response length (tokens)"),
               ("kl", "KL to the reference (k3)"), ("eval_accuracy", "held-out accuracy"))
-    for ax, (key, label) in zip(fig.subplots(2, 2).ravel(), panels):
+    for ax, (key, label) in zip(fig.subplots(2, 2).ravel(), panels, strict=True):
         points = [(r["step"], r[key]) for r in records if key in r]
         if points:
-            steps, values = zip(*points)
+            steps, values = zip(*points, strict=True)
             ax.plot(steps, values, "o-" if key == "eval_accuracy" else "-")
         ax.set(xlabel="step", ylabel=label)
     fig.tight_layout()

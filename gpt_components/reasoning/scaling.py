@@ -105,7 +105,8 @@ def _draw(logits: torch.Tensor, temperature: float | None, top_p: float | None,
         return logits.argmax(dim=-1, keepdim=True)
     probas = top_p_filter(torch.softmax(scale_logits_by_temperature(logits, temperature), -1),
                           top_p).cpu()  # CPU generators draw from CPU tensors
-    drawn = [torch.multinomial(row, 1, generator=g) for row, g in zip(probas, generators)]
+    drawn = [torch.multinomial(row, 1, generator=g)
+             for row, g in zip(probas, generators, strict=True)]
     return torch.stack(drawn).to(logits.device)
 
 
@@ -278,7 +279,7 @@ def self_consistency_vote(
     full = _sample_texts(model, tokenizer, prompt, num_samples, max_new_tokens, temperature,
                          top_p, seed)
     short = [extract_final_candidate(text, fallback="number_then_full") for text in full]
-    for i, (text, candidate) in enumerate(zip(full, short)):
+    for i, (text, candidate) in enumerate(zip(full, short, strict=True)):
         if show_long_answer:
             print(text)
         if show_progress:
@@ -386,7 +387,8 @@ def make_refine_prompt(raw_prompt: str, draft: str, critique: str) -> str:
 def self_refinement_loop(
     model: nn.Module, tokenizer: Any, raw_prompt: str, device: Any = None, iterations: int = 2,
     max_response_tokens: int = 2048, max_critique_tokens: int = 256,
-    score_fn: Callable[..., float] | None = None, prompt_renderer: Callable[[str], str] | None = None,
+    score_fn: Callable[..., float] | None = None,
+    prompt_renderer: Callable[[str], str] | None = None,
     prompt_suffix: str = "", verbose: bool = False, temperature: float = 0.7,
     top_p: float | None = 0.9, seed: int | None = None,
 ) -> dict[str, Any]:
