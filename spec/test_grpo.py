@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpt_components.bpe import BPETokenizer
+from gpt_components.cli import main
+from gpt_components.machinery.checkpoint import latest_step, load_checkpoint
+from gpt_components.machinery.metrics import read_metrics
 from gpt_components.model import GPTConfig
 from gpt_components.reasoning.grpo import (
     compute_advantage_stats,
@@ -26,6 +36,7 @@ from gpt_components.reasoning.grpo import (
     sequence_logprob,
     token_logprobs,
 )
+from gpt_components.reasoning.tasks import write_worked_examples
 from spec.strategies import generator, random_gpt_model, seeds
 
 pytestmark = pytest.mark.reasoning
@@ -252,3 +263,93 @@ def test_the_rlvr_reward_pays_a_boxed_answer_that_grades_equal_and_nothing_else(
     assert reward_rlvr("so the answer is \\boxed{632}", "632") == 1.0
     assert reward_rlvr("so the answer is 632", "632") == 0.0  # no box: no reward
     assert reward_rlvr("\\boxed{631}", "632") == 0.0
+
+
+# ---------------------------------------------------------------- finetune-grpo, end to end
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: every process computes alike
+
+
+def _grpo_argv(start: Path, out: Path, *more: str) -> list[str]:
+    return ["finetune-grpo", "--run", str(start), "--out", str(out), "--max-digits", "1",
+            "--steps", "5", "--prompts-per-step", "3", "--group-size", "4",
+            "--max-new-tokens", "12", "--lr", "3e-3", "--eval-problems", "6",
+            "--eval-interval", "2", "--checkpoint-interval", "1", "--format-reward", "0.5",
+            "--temperature", "1.5", "--no-progress", *more]
+
+
+def _cli(*argv: str, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gpt_components.cli", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV,
+                            **kwargs)
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory) -> Path:
+    """gpt-nano trained for a few seconds on worked one-digit sums: it writes the format and
+    sometimes the right sum, so a group's rewards differ and GRPO has a gradient."""
+    root = tmp_path_factory.mktemp("grpo")
+    corpus = write_worked_examples(root / "corpus.txt", 1500, seed=0, max_digits=1)
+    BPETokenizer.train("0123456789", vocab_size=257).save(root / "bytes")
+    assert main(["train", "--corpus", str(corpus), "--tokenizer", str(root / "bytes"),
+                 "--run-dir", str(root / "run"), "--preset", "gpt-nano", "--batch-size", "8",
+                 "--steps", "80", "--lr", "5e-3", "--dropout", "0", "--eval-iters", "1",
+                 "--sample-tokens", "0", "--no-progress"]) == 0
+    return root / "run"
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_checkpoint(run).weights
+
+
+def _steps(run: Path) -> list[dict]:
+    return [r for r in read_metrics(run) if "reward" in r]
+
+
+@pytest.mark.slow
+def test_finetune_grpo_resumes_exactly_after_sigkill_and_ctrl_c(pretrained, tmp_path):
+    whole = tmp_path / "whole"
+    done = subprocess.run([sys.executable, "-m", "gpt_components.cli",
+                           *_grpo_argv(pretrained, whole)], env=ENV, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    records = _steps(whole)
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5]
+    assert any(r["grad_norm"] > 0 for r in records), records  # the runs learn something
+    assert [r["step"] for r in read_metrics(whole) if "eval_accuracy" in r] == [0, 2, 4, 5]
+    assert (whole / "grpo.png").stat().st_size > 0
+    for sig, status in ((signal.SIGKILL, -signal.SIGKILL), (signal.SIGINT, 130)):
+        run = tmp_path / sig.name
+        child = _cli(*_grpo_argv(pretrained, run))
+        try:
+            while latest_step(run) < 2:  # a checkpoint of step 2 or later, then the signal
+                assert child.poll() is None, child.communicate()[1]
+                time.sleep(0.05)
+            child.send_signal(sig)
+            _, err = child.communicate(timeout=120)
+        finally:
+            child.kill()
+        assert child.returncode == status, err
+        if sig == signal.SIGINT:
+            assert err.splitlines()[-1].endswith(
+                f"checkpoint saved; resume with: gpt-components finetune-grpo --resume {run}")
+        resumed = _cli("finetune-grpo", "--resume", str(run), "--no-progress")
+        _, err = resumed.communicate(timeout=300)
+        assert resumed.returncode == 0, err
+        assert _steps(run) == records  # the same samples, rewards and losses
+        got, expected = _weights(run), _weights(whole)
+        assert got.keys() == expected.keys()
+        assert all(torch.equal(got[k], expected[k]) for k in expected), sig.name
+
+
+@pytest.mark.parametrize(("flags", "flag"), [
+    (["--group-size", "1"], "--group-size"), (["--clip-eps", "-0.1"], "--clip-eps"),
+    (["--clip-eps", "nan"], "--clip-eps"), (["--kl-coef", "-1"], "--kl-coef"),
+    (["--kl-coef", "inf"], "--kl-coef"), (["--lr", "0"], "--lr"),
+    (["--prompts-per-step", "0"], "--prompts-per-step")])
+def test_a_bad_grpo_flag_is_one_line_naming_it_with_exit_2(flags, flag, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["finetune-grpo", "--out", str(out), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"gpt-components: error: {flag} must be ") and err.count("\n") == 1
+    assert not out.exists()  # refused before any work

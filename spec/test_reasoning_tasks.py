@@ -92,3 +92,12 @@ def test_bad_task_settings_are_refused_by_name(kwargs, parameter):
     with pytest.raises(ValueError) as caught:
         worked_solution("3*4")
     assert caught.value.parameter == "problem"
+
+
+def test_the_format_reward_pays_a_boxed_number_right_or_wrong():
+    from gpt_components.reasoning.tasks import reward_boxed_format
+
+    assert reward_boxed_format("7+5=12\n\\boxed{13}") == 1.0
+    assert reward_boxed_format("\\boxed{ 12 }") == 1.0
+    assert reward_boxed_format("\\boxed{1") == 0.0  # never closed
+    assert reward_boxed_format("\\boxed{x}") == 0.0 and reward_boxed_format("12") == 0.0

@@ -51,7 +51,13 @@ from ..machinery.pretrained import from_pretrained, save_pretrained
 from ..machinery.sources import SourceNotFoundError, load_tokenizer_spec, save_tokenizer
 from ..training import configure_optimizer, stop_on_signals
 from .grpo import grpo_step, reward_rlvr
-from .tasks import arithmetic_problems, reward_exact, task_accuracy, task_prompt
+from .tasks import (
+    arithmetic_problems,
+    reward_boxed_format,
+    reward_exact,
+    task_accuracy,
+    task_prompt,
+)
 
 __all__ = ["add_grpo_command", "plot_grpo"]
 
@@ -111,6 +117,10 @@ def add_grpo_command(subparsers: argparse._SubParsersAction) -> None:
     grpo.add_argument("--reward", default="exact", choices=["exact", "rlvr"],
                       help="exact: the first \\boxed{} must be the answer verbatim (instant); "
                       "rlvr: the verifier's grade_answer of the last \\boxed{} (default exact)")
+    grpo.add_argument("--format-reward", type=float, default=0.0,
+                      help="added to the reward of an answer that boxes a number at all, "
+                      "right or wrong: a shaping bonus for a model that is rarely right "
+                      "(default 0; held-out accuracy never counts it)")
     grpo.add_argument("--max-new-tokens", type=int, default=64,
                       help="most tokens per sampled answer (default 64)")
     grpo.add_argument("--temperature", type=float, default=1.0,
@@ -172,10 +182,11 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     check_int("min_digits", args.min_digits, low=1, high=9)
     check_int("max_digits", args.max_digits, low=args.min_digits, high=9)
     check_choice("reward", args.reward, ("exact", "rlvr"))
+    check_float("format_reward", args.format_reward, low=0)
     names = ("steps", "prompts_per_step", "group_size", "max_new_tokens", "temperature",
              "top_p", "clip_eps", "kl_coef", "updates", "lr", "weight_decay", "grad_clip",
              "eval_interval", "eval_problems", "checkpoint_interval", "seed", "lora_rank",
-             "lora_alpha", "task", "min_digits", "max_digits", "reward")
+             "lora_alpha", "task", "min_digits", "max_digits", "reward", "format_reward")
     settings = {name: getattr(args, name) for name in names}
     settings["data"] = None if args.data is None else str(Path(args.data).resolve())
     return settings
@@ -314,12 +325,16 @@ def _train(run_dir: Path, s: dict[str, Any], problems: _Problems, device: torch.
     if checkpoint is not None:
         load_optimizer_state(policy, optimizer, checkpoint.state["optimizer"])
     start_metrics(run_dir, keep_until_step=step)
-    reward_fn = reward_exact if s["reward"] == "exact" else reward_rlvr
+    correct = reward_exact if s["reward"] == "exact" else reward_rlvr
+
+    def reward_fn(text: str, answer: str) -> float:
+        bonus = s["format_reward"] * reward_boxed_format(text) if s["format_reward"] else 0.0
+        return correct(text, answer) + bonus
 
     def evaluate(at: int) -> None:
         if s["eval_problems"] > 0:
             accuracy = task_accuracy(policy, tokenizer, problems.test, prompt_fn=problems.prompt,
-                                     reward_fn=reward_fn, max_new_tokens=s["max_new_tokens"])
+                                     reward_fn=correct, max_new_tokens=s["max_new_tokens"])
             append_metrics(run_dir, [{"step": at, "eval_accuracy": accuracy}])
             say(f"step {at}: held-out accuracy {accuracy:.1%} ({len(problems.test)} problems)")
 

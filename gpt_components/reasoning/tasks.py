@@ -19,7 +19,9 @@ deterministic from a seed, train or held-out ``test`` split: a pair of operands 
 one split only), ``worked_solution``, ``task_prompt``, ``worked_example``,
 ``write_worked_examples`` (a corpus for ``gpt-components train``, examples separated by
 ``<|endoftext|>``), ``reward_exact`` (1.0 when the first boxed answer is exactly the ground
-truth) and ``task_accuracy`` (greedy answers to held-out problems, graded by a reward).
+truth), ``reward_boxed_format`` (1.0 when the answer boxes a number at all: a shaping bonus
+that a model which rarely gets the sum right can still earn) and ``task_accuracy`` (greedy
+answers to held-out problems, graded by a reward).
 
 >>> problems = arithmetic_problems(2, split="test", seed=0, max_digits=3)
 >>> problems == arithmetic_problems(2, split="test", seed=0, max_digits=3)
@@ -58,6 +60,7 @@ __all__ = [
     "worked_example",
     "write_worked_examples",
     "reward_exact",
+    "reward_boxed_format",
     "task_accuracy",
 ]
 
@@ -152,6 +155,15 @@ def reward_exact(answer_text: str, ground_truth: str) -> float:
     check_str("ground_truth", ground_truth, empty=True)
     match = _BOXED.search(answer_text)
     return float(match is not None and match.group(1).strip() == ground_truth.strip())
+
+
+def reward_boxed_format(answer_text: str) -> float:
+    """1.0 if ``answer_text`` holds a ``\\boxed{...}`` with a number in it, else 0.0: credit
+    for the form of an answer, whatever its value."""
+    check_str("answer_text", answer_text, empty=True)
+    match = _BOXED.search(answer_text)
+    return float(match is not None and re.fullmatch(r"\s*-?\d+(\.\d+)?\s*", match.group(1))
+                 is not None)
 
 
 @torch.no_grad()
