@@ -42,7 +42,7 @@ def _accuracy(source: Path, args: argparse.Namespace) -> float:
     from gpt_components.reasoning.tasks import arithmetic_problems, task_accuracy
 
     model, tokenizer, _ = load_model_and_tokenizer(source)
-    problems = arithmetic_problems(500, split="test", seed=args.seed,
+    problems = arithmetic_problems(args.held_out, split="test", seed=args.seed,
                                    max_digits=args.max_digits)
     return task_accuracy(model, tokenizer, problems, max_new_tokens=args.max_new_tokens)
 
@@ -86,7 +86,7 @@ def _grpo(work: Path, sft: Path, args: argparse.Namespace) -> tuple[Path, float]
                     "--prompts-per-step", str(args.prompts_per_step),
                     "--group-size", str(args.group_size), "--lr", str(args.grpo_lr),
                     "--max-new-tokens", str(args.max_new_tokens), "--temperature", "1.0",
-                    "--eval-problems", "200", "--eval-interval", "50",
+                    "--eval-problems", str(min(200, args.held_out)), "--eval-interval", "50",
                     "--checkpoint-interval", "25", "--seed", str(args.seed), "--no-progress")
     started = time.monotonic()
     child = subprocess.Popen(argv)
@@ -118,6 +118,7 @@ def main() -> None:
     p.add_argument("--group-size", type=int, default=8, help="GRPO answers per problem")
     p.add_argument("--grpo-lr", type=float, default=1e-4, help="GRPO learning rate")
     p.add_argument("--max-new-tokens", type=int, default=48, help="tokens per answer")
+    p.add_argument("--held-out", type=int, default=500, help="held-out problems measured")
     p.add_argument("--seed", type=int, default=123, help="seed of the data and the runs")
     p.add_argument("--no-picture", action="store_true", help="leave docs/ as it is")
     args = p.parse_args()
@@ -125,10 +126,11 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     sft = _pretrain(work, args)
     before = _accuracy(sft, args)
-    print(f"supervised start: {before:.1%} of 500 held-out problems", flush=True)
+    print(f"supervised start: {before:.1%} of {args.held_out} held-out problems", flush=True)
     run, seconds = _grpo(work, sft, args)
     after = _accuracy(run, args)
-    print(f"after {seconds / 60:.1f} minutes of GRPO: {after:.1%} of the same 500 problems "
+    print(f"after {seconds / 60:.1f} minutes of GRPO: {after:.1%} of the same {args.held_out} "
+          "problems "
           f"({100 * (after - before):+.1f} points)")
     if not args.no_picture and (run / "grpo.png").exists():
         shutil.copyfile(run / "grpo.png", DOCS / "reasoning-grpo-curve.png")

@@ -273,9 +273,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1"}  # one thread: every process comput
 def _grpo_argv(start: Path, out: Path, *more: str) -> list[str]:
     return ["finetune-grpo", "--run", str(start), "--out", str(out), "--max-digits", "1",
             "--steps", "5", "--prompts-per-step", "3", "--group-size", "4",
-            "--max-new-tokens", "12", "--lr", "3e-3", "--eval-problems", "6",
+            "--max-new-tokens", "24", "--lr", "3e-3", "--eval-problems", "6",
             "--eval-interval", "2", "--checkpoint-interval", "1", "--format-reward", "0.5",
-            "--temperature", "1.5", "--no-progress", *more]
+            "--no-progress", *more]
 
 
 def _cli(*argv: str, **kwargs) -> subprocess.Popen:
@@ -293,8 +293,8 @@ def pretrained(tmp_path_factory) -> Path:
     BPETokenizer.train("0123456789", vocab_size=257).save(root / "bytes")
     assert main(["train", "--corpus", str(corpus), "--tokenizer", str(root / "bytes"),
                  "--run-dir", str(root / "run"), "--preset", "gpt-nano", "--batch-size", "8",
-                 "--steps", "80", "--lr", "5e-3", "--dropout", "0", "--eval-iters", "1",
-                 "--sample-tokens", "0", "--no-progress"]) == 0
+                 "--steps", "120", "--lr", "1e-2", "--min-lr", "1e-3", "--dropout", "0",
+                 "--eval-iters", "1", "--sample-tokens", "0", "--no-progress"]) == 0
     return root / "run"
 
 
