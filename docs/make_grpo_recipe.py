@@ -7,8 +7,9 @@ Stages, each skipped when its result is already there (so a killed recipe is rer
 
 1. the task's worked examples (``reasoning.tasks.write_worked_examples``) and a byte-level
    tokenizer (``BPETokenizer`` with no merges: every digit its own token);
-2. ``gpt-components train`` on them: the supervised start (resumed with ``--resume`` when a
-   run was stopped);
+2. ``gpt-components train`` on them, ``--chunk`` steps at a time (``train --resume --steps``),
+   until the model answers ``--sft-target`` (30%) of 100 held-out problems: a start that
+   still slips, so that a group of answers holds right and wrong ones;
 3. its greedy accuracy on 500 held-out problems (``task_accuracy``);
 4. ``gpt-components finetune-grpo`` from that run for ``--grpo-minutes`` of wall time: after
    that the recipe presses Ctrl-C for you (SIGINT), which saves the step reached; a rerun
@@ -37,17 +38,22 @@ def _cli(*argv: str) -> list[str]:
     return [sys.executable, "-m", "gpt_components.cli", *argv]
 
 
-def _accuracy(source: Path, args: argparse.Namespace) -> float:
+def _accuracy(source: Path, args: argparse.Namespace, problems: int | None = None,
+              seed: int | None = None) -> float:
     from gpt_components.machinery.sources import load_model_and_tokenizer
     from gpt_components.reasoning.tasks import arithmetic_problems, task_accuracy
 
     model, tokenizer, _ = load_model_and_tokenizer(source)
-    problems = arithmetic_problems(args.held_out, split="test", seed=args.seed,
+    held_out = arithmetic_problems(problems or args.held_out, split="test",
+                                   seed=args.seed if seed is None else seed,
                                    max_digits=args.max_digits)
-    return task_accuracy(model, tokenizer, problems, max_new_tokens=args.max_new_tokens)
+    return task_accuracy(model, tokenizer, held_out, max_new_tokens=args.max_new_tokens)
 
 
 def _pretrain(work: Path, args: argparse.Namespace) -> Path:
+    """Train on worked examples, ``--chunk`` steps at a time, until the model answers
+    ``--sft-target`` of 100 problems (held out, but not the 500 measured later) or has made
+    ``--pretrain-steps``: a start that still slips, so that GRPO's groups differ."""
     from gpt_components.bpe import BPETokenizer
     from gpt_components.machinery.checkpoint import latest_step
     from gpt_components.reasoning.tasks import write_worked_examples
@@ -57,18 +63,23 @@ def _pretrain(work: Path, args: argparse.Namespace) -> Path:
         write_worked_examples(corpus, args.examples, seed=args.seed, max_digits=args.max_digits)
     if not tokenizer.exists():
         BPETokenizer.train("0123456789", vocab_size=257).save(tokenizer)  # bytes, no merges
-    if (run / "config.json").exists():
-        if latest_step(run) < args.pretrain_steps:
-            subprocess.run(_cli("train", "--resume", str(run), "--no-progress"), check=True)
-        return run
-    subprocess.run(_cli("train", "--corpus", str(corpus), "--tokenizer", str(tokenizer),
-                        "--preset", args.preset, "--steps", str(args.pretrain_steps),
-                        "--batch-size", str(args.batch_size), "--lr", str(args.pretrain_lr),
-                        "--min-lr", str(args.pretrain_lr / 10), "--dropout", "0",
-                        "--eval-interval", "200", "--checkpoint-interval", "200",
-                        "--sample-tokens", "0", "--run-dir", str(run), "--no-progress"),
-                   check=True)
-    return run
+    if not (run / "config.json").exists():
+        subprocess.run(_cli("train", "--corpus", str(corpus), "--tokenizer", str(tokenizer),
+                            "--preset", args.preset, "--steps", str(args.chunk),
+                            "--batch-size", str(args.batch_size), "--lr", str(args.pretrain_lr),
+                            "--min-lr", str(args.pretrain_lr / 10), "--dropout", "0",
+                            "--eval-interval", "100", "--checkpoint-interval", "100",
+                            "--sample-tokens", "0", "--run-dir", str(run), "--no-progress"),
+                       check=True)
+    while True:
+        reached = latest_step(run)
+        accuracy = _accuracy(run, args, problems=100, seed=args.seed + 1)
+        print(f"supervised step {reached}: {accuracy:.0%} of 100 problems", flush=True)
+        if accuracy >= args.sft_target or reached >= args.pretrain_steps:
+            return run
+        subprocess.run(_cli("train", "--resume", str(run), "--steps",
+                            str(min(reached + args.chunk, args.pretrain_steps)),
+                            "--no-progress"), check=True)
 
 
 def _grpo(work: Path, sft: Path, args: argparse.Namespace) -> tuple[Path, float]:
@@ -109,7 +120,10 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=20_000, help="worked training examples")
     p.add_argument("--max-digits", type=int, default=3, help="most digits of an operand")
     p.add_argument("--preset", default="gpt-micro", help="model preset of the supervised run")
-    p.add_argument("--pretrain-steps", type=int, default=2000, help="supervised steps")
+    p.add_argument("--pretrain-steps", type=int, default=3000, help="supervised steps at most")
+    p.add_argument("--chunk", type=int, default=200, help="supervised steps between checks")
+    p.add_argument("--sft-target", type=float, default=0.3,
+                   help="stop the supervised run once it answers this share of 100 problems")
     p.add_argument("--batch-size", type=int, default=16, help="supervised windows per step")
     p.add_argument("--pretrain-lr", type=float, default=3e-3, help="supervised peak lr")
     p.add_argument("--grpo-minutes", type=float, default=15.0, help="GRPO wall-time budget")

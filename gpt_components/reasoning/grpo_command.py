@@ -108,8 +108,8 @@ def add_grpo_command(subparsers: argparse._SubParsersAction) -> None:
                       help="held-out problems answered greedily at step 0, every "
                       "--eval-interval steps and at the end (default 100; 0: none)")
     grpo = p.add_argument_group("GRPO")
-    grpo.add_argument("--steps", type=int, default=100, help="optimizer steps of the run "
-                      "(default 100); with --resume, a new total")
+    grpo.add_argument("--steps", type=int, default=None, help="optimizer steps of the run "
+                      "(default 100); with --resume, a new total (default: the run's own)")
     grpo.add_argument("--prompts-per-step", type=int, default=4,
                       help="problems (groups) per step (default 4)")
     grpo.add_argument("--group-size", type=int, default=8,
@@ -161,7 +161,7 @@ def _mix(*parts: int) -> int:
 
 def _settings(args: argparse.Namespace) -> dict[str, Any]:
     """The flags a run keeps in config.json, checked before any work."""
-    check_int("steps", args.steps, low=1)
+    args.steps = 100 if args.steps is None else check_int("steps", args.steps, low=1)
     check_int("prompts_per_step", args.prompts_per_step, low=1)
     check_int("group_size", args.group_size, low=2)
     check_int("max_new_tokens", args.max_new_tokens, low=1)
@@ -294,7 +294,9 @@ def finetune_grpo(args: argparse.Namespace) -> None:
     if args.resume is not None:
         run_dir = Path(args.resume)
         saved = rundir.read_config(run_dir)
-        s = {**saved.train, "steps": check_int("steps", args.steps, low=1)}
+        s = dict(saved.train)
+        if args.steps is not None:
+            s["steps"] = check_int("steps", args.steps, low=1)
     else:
         s = _settings(args)
     problems = _Problems(s)  # a bad --data is refused before the model is read
@@ -324,7 +326,7 @@ def _train(run_dir: Path, s: dict[str, Any], problems: _Problems, device: torch.
     optimizer = configure_optimizer(policy, s["lr"], s["weight_decay"])
     if checkpoint is not None:
         load_optimizer_state(policy, optimizer, checkpoint.state["optimizer"])
-    start_metrics(run_dir, keep_until_step=step)
+    start_metrics(run_dir, keep_until_step=step or None)  # from step 0: afresh, step 0 too
     correct = reward_exact if s["reward"] == "exact" else reward_rlvr
 
     def reward_fn(text: str, answer: str) -> float:
@@ -348,9 +350,9 @@ def _train(run_dir: Path, s: dict[str, Any], problems: _Problems, device: torch.
 
         bar = tqdm(total=s["steps"], initial=step, desc="grpo", unit="step", dynamic_ncols=True)
     say: Callable[[str], None] = bar.write if bar is not None else print  # type: ignore
-    if step == 0:
-        evaluate(0)
     with stop_on_signals() as stopping:
+        if step == 0:  # a Ctrl-C during it stops after the first step, with a checkpoint
+            evaluate(0)
         while step < s["steps"]:
             record = grpo_step(
                 policy, reference, optimizer, tokenizer, problems.at(step),
