@@ -206,7 +206,7 @@ def test_a_group_size_below_two_is_refused_by_name():
     assert caught.value.parameter == "group_size"
 
 
-@settings(deadline=None, max_examples=10)
+@settings(deadline=None, max_examples=5)
 @given(seed=seeds, prompt_len=st.integers(1, 5), answer_len=st.integers(1, 5))
 def test_sequence_logprob_sums_the_answer_tokens_log_probabilities(seed, prompt_len, answer_len):
     model = random_gpt_model(GPTConfig.from_name("gpt-nano", vocab_size=30), seed)
