@@ -353,3 +353,17 @@ def test_a_bad_grpo_flag_is_one_line_naming_it_with_exit_2(flags, flag, tmp_path
     err = capsys.readouterr().err
     assert err.startswith(f"gpt-components: error: {flag} must be ") and err.count("\n") == 1
     assert not out.exists()  # refused before any work
+
+
+def test_every_grpo_option_has_help_and_a_misspelt_preset_says_did_you_mean(tmp_path, capsys):
+    from gpt_components.cli import build_parser
+
+    command = build_parser()._subparsers._group_actions[0].choices["finetune-grpo"]
+    assert [a.dest for a in command._actions if not (a.help or "").strip()] == []
+    assert len((command.description or "").split()) >= 8
+    assert main(["finetune-grpo", "--out", str(tmp_path / "run"), "--preset", "gpt-nan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpt-components: error: --preset ") and err.count("\n") == 1
+    assert "did you mean 'gpt-nano'?" in err
+    assert main(["finetune-grpo"]) == 2  # neither --out nor --resume
+    assert capsys.readouterr().err.startswith("gpt-components: error: --out must name a new ")

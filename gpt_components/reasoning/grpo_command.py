@@ -288,8 +288,8 @@ def _new_run(args: argparse.Namespace, s: dict[str, Any]) -> Path:
 def finetune_grpo(args: argparse.Namespace) -> None:
     """Handler of ``finetune-grpo``."""
     if (args.out is None) == (args.resume is None):
-        raise value_error("out", "give exactly one of --out (a new run) and --resume (an "
-                                 "earlier one)")
+        raise value_error("out", "out must name a new run directory, or --resume an earlier "
+                                 "run: exactly one of them")
     device = _device(args.device)
     if args.resume is not None:
         run_dir = Path(args.resume)
