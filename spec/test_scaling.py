@@ -224,3 +224,37 @@ def test_zero_samples_is_refused_by_name():
     with pytest.raises(ValueError) as caught:
         self_consistency_vote(model, _Digits(), "1", num_samples=0, show_progress=False)
     assert caught.value.parameter == "num_samples"
+
+
+def test_self_refinement_keeps_a_revision_only_when_it_scores_no_worse_and_repeats():
+    from gpt_components.reasoning.scaling import self_refinement_loop
+    from gpt_components.reasoning.verifier import extract_final_candidate
+
+    model = random_gpt_model(GPTConfig.from_name("gpt-nano", vocab_size=23,
+                                                 context_length=512), 2)
+    scores = {}
+
+    def score_fn(answer, prompt):  # prefers answers with many 'a's: any rule that varies
+        scores.setdefault(answer, answer.count("a") + len(answer) / 100)
+        return scores[answer]
+
+    kwargs = {"iterations": 3, "max_response_tokens": 6, "max_critique_tokens": 4,
+              "score_fn": score_fn, "prompt_renderer": lambda raw: raw, "temperature": 1.5,
+              "seed": 4}
+    result = self_refinement_loop(model, _Letters(), "abc", **kwargs)
+    assert self_refinement_loop(model, _Letters(), "abc", **kwargs) == result
+    assert [s["iteration"] for s in result["steps"]] == [1, 2, 3]
+    kept = result["steps"][0]["draft_full"]
+    for step in result["steps"]:
+        assert step["draft_full"] == kept and step["score_before"] == score_fn(kept, "")
+        if step["score_after"] >= step["score_before"]:
+            kept = step["revised_full"]
+    assert result["final"] == extract_final_candidate(kept, fallback="number_then_full")
+
+
+def test_the_heuristic_score_rewards_a_box_then_a_number_then_brevity():
+    from gpt_components.reasoning.scaling import heuristic_score
+
+    assert heuristic_score("so \\boxed{3}") == pytest.approx(2.0 + 1.5 * math.exp(-12 / 500))
+    assert heuristic_score("it is 3") == pytest.approx(1.0 + 1.5 * math.exp(-7 / 500))
+    assert heuristic_score("") == pytest.approx(1.5)
