@@ -5,8 +5,10 @@
 
 Stages, each skipped when its result is already there (so a killed recipe is rerun as it is):
 
-1. the task's worked examples (``reasoning.tasks.write_worked_examples``) and a byte-level
-   tokenizer (``BPETokenizer`` with no merges: every digit its own token);
+1. the task's worked examples (``reasoning.tasks.write_worked_examples``), each padded with
+   end-of-text tokens to the context length so that every training window is one example
+   from its start, and a byte-level tokenizer (``BPETokenizer`` with no merges: every digit
+   its own token);
 2. ``gpt-components train`` on them, ``--chunk`` steps at a time (``train --resume --steps``),
    until the model answers ``--sft-target`` (30%) of 100 held-out problems: a start that
    still slips, so that a group of answers holds right and wrong ones;
@@ -60,12 +62,14 @@ def _pretrain(work: Path, args: argparse.Namespace) -> Path:
 
     corpus, tokenizer, run = work / "corpus.txt", work / "bytes", work / "sft"
     if not corpus.exists():
-        write_worked_examples(corpus, args.examples, seed=args.seed, max_digits=args.max_digits)
+        write_worked_examples(corpus, args.examples, seed=args.seed, max_digits=args.max_digits,
+                              width=args.context_length)  # one example a training window
     if not tokenizer.exists():
         BPETokenizer.train("0123456789", vocab_size=257).save(tokenizer)  # bytes, no merges
     if not (run / "config.json").exists():
         subprocess.run(_cli("train", "--corpus", str(corpus), "--tokenizer", str(tokenizer),
                             "--preset", args.preset, "--steps", str(args.chunk),
+                            "--context-length", str(args.context_length),
                             "--batch-size", str(args.batch_size), "--lr", str(args.pretrain_lr),
                             "--min-lr", str(args.pretrain_lr / 10), "--dropout", "0",
                             "--eval-interval", "100", "--checkpoint-interval", "100",
@@ -120,6 +124,8 @@ def main() -> None:
     p.add_argument("--examples", type=int, default=20_000, help="worked training examples")
     p.add_argument("--max-digits", type=int, default=3, help="most digits of an operand")
     p.add_argument("--preset", default="gpt-micro", help="model preset of the supervised run")
+    p.add_argument("--context-length", type=int, default=64,
+                   help="tokens per training window, and per padded example")
     p.add_argument("--pretrain-steps", type=int, default=3000, help="supervised steps at most")
     p.add_argument("--chunk", type=int, default=200, help="supervised steps between checks")
     p.add_argument("--sft-target", type=float, default=0.3,

@@ -101,3 +101,23 @@ def test_the_format_reward_pays_a_boxed_number_right_or_wrong():
     assert reward_boxed_format("\\boxed{ 12 }") == 1.0
     assert reward_boxed_format("\\boxed{1") == 0.0  # never closed
     assert reward_boxed_format("\\boxed{x}") == 0.0 and reward_boxed_format("12") == 0.0
+
+
+@settings(deadline=None, max_examples=10)
+@given(seed=st.integers(0, 1000), width=st.integers(50, 80))
+def test_padded_examples_fill_one_window_each_from_its_first_token(seed, width, tmp_path_factory):
+    from gpt_components.bpe import BPETokenizer
+
+    path = write_worked_examples(tmp_path_factory.mktemp("corpus") / "c.txt", 12, seed=seed,
+                                 width=width)
+    tokenizer = BPETokenizer.train("0123456789", vocab_size=257)  # bytes, no merges
+    ids = tokenizer.encode(path.read_text(), allowed_special={"<|endoftext|>"})
+    assert len(ids) == 12 * width
+    for i, p in enumerate(arithmetic_problems(12, seed=seed)):
+        window = ids[i * width:(i + 1) * width]
+        text = worked_example(p) + "\n"
+        assert tokenizer.decode(window[: len(text)]) == text
+        assert set(window[len(text):]) == {tokenizer.eot_token}
+    with pytest.raises(ValueError) as caught:
+        write_worked_examples(tmp_path_factory.mktemp("c") / "c.txt", 12, seed=seed, width=20)
+    assert caught.value.parameter == "width"

@@ -138,12 +138,25 @@ def worked_example(record: Mapping[str, str]) -> str:
 
 
 def write_worked_examples(path: str | os.PathLike, n: int, *, seed: int = 0,
-                          min_digits: int = 1, max_digits: int = 3) -> Path:
-    """Write ``n`` worked training examples to ``path`` (atomically), separated by
-    ``<|endoftext|>``: a corpus for ``gpt-components train --corpus``."""
+                          min_digits: int = 1, max_digits: int = 3,
+                          width: int | None = None) -> Path:
+    """Write ``n`` worked training examples to ``path`` (atomically), each followed by
+    ``<|endoftext|>``: a corpus for ``gpt-components train --corpus``.
+
+    ``width`` pads every example with further ``<|endoftext|>`` to exactly ``width`` tokens
+    of a byte-level tokenizer (a character each, the end of text one): with ``train
+    --context-length`` equal to it, every training window is one example from its first
+    token, so the question's digits sit at the positions a prompt puts them.
+    """
+    check_int("width", width, low=1, optional=True)
     problems = arithmetic_problems(n, split="train", seed=seed, min_digits=min_digits,
                                    max_digits=max_digits)
-    text = "".join(worked_example(p) + "\n" + ENDOFTEXT for p in problems)
+    examples = [worked_example(p) + "\n" for p in problems]
+    longest = max((len(e) + 1 for e in examples), default=0)
+    if width is not None and longest > width:
+        raise value_error("width", f"width must hold the longest example and its end of "
+                                   f"text, {longest} tokens, got {width}")
+    text = "".join(e + ENDOFTEXT * ((width or len(e) + 1) - len(e)) for e in examples)
     write_bytes_atomically(path, text.encode("utf-8"))
     return Path(path)
 
