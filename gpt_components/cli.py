@@ -83,6 +83,7 @@ from .machinery.resources import resource_path
 from .machinery.sources import TOKENIZER_FILES, load_model_and_tokenizer, load_tokenizer_spec
 from .modern.chat import chat_format_for
 from .reasoning.evaluate import evaluate_math, format_math_summary, read_math_records
+from .reasoning.grpo_command import add_grpo_command
 from .reasoning.math500 import load_math_problems
 from .serving import engine_loop
 from .serving import server as serving_server
@@ -794,6 +795,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_train(commands)
     _add_generate(commands)
     add_finetune_commands(commands)
+    add_grpo_command(commands)
     _add_inspect(commands)
     _add_serve(commands)
     _add_chat(commands)
