@@ -434,7 +434,8 @@ def _inspect(args: argparse.Namespace) -> None:
                                             _pick_device(args.device))
     seen = inspect_prompt(model, tokenizer, args.prompt, top_k=args.top_k)
     print(f"wrote {write_report(seen, args.out)} ({len(seen.token_ids)} tokens, "
-          f"{seen.n_layers} layers x {seen.n_heads} heads)")
+          f"{seen.n_layers} layers x {seen.n_heads} heads"
+          + (f", by layer {'/'.join(map(str, seen.heads))}" if seen.heads else "") + ")")
     if seen.has_sinks:  # GPT-OSS: the share of attention its heads' sinks took
         print(seen.model_summary.partition("; ")[2])
     for path in write_pngs(seen, args.png) if args.png else []:

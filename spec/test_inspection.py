@@ -399,3 +399,24 @@ def test_inspect_prompt_reads_every_family_through_its_trace(preset):
                                **EXACT)
     assert torch.equal(seen.lens_top_ids[-1], seen.top_ids)
     assert len(report_data(seen)["attn"][0]) == cfg.n_heads
+
+
+def test_a_hybrid_whose_layers_have_different_head_counts_is_inspected_layer_by_layer():
+    # Qwen3-Next-80B-A3B's DeltaNet layers have 32 value heads, its attention layers 16: the
+    # report keeps each layer's own maps (the ones it lacks NaN in the tensor, absent in the page).
+    from gpt_components.machinery.registry import build_model, preset_config
+
+    cfg = preset_config("qwen3-next-nano", vocab_size=TOKENIZER.n_vocab, context_length=16,
+                        linear_value_heads=8)
+    model = build_model(cfg).double().eval()
+    text = "Jack Gisburn had"
+    seen, idx = inspect_prompt(model, TOKENIZER, text), ids_of(text)
+    trace = model.trace(idx)
+    heads = [weights.shape[1] for weights in trace.attentions]
+    assert heads == [8, 8, 8, 4] and seen.heads == (8, 8, 8, 4) and seen.n_heads == 8
+    for layer, weights in enumerate(trace.attentions):
+        h = heads[layer]
+        torch.testing.assert_close(seen.attentions[layer, :h], weights[0], **EXACT)
+        assert torch.isnan(seen.attentions[layer, h:]).all() and seen.heads_of(layer) == h
+    assert [len(maps) for maps in report_data(seen)["attn"]] == heads
+    assert "(heads by layer: 8, 8, 8, 4)" in seen.model_summary

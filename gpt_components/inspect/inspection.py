@@ -30,6 +30,7 @@ torch.Size([3])
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,10 @@ class Inspection:
     token_ids: list[int]
     pieces: list[bytes]  # each token's bytes: b"".join(pieces) is the text's UTF-8
     spans: list[tuple[int, int]]  # each token's [start, end) in b"".join(pieces)
-    attentions: torch.Tensor  # [L, H, T, T]: row i is where query i looks (rows sum to 1)
+    # [L, H, T, T]: row i is where query i looks (rows sum to 1). H is the most heads of any
+    # layer: a layer with fewer (a hybrid's linear layers may have more heads than its attention
+    # layers) fills the heads it lacks with NaN; ``heads`` says how many each layer has.
+    attentions: torch.Tensor
     top_ids: torch.Tensor  # [T, k]: the most likely next tokens after each position
     top_probs: torch.Tensor  # [T, k]: their probabilities
     surprisal: torch.Tensor  # [T - 1]: -ln p(token i + 1 | tokens <= i), in nats
@@ -71,6 +75,11 @@ class Inspection:
     final_norms: torch.Tensor  # [T]: the norm of the final norm's output (the head's input)
     vocab: dict[int, bytes]  # the bytes of every id above: tokens, top-k, lens
     sink_shares: torch.Tensor | None = None  # [L, H, T]: attention no token got (its sink's)
+    heads: tuple[int, ...] = ()  # each layer's number of heads (empty: every layer has H)
+
+    def heads_of(self, layer: int) -> int:
+        """How many heads layer ``layer`` has (its maps are ``attentions[layer, :heads]``)."""
+        return self.heads[layer] if self.heads else self.n_heads
 
     @property
     def has_sinks(self) -> bool:
@@ -186,19 +195,24 @@ def inspect_prompt(model: nn.Module, tokenizer: Any, text: str, top_k: int = 5) 
     shown = {*ids, *top_ids.flatten().tolist(), *torch.stack(lens_ids).flatten().tolist()}
     pieces = token_pieces(tokenizer, ids)
     ends = torch.tensor([len(piece) for piece in pieces]).cumsum(0).tolist()
-    shares = torch.stack([share[0] for share in trace.sink_shares]).double().cpu()  # (L, H, T)
+    heads = [weights.shape[1] for weights in trace.attentions]
+    attentions = _stacked([weights[0] for weights in trace.attentions])  # (L, H, T, T)
+    shares = _stacked([share[0] for share in trace.sink_shares]).double().cpu()  # (L, H, T)
     summary = (f"{type(model).__name__}: {cfg.n_layers} layers x {cfg.n_heads} heads, "
                f"emb_dim {cfg.emb_dim}, vocab {cfg.vocab_size}")
+    if len(set(heads)) > 1:
+        summary += f" (heads by layer: {', '.join(map(str, heads))})"
     if bool((shares > 1e-4).any()):  # above float rounding: the heads have sinks
-        summary += (f"; attention sinks take {shares.mean():.1%} of the attention (by layer: "
-                    + ", ".join(f"{share:.0%}" for share in shares.mean(dim=(1, 2))) + ")")
+        by_layer = [shares[layer, :h].mean() for layer, h in enumerate(heads)]
+        summary += (f"; attention sinks take {torch.stack(by_layer).mean():.1%} of the attention "
+                    "(by layer: " + ", ".join(f"{share:.0%}" for share in by_layer) + ")")
     return Inspection(
         text=text,
         model_summary=summary,
         token_ids=ids,
         pieces=pieces,
         spans=[(end - len(piece), end) for piece, end in zip(pieces, ends, strict=True)],
-        attentions=torch.stack([weights[0] for weights in trace.attentions]).cpu(),
+        attentions=attentions.cpu(),
         top_ids=top_ids.cpu(),
         top_probs=top_probs.cpu(),
         surprisal=F.cross_entropy(_as_float(trace.logits[0, :-1]), targets, reduction="none").cpu(),
@@ -210,4 +224,12 @@ def inspect_prompt(model: nn.Module, tokenizer: Any, text: str, top_k: int = 5) 
         final_norms=final.norm(dim=-1).cpu(),
         vocab=dict(zip(sorted(shown), token_pieces(tokenizer, sorted(shown)), strict=True)),
         sink_shares=shares,
+        heads=tuple(heads) if len(set(heads)) > 1 else (),
     )
+
+
+def _stacked(per_layer: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Layers' [H_l, ...] tensors as one [L, max H_l, ...]: the heads a layer lacks are NaN."""
+    most = max(t.shape[0] for t in per_layer)
+    return torch.stack([torch.cat([t, t.new_full((most - t.shape[0], *t.shape[1:]), math.nan)])
+                        for t in per_layer])

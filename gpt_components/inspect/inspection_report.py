@@ -76,7 +76,8 @@ def report_data(inspection: Inspection) -> dict[str, Any]:
              "end": end}
             for i, piece, (start, end) in zip(seen.token_ids, seen.pieces, seen.spans, strict=True)
         ],
-        "attn": _rounded(seen.attentions),
+        "attn": [_rounded(maps[:seen.heads_of(layer)])  # each layer its own heads
+                 for layer, maps in enumerate(seen.attentions)],
         "top": _candidates(seen.top_ids, seen.top_probs),
         "surprisal": _rounded(seen.surprisal),
         "lens": _candidates(seen.lens_top_ids, seen.lens_top_probs),
@@ -129,6 +130,9 @@ def _attention_figure(inspection: Inspection) -> Any:
     for layer in range(n_layers):
         for head in range(n_heads):
             ax = axes[layer][head]
+            if head >= inspection.heads_of(layer):  # a layer with fewer heads than the widest
+                ax.axis("off")
+                continue
             ax.imshow(inspection.attentions[layer, head].float().numpy(), cmap="Blues",
                       vmin=0, vmax=1, interpolation="nearest")
             ax.set_xticks([])
