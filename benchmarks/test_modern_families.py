@@ -1,6 +1,7 @@
-"""Gemma 3, Qwen3-MoE and DeepSeek-V3's small presets against transformers, on the same weights.
+"""The small presets of the windowed and mixture families against transformers, same weights.
 
-Each preset (``gemma3-nano``, ``qwen3-moe-nano``, ``deepseek-v3-nano``, vocabulary cut to
+Each preset (``gemma3-nano``, ``qwen3-moe-nano``, ``deepseek-v3-nano``, ``qwen3-next-nano``,
+``gpt-oss-nano``, vocabulary cut to
 8,000) gets random weights in ``transformers``' class, saved and read back with
 ``from_pretrained``. Decoding: a 16-token prompt, 48 greedy tokens (past Gemma's 16-token
 window), batch 1, ours with its cache against ``generate``. Training: one AdamW step on 4 x 64
@@ -29,7 +30,7 @@ from gpt_components.modern.experts import SwiGLUExperts
 
 transformers = pytest.importorskip("transformers")
 
-PRESETS = ("gemma3-nano", "qwen3-moe-nano", "deepseek-v3-nano")
+PRESETS = ("gemma3-nano", "qwen3-moe-nano", "deepseek-v3-nano", "qwen3-next-nano", "gpt-oss-nano")
 VOCAB, NEW_TOKENS, PROMPT_TOKENS = 8000, 48, 16
 BATCH, CONTEXT = 4, 63
 

@@ -256,6 +256,43 @@ def test_cached_generation_equals_uncached_and_transformers_past_the_window(conf
     assert torch.equal(cached, theirs)
 
 
+def _experts_step(moe, x, upstream, kernel):
+    """Output and gradients (input, every parameter) of ``(moe(x) * upstream).sum()``."""
+    moe.experts.kernel = kernel
+    x = x.clone().requires_grad_(True)
+    params = list(moe.parameters())
+    out = moe(x)
+    grads = torch.autograd.grad((out * upstream).sum(), [x, *params])
+    return out.detach(), grads
+
+
+@settings(max_examples=25, deadline=None)
+@given(seeds, st.integers(1, 24), st.sampled_from([(4, 1), (6, 2), (8, 4)]),
+       st.sampled_from([F64, torch.float32]))
+def test_the_grouped_experts_equal_the_textbook_loop_forward_and_gradients(seed, tokens, routing,
+                                                                          dtype):
+    # The grouped kernel (pairs sorted by expert, one grouped product per projection; torch's
+    # grouped_mm in float32) against the per-expert loop, computed in float64.
+    n_experts, top_k = routing
+    g = generator(seed)
+    moe = ClampedSwiGLUMoE(16, 8, n_experts, top_k, limit=2.0)
+    with torch.no_grad():
+        for p in moe.parameters():
+            p.copy_(torch.randn(p.shape, generator=g, dtype=p.dtype) * 0.7)
+    moe = moe.to(dtype)
+    x = torch.randn(1, tokens, 16, generator=g, dtype=dtype)
+    upstream = torch.randn(x.shape, generator=g, dtype=dtype)
+    out, grads = _experts_step(moe, x, upstream, "grouped")
+    out_ref, grads_ref = _experts_step(moe.to(F64), x.to(F64), upstream.to(F64), "per_expert")
+    tol = EXACT if dtype == F64 else {"rtol": 1e-4, "atol": 1e-5}
+    torch.testing.assert_close(out.to(F64), out_ref, **tol)
+    for grad, grad_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(grad.to(F64), grad_ref, **tol)
+    with pytest.raises(ValueError, match="^kernel must be one of"):
+        moe.experts.kernel = "fast"
+        moe(x.to(F64))
+
+
 # -- sizes and arguments --------------------------------------------------------------------------
 
 

@@ -171,28 +171,33 @@ def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup, kernel):
 
 @settings(max_examples=30)
 @given(st.lists(st.integers(0, 5), min_size=1, max_size=5), st.sampled_from([4, 6, 8]),
-       st.sampled_from([4, 6, 8]), st.sampled_from([torch.float32, F64]), seeds)
-def test_grouped_linear_is_one_linear_per_group(counts, width_in, width_out, dtype, seed):
+       st.sampled_from([4, 6, 8]), st.sampled_from([torch.float32, F64]), st.booleans(), seeds)
+def test_grouped_linear_is_one_linear_per_group(counts, width_in, width_out, dtype, in_out,
+                                                seed):
     """Forward and backward (through ``.sum()``, whose gradient is expanded), empty groups and
-    widths torch's kernel refuses included, against each group's product in float64."""
+    widths torch's kernel refuses included, either weight layout ([E, out, in], or GPT-OSS's
+    [E, in, out] with ``in_out``), against each group's product in float64."""
     g = generator(seed)
     rows = torch.randn(sum(counts), width_in, generator=g, dtype=dtype).requires_grad_(True)
-    weight = torch.randn(len(counts), width_out, width_in, generator=g,
-                         dtype=dtype).requires_grad_(True)
+    shape = (width_in, width_out) if in_out else (width_out, width_in)
+    weight = torch.randn(len(counts), *shape, generator=g, dtype=dtype).requires_grad_(True)
     ends = torch.tensor(counts).cumsum(0, dtype=torch.int32)
-    out = experts_module.grouped_linear(rows, weight, ends)
+    out = experts_module.grouped_linear(rows, weight, ends, in_out=in_out)
     out.sum().backward()
     start, tol = 0, TIGHT if dtype == F64 else {"rtol": 1e-5, "atol": 1e-5}
-    grad_weight = torch.zeros(weight.shape, dtype=F64)
+    matrices = weight.detach().to(F64)
+    matrices = matrices.transpose(1, 2) if in_out else matrices  # (E, out, in) either way
+    grad_weight = torch.zeros(matrices.shape, dtype=F64)
     for e, count in enumerate(counts):
         group = rows.detach()[start:start + count].to(F64)
         torch.testing.assert_close(out.detach()[start:start + count].to(F64),
-                                   group @ weight.detach()[e].to(F64).T, **tol)
+                                   group @ matrices[e].T, **tol)
         torch.testing.assert_close(rows.grad[start:start + count].to(F64),
-                                   weight.detach()[e].to(F64).sum(0).expand(count, -1), **tol)
+                                   matrices[e].sum(0).expand(count, -1), **tol)
         grad_weight[e] = group.sum(0).expand(width_out, -1)
         start += count
-    torch.testing.assert_close(weight.grad.to(F64), grad_weight, **tol)
+    expected = grad_weight.transpose(1, 2) if in_out else grad_weight
+    torch.testing.assert_close(weight.grad.to(F64), expected, **tol)
 
 
 def training_step(moe, x, kernel, upstream):

@@ -86,8 +86,11 @@ def _fast_grouped_mm(rows: torch.Tensor, weight: torch.Tensor) -> bool:
     """Whether torch's grouped kernel takes these operands: on the CPU float32 or narrower (it
     refuses float64), on CUDA bfloat16 on an Ampere or newer GPU; some rows, contiguous, every
     row and column stride a multiple of 16 bytes (its backward's too)."""
+    # ``weight``: the operand [experts, in, out], either contiguous or the transpose of a
+    # contiguous [experts, out, in] (how the kernel reads nn.Linear's layout).
     if (_GROUPED_MM is None or rows.shape[0] == 0  # (its backward fails on no rows)
-            or not (rows.is_contiguous() and weight.is_contiguous())):
+            or not (rows.is_contiguous() and (weight.is_contiguous()
+                                              or weight.transpose(-2, -1).is_contiguous()))):
         return False
     if rows.device.type == "cpu":
         if rows.dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -96,7 +99,8 @@ def _fast_grouped_mm(rows: torch.Tensor, weight: torch.Tensor) -> bool:
               and torch.cuda.get_device_capability(rows.device) >= (8, 0)):
         return False
     step = 16 // rows.element_size()
-    return rows.shape[1] % step == 0 and weight.shape[1] % step == 0
+    return rows.shape[1] % step == 0 and weight.shape[1] % step == 0 \
+        and weight.shape[2] % step == 0
 
 
 class _ContiguousGradient(torch.autograd.Function):
@@ -112,20 +116,25 @@ class _ContiguousGradient(torch.autograd.Function):
         return grad.contiguous()
 
 
-def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor) -> torch.Tensor:
+def grouped_linear(rows: torch.Tensor, weight: torch.Tensor, ends: torch.Tensor, *,
+                   in_out: bool = False) -> torch.Tensor:
     """Rows grouped by expert, each group through its expert's matrix: [S, in] -> [S, out].
 
     ``rows`` are sorted by expert, expert ``e``'s group ending before row ``ends[e]`` (int32,
-    cumulative counts); ``weight`` is [experts, out, in]. One call of torch's grouped matrix
-    product where it can (float32 on the CPU: one kernel, its backward included), else one
-    ``F.linear`` per group (float64).
+    cumulative counts); ``weight`` is [experts, out, in] (``nn.Linear``'s layout), or
+    [experts, in, out] with ``in_out=True`` (GPT-OSS's, for ``rows @ weight[e]``). One call of
+    torch's grouped matrix product where it can (float32 on the CPU: one kernel, its backward
+    included), else one product per group (float64).
     """
-    if _fast_grouped_mm(rows, weight):
-        out = _GROUPED_MM(rows, weight.transpose(-2, -1), offs=ends)  # (S, out)
+    operand = weight if in_out else weight.transpose(-2, -1)  # (E, in, out)
+    if _fast_grouped_mm(rows, operand):
+        out = _GROUPED_MM(rows, operand, offs=ends)  # (S, out)
         return _ContiguousGradient.apply(out) if out.requires_grad else out
     bounds = [0, *ends.tolist()]
-    return torch.cat([F.linear(rows[start:end], w) for start, end, w in
-                      zip(bounds, bounds[1:], weight.unbind(0), strict=False)])
+    groups = zip(bounds, bounds[1:], weight.unbind(0), strict=False)
+    if in_out:
+        return torch.cat([rows[start:end] @ w for start, end, w in groups])
+    return torch.cat([F.linear(rows[start:end], w) for start, end, w in groups])
 
 
 class SwiGLUExperts(nn.Module):

@@ -33,7 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..machinery.checks import check_float, check_int, check_tensor, value_error
+from ..machinery.checks import check_choice, check_float, check_int, check_tensor, value_error
+from ..modern.experts import _check_routing, grouped_linear, per_expert_mixture
 
 __all__ = ["clamped_swiglu", "TopKSoftmaxRouter", "ClampedSwiGLUExperts", "ClampedSwiGLUMoE"]
 
@@ -84,6 +85,8 @@ class TopKSoftmaxRouter(nn.Module):
 class ClampedSwiGLUExperts(nn.Module):
     """``n_experts`` clamped-SwiGLU feed-forwards with biases, each projection one stacked tensor.
 
+    ``KERNELS``: how ``forward`` mixes them (``kernel``, default ``"grouped"``).
+
     ``expert(e, x)`` runs expert ``e`` on [N, emb]; ``forward(x, experts, weights)`` runs each
     expert once on the tokens that chose it and sums the outputs weighted by ``weights``.
     """
@@ -96,6 +99,7 @@ class ClampedSwiGLUExperts(nn.Module):
         check_int("n_experts", n_experts, low=1)
         self.alpha = check_float("alpha", alpha, low=0, low_open=True)
         self.limit = check_float("limit", limit, low=0, low_open=True)
+        self.kernel = "grouped"
         # Stored as transformers stores them, for x @ W: (E, in, out); gate and up interleaved.
         self.gate_up_proj = nn.Parameter(torch.empty(n_experts, emb_dim, 2 * hidden_dim))
         self.gate_up_proj_bias = nn.Parameter(torch.empty(n_experts, 2 * hidden_dim))
@@ -106,6 +110,8 @@ class ClampedSwiGLUExperts(nn.Module):
                 nn.init.normal_(weight, std=0.02)
             for bias in (self.gate_up_proj_bias, self.down_proj_bias):
                 nn.init.zeros_(bias)
+
+    KERNELS = ("grouped", "per_expert")
 
     @property
     def n_experts(self) -> int:
@@ -119,12 +125,25 @@ class ClampedSwiGLUExperts(nn.Module):
 
     def forward(self, x: torch.Tensor, experts: torch.Tensor,
                 weights: torch.Tensor) -> torch.Tensor:
-        """``x`` [N, emb] through the ``experts`` [N, k] each token chose, weighted [N, k]."""
-        out = torch.zeros_like(x)
-        for e in experts.unique().tolist():
-            token, slot = torch.where(experts == e)  # the tokens routed to expert e
-            out.index_add_(0, token, self.expert(e, x[token]) * weights[token, slot, None])
-        return out
+        """``x`` [N, emb] through the ``experts`` [N, k] each token chose, weighted [N, k].
+
+        ``kernel`` picks how, both the same function (``spec/test_gpt_oss.py``): ``"grouped"``
+        (default) sorts the (token, expert) pairs by expert and runs each projection as one
+        grouped matrix product (``modern.experts.grouped_linear``), ``"per_expert"`` is the
+        textbook loop over the chosen experts.
+        """
+        _check_routing(x, weights, experts, self.gate_up_proj.shape[1], self.n_experts)
+        if check_choice("kernel", self.kernel, self.KERNELS) == "per_expert":
+            return per_expert_mixture(self.expert, x, weights, experts)
+        pairs = experts.flatten()  # (S = N k,) the expert of each (token, slot) pair
+        order = pairs.argsort(stable=True)  # the pairs by expert, tokens in order within each
+        token, chosen = order // experts.shape[1], pairs[order]
+        ends = torch.bincount(pairs, minlength=self.n_experts).cumsum(0, dtype=torch.int32)
+        gate_up = grouped_linear(x[token], self.gate_up_proj, ends, in_out=True)
+        hidden = clamped_swiglu(gate_up + self.gate_up_proj_bias[chosen], self.alpha, self.limit)
+        out = grouped_linear(hidden, self.down_proj, ends, in_out=True) \
+            + self.down_proj_bias[chosen]
+        return torch.zeros_like(x).index_add_(0, token, out * weights.flatten()[order, None])
 
 
 class ClampedSwiGLUMoE(nn.Module):
