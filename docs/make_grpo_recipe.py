@@ -14,7 +14,7 @@ Stages, each skipped when its result is already there (so a killed recipe is rer
    still slips, so that a group of answers holds right and wrong ones;
 3. its greedy accuracy on 500 held-out problems (``task_accuracy``);
 4. ``gpt-components finetune-grpo`` from that run for ``--grpo-minutes`` of wall time: after
-   that the recipe presses Ctrl-C for you (SIGINT), which saves the step reached; a rerun
+   that the recipe stops it with SIGTERM (as Ctrl-C would), which saves the step reached; a rerun
    resumes it with the time that is left (``state.json`` keeps the time spent);
 5. the accuracy of the GRPO model on the same 500 problems, the gain, and the curve, copied
    to ``docs/reasoning-grpo-curve.png`` (``--no-picture`` to leave docs/ alone).
@@ -109,11 +109,13 @@ def _grpo(work: Path, sft: Path, args: argparse.Namespace) -> tuple[Path, float]
         child.wait(timeout=left)
         state["done"] = child.returncode == 0
     except subprocess.TimeoutExpired:
-        child.send_signal(signal.SIGINT)  # Ctrl-C: it saves the step reached and exits 130
+        # SIGTERM, which the command handles as Ctrl-C (it saves the step reached, exit 143):
+        # SIGINT would be ignored by a child of a recipe started in the background (nohup, &).
+        child.send_signal(signal.SIGTERM)
         child.wait()
     state["seconds"] += time.monotonic() - started
     state_file.write_text(json.dumps(state))
-    if child.returncode not in (0, 130):
+    if child.returncode not in (0, 130, 143):
         raise SystemExit(f"finetune-grpo failed with exit status {child.returncode}")
     return run, state["seconds"]
 
