@@ -14,9 +14,10 @@
 
 ``test_small_presets_hold_what_the_formula_says`` builds the real caches of the small presets
 (``llama3-nano``, ``gemma3-nano``, ``deepseek-v3-nano``, ``qwen3-next-nano``,
-``qwen3.5-nano``, ``gpt-oss-nano``, ``olmo3-nano``, ``gemma4-nano``) and counts their buffers' bytes against it. ``python -m
-benchmarks.test_kv_memory`` draws ``benchmarks/kv_cache_memory.png`` for the published sizes
-and prints the table recorded in ``benchmarks/README.md``.
+``qwen3.5-nano``, ``gpt-oss-nano``, ``olmo3-nano``, ``gemma4-nano``) and counts their
+buffers' bytes against it. ``python -m benchmarks.test_kv_memory`` draws
+``benchmarks/kv_cache_memory.png`` for the published sizes and prints the table recorded in
+``benchmarks/README.md``.
 """
 
 from __future__ import annotations
