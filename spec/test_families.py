@@ -43,6 +43,7 @@ from gpt_components.machinery.registry import (
     preset_config,
     preset_names,
 )
+from gpt_components.modern import DecoderModel
 from spec.strategies import generator, seeds
 
 # Every family file in spec/families/, imported: declaring a family registers it, nothing else.
@@ -295,3 +296,15 @@ def test_modern_exports_every_module_without_a_list():
         names = importlib.import_module(f"gpt_components.modern.{module}").__all__
         assert set(names) <= set(modern.__all__)
         assert all(getattr(modern, n) is getattr(gpt_components, n) for n in names)
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if FAMILIES[n].model_class is not DecoderModel
+                                  and issubclass(FAMILIES[n].model_class, DecoderModel)])
+def test_a_family_with_its_own_model_class_refuses_the_plain_decoder(name):
+    # Gemma 4 and OLMo 3 extend DecoderModel: a plain DecoderModel of their config would build
+    # a different model without a word (no shared caches, no per-layer inputs, other norms).
+    cfg = preset_config(smallest_preset(FAMILIES[name]), vocab_size=64)
+    with pytest.raises(TypeError, match=rf"^cfg is a {type(cfg).__name__}, whose model is "
+                                        rf"{FAMILIES[name].model_class.__name__}: build it with"):
+        DecoderModel(cfg)
+    assert type(build_model(cfg)) is FAMILIES[name].model_class

@@ -27,8 +27,9 @@ from torch import nn
 
 from ..attention import check_features
 from ..kv_cache import LayerCache
-from ..machinery.checks import check_instance
+from ..machinery.checks import check_instance, type_error
 from ..machinery.language_model import LanguageModel
+from ..machinery.registry import FAMILIES
 from .cache import DecoderKVCache
 from .components import ATTENTIONS, FEED_FORWARDS, make_norm
 from .config import DecoderConfig
@@ -75,6 +76,17 @@ class DecoderBlock(nn.Module):
         return (x, weights) if need_weights else x
 
 
+def _check_model_class(model: nn.Module, cfg: DecoderConfig) -> None:
+    """A family whose model extends ``DecoderModel`` (Gemma 4's shared caches and per-layer
+    inputs, OLMo 3's norms) would be built wrong as a plain ``DecoderModel``: refused."""
+    for family in FAMILIES.values():
+        if type(cfg) is family.config_class and not isinstance(model, family.model_class):
+            raise type_error("cfg", f"cfg is a {type(cfg).__name__}, whose model is "
+                                    f"{family.model_class.__name__}: build it with "
+                                    f"{family.model_class.__name__}(cfg) or build_model(cfg), "
+                                    f"not {type(model).__name__}(cfg)")
+
+
 class DecoderModel(LanguageModel):
     """A decoder-only transformer whose components its ``DecoderConfig`` names.
 
@@ -87,6 +99,7 @@ class DecoderModel(LanguageModel):
     def __init__(self, cfg: DecoderConfig) -> None:
         super().__init__()
         check_instance("cfg", cfg, DecoderConfig, "a DecoderConfig")
+        _check_model_class(self, cfg)
         self.cfg = cfg
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.emb_dim)
         self.trf_blocks = nn.ModuleList(DecoderBlock(cfg, i) for i in range(cfg.n_layers))
