@@ -10,7 +10,7 @@ Stages, each skipped when its result is already there (so a killed recipe is rer
    from its start, and a byte-level tokenizer (``BPETokenizer`` with no merges: every digit
    its own token);
 2. ``gpt-components train`` on them, ``--chunk`` steps at a time (``train --resume --steps``),
-   until the model answers ``--sft-target`` (30%) of 100 held-out problems: a start that
+   until the model answers ``--sft-target`` (25%) of 100 held-out problems: a start that
    still slips, so that a group of answers holds right and wrong ones;
 3. its greedy accuracy on 500 held-out problems (``task_accuracy``);
 4. ``gpt-components finetune-grpo`` from that run for ``--grpo-minutes`` of wall time: after
@@ -130,7 +130,7 @@ def main() -> None:
                    help="tokens per training window, and per padded example")
     p.add_argument("--pretrain-steps", type=int, default=3000, help="supervised steps at most")
     p.add_argument("--chunk", type=int, default=200, help="supervised steps between checks")
-    p.add_argument("--sft-target", type=float, default=0.3,
+    p.add_argument("--sft-target", type=float, default=0.25,
                    help="stop the supervised run once it answers this share of 100 problems")
     p.add_argument("--batch-size", type=int, default=16, help="supervised windows per step")
     p.add_argument("--pretrain-lr", type=float, default=3e-3, help="supervised peak lr")
