@@ -27,6 +27,7 @@ import torch
 from gpt_components import from_pretrained, generate, save_pretrained
 from gpt_components.machinery.registry import build_model, preset_config
 from gpt_components.modern.experts import SwiGLUExperts
+from gpt_components.newest.clamped_swiglu import ClampedSwiGLUExperts
 
 transformers = pytest.importorskip("transformers")
 
@@ -46,8 +47,10 @@ def make_models(preset: str) -> tuple[torch.nn.Module, torch.nn.Module]:
             p.normal_(0.0, 0.05)
     with tempfile.TemporaryDirectory() as directory:
         save_pretrained(ours, directory)
+        # SDPA where transformers has it; GPT-OSS's sinks are eager only there.
+        attention = "eager" if preset.startswith("gpt-oss") else "sdpa"
         hf = transformers.AutoModelForCausalLM.from_pretrained(
-            directory, attn_implementation="sdpa").eval()
+            directory, attn_implementation=attention).eval()
         ours = from_pretrained(directory)
     return ours, hf
 
@@ -112,7 +115,7 @@ def _alternate(first, second, rounds: int) -> tuple[float, float]:
 def set_expert_kernel(model: torch.nn.Module, kernel: str) -> None:
     """Our mixtures' experts run with ``kernel`` ("grouped" or the textbook "per_expert")."""
     for module in model.modules():
-        if isinstance(module, SwiGLUExperts):
+        if isinstance(module, (SwiGLUExperts, ClampedSwiGLUExperts)):
             module.kernel = kernel
 
 

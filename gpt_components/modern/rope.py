@@ -192,11 +192,13 @@ class RotaryEmbedding(nn.Module):
 
 
 def _broadcasts(table: torch.Tensor, x: torch.Tensor) -> bool:
-    """Whether ``table`` broadcasts to ``x``'s shape without growing it."""
-    try:
-        return torch.broadcast_shapes(table.shape, x.shape) == x.shape
-    except RuntimeError:
+    """Whether ``table`` broadcasts to ``x``'s shape without growing it: no more dimensions,
+    and each of its sizes, aligned from the right, 1 or ``x``'s. (``torch.broadcast_shapes``
+    says the same, at about 35 microseconds a call: an eighth of a small model's decoding.)"""
+    if table.dim() > x.dim():
         return False
+    return all(t in (1, n) for t, n in zip(reversed(table.shape), reversed(x.shape),
+                                            strict=False))
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

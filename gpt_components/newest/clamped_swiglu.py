@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..machinery.checks import check_choice, check_float, check_int, check_tensor, value_error
-from ..modern.experts import _check_routing, grouped_linear, per_expert_mixture
+from ..modern.experts import GATHER_LIMIT, _check_routing, grouped_linear, per_expert_mixture
 
 __all__ = ["clamped_swiglu", "TopKSoftmaxRouter", "ClampedSwiGLUExperts", "ClampedSwiGLUMoE"]
 
@@ -129,13 +129,17 @@ class ClampedSwiGLUExperts(nn.Module):
 
         ``kernel`` picks how, both the same function (``spec/test_gpt_oss.py``): ``"grouped"``
         (default) sorts the (token, expert) pairs by expert and runs each projection as one
-        grouped matrix product (``modern.experts.grouped_linear``), ``"per_expert"`` is the
-        textbook loop over the chosen experts.
+        grouped matrix product (``modern.experts.grouped_linear``), or, for no more pairs than
+        experts with small matrices (decoding a token), multiplies each pair's matrices copied
+        out as one batch; ``"per_expert"`` is the textbook loop over the chosen experts.
         """
         _check_routing(x, weights, experts, self.gate_up_proj.shape[1], self.n_experts)
         if check_choice("kernel", self.kernel, self.KERNELS) == "per_expert":
             return per_expert_mixture(self.expert, x, weights, experts)
         pairs = experts.flatten()  # (S = N k,) the expert of each (token, slot) pair
+        per_expert = self.gate_up_proj[0].numel() + self.down_proj[0].numel()
+        if pairs.numel() <= self.n_experts and pairs.numel() * per_expert <= GATHER_LIMIT:
+            return self._gathered(x, experts, weights)  # a token or two: no sorting at all
         order = pairs.argsort(stable=True)  # the pairs by expert, tokens in order within each
         token, chosen = order // experts.shape[1], pairs[order]
         ends = torch.bincount(pairs, minlength=self.n_experts).cumsum(0, dtype=torch.int32)
@@ -144,6 +148,19 @@ class ClampedSwiGLUExperts(nn.Module):
         out = grouped_linear(hidden, self.down_proj, ends, in_out=True) \
             + self.down_proj_bias[chosen]
         return torch.zeros_like(x).index_add_(0, token, out * weights.flatten()[order, None])
+
+    def _gathered(self, x: torch.Tensor, experts: torch.Tensor,
+                  weights: torch.Tensor) -> torch.Tensor:
+        """Each (token, expert) pair's matrices copied out and multiplied as one batch."""
+        n, k = experts.shape
+        pairs = experts.flatten()  # (S,)
+        rows = x.repeat_interleave(k, dim=0)[:, None, :]  # (S, 1, emb)
+        gate_up = torch.baddbmm(self.gate_up_proj_bias[pairs, None, :], rows,
+                                self.gate_up_proj[pairs])  # (S, 1, 2h)
+        hidden = clamped_swiglu(gate_up, self.alpha, self.limit)  # (S, 1, h)
+        out = torch.baddbmm(self.down_proj_bias[pairs, None, :], hidden,
+                            self.down_proj[pairs])[:, 0]  # (S, emb)
+        return (out * weights.flatten()[:, None]).view(n, k, x.shape[1]).sum(dim=1)
 
 
 class ClampedSwiGLUMoE(nn.Module):
