@@ -308,3 +308,34 @@ def test_a_family_with_its_own_model_class_refuses_the_plain_decoder(name):
                                         rf"{FAMILIES[name].model_class.__name__}: build it with"):
         DecoderModel(cfg)
     assert type(build_model(cfg)) is FAMILIES[name].model_class
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_lora_wraps_every_family_and_a_nonzero_update_is_its_low_rank_sum(name):
+    # Appendix E on every family: with B at zero the wrapped model computes exactly the base
+    # model; with B drawn, each wrapped layer adds (alpha / rank) x A B, and only the adapters
+    # receive gradients.
+    import copy
+
+    from gpt_components.finetune.lora import LinearWithLoRA, replace_linear_with_lora
+
+    cfg = preset_config(smallest_preset(FAMILIES[name]), vocab_size=64, drop_rate=0.0)
+    base = build_model(cfg).double().eval()
+    ids = torch.randint(0, 64, (2, 7), generator=generator(0))
+    with torch.no_grad():
+        expected = base(ids)
+    wrapped = replace_linear_with_lora(copy.deepcopy(base), rank=2, alpha=4.0,
+                                       generator=generator(1)).double().eval()
+    layers = [m for m in wrapped.modules() if isinstance(m, LinearWithLoRA)]
+    assert layers
+    with torch.no_grad():
+        torch.testing.assert_close(wrapped(ids), expected, rtol=0, atol=0)
+        for layer in layers:
+            layer.lora.B.normal_(0, 0.5, generator=generator(2))
+        for layer in layers:  # each layer: its base plus the scaled low-rank product
+            x = torch.randn(3, layer.in_features, generator=generator(3), dtype=torch.float64)
+            torch.testing.assert_close(layer(x), layer.linear(x) + 2.0 * (x @ layer.lora.A)
+                                       @ layer.lora.B, rtol=1e-12, atol=1e-12)
+    wrapped(ids).sum().backward()
+    trained = {n for n, p in wrapped.named_parameters() if p.grad is not None}
+    assert trained and all(".lora." in n for n in trained)

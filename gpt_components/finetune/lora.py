@@ -119,6 +119,24 @@ class LinearWithLoRA(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x) + self.lora(x)
 
+    # The wrapped layer's attributes, for code that reads them off the layer it replaced (a
+    # Gated DeltaNet checks its input against ``W_out.weight``'s dtype and device).
+    @property
+    def weight(self) -> torch.Tensor:
+        return self.linear.weight
+
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return self.linear.bias
+
+    @property
+    def in_features(self) -> int:
+        return self.linear.in_features
+
+    @property
+    def out_features(self) -> int:
+        return self.linear.out_features
+
     def merged(self) -> nn.Linear:
         """A plain ``nn.Linear`` computing the same function, with the update folded in."""
         base = self.linear
