@@ -672,3 +672,24 @@ def test_every_family_finetunes_instructions_then_dpo_with_the_tokenizer_it_trai
             for row, item in enumerate(batch):
                 n = len(item[key])
                 assert out[key][row, n:].eq(end).all() and not out[f"{key}_mask"][row, n:].any()
+
+
+@pytest.mark.parametrize("allowed", [None, "8"])
+def test_a_context_too_short_for_every_pair_is_one_line_naming_what_to_change(
+        allowed, tmp_path, capsys):
+    # A model whose context every prompt fills leaves no response token to score: said before
+    # torch's sampler refuses an empty dataset ("num_samples=0").
+    from gpt_components.cli import main
+
+    cfg = GPTConfig(context_length=16, emb_dim=8, n_heads=2, n_layers=1, drop_rate=0.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        save_pretrained(GPTModel(cfg), tmp_path / "short")
+    extra = [] if allowed is None else ["--allowed-max-length", allowed]
+    assert main(["finetune-dpo", "--weights", str(tmp_path / "short"), "--limit", "4",
+                 "--batch-size", "2", "--out", str(tmp_path / "o"), "--no-progress",
+                 *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err and "num_samples" not in err
+    assert f"every training pair's prompt fills the {allowed or 16} tokens allowed" in err
+    assert "--allowed-max-length" in err

@@ -594,6 +594,13 @@ def finetune_dpo(args: argparse.Namespace) -> None:
     context = model.cfg.context_length
     allowed = min(args.allowed_max_length or context, context)
     (train_set, dropped), (val_set, val_dropped) = _dpo_datasets(splits, tok, allowed, args.limit)
+    if len(train_set) == 0:  # before torch's sampler says "num_samples=0"
+        parameter = "allowed_max_length" if allowed < context else "context_length"
+        raise value_error(parameter, f"every training pair's prompt fills the {allowed} tokens "
+                                     f"allowed (the model's context_length is {context}): no "
+                                     "response token is left to score; raise "
+                                     "--allowed-max-length or start from a model with a longer "
+                                     "context")
     collate = partial(dpo.preference_collate, pad_token_id=_end_of_text(tok, model),
                       allowed_max_length=allowed, mask_prompt_tokens=args.mask_prompt)
     g = torch.Generator().manual_seed(args.seed)
