@@ -748,6 +748,8 @@ def _add_chat(commands: Any) -> None:
     add("--tokenizer", default=None, help="override the tokenizer ('gpt2' or a directory)")
     add("--device", default="auto", help="auto, cpu, cuda or mps")
     chat.set_defaults(run=_chat)
+
+
 def _add_evaluate_math(commands: Any) -> None:
     math = commands.add_parser(
         "evaluate-math", help="grade a model's answers to MATH-500 (the reasoning chapter)",

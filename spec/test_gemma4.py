@@ -36,6 +36,7 @@ from gpt_components.newest.gemma4 import (
     config_to_hf,
 )
 from gpt_components.newest.shared_kv import SharedKVAttention, kv_sources
+from spec.helpers.decoding import stepwise_logits
 from spec.helpers.hf_exact import Float64Mode
 from spec.helpers.hf_random import ours_from, random_hf_model
 from spec.strategies import generator, seeds
@@ -161,11 +162,7 @@ def test_deeper_models_equal_transformers_through_the_cache_too(config, seed, da
                         generator=generator(seed))
     expected = exact_logits(hf_model, ids)
     first = data.draw(st.integers(1, ids.shape[1] - 1))
-    cache = model.new_kv_cache(1)
-    with torch.no_grad():
-        steps = [model(ids[:, :first], kv_cache=cache)]
-        steps += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(first, ids.shape[1])]
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, **EXACT)
+    torch.testing.assert_close(stepwise_logits(model, ids, first), expected, **EXACT)
 
 
 @settings(max_examples=2, deadline=None)
@@ -216,9 +213,7 @@ def test_sharing_layers_hold_their_sources_cache_and_decode_as_without_a_cache(
         for c in owned)  # k and v, B=2, one head of 8, float64: the distinct caches only
     ids = torch.randint(0, 50, (2, length), generator=generator(seed + 1))
     with torch.no_grad():
-        steps = [model(ids[:, :3], kv_cache=cache)]
-        steps += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(3, length)]
-        torch.testing.assert_close(torch.cat(steps, dim=1), model(ids), **EXACT)
+        torch.testing.assert_close(stepwise_logits(model, ids, 3, cache), model(ids), **EXACT)
     assert all(c.length == length for c in owned)
 
 

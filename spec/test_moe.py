@@ -169,6 +169,16 @@ def test_each_expert_runs_once_on_exactly_its_routed_tokens(setup, kernel):
             torch.testing.assert_close(calls[0], torch.stack(routed_rows), rtol=0, atol=0)
 
 
+@settings(max_examples=15)
+@given(moe_setups(n_experts=1, top_k=1, scoring="softmax", routed_scaling_factor=1.0))
+def test_one_expert_with_k_1_is_the_dense_swiglu(setup):
+    moe, x = setup
+    expected = routed(moe.experts, 0, x)  # the one expert's matrices, written out
+    if moe.shared_experts is not None:
+        expected = expected + swiglu(moe.shared_experts, x)
+    torch.testing.assert_close(moe(x), expected, **TIGHT)
+
+
 @settings(max_examples=30)
 @given(st.lists(st.integers(0, 5), min_size=1, max_size=5), st.sampled_from([4, 6, 8]),
        st.sampled_from([4, 6, 8]), st.sampled_from([torch.float32, F64]), st.booleans(), seeds)

@@ -31,6 +31,7 @@ from gpt_components.newest.olmo3 import (
     config_from_hf,
     config_to_hf,
 )
+from spec.helpers.decoding import stepwise_logits
 from spec.helpers.hf_exact import Float64Mode
 from spec.helpers.hf_random import ours_from, random_hf_model
 from spec.strategies import generator, seeds
@@ -119,11 +120,7 @@ def test_deeper_models_equal_transformers_through_the_cache_too(config, seed, da
                         generator=generator(seed))
     expected = exact_logits(hf_model, ids)
     first = data.draw(st.integers(1, ids.shape[1] - 1))
-    cache = model.new_kv_cache(1)
-    with torch.no_grad():
-        steps = [model(ids[:, :first], kv_cache=cache)]
-        steps += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(first, ids.shape[1])]
-    torch.testing.assert_close(torch.cat(steps, dim=1), expected, **EXACT)
+    torch.testing.assert_close(stepwise_logits(model, ids, first), expected, **EXACT)
 
 
 @settings(max_examples=3, deadline=None)
@@ -182,9 +179,7 @@ def test_sliding_layers_cache_window_positions_and_decode_as_without_a_cache(see
     assert isinstance(cache.layers[0], WindowLayerCache)
     assert tuple(cache.layers[0].keys.shape) == (2, 1, window, 8)  # not context_length
     with torch.no_grad():
-        steps = [model(ids[:, :3], kv_cache=cache)]
-        steps += [model(ids[:, t:t + 1], kv_cache=cache) for t in range(3, length)]
-        torch.testing.assert_close(torch.cat(steps, dim=1), model(ids), **EXACT)
+        torch.testing.assert_close(stepwise_logits(model, ids, 3, cache), model(ids), **EXACT)
 
 
 def test_a_block_has_no_pre_norms_and_its_norms_follow_the_branches():

@@ -103,6 +103,25 @@ def _fast_grouped_mm(rows: torch.Tensor, weight: torch.Tensor) -> bool:
         and weight.shape[2] % step == 0
 
 
+def gathers(experts: torch.Tensor, n_experts: int, per_expert: int) -> bool:
+    """Whether a batch's (token, expert) pairs (``experts`` [N, k]) are few enough to copy each
+    pair's matrices out (``per_expert`` numbers each) rather than sort and group them: no more
+    pairs than experts, and ``GATHER_LIMIT`` numbers in all."""
+    pairs = experts.numel()
+    return pairs <= n_experts and pairs * per_expert <= GATHER_LIMIT
+
+
+def sort_pairs(experts: torch.Tensor, n_experts: int
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The (token, slot) pairs of ``experts`` [N, k] sorted by expert for ``grouped_linear``:
+    ``order`` [S] (indices into the flattened pairs, tokens in order within each expert),
+    ``token`` [S] (each sorted pair's token) and ``ends`` (int32 cumulative counts per expert)."""
+    pairs = experts.flatten()  # (S = N k,) expert of each (token, slot) pair
+    order = pairs.argsort(stable=True)
+    ends = torch.bincount(pairs, minlength=n_experts).cumsum(0, dtype=torch.int32)
+    return order, order // experts.shape[1], ends
+
+
 class _ContiguousGradient(torch.autograd.Function):
     """The identity, whose backward hands a contiguous gradient on: the grouped kernel's
     backward refuses an expanded one (``out.sum().backward()``'s)."""
@@ -197,18 +216,13 @@ class SwiGLUExperts(nn.Module):
         kernel = check_choice("kernel", self.kernel, self.KERNELS)
         if kernel == "per_expert":
             return per_expert_mixture(self.expert, x, weights, experts)
-        pairs = experts.numel()
-        per_expert = self.gate_up[0].numel() + self.down[0].numel()
-        if pairs <= len(self) and pairs * per_expert <= GATHER_LIMIT:
+        if gathers(experts, len(self), self.gate_up[0].numel() + self.down[0].numel()):
             return self._gathered(x, weights, experts)
         return self._grouped(x, weights, experts)
 
     def _grouped(self, x: torch.Tensor, weights: torch.Tensor,
                  experts: torch.Tensor) -> torch.Tensor:
-        pairs = experts.flatten()  # (S = N k,) expert of each (token, slot) pair
-        order = pairs.argsort(stable=True)  # pairs by expert, tokens in order within each
-        token = order // experts.shape[1]
-        ends = torch.bincount(pairs, minlength=len(self)).cumsum(0, dtype=torch.int32)
+        order, token, ends = sort_pairs(experts, len(self))
         hidden = self._swiglu(grouped_linear(x[token], self.gate_up, ends))  # (S, hidden)
         out = grouped_linear(hidden, self.down, ends) * weights.flatten()[order, None]
         return torch.zeros_like(x).index_add_(0, token, out)  # (N, emb)

@@ -34,7 +34,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..machinery.checks import check_choice, check_float, check_int, check_tensor, value_error
-from ..modern.experts import GATHER_LIMIT, _check_routing, grouped_linear, per_expert_mixture
+from ..modern.experts import (
+    _check_routing,
+    gathers,
+    grouped_linear,
+    per_expert_mixture,
+    sort_pairs,
+)
 
 __all__ = ["clamped_swiglu", "TopKSoftmaxRouter", "ClampedSwiGLUExperts", "ClampedSwiGLUMoE"]
 
@@ -136,13 +142,11 @@ class ClampedSwiGLUExperts(nn.Module):
         _check_routing(x, weights, experts, self.gate_up_proj.shape[1], self.n_experts)
         if check_choice("kernel", self.kernel, self.KERNELS) == "per_expert":
             return per_expert_mixture(self.expert, x, weights, experts)
-        pairs = experts.flatten()  # (S = N k,) the expert of each (token, slot) pair
-        per_expert = self.gate_up_proj[0].numel() + self.down_proj[0].numel()
-        if pairs.numel() <= self.n_experts and pairs.numel() * per_expert <= GATHER_LIMIT:
+        if gathers(experts, self.n_experts,
+                   self.gate_up_proj[0].numel() + self.down_proj[0].numel()):
             return self._gathered(x, experts, weights)  # a token or two: no sorting at all
-        order = pairs.argsort(stable=True)  # the pairs by expert, tokens in order within each
-        token, chosen = order // experts.shape[1], pairs[order]
-        ends = torch.bincount(pairs, minlength=self.n_experts).cumsum(0, dtype=torch.int32)
+        order, token, ends = sort_pairs(experts, self.n_experts)
+        chosen = experts.flatten()[order]  # each sorted pair's expert
         gate_up = grouped_linear(x[token], self.gate_up_proj, ends, in_out=True)
         hidden = clamped_swiglu(gate_up + self.gate_up_proj_bias[chosen], self.alpha, self.limit)
         out = grouped_linear(hidden, self.down_proj, ends, in_out=True) \
