@@ -142,6 +142,11 @@ class LayerCache(Cache):
         of ``gpt_components.serving``) answers."""
         return None
 
+    #: Whether the cache computes attention itself (``attend(q, k, v, scale=, window=)``,
+    #: which stores ``k``, ``v`` and returns the context): only serving's paged cache does,
+    #: reading each row's own keys; an attention whose softmax is plain hands it its queries.
+    attends: bool = False
+
     @property
     def layout(self) -> tuple:
         """What one position of this cache looks like: its kind and each buffer's shape

@@ -164,6 +164,11 @@ class CausalSelfAttention(MultiHeadAttention):
                                    f"context_length={self.context_length}")
         q, k, v = self._heads(x)
         visible = None
+        if (kv_cache is not None and kv_cache.attends and self.kernel == "sdpa"
+                and not (self.training and self.dropout.p)):
+            # Serving's paged cache reads each row's own keys and attends them itself.
+            context = kv_cache.attend(q, k, v)
+            return self.out_proj(context.transpose(1, 2).reshape(b, t, self.d_out))
         if kv_cache is not None:
             k, v = kv_cache.store(k, v)  # (B, nh, start + T, hd)
             visible = kv_cache.visible()  # a paged cache's rows differ: (B, 1, T, S)

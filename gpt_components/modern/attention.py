@@ -66,6 +66,10 @@ class GroupedQueryAttention(nn.Module):
     ``head_dim ** -0.5``).
     """
 
+    #: A plain softmax over the keys: a cache that ``attends`` (serving's paged cache) may
+    #: compute it. ``SinkAttention``'s extra logit is not, and says False.
+    plain_softmax = True
+
     def __init__(self, emb_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                  qk_norm: bool | Callable[[int], nn.Module] = False, norm_eps: float = 1e-6,
                  qkv_bias: bool = False, out_bias: bool = False, dropout: float = 0.0,
@@ -129,16 +133,28 @@ class GroupedQueryAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        visible = None
-        if cache is not None:
-            k, v = cache.store(k, v)  # what the queries see: (B, nkv, start + T, hd) here
-            visible = cache.visible(self.window)  # a paged cache's rows differ: (B, 1, T, S)
-        if need_weights or self.kernel == "textbook":
-            context, weights = self._textbook(q, k, v, start, visible)
+        if cache is not None and self._cache_attends(cache, need_weights):
+            # Serving's paged cache reads each row's own keys and attends them itself.
+            context, weights = cache.attend(q, k, v, scale=self.scale, window=self.window), None
         else:
-            context, weights = self._sdpa(q, k, v, start, visible), None
+            visible = None
+            if cache is not None:
+                k, v = cache.store(k, v)  # what the queries see: (B, nkv, start + T, hd) here
+                visible = cache.visible(self.window)  # a paged cache's rows differ: (B,1,T,S)
+            if need_weights or self.kernel == "textbook":
+                context, weights = self._textbook(q, k, v, start, visible)
+            else:
+                context, weights = self._sdpa(q, k, v, start, visible), None
         out = self.out_proj(context.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
         return (out, weights) if need_weights else out
+
+    def _cache_attends(self, cache: LayerCache, need_weights: bool) -> bool:
+        """Whether ``cache`` may compute this attention itself (``attends``: serving's paged
+        cache, which then reads each row's own keys): when it is SDPA's plain softmax, no
+        weights asked for, no dropout (an attention that changes the softmax, such as
+        ``SinkAttention``, sets ``plain_softmax`` False)."""
+        return (cache.attends and self.plain_softmax and self.kernel == "sdpa"
+                and not need_weights and not (self.training and self.dropout))
 
     def _future(self, t: int, s: int, start: int, device: torch.device) -> torch.Tensor:
         """True where query ``i`` (position ``start + i``) must not see key ``j``: (T, S)."""

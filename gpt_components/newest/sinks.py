@@ -70,6 +70,8 @@ class SinkAttention(GroupedQueryAttention):
     ``WindowLayerCache`` of ``window`` slots). Every other option is ``GroupedQueryAttention``'s.
     """
 
+    plain_softmax = False  # the sink's logit joins the softmax: no cache computes it for us
+
     def __init__(self, emb_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                  window: int | None = None, **options: object) -> None:
         super().__init__(emb_dim, n_heads, n_kv_heads, head_dim, **options)

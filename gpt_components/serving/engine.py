@@ -129,7 +129,8 @@ class Engine:
     of ``max_running`` state slots, not per block); ``draft_model`` (same vocabulary) with
     ``num_speculative_tokens`` > 0 turns on speculative decoding (refused for a model or draft
     with recurrent layers: a state cannot be rolled back past rejected drafts); ``gather``
-    picks the paged cache's read path (``"fast"`` or ``"textbook"``). Call ``model.eval()``
+    picks the paged cache's read path (``"rows"``, ``"fast"`` or ``"textbook"``, see
+    ``paged_cache``). Call ``model.eval()``
     first, as for ``generate``. One thread drives an engine: a server calls ``add_request``,
     ``abort`` and ``step`` from the loop that owns it.
     """
@@ -138,7 +139,7 @@ class Engine:
                  num_blocks: int | None = None, max_batch_tokens: int = 256,
                  max_running: int = 32, prefix_caching: bool = True,
                  draft_model: nn.Module | None = None, num_speculative_tokens: int = 0,
-                 gather: str = "fast") -> None:
+                 gather: str = "rows") -> None:
         check_instance("model", model, LanguageModel, "a language model of gpt_components")
         self.model = model
         self.tokenizer = tokenizer
@@ -161,9 +162,9 @@ class Engine:
         # Windowed layers keep a ring of pages per running sequence, a window and a chunk long.
         rings = dict(gather=gather, ring_rows=max_running,
                      max_chunk=max(max_batch_tokens, self.num_speculative_tokens + 2))
-        self.cache = _probed(PagedKVCache(model, num_blocks, block_size, **rings), model)
-        self.draft_cache = None if self.draft_model is None else _probed(
-            PagedKVCache(self.draft_model, num_blocks, block_size, **rings), self.draft_model)
+        self.cache = PagedKVCache(model, num_blocks, block_size, **rings).probe(model)
+        self.draft_cache = None if self.draft_model is None else PagedKVCache(
+            self.draft_model, num_blocks, block_size, **rings).probe(self.draft_model)
         # A ring has written over the window's keys of every cached prefix, and a recurrent
         # state is kept only at a sequence's end, not at its blocks' ends: no prefix caching.
         if any(c is not None and (c.ringed or c.stateful)
@@ -332,6 +333,8 @@ class Engine:
         if not self._running and not self._waiting:
             return []
         self.stats["steps"] += 1
+        if self.cache.packable and self.draft_model is None:
+            return self._mixed_step()
         decoding = [s for s in self._running if s.pending == 1]
         to_prefill = bool(self._waiting) or any(s.pending > 1 for s in self._running)
         # Prefill and decode take turns while both have work: a long prompt's chunks cannot
@@ -349,6 +352,79 @@ class Engine:
         if self.draft_model is not None:
             return self._speculate(rows)
         return self._forward(rows, draft_too=False)
+
+    def _mixed_step(self) -> list[_Sequence]:
+        """A step for a model whose rows pack (``PagedKVCache.packable``: every attention
+        hands the cache its queries): every decoding sequence's next token and, beside them,
+        up to ``max_batch_tokens`` prompt tokens shared out among the prompts in hand
+        (``_schedule_chunks``), in one forward pass. Nothing is padded, so nothing forces
+        prefill and decode apart: a long prompt's chunk delays the others' next token by one
+        step's work, and no step decodes alone while prompts wait."""
+        rows = self._schedule_decode()
+        # Blocks for a prompt's chunk are taken from other sequences only if nothing else
+        # can run (a sequence preempted now could not be taken back out of the decode rows).
+        rows += self._schedule_chunks(may_preempt=not rows)
+        rows = [(s, count) for s, count in rows if s in self._running]
+        if not rows:
+            return []
+        if any(s.pending > count for s, count in rows) or any(count > 1 for _, count in rows):
+            self.stats["prefill_steps"] += 1
+        return self._forward(rows, draft_too=False)
+
+    def _schedule_chunks(self, may_preempt: bool) -> list[tuple[_Sequence, int]]:
+        """Prompt chunks for a mixed step: ``max_batch_tokens`` shared out among running
+        sequences mid-prompt (oldest first) and then waiting ones (admitted in order while
+        ``max_running`` and the free blocks allow), as evenly as their lengths allow (each
+        gets what it still needs or an equal share, whichever is less: short prompts finish
+        at once, long ones go in chunks)."""
+        room = self.max_running - len(self._running)
+        candidates = sorted((s for s in self._running if s.pending > 1), key=lambda s: s.arrival)
+        candidates += list(self._waiting)[:max(0, room)]
+        candidates = candidates[:self.max_batch_tokens]  # a token each at least
+        shares = _share(self._wanted(candidates), self.max_batch_tokens)
+        rows = []
+        for sequence, share in zip(candidates, shares, strict=True):
+            if sequence in self._running:
+                if self._reserve(sequence, sequence.computed + share, may_preempt):
+                    rows.append((sequence, share))
+                continue
+            # Admitted only if its whole prompt fits beside what is promised (or nothing
+            # runs): a sequence admitted beyond that would be preempted before long, and
+            # its prompt computed twice.
+            fits = not self._running or self._promised() + -(-len(sequence.tokens)
+                                                            // self.block_size) \
+                <= self.pool.num_free
+            if fits and self._waiting and self._waiting[0] is sequence \
+                    and self._admit(sequence, share):
+                self._waiting.popleft()
+                self._running.append(sequence)
+                rows.append((sequence, min(sequence.pending, share)))
+            else:
+                break  # the queue is served in order: none admitted past one that waits
+        return rows
+
+    def _promised(self) -> int:
+        """Blocks the running sequences will take soon: what they still need for the tokens
+        they have (a prompt's rest), and one each to grow into."""
+        return sum(max(0, -(-len(s.tokens) // self.block_size) - len(s.table)) + 1
+                   for s in self._running)
+
+    def _wanted(self, sequences: list[_Sequence]) -> list[int]:
+        """The prompt tokens each sequence still has to feed (a waiting one's, past the
+        blocks the prefix cache holds for it)."""
+        wanted = []
+        for sequence in sequences:
+            if sequence in self._running:
+                wanted.append(sequence.pending)
+                continue
+            cached = 0
+            if self.prefix_caching:
+                for key in block_hashes(sequence.tokens[:-1], self.block_size):
+                    if not self.pool.is_cached(key):
+                        break
+                    cached += self.block_size
+            wanted.append(len(sequence.tokens) - cached)
+        return wanted
 
     def _schedule_prefill(self) -> list[tuple[_Sequence, int]]:
         """Rows of prompt chunks: running sequences mid-prompt first (oldest first), then
@@ -427,10 +503,13 @@ class Engine:
             self.stats["prefix_hit_tokens"] += start
         return True
 
-    def _reserve(self, sequence: _Sequence, positions: int) -> bool:
+    def _reserve(self, sequence: _Sequence, positions: int, may_preempt: bool = True) -> bool:
         """Blocks for ``positions`` positions of a running sequence, preempting the youngest
-        running sequences if none are free; False if it was itself preempted."""
+        running sequences if none are free (unless not ``may_preempt``: then False, nothing
+        taken); False if it was itself preempted."""
         needed = -(-positions // self.block_size) - len(sequence.table)
+        if not may_preempt and needed > self.pool.num_free:
+            return False
         while needed > self.pool.num_free:
             victim = max(self._running, key=lambda s: s.arrival)
             self._preempt(victim)
@@ -460,15 +539,32 @@ class Engine:
 
     def _hidden(self, model: LanguageModel, cache: PagedKVCache,
                 rows: list[tuple[_Sequence, list[int], int]]) -> torch.Tensor:
-        """One forward pass of ``model`` over rows ``(sequence, ids, start)``, padded on the
-        right: the final hidden states (B, T, emb)."""
-        width = max(len(ids) for _, ids, _ in rows)
+        """One forward pass of ``model`` over rows ``(sequence, ids, start)``: the final
+        hidden states (B, T, emb), each row's padded on the right.
+
+        Where every layer of the model hands the cache its queries (``cache.packable``), the
+        rows go in packed, one after the other in a single row of the input: no padding
+        token is computed. (Unless they would pass the context, which bounds one row.)
+        Otherwise each row is padded to the longest."""
+        counts = [len(ids) for _, ids, _ in rows]
+        width = max(counts)
         device = model.tok_emb.weight.device
-        idx = torch.tensor([ids + [0] * (width - len(ids)) for _, ids, _ in rows],
-                           device=device)  # (B, T)
-        cache.prepare([s.table for s, _, _ in rows], [start for _, _, start in rows],
-                      [len(ids) for _, ids, _ in rows], [s.ring for s, _, _ in rows])
-        return model.hidden_states(idx, kv_cache=cache)
+        packed = cache.packable and len(rows) > 1 and sum(counts) <= model.cfg.context_length
+        if packed:
+            idx = torch.tensor([[t for _, ids, _ in rows for t in ids]], device=device)
+        else:
+            idx = torch.tensor([ids + [0] * (width - len(ids)) for _, ids, _ in rows],
+                               device=device)  # (B, T)
+        cache.prepare([s.table for s, _, _ in rows], [start for _, _, start in rows], counts,
+                      [s.ring for s, _, _ in rows], packed=packed)
+        hidden = model.hidden_states(idx, kv_cache=cache)
+        if not packed:
+            return hidden
+        real = torch.arange(width, device=device)[None, :] < torch.tensor(
+            counts, device=device)[:, None]  # (B, T), row after row as packed
+        rows_hidden = hidden.new_zeros(len(rows), width, hidden.shape[-1])
+        rows_hidden[real] = hidden[0]
+        return rows_hidden
 
     def _forward(self, rows: list[tuple[_Sequence, int]], draft_too: bool) -> list[_Sequence]:
         """Feed each row's next ``count`` tokens; sample for the rows that reach their end."""
@@ -600,17 +696,21 @@ class Engine:
                              sequence.finish_reason)
 
 
+def _share(wanted: list[int], budget: int) -> list[int]:
+    """``budget`` tokens shared out: each gets ``min(wanted, level)``, the level as high as
+    the budget allows (water filling: the smallest wants are met first, the rest split what
+    is left evenly)."""
+    shares = [0] * len(wanted)
+    left = budget
+    for rank, i in enumerate(sorted(range(len(wanted)), key=wanted.__getitem__)):
+        shares[i] = min(wanted[i], left // (len(wanted) - rank))
+        left -= shares[i]
+    return shares
+
+
 def _last_positions(hidden: torch.Tensor, feeds: list) -> torch.Tensor:
     """Each row's hidden state at its last fed token, (B, emb)."""
     ends = torch.tensor([len(ids) - 1 for _, ids, _ in feeds], device=hidden.device)
     return hidden[torch.arange(len(feeds), device=hidden.device), ends]
 
 
-def _probed(cache: PagedKVCache, model: LanguageModel) -> PagedKVCache:
-    """``cache``, once a one-token pass shows every layer of ``model`` reads its mask (a
-    family whose attention ignores it is refused here, with a ValueError naming the model)."""
-    cache.prepare([[0]], [0], [1])
-    with torch.no_grad():
-        model.hidden_states(torch.zeros(1, 1, dtype=torch.long,
-                                        device=model.tok_emb.weight.device), kv_cache=cache)
-    return cache

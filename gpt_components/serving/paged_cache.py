@@ -20,7 +20,10 @@ Exports:
   writes each row's new positions into its pages and returns every row's keys and values
   gathered in position order, padded to the longest row; ``visible(window)`` says which of
   them each query may see. ``gather="textbook"`` walks each block table block by block,
-  ``"fast"`` gathers every slot in one indexing; the spec proves them equal.
+  ``"fast"`` gathers every slot in one indexing; ``"rows"`` (the default) also lets an
+  attention that needs nothing but a softmax over keys hand the cache its queries
+  (``attend``): each row then reads only its own keys (its window's, for a windowed layer),
+  no row padded to the longest; the spec proves all three equal.
 - ``PagedKVCache``: one ``PagedLayerCache`` per layer, made from a model, which the engine
   points at the rows of each step (``prepare``) before one forward pass over all of them. With
   ``ring_rows``, windowed layers keep only their window's pages: a ring of blocks per row, in
@@ -45,14 +48,16 @@ torch.Size([2, 6, 50])
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict
 from collections.abc import Sequence
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..kv_cache import CacheStack, LayerCache, LayerKVCache
-from ..machinery.checks import check_choice, check_instance, check_int, value_error
+from ..machinery.checks import check_bool, check_choice, check_instance, check_int, value_error
 from ..machinery.language_model import LanguageModel
 from ..modern.latent_attention import LatentKVCache
 from ..modern.sliding_window import WindowLayerCache
@@ -61,8 +66,10 @@ from ..newest.gated_deltanet import DeltaNetCache
 __all__ = ["BlockPool", "block_hashes", "PagedLayerCache", "PagedStateCache", "PagedKVCache",
            "GATHER_KERNELS", "recurrent_layers"]
 
-#: How a paged layer reads a sequence's pages: block by block, or every slot in one indexing.
-GATHER_KERNELS = ("fast", "textbook")
+#: How a paged layer reads a sequence's pages: each row's own keys, attended row by row by the
+#: cache itself (where the layer's attention lets it: ``PagedLayerCache.attend``); every row's
+#: keys in one indexing, padded to the longest row; or block by block, the textbook walk.
+GATHER_KERNELS = ("rows", "fast", "textbook")
 
 #: The layer cache kinds that have a paged form: what one position of each holds is a few
 #: vectors, written and read in position order (a recurrent state has no positions to page).
@@ -180,7 +187,7 @@ class PagedLayerCache(LayerCache):
     """
 
     def __init__(self, like: LayerCache, num_blocks: int, block_size: int, *,
-                 gather: str = "fast", ring: bool = False,
+                 gather: str = "rows", ring: bool = False,
                  device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None) -> None:
         super().__init__(1, num_blocks * block_size)  # no row holds more than every slot
@@ -198,26 +205,93 @@ class PagedLayerCache(LayerCache):
         self.window = getattr(like, "window", None)
         self.step: _Step | None = None
         self.unread = False  # stored this step, mask not yet asked for
+        self.attended = False  # its attention handed it the queries this step (``attend``)
 
     @property
     def layout(self) -> tuple:
         return self._layout
 
-    def _write(self, k: torch.Tensor, v: torch.Tensor,
-               start: int) -> tuple[torch.Tensor, torch.Tensor]:
+    @property
+    def attends(self) -> bool:
+        """Whether an attention may hand this cache its queries (``attend``): a cache of plain
+        keys and values (not latents), read row by row (``gather="rows"``)."""
+        return self.gather == "rows" and self._layout[0] != "LatentKVCache"
+
+    def _put(self, k: torch.Tensor, v: torch.Tensor) -> tuple[_Slots, list[torch.Tensor]]:
+        """Write each row's new positions into its pages; the step's slots and the pools."""
         step = self.step.rings if self.ring else self.step.pages
         pools = list(self.buffers(recurse=False))
-        gathered = []
         for pool, new in zip(pools, (k, v), strict=True):
             rows = new.movedim(self.token_dim, 1)  # (B, T, *per_position)
-            pool[step.write_slots] = rows[self.step.real].to(pool.dtype)
-            gathered.append(self._gather(pool, step).movedim(1, self.token_dim))
+            # Packed, the one row holds every row's new positions, in the write slots' order.
+            real = rows[0] if self.step.packed else rows[self.step.real]
+            pool[step.write_slots] = real.to(pool.dtype)
+        return step, pools
+
+    def _write(self, k: torch.Tensor, v: torch.Tensor,
+               start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        self.step.refuse_packed()
+        step, pools = self._put(k, v)
+        gathered = [self._gather(pool, step).movedim(1, self.token_dim) for pool in pools]
         self.unread = True
         return gathered[0], gathered[1]
 
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+               scale: float | None = None, window: int | None = None) -> torch.Tensor:
+        """Store ``k``, ``v`` (B, n_kv_heads, T, hd) and return softmax attention's output for
+        the queries ``q`` (B, n_heads, T, hd), each row over its own keys only.
+
+        What ``store`` then ``visible`` then SDPA compute, without padding every row's keys
+        to the longest: row ``b``'s keys (from ``window - 1`` positions before its first
+        query, for a windowed layer) are read from its pages and attended by its real
+        queries alone, causally; a padding query's output is zeros. ``scale`` defaults to
+        ``1 / sqrt(hd)``; query heads share key heads in groups (GQA) when there are more.
+        """
+        if not self.attends:
+            raise value_error("gather", f"this paged layer reads its pages with gather="
+                                        f"{self.gather!r} ({self._layout[0]}); attend needs "
+                                        f"gather='rows' and plain keys and values")
+        if q.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] \
+                or q.shape[3] != k.shape[3] or q.shape[1] % k.shape[1]:
+            raise value_error("q", f"q must be (B, n_heads, T, hd) beside k's "
+                                   f"{tuple(k.shape)}, n_heads a multiple of k's heads, got "
+                                   f"{tuple(q.shape)}")
+        self._check_window(window)
+        step, (keys, values) = self._put(k, v)
+        self.unread, self.attended = False, True
+        slots, spans, masks = step.reads(window)
+        # Every row's keys, then values, gathered once (into a buffer the layers share).
+        keys, values = self._read(keys, slots, "keys"), self._read(values, slots, "values")
+        out = q.new_zeros(q.shape)
+        gqa = q.shape[1] != k.shape[1]
+        for b, ((_, at, n), mask) in enumerate(zip(spans, masks, strict=True)):
+            kb = keys[at:at + n].movedim(0, 1)[None].to(q.dtype)  # (1, nkv, L, hd)
+            vb = values[at:at + n].movedim(0, 1)[None].to(q.dtype)
+            row, first = self.step.queries_of(b)  # where its queries sit in q
+            count = self.step.counts[b]
+            out[row:row + 1, :, first:first + count] = F.scaled_dot_product_attention(
+                q[row:row + 1, :, first:first + count], kb, vb, attn_mask=mask, scale=scale,
+                enable_gqa=gqa)
+        return out
+
+    def _read(self, pool: torch.Tensor, slots: torch.Tensor, which: str) -> torch.Tensor:
+        """``pool``'s positions at ``slots`` (N, *per_position); into the cache's reusable
+        buffer when no gradient flows (a fresh tensor of this size for every layer would be
+        memory the system has to hand over anew, page by page, each time)."""
+        if torch.is_grad_enabled() and pool.requires_grad:
+            return pool.index_select(0, slots)
+        buffer = self.step.buffer(which, (len(slots), *pool.shape[1:]), pool.dtype, pool.device)
+        return torch.index_select(pool, 0, slots, out=buffer)
+
+    def _check_window(self, window: int | None) -> None:
+        if self.ring and window != self.window:  # a ring holds nothing older than its window
+            raise value_error("window", f"this layer's pages are a ring of its window of "
+                                        f"{self.window} positions; its attention asked for "
+                                        f"window={window}")
+
     def _gather(self, pool: torch.Tensor, step: _Slots) -> torch.Tensor:
         """Every row's positions ``0 .. S - 1`` in order, (B, S, *per_position)."""
-        if self.gather == "fast":  # index_select: a few times faster than pool[slots]
+        if self.gather != "textbook":  # index_select: a few times faster than pool[slots]
             picked = pool.index_select(0, step.read_slots.reshape(-1))  # (B * S, *per_position)
             return picked.view(*step.read_slots.shape, *pool.shape[1:])
         # The textbook walk: each row's blocks in table order, the last one cut at the row's
@@ -235,10 +309,8 @@ class PagedLayerCache(LayerCache):
         position, within ``window`` positions back when given. A padding query repeats its
         row's last position, so no query sees nothing (a softmax of nothing is NaN)."""
         self.unread = False
-        if self.ring and window != self.window:  # a ring holds nothing older than its window
-            raise value_error("window", f"this layer's pages are a ring of its window of "
-                                        f"{self.window} positions; its attention asked for "
-                                        f"window={window}")
+        self.step.refuse_packed()
+        self._check_window(window)
         return self.step.visible(window)
 
 
@@ -276,6 +348,7 @@ class PagedStateCache(LayerCache):
                start: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``k``: the new positions' convolution inputs (B, conv_dim, T); returns each row's
         inputs just before them and its state before them (zeros for a row at position 0)."""
+        self.step.refuse_packed()
         if k.shape[1] != self.conv_tail.shape[1]:
             raise value_error("k", f"k must be the convolution's inputs (B, conv_dim="
                                    f"{self.conv_tail.shape[1]}, T), got {tuple(k.shape)}")
@@ -303,7 +376,29 @@ class _Slots:
         key_positions = torch.arange(step.longest, device=device)  # (S)
         self.read_slots = self._slots(table_t, key_positions.expand(len(tables), -1),
                                       block_size)  # (B, S)
-        self.write_slots = self._slots(table_t, step.positions, block_size)[step.real]  # (N)
+        self.write_slots = self._slots(table_t, step.row_positions,
+                                       block_size)[step.real]  # (N), row after row
+        self.step = step
+        self._reads: dict[int | None, tuple] = {}
+
+    def reads(self, window: int | None) -> tuple[torch.Tensor, list[tuple[int, int, int]], list]:
+        """What ``attend`` reads, worked out once per step for every layer: the slots of
+        every row's visible keys, row after row (from ``window - 1`` positions before its
+        first query when windowed), and per row its first key's position, where its keys
+        begin among those slots and how many, and its queries' mask (None for one query)."""
+        if window not in self._reads:
+            pieces, spans, masks, at = [], [], [], 0
+            for b, (start, length) in enumerate(zip(self.step.starts, self.lengths,
+                                                    strict=True)):
+                first = 0 if window is None else max(0, start - window + 1)
+                pieces.append(self.read_slots[b, first:length])
+                spans.append((first, at, length - first))
+                at += length - first
+                count = length - start  # query i (at start + i) sees keys first + j up to it
+                masks.append(self.step.row_mask(start, count, first, window) if count > 1
+                              else None)
+            self._reads[window] = (torch.cat(pieces), spans, masks)
+        return self._reads[window]
 
     @staticmethod
     def _slots(tables: torch.Tensor, positions: torch.Tensor, block_size: int) -> torch.Tensor:
@@ -318,7 +413,9 @@ class _Step:
     def __init__(self, tables: list[list[int]], starts: list[int], counts: list[int],
                  block_size: int, device: torch.device,
                  ring_tables: list[list[int]] | None = None,
-                 rows: list[int] | None = None) -> None:
+                 rows: list[int] | None = None, packed: bool = False,
+                 buffers: dict | None = None) -> None:
+        self.starts, self.counts, self.packed = starts, counts, packed
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         self.longest = max(self.lengths)
         t = max(counts)
@@ -328,8 +425,13 @@ class _Step:
         self.real = offsets[None, :] < counts_t[:, None]  # (B, T): False on padding
         # Padding repeats the row's last position: in range for a position table, and its
         # query sees what the last real one sees.
-        self.positions = starts_t[:, None] + torch.minimum(offsets[None, :],
-                                                           counts_t[:, None] - 1)  # (B, T)
+        self.row_positions = starts_t[:, None] + torch.minimum(
+            offsets[None, :], counts_t[:, None] - 1)  # (B, T)
+        # What the model reads: each row's positions, or, packed, every row's real positions
+        # one after the other in a single row (1, N).
+        self.positions = self.row_positions[self.real][None] if packed else self.row_positions
+        self._first = [sum(counts[:b]) for b in range(len(counts))]  # packed offsets
+        self._buffers = buffers if buffers is not None else {}
         self.pages = _Slots(tables, self, block_size)
         self.rings = None if ring_tables is None else _Slots(ring_tables, self, block_size)
         # Each row's state slot in recurrent layers, and whether it starts a sequence afresh.
@@ -346,6 +448,41 @@ class _Step:
             if window is not None:
                 mask &= queries - keys < window
             mask = self._masks[window] = mask[:, None]  # (B, 1, T, S)
+        return mask
+
+    def buffer(self, which: str, shape: tuple, dtype: torch.dtype,
+               device: torch.device) -> torch.Tensor:
+        """A tensor of ``shape`` to read into, reused by every layer and step (grown when too
+        small): its contents are scratch, valid until the next read of the same name."""
+        key = (which, tuple(shape[1:]), dtype, device)
+        numel = math.prod(shape)
+        held = self._buffers.get(key)
+        if held is None or held.numel() < numel:
+            held = self._buffers[key] = torch.empty(numel + numel // 4, dtype=dtype,
+                                                    device=device)
+        return held[:numel].view(shape)
+
+    def queries_of(self, b: int) -> tuple[int, int]:
+        """Where row ``b``'s queries sit in the step's (rows, T) input: its row and offset."""
+        return (0, self._first[b]) if self.packed else (b, 0)
+
+    def refuse_packed(self) -> None:
+        """A packed step's rows share one input row: only ``attend`` can tell them apart."""
+        if self.packed:
+            raise value_error("packed", "this step packs every row's tokens into one input "
+                                        "row, which only an attention that hands the cache "
+                                        "its queries (LayerCache.attend) can read; prepare "
+                                        "it with packed=False for this model")
+
+    def row_mask(self, start: int, count: int, first: int, window: int | None) -> torch.Tensor:
+        """(count, L) True where query ``i`` (position ``start + i``) may see key ``j`` (at
+        ``first + j``), ``L = start + count - first``: causal, within ``window`` if given."""
+        device = self.positions.device
+        queries = torch.arange(start, start + count, device=device)[:, None]
+        keys = torch.arange(first, start + count, device=device)[None, :]
+        mask = keys <= queries
+        if window is not None:
+            mask &= queries - keys < window
         return mask
 
 
@@ -371,7 +508,7 @@ class PagedKVCache(CacheStack):
     """
 
     def __init__(self, model: nn.Module, num_blocks: int, block_size: int, *,
-                 gather: str = "fast", ring_rows: int | None = None,
+                 gather: str = "rows", ring_rows: int | None = None,
                  max_chunk: int | None = None) -> None:
         check_int("num_blocks", num_blocks, low=1)
         check_int("block_size", block_size, low=1)
@@ -422,6 +559,22 @@ class PagedKVCache(CacheStack):
         self.state_rows = state_rows if any(
             isinstance(layer, PagedStateCache) for layer in self._distinct()) else 0
         self._step: _Step | None = None
+        self._buffers: dict = {}  # what attention reads keys into, kept from step to step
+        #: Whether every layer hands the cache its queries (``PagedLayerCache.attend``), so
+        #: a step may pack its rows into one (``prepare(..., packed=True)``): no padding.
+        #: Found by a forward pass (``probe``); False until then.
+        self.packable = False
+
+    def probe(self, model: nn.Module) -> PagedKVCache:
+        """Run ``model`` over one token through this cache: a family whose attention neither
+        asks which keys each row sees nor hands the cache its queries is refused (a
+        ValueError naming it), and ``packable`` is set. Returns this cache."""
+        self.prepare([[0]], [0], [1])
+        with torch.no_grad():
+            model.hidden_states(torch.zeros(1, 1, dtype=torch.long,
+                                            device=model.tok_emb.weight.device), kv_cache=self)
+        self.packable = all(getattr(layer, "attended", False) for layer in self._distinct())
+        return self
 
     @property
     def stateful(self) -> bool:
@@ -434,10 +587,13 @@ class PagedKVCache(CacheStack):
         return self.ring_blocks > 0
 
     def prepare(self, tables: Sequence[Sequence[int]], starts: Sequence[int],
-                counts: Sequence[int], rings: Sequence[int] | None = None) -> None:
+                counts: Sequence[int], rings: Sequence[int] | None = None, *,
+                packed: bool = False) -> None:
         """Point every layer at the next forward's rows (see the class docstring); ``rings``
         names each row's ring and state slot (distinct, below ``ring_rows``; default: the
-        row's index)."""
+        row's index). ``packed``: the forward's ids are every row's tokens one after the
+        other in a single row (1, sum(counts)), no padding; only a model whose every layer
+        hands the cache its queries (``packable``) can run such a step."""
         tables = [list(table) for table in tables]
         starts, counts = list(starts), list(counts)
         if not tables or not len(tables) == len(starts) == len(counts):
@@ -472,11 +628,13 @@ class PagedKVCache(CacheStack):
             r = self.ring_blocks
             ring_tables = [[ring * r + i % r for i in range(len(table))]
                            for ring, table in zip(rings, tables, strict=True)]
+        check_bool("packed", packed)
         self._step = _Step(tables, starts, counts, self.block_size, device, ring_tables,
-                           rings if self.stateful else None)
-        self.batch_size = len(tables)
+                           rings if self.stateful else None, packed, self._buffers)
+        self.batch_size = 1 if packed else len(tables)
         for layer in self._distinct():
-            layer.step, layer.batch_size, layer.unread = self._step, len(tables), False
+            layer.step, layer.batch_size, layer.unread = self._step, self.batch_size, False
+            layer.attended = False
 
     @property
     def positions(self) -> torch.Tensor | None:
