@@ -105,6 +105,7 @@ class _Sequence:
     keys: list[bytes] = field(default_factory=list)  # prefix keys of its full blocks
     registered: int = 0  # how many of its blocks are in the prefix cache
     ring: int | None = None  # its ring of pages in windowed layers, while it runs
+    home: int | None = None  # the block its first one should be (the start of free space)
     finish_reason: str | None = None
 
     @property
@@ -494,7 +495,9 @@ class Engine:
         if needed > self.pool.num_free - freed_by_hits:
             return False
         sequence.table = [self.pool.take_cached(key) for key in keys]
-        sequence.table += [self.pool.allocate() for _ in range(needed)]
+        if not sequence.table:  # a home: free blocks it can grow into, one after the other
+            sequence.home = self.pool.open_run(self._extent(sequence), self._homes())
+        self._allocate(sequence, needed)
         sequence.ring = self._free_rings.pop()
         sequence.keys, sequence.registered = list(keys), len(keys)
         sequence.computed = sequence.draft_computed = start
@@ -515,8 +518,24 @@ class Engine:
             self._preempt(victim)
             if victim is sequence:
                 return False
-        sequence.table += [self.pool.allocate() for _ in range(max(0, needed))]
+        self._allocate(sequence, needed)
         return True
+
+    def _allocate(self, sequence: _Sequence, count: int) -> None:
+        """``count`` more blocks for ``sequence``, each the one after its last where free (a
+        row whose blocks follow one another is read in place by attention, not gathered)."""
+        for _ in range(count):
+            prefer = sequence.table[-1] + 1 if sequence.table else sequence.home
+            sequence.table.append(self.pool.allocate(prefer))
+
+    def _extent(self, sequence: _Sequence) -> int:
+        """The most blocks ``sequence`` can come to hold."""
+        most = len(sequence.prompt) + sequence.params.max_tokens + self.num_speculative_tokens
+        return -(-most // self.block_size)
+
+    def _homes(self) -> list[tuple[int, int]]:
+        """The blocks the running sequences may grow into: from each one's first block."""
+        return [(s.table[0], s.table[0] + self._extent(s)) for s in self._running if s.table]
 
     def _preempt(self, sequence: _Sequence) -> None:
         """Send a running sequence back to wait, its blocks freed; it resumes by recomputing
@@ -534,6 +553,7 @@ class Engine:
             sequence.ring = None
         sequence.table, sequence.keys, sequence.registered = [], [], 0
         sequence.computed = sequence.draft_computed = 0
+        sequence.home = None
 
     # -- running ----------------------------------------------------------------------------
 

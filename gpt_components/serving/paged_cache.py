@@ -127,11 +127,17 @@ class BlockPool:
         """Blocks no sequence holds (cached prefixes among them)."""
         return len(self._free)
 
-    def allocate(self) -> int:
-        """A free block, held once (a cached prefix in it is forgotten)."""
+    def allocate(self, prefer: int | None = None) -> int:
+        """A free block, held once (a cached prefix in it is forgotten): ``prefer`` if it is
+        free and holds no cached prefix (so a sequence's blocks can follow one another, and
+        attention read them in place), else the next in the free list's order."""
         if not self._free:
             raise value_error("num_blocks", f"all {self.num_blocks} blocks are held: none to "
                                             f"allocate")
+        if prefer is not None and prefer in self._free and prefer not in self._key_of:
+            del self._free[prefer]
+            self.ref_counts[prefer] = 1
+            return prefer
         block, _ = self._free.popitem(last=False)
         key = self._key_of.pop(block, None)
         if key is not None:
@@ -150,6 +156,26 @@ class BlockPool:
             self._free[block] = None  # at the end: evicted last, if it holds a prefix
             if block not in self._key_of:
                 self._free.move_to_end(block, last=False)  # keyless: reused first
+
+    def open_run(self, length: int, avoid: Sequence[tuple[int, int]] = ()) -> int | None:
+        """The first block of ``length`` consecutive free blocks holding no cached prefix and
+        outside the ranges ``avoid`` (``[start, end)``, space other sequences will grow
+        into); failing that, of the longest such run; None if no block qualifies."""
+        usable = [b in self._free and b not in self._key_of for b in range(self.num_blocks)]
+        for start, end in avoid:
+            for b in range(max(0, start), min(end, self.num_blocks)):
+                usable[b] = False
+        best, best_length, run_start = None, 0, None
+        for b, ok in enumerate([*usable, False]):
+            if ok and run_start is None:
+                run_start = b
+            elif not ok and run_start is not None:
+                if b - run_start >= length:
+                    return run_start
+                if b - run_start > best_length:
+                    best, best_length = run_start, b - run_start
+                run_start = None
+        return best
 
     def take_cached(self, key: bytes) -> int | None:
         """The block holding the prefix ``key``, held once more; None if not cached."""
@@ -260,13 +286,16 @@ class PagedLayerCache(LayerCache):
         step, (keys, values) = self._put(k, v)
         self.unread, self.attended = False, True
         slots, spans, masks = step.reads(window)
-        # Every row's keys, then values, gathered once (into a buffer the layers share).
-        keys, values = self._read(keys, slots, "keys"), self._read(values, slots, "values")
+        # The keys, then values, of rows whose blocks are scattered, gathered once (into a
+        # buffer the layers share); the other rows' are read where they lie.
+        gathered = (None, None) if slots is None else (
+            self._read(keys, slots, "keys"), self._read(values, slots, "values"))
         out = q.new_zeros(q.shape)
         gqa = q.shape[1] != k.shape[1]
-        for b, ((_, at, n), mask) in enumerate(zip(spans, masks, strict=True)):
-            kb = keys[at:at + n].movedim(0, 1)[None].to(q.dtype)  # (1, nkv, L, hd)
-            vb = values[at:at + n].movedim(0, 1)[None].to(q.dtype)
+        for b, ((in_place, at, n), mask) in enumerate(zip(spans, masks, strict=True)):
+            kb, vb = (keys, values) if in_place else gathered
+            kb = kb[at:at + n].movedim(0, 1)[None].to(q.dtype)  # (1, nkv, L, hd)
+            vb = vb[at:at + n].movedim(0, 1)[None].to(q.dtype)
             row, first = self.step.queries_of(b)  # where its queries sit in q
             count = self.step.counts[b]
             out[row:row + 1, :, first:first + count] = F.scaled_dot_product_attention(
@@ -378,26 +407,35 @@ class _Slots:
                                       block_size)  # (B, S)
         self.write_slots = self._slots(table_t, step.row_positions,
                                        block_size)[step.real]  # (N), row after row
-        self.step = step
+        self.step, self.block_size = step, block_size
         self._reads: dict[int | None, tuple] = {}
 
-    def reads(self, window: int | None) -> tuple[torch.Tensor, list[tuple[int, int, int]], list]:
-        """What ``attend`` reads, worked out once per step for every layer: the slots of
-        every row's visible keys, row after row (from ``window - 1`` positions before its
-        first query when windowed), and per row its first key's position, where its keys
-        begin among those slots and how many, and its queries' mask (None for one query)."""
+    def reads(self, window: int | None) -> tuple[torch.Tensor | None, list, list]:
+        """What ``attend`` reads, worked out once per step for every layer. A row's visible
+        keys (from ``window - 1`` positions before its first query when windowed) lie in a
+        stretch of the pool when its blocks follow one another: read in place. Otherwise
+        they are gathered: the slots to gather, row after row (None if no row needs it).
+        Per row: whether in place, where its keys begin (in the pool, or among the
+        gathered) and how many; and its queries' mask (None for one query)."""
         if window not in self._reads:
             pieces, spans, masks, at = [], [], [], 0
+            bs = self.block_size
             for b, (start, length) in enumerate(zip(self.step.starts, self.lengths,
                                                     strict=True)):
                 first = 0 if window is None else max(0, start - window + 1)
-                pieces.append(self.read_slots[b, first:length])
-                spans.append((first, at, length - first))
-                at += length - first
+                blocks = self.tables[b][first // bs:(length - 1) // bs + 1]
+                if blocks == list(range(blocks[0], blocks[0] + len(blocks))):
+                    # Its blocks follow one another: its keys are one stretch of the pool.
+                    spans.append((True, blocks[0] * bs + first % bs, length - first))
+                else:
+                    pieces.append(self.read_slots[b, first:length])
+                    spans.append((False, at, length - first))
+                    at += length - first
                 count = length - start  # query i (at start + i) sees keys first + j up to it
                 masks.append(self.step.row_mask(start, count, first, window) if count > 1
                               else None)
-            self._reads[window] = (torch.cat(pieces), spans, masks)
+            gathered = torch.cat(pieces) if pieces else None
+            self._reads[window] = (gathered, spans, masks)
         return self._reads[window]
 
     @staticmethod
@@ -414,7 +452,7 @@ class _Step:
                  block_size: int, device: torch.device,
                  ring_tables: list[list[int]] | None = None,
                  rows: list[int] | None = None, packed: bool = False,
-                 buffers: dict | None = None) -> None:
+                 scratch: dict | None = None) -> None:
         self.starts, self.counts, self.packed = starts, counts, packed
         self.lengths = [s + c for s, c in zip(starts, counts, strict=True)]
         self.longest = max(self.lengths)
@@ -431,7 +469,7 @@ class _Step:
         # one after the other in a single row (1, N).
         self.positions = self.row_positions[self.real][None] if packed else self.row_positions
         self._first = [sum(counts[:b]) for b in range(len(counts))]  # packed offsets
-        self._buffers = buffers if buffers is not None else {}
+        self._scratch = scratch if scratch is not None else {}
         self.pages = _Slots(tables, self, block_size)
         self.rings = None if ring_tables is None else _Slots(ring_tables, self, block_size)
         # Each row's state slot in recurrent layers, and whether it starts a sequence afresh.
@@ -456,9 +494,9 @@ class _Step:
         small): its contents are scratch, valid until the next read of the same name."""
         key = (which, tuple(shape[1:]), dtype, device)
         numel = math.prod(shape)
-        held = self._buffers.get(key)
+        held = self._scratch.get(key)
         if held is None or held.numel() < numel:
-            held = self._buffers[key] = torch.empty(numel + numel // 4, dtype=dtype,
+            held = self._scratch[key] = torch.empty(numel + numel // 4, dtype=dtype,
                                                     device=device)
         return held[:numel].view(shape)
 
@@ -559,7 +597,7 @@ class PagedKVCache(CacheStack):
         self.state_rows = state_rows if any(
             isinstance(layer, PagedStateCache) for layer in self._distinct()) else 0
         self._step: _Step | None = None
-        self._buffers: dict = {}  # what attention reads keys into, kept from step to step
+        self._scratch: dict = {}  # what attention reads keys into, kept from step to step
         #: Whether every layer hands the cache its queries (``PagedLayerCache.attend``), so
         #: a step may pack its rows into one (``prepare(..., packed=True)``): no padding.
         #: Found by a forward pass (``probe``); False until then.
@@ -630,7 +668,7 @@ class PagedKVCache(CacheStack):
                            for ring, table in zip(rings, tables, strict=True)]
         check_bool("packed", packed)
         self._step = _Step(tables, starts, counts, self.block_size, device, ring_tables,
-                           rings if self.stateful else None, packed, self._buffers)
+                           rings if self.stateful else None, packed, self._scratch)
         self.batch_size = 1 if packed else len(tables)
         for layer in self._distinct():
             layer.step, layer.batch_size, layer.unread = self._step, self.batch_size, False
