@@ -3,9 +3,13 @@
 A GPT-2-shaped model with random weights (OpenAI's layout; ``gpt2-small`` for the recorded
 table, ``gpt-micro`` for the pytest smoke run), greedy, on the CPU (or CUDA when present; the
 device is printed). The workload: 32 requests, prompts of 8-512 tokens and outputs of 8-128
-(drawn with a fixed seed, capped by the context). Measured:
+(drawn with a fixed seed, capped by the context). Every contender runs with torch's threads
+as they are (one per core unless ``OMP_NUM_THREADS`` says otherwise; the count is printed).
+Measured:
 
-- **throughput**: output tokens per second of the engine serving all 32 at once, against
+- **throughput**: output tokens per second of the engine serving all 32 at once (its pool
+  holding them all: the sum of their lengths, in blocks; and with the engine's default pool,
+  where requests wait for blocks), against
   ``generate`` on one request after the other (target >= 3x) and ``transformers``'
   ``generate`` on one left-padded batch of the same requests, run to the longest output (only
   the tokens asked for are counted; target >= 1.5x);
@@ -185,8 +189,14 @@ def measure(preset: str = "gpt2-small", n: int = 32, device: str | None = None) 
     model = make_model(preset, device)
     context = model.cfg.context_length
     requests = workload(n, context)
-    engine = Engine(model, block_size=16, prefix_caching=False)
+    # A pool holding every request at once (each one's prompt and output, in blocks): the
+    # memory a server would give them. The default pool (a quarter of the context for each
+    # of 32 sequences) is measured beside it: requests then wait for blocks to be freed.
+    blocks = sum(-(-(len(prompt) + out) // 16) for prompt, out in requests)
+    engine = Engine(model, block_size=16, num_blocks=blocks, prefix_caching=False)
     ours = serve_all(engine, requests)
+    small = serve_all(Engine(model, block_size=16, prefix_caching=False), requests)
+    assert small["outputs"] == ours["outputs"]
     alone = sequential(model, requests)
     assert ours["outputs"] == alone["outputs"]
     hf = transformers_padded(model, requests)
@@ -194,8 +204,10 @@ def measure(preset: str = "gpt2-small", n: int = 32, device: str | None = None) 
     long_len = min(1000, context - 8)
     return {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-        "preset": preset, "requests": n,
+        "threads": torch.get_num_threads(),
+        "preset": preset, "requests": n, "num_blocks": blocks,
         "engine_tok_s": ours["tokens"] / ours["seconds"],
+        "engine_default_pool_tok_s": small["tokens"] / small["seconds"],
         "sequential_tok_s": alone["tokens"] / alone["seconds"],
         "transformers_tok_s": None if hf is None else hf["tokens"] / hf["seconds"],
         "ttft_chunked_s": time_to_first_token(model, long_len, min(256, long_len // 4)),
@@ -209,8 +221,11 @@ def measure(preset: str = "gpt2-small", n: int = 32, device: str | None = None) 
 
 def table(figures: dict) -> str:
     f = figures
-    lines = [f"serving benchmark: {f['preset']}, {f['requests']} requests, device {f['device']}",
-             f"  engine                 {f['engine_tok_s']:9.1f} output tok/s",
+    lines = [f"serving benchmark: {f['preset']}, {f['requests']} requests, device {f['device']}"
+             f", {f['threads']} threads",
+             f"  engine                 {f['engine_tok_s']:9.1f} output tok/s  "
+             f"({f['num_blocks']} blocks of 16: every request at once)",
+             f"  engine, default pool   {f['engine_default_pool_tok_s']:9.1f} output tok/s",
              f"  sequential generate    {f['sequential_tok_s']:9.1f} output tok/s  "
              f"(engine x{f['engine_tok_s'] / f['sequential_tok_s']:.2f}, target >= 3)"]
     if f["transformers_tok_s"]:

@@ -18,6 +18,7 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import importlib
 import pkgutil
@@ -72,12 +73,20 @@ def tiny_model(name: str, seed: int, *, n_layers: int | None = None, dtype=F64):
 
 
 def run_paged(model, sequences: list[torch.Tensor], block_size: int, cuts: list[int],
-              gather: str) -> list[torch.Tensor]:
+              gather: str, order: list[int] | None = None,
+              packed: bool = False) -> list[torch.Tensor]:
     """Each sequence's logits, computed together through a paged cache in chunks: the first
-    chunk of each ends at its cut, the second is the rest (a sequence may sit one out)."""
-    pool = BlockPool(64, block_size)
+    chunk of each ends at its cut, the second is the rest (a sequence may sit one out).
+
+    The blocks are handed out in ``order`` (default: 0, 1, ...: each sequence's blocks follow
+    one another, and attention reads them in place; a shuffled order scatters them, and they
+    are gathered). ``packed``: where the model allows it, a pass's rows go in as one row."""
+    order = list(range(64)) if order is None else order
     cache = PagedKVCache(model, 64, block_size, gather=gather)
-    tables = [[pool.allocate() for _ in range(-(-len(s) // block_size))] for s in sequences]
+    if packed:
+        cache.probe(model)
+    blocks = iter(order)
+    tables = [[next(blocks) for _ in range(-(-len(s) // block_size))] for s in sequences]
     logits: list[list[torch.Tensor]] = [[] for _ in sequences]
     done = [0] * len(sequences)
     for ends in (cuts, [len(s) for s in sequences]):
@@ -91,13 +100,19 @@ def run_paged(model, sequences: list[torch.Tensor], block_size: int, cuts: list[
                   if cache.stateful else [rows])
         for group in groups:
             counts = [ends[i] - done[i] for i in group]
-            idx = torch.zeros(len(group), max(counts), dtype=torch.long)
+            pack = packed and cache.packable
+            if pack:  # every row's tokens one after the other, in one row
+                idx = torch.cat([sequences[i][done[i]:ends[i]] for i in group])[None]
+            else:
+                idx = torch.zeros(len(group), max(counts), dtype=torch.long)
+                for r, i in enumerate(group):
+                    idx[r, :counts[r]] = sequences[i][done[i]:ends[i]]
+            cache.prepare([tables[i] for i in group], [done[i] for i in group], counts, group,
+                          packed=pack)
+            out = model(idx, kv_cache=cache)  # (rows, T, vocab), or (1, sum(counts), vocab)
             for r, i in enumerate(group):
-                idx[r, :counts[r]] = sequences[i][done[i]:ends[i]]
-            cache.prepare([tables[i] for i in group], [done[i] for i in group], counts, group)
-            out = model(idx, kv_cache=cache)  # (rows, T, vocab)
-            for r, i in enumerate(group):
-                logits[i].append(out[r, :counts[r]])
+                at = sum(counts[:r])
+                logits[i].append(out[0, at:at + counts[r]] if pack else out[r, :counts[r]])
                 done[i] = ends[i]
     return [torch.cat(parts) for parts in logits]
 
@@ -111,13 +126,15 @@ def batches(draw):
 
 @pytest.mark.parametrize("name", family_params())
 @settings(max_examples=8, deadline=None)
-@given(batch=batches(), gather=st.sampled_from(["rows", "fast", "textbook"]))
-def test_paged_attention_in_chunks_equals_each_sequence_alone(name, batch, gather):
+@given(batch=batches(), gather=st.sampled_from(["rows", "fast", "textbook"]),
+       order=st.none() | st.permutations(range(64)), packed=st.booleans())
+def test_paged_attention_in_chunks_equals_each_sequence_alone(name, batch, gather, order,
+                                                              packed):
     lengths, cuts, block_size, seed = batch
     model = tiny_model(name, seed % 1000)
     g = generator(seed)
     sequences = [torch.randint(0, 64, (n,), generator=g) for n in lengths]
-    paged = run_paged(model, sequences, block_size, cuts, gather)
+    paged = run_paged(model, sequences, block_size, cuts, gather, order, packed)
     with torch.no_grad():
         for sequence, logits in zip(sequences, paged, strict=True):
             alone = model(sequence[None])[0]  # the reference: one sequence, no cache
@@ -173,6 +190,41 @@ def test_the_allocator_never_leaks_nor_double_frees(ops, num_blocks):
     assert pool.num_free == num_blocks and not any(pool.ref_counts)
     with pytest.raises(ValueError, match="double free"):
         pool.release(0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(held=st.sets(st.integers(0, 11)), keyed=st.sets(st.integers(0, 11)),
+       avoid=st.lists(st.tuples(st.integers(-2, 12), st.integers(0, 6)), max_size=3),
+       length=st.integers(1, 6), prefer=st.integers(0, 11))
+def test_a_run_of_free_blocks_is_found_and_a_preferred_free_block_is_handed_out(
+        held, keyed, avoid, length, prefer):
+    pool = BlockPool(12, block_size=2)
+    blocks = [pool.allocate() for _ in range(12)]
+    for block in blocks:  # free all but ``held``; ``keyed`` free ones keep a cached prefix
+        if block in keyed:
+            pool.register(block, bytes([block]))
+        if block not in held:
+            pool.release(block)
+    spans = [(start, start + n) for start, n in avoid]
+    usable = [b not in held and b not in keyed and not any(s <= b < e for s, e in spans)
+              for b in range(12)]  # the reference: a plain scan of every start
+    runs = {start: next((n for n in range(12 - start) if not usable[start + n]), 12 - start)
+            for start in range(12) if usable[start] and (start == 0 or not usable[start - 1])}
+    found = pool.open_run(length, spans)
+    fitting = [start for start, n in runs.items() if n >= length]
+    if fitting:
+        assert found == min(fitting)
+    elif runs:
+        assert runs[found] == max(runs.values()) and found == min(
+            start for start, n in runs.items() if n == max(runs.values()))
+    else:
+        assert found is None
+    if pool.num_free:
+        first_free = copy.deepcopy(pool).allocate()  # what a plain allocate hands out
+        block = pool.allocate(prefer)
+        free_keyless = prefer not in held and prefer not in keyed
+        assert block == (prefer if free_keyless else first_free)
+        assert pool.ref_counts[block] == 1
 
 
 def test_a_free_block_with_a_prefix_is_evicted_last_and_least_recently_freed_first():

@@ -20,7 +20,13 @@ engine's docstring states, restated here). Against it:
   give back the target's distribution for any target and draft over a small vocabulary;
   ``sampling_distribution`` is ``sample_next_token``'s (an independent float64 restatement);
 - a long prompt is prefilled in chunks that take turns with decoding, so a running sequence
-  gets a token at least every other step;
+  gets a token at least every other step; where the model's rows pack (every attention hands
+  the paged cache its queries), every step decodes every running sequence beside the
+  prompts' chunks, so it gets a token at every step, and a short prompt arriving behind a
+  long one gets its first token from the very next step;
+- the prompt tokens of a step are shared out by water filling: never past the budget nor
+  what a prompt still needs, everything when it all fits, and otherwise an equal level that
+  only shorter needs stay under (a brute-force search for the level is the reference);
 - bad requests are refused before they are queued, naming the parameter.
 """
 
@@ -295,6 +301,45 @@ def test_a_long_prompt_is_prefilled_in_chunks_taking_turns_with_decoding():
         since = 0 if "short" in got else since + 1
         gaps.append(since)
     assert max(gaps) <= 1  # the short request never waits two steps for its next token
+
+
+def test_where_rows_pack_every_step_decodes_and_a_short_prompt_is_answered_next_step():
+    model = tiny_model("gpt2", 0)
+    engine = Engine(model, block_size=4, num_blocks=32, max_batch_tokens=8)
+    assert engine.cache.packable and not Engine(tiny_model("deepseek_v3", 0)).cache.packable
+    engine.add_request("short", [1, 2], SamplingParams(temperature=0.0, max_tokens=5))
+    engine.step()  # the short prompt's prefill: its first token
+    engine.add_request("long", list(range(60)), SamplingParams(temperature=0.0, max_tokens=1))
+    engine.step()  # the long prompt's first chunk, beside the short one's next token
+    engine.add_request("late", [3, 4, 5], SamplingParams(temperature=0.0, max_tokens=1))
+    got = {o.request_id for o in engine.step() if o.new_token_ids}
+    assert got == {"short", "late"}  # the late short prompt did not wait for the long one
+    finished = False
+    while not finished:  # the long prompt's chunks go on beside it
+        short = [o for o in engine.step() if o.request_id == "short"]
+        assert short and short[0].new_token_ids  # a token at every step
+        finished = short[0].finished
+    assert engine.has_unfinished()  # the long prompt was still being fed
+
+
+@settings(max_examples=200, deadline=None)
+@given(wanted=st.lists(st.integers(0, 40), max_size=8), budget=st.integers(0, 120))
+def test_a_steps_prompt_tokens_are_shared_out_by_water_filling(wanted, budget):
+    from gpt_components.serving.engine import _share
+
+    shares = _share(wanted, budget)
+    assert sum(shares) <= budget and all(0 <= s <= w for s, w in zip(shares, wanted,
+                                                                      strict=True))
+    if sum(wanted) <= budget:
+        assert shares == wanted
+        return
+    # The reference: the highest level L with sum(min(w, L)) within the budget, found by
+    # trying every level. Each share is min(w, L) or, for the leftover of the integer
+    # division, one more; no budget a share could still use is left beyond that leftover.
+    level = max(n for n in range(max(wanted) + 1) if sum(min(w, n) for w in wanted) <= budget)
+    for s, w in zip(shares, wanted, strict=True):
+        assert min(w, level) <= s <= min(w, level + 1)
+    assert budget - sum(shares) < len(wanted)
 
 
 def test_bad_requests_are_refused_before_they_are_queued():
