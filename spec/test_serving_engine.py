@@ -109,9 +109,12 @@ def requests(draw, greedy_only: bool = False):
 def engine_settings(draw, reqs):
     block_size = draw(st.integers(1, 4))
     most = max(-(-(len(p) + s.max_tokens + 4) // block_size) for p, s, _, _ in reqs)
+    # gather="fast" pads every row to the longest: the model's rows no longer pack, and the
+    # scheduler's prefill and decode steps take turns instead of sharing one step.
     return dict(block_size=block_size, num_blocks=most + draw(st.integers(0, 6)),
                 max_batch_tokens=draw(st.integers(1, 16)), max_running=draw(st.integers(1, 4)),
-                prefix_caching=draw(st.booleans()))
+                prefix_caching=draw(st.booleans()), gather=draw(st.sampled_from(["rows",
+                                                                                  "fast"])))
 
 
 def serve(engine: Engine, reqs) -> dict[str, dict]:
@@ -291,7 +294,9 @@ def test_speculative_sampling_leaves_the_target_distribution_unchanged(seed, voc
 
 def test_a_long_prompt_is_prefilled_in_chunks_taking_turns_with_decoding():
     model = tiny_model("gpt2", 0)
-    engine = Engine(model, block_size=4, num_blocks=32, max_batch_tokens=4)
+    # Padded rows (gather="fast"): prefill and decode steps take turns.
+    engine = Engine(model, block_size=4, num_blocks=32, max_batch_tokens=4, gather="fast")
+    assert not engine.cache.packable
     engine.add_request("short", [1, 2], SamplingParams(temperature=0.0, max_tokens=12))
     engine.step()  # the short prompt's prefill: its first token
     engine.add_request("long", list(range(40)), SamplingParams(temperature=0.0, max_tokens=1))

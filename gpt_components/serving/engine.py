@@ -10,9 +10,16 @@ out for reading):
   one is full, and gives them all back when it finishes.
 - **Continuous batching**: a step is one forward pass over many sequences of different
   lengths. New requests join as soon as blocks are free; finished ones leave at once.
-- **Chunked prefill**: a prompt is fed at most ``max_batch_tokens`` tokens per step, and a
-  step that prefills is followed by one that decodes whenever sequences are waiting for their
-  next token, so a long prompt cannot stall everyone else's next token.
+- **Chunked prefill**: a step feeds at most ``max_batch_tokens`` prompt tokens, shared out
+  among the prompts in hand (water filling: short ones whole, long ones in chunks), beside
+  every running sequence's next token, so a long prompt cannot stall everyone else's next
+  token. (The rows of a step are packed into one row of the model's input, no padding, when
+  every attention of the model hands the paged cache its queries; otherwise they are padded,
+  and prefill steps and decode steps take turns instead.)
+- **Admission**: a waiting request starts only when its whole prompt fits in the free pages
+  beside what the running sequences are promised (so it is not preempted half-fed), and gets
+  a *home*, a run of free blocks it can grow into, so that its keys lie in one stretch of each
+  pool and attention reads them in place.
 - **Preemption**: when no block is free for a running sequence, the youngest sequence gives
   its blocks back and waits; it resumes later by recomputing its tokens (its sampling state
   is kept, so its output is unchanged).
