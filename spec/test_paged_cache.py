@@ -141,6 +141,21 @@ def test_paged_attention_in_chunks_equals_each_sequence_alone(name, batch, gathe
             torch.testing.assert_close(logits, alone, rtol=1e-10, atol=1e-10)
 
 
+@settings(max_examples=4, deadline=None)
+@given(batch=batches(), order=st.none() | st.permutations(range(64)), packed=st.booleans())
+def test_sink_attention_attended_by_the_pages_equals_each_sequence_alone(batch, order, packed):
+    # GPT-OSS hands the paged cache its sink logits: the cache's own softmax takes them in.
+    lengths, cuts, block_size, seed = batch
+    model = tiny_model("gpt_oss", seed % 1000)
+    g = generator(seed)
+    sequences = [torch.randint(0, 64, (n,), generator=g) for n in lengths]
+    paged = run_paged(model, sequences, block_size, cuts, "rows", order, packed)
+    with torch.no_grad():
+        for sequence, logits in zip(sequences, paged, strict=True):
+            torch.testing.assert_close(logits, model(sequence[None])[0], rtol=1e-10,
+                                       atol=1e-10)
+
+
 @settings(max_examples=10, deadline=None)
 @given(batch=batches())
 def test_the_textbook_and_fast_gathers_read_the_same_keys(batch):

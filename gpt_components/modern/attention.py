@@ -66,10 +66,6 @@ class GroupedQueryAttention(nn.Module):
     ``head_dim ** -0.5``).
     """
 
-    #: A plain softmax over the keys: a cache that ``attends`` (serving's paged cache) may
-    #: compute it. ``SinkAttention``'s extra logit is not, and says False.
-    plain_softmax = True
-
     def __init__(self, emb_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                  qk_norm: bool | Callable[[int], nn.Module] = False, norm_eps: float = 1e-6,
                  qkv_bias: bool = False, out_bias: bool = False, dropout: float = 0.0,
@@ -135,7 +131,9 @@ class GroupedQueryAttention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None and self._cache_attends(cache, need_weights):
             # Serving's paged cache reads each row's own keys and attends them itself.
-            context, weights = cache.attend(q, k, v, scale=self.scale, window=self.window), None
+            context = cache.attend(q, k, v, scale=self.scale, window=self.window,
+                                   **self._cache_attention())
+            weights = None
         else:
             visible = None
             if cache is not None:
@@ -150,11 +148,17 @@ class GroupedQueryAttention(nn.Module):
 
     def _cache_attends(self, cache: LayerCache, need_weights: bool) -> bool:
         """Whether ``cache`` may compute this attention itself (``attends``: serving's paged
-        cache, which then reads each row's own keys): when it is SDPA's plain softmax, no
-        weights asked for, no dropout (an attention that changes the softmax, such as
-        ``SinkAttention``, sets ``plain_softmax`` False)."""
-        return (cache.attends and self.plain_softmax and self.kernel == "sdpa"
-                and not need_weights and not (self.training and self.dropout))
+        cache, which then reads each row's own keys): with the SDPA kernel, no weights asked
+        for, no dropout, and an attention the cache knows (``_cache_attention``)."""
+        return (cache.attends and self._cache_attention() is not None
+                and self.kernel == "sdpa" and not need_weights
+                and not (self.training and self.dropout))
+
+    def _cache_attention(self) -> dict | None:
+        """What ``LayerCache.attend`` needs besides the queries, keys, values, scale and
+        window to compute this attention (a softmax over the keys: nothing); None for an
+        attention it cannot compute. ``SinkAttention`` hands it its sinks."""
+        return {}
 
     def _future(self, t: int, s: int, start: int, device: torch.device) -> torch.Tensor:
         """True where query ``i`` (position ``start + i``) must not see key ``j``: (T, S)."""

@@ -80,7 +80,9 @@ class GatedAttention(GroupedQueryAttention):
             cos, sin = rope
             q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
         if cache is not None and self._cache_attends(cache, need_weights):
-            context, weights = cache.attend(q, k, v, scale=self.scale, window=self.window), None
+            context = cache.attend(q, k, v, scale=self.scale, window=self.window,
+                                   **self._cache_attention())
+            weights = None
         else:
             visible = None
             if cache is not None:

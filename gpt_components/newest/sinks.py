@@ -70,8 +70,6 @@ class SinkAttention(GroupedQueryAttention):
     ``WindowLayerCache`` of ``window`` slots). Every other option is ``GroupedQueryAttention``'s.
     """
 
-    plain_softmax = False  # the sink's logit joins the softmax: no cache computes it for us
-
     def __init__(self, emb_dim: int, n_heads: int, n_kv_heads: int, head_dim: int, *,
                  window: int | None = None, **options: object) -> None:
         super().__init__(emb_dim, n_heads, n_kv_heads, head_dim, **options)
@@ -88,6 +86,10 @@ class SinkAttention(GroupedQueryAttention):
             return super().new_cache(batch_size, max_tokens, device=device, dtype=dtype)
         return WindowLayerCache(batch_size, self.n_kv_heads, self.head_dim, self.window,
                                 max_tokens, device=device, dtype=dtype)
+
+    def _cache_attention(self) -> dict:
+        """A cache that attends (serving's paged cache) takes the sinks into its softmax."""
+        return {"sinks": self.sinks}
 
     def _future(self, t: int, s: int, start: int, device: torch.device) -> torch.Tensor:
         """True where a query must not see a key: ahead of it, or ``window`` or more behind.

@@ -62,6 +62,7 @@ from ..machinery.language_model import LanguageModel
 from ..modern.latent_attention import LatentKVCache
 from ..modern.sliding_window import WindowLayerCache
 from ..newest.gated_deltanet import DeltaNetCache
+from ..newest.sinks import sink_attention_weights
 
 __all__ = ["BlockPool", "block_hashes", "PagedLayerCache", "PagedStateCache", "PagedKVCache",
            "GATHER_KERNELS", "recurrent_layers"]
@@ -263,7 +264,8 @@ class PagedLayerCache(LayerCache):
         return gathered[0], gathered[1]
 
     def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
-               scale: float | None = None, window: int | None = None) -> torch.Tensor:
+               scale: float | None = None, window: int | None = None,
+               sinks: torch.Tensor | None = None) -> torch.Tensor:
         """Store ``k``, ``v`` (B, n_kv_heads, T, hd) and return softmax attention's output for
         the queries ``q`` (B, n_heads, T, hd), each row over its own keys only.
 
@@ -272,6 +274,9 @@ class PagedLayerCache(LayerCache):
         query, for a windowed layer) are read from its pages and attended by its real
         queries alone, causally; a padding query's output is zeros. ``scale`` defaults to
         ``1 / sqrt(hd)``; query heads share key heads in groups (GQA) when there are more.
+        ``sinks`` (n_heads,): a sink logit per head joins each softmax and takes its share
+        (GPT-OSS's attention sinks, ``gpt_components.newest.sinks``), computed here as that
+        module's textbook does: scores, the sink's column, softmax, the column dropped.
         """
         if not self.attends:
             raise value_error("gather", f"this paged layer reads its pages with gather="
@@ -298,9 +303,13 @@ class PagedLayerCache(LayerCache):
             vb = vb[at:at + n].movedim(0, 1)[None].to(q.dtype)
             row, first = self.step.queries_of(b)  # where its queries sit in q
             count = self.step.counts[b]
-            out[row:row + 1, :, first:first + count] = F.scaled_dot_product_attention(
-                q[row:row + 1, :, first:first + count], kb, vb, attn_mask=mask, scale=scale,
-                enable_gqa=gqa)
+            qb = q[row:row + 1, :, first:first + count]
+            if sinks is None:
+                context = F.scaled_dot_product_attention(qb, kb, vb, attn_mask=mask,
+                                                         scale=scale, enable_gqa=gqa)
+            else:
+                context = _with_sinks(qb, kb, vb, mask, scale, sinks)
+            out[row:row + 1, :, first:first + count] = context
         return out
 
     def _read(self, pool: torch.Tensor, slots: torch.Tensor, which: str) -> torch.Tensor:
@@ -341,6 +350,21 @@ class PagedLayerCache(LayerCache):
         self.step.refuse_packed()
         self._check_window(window)
         return self.step.visible(window)
+
+
+def _with_sinks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                scale: float | None, sinks: torch.Tensor) -> torch.Tensor:
+    """One row's attention with a sink logit per head: q (1, nh, T, hd) over k, v (1, nkv,
+    L, hd), ``mask`` (T, L) True where visible (None: all)."""
+    _, nh, t, hd = q.shape
+    nkv, s = k.shape[1], k.shape[2]
+    folded = q.reshape(1, nkv, nh // nkv * t, hd)  # each group of query heads on its key head
+    scores = (folded @ k.transpose(2, 3)).view(1, nh, t, s) * (hd ** -0.5 if scale is None
+                                                                else scale)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    weights = sink_attention_weights(scores, sinks)  # (1, nh, T, L), each row sums below one
+    return (weights.view(1, nkv, nh // nkv * t, s) @ v).view(1, nh, t, hd)
 
 
 class PagedStateCache(LayerCache):
