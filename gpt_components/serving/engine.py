@@ -368,14 +368,14 @@ class Engine:
         (``_schedule_chunks``), in one forward pass. Nothing is padded, so nothing forces
         prefill and decode apart: a long prompt's chunk delays the others' next token by one
         step's work, and no step decodes alone while prompts wait."""
-        rows = self._schedule_decode()
+        decode = self._schedule_decode()
         # Blocks for a prompt's chunk are taken from other sequences only if nothing else
         # can run (a sequence preempted now could not be taken back out of the decode rows).
-        rows += self._schedule_chunks(may_preempt=not rows)
-        rows = [(s, count) for s, count in rows if s in self._running]
+        chunks = self._schedule_chunks(may_preempt=not decode)
+        rows = [(s, count) for s, count in decode + chunks if s in self._running]
         if not rows:
             return []
-        if any(s.pending > count for s, count in rows) or any(count > 1 for _, count in rows):
+        if chunks:
             self.stats["prefill_steps"] += 1
         return self._forward(rows, draft_too=False)
 
@@ -396,13 +396,7 @@ class Engine:
                 if self._reserve(sequence, sequence.computed + share, may_preempt):
                     rows.append((sequence, share))
                 continue
-            # Admitted only if its whole prompt fits beside what is promised (or nothing
-            # runs): a sequence admitted beyond that would be preempted before long, and
-            # its prompt computed twice.
-            fits = not self._running or self._promised() + -(-len(sequence.tokens)
-                                                            // self.block_size) \
-                <= self.pool.num_free
-            if fits and self._waiting and self._waiting[0] is sequence \
+            if self._fits(sequence) and self._waiting and self._waiting[0] is sequence \
                     and self._admit(sequence, share):
                 self._waiting.popleft()
                 self._running.append(sequence)
@@ -410,6 +404,13 @@ class Engine:
             else:
                 break  # the queue is served in order: none admitted past one that waits
         return rows
+
+    def _fits(self, sequence: _Sequence) -> bool:
+        """Whether a waiting sequence's whole prompt fits in the free blocks beside what the
+        running ones are promised (or nothing runs): one admitted beyond that would be
+        preempted before long, and its prompt computed twice."""
+        need = -(-len(sequence.tokens) // self.block_size)
+        return not self._running or self._promised() + need <= self.pool.num_free
 
     def _promised(self) -> int:
         """Blocks the running sequences will take soon: what they still need for the tokens
