@@ -173,6 +173,15 @@ class MultiHeadLatentAttention(nn.Module):
         b, t, _ = x.shape
         q_nope, q_rope = self._queries(x, rope)
         latents, k_rope = self._latents(x, rope)
+        if cache is not None and cache.attends and self.kernel == "sdpa" and not need_weights:
+            # Serving's paged cache attends each row over its own latents: the absorbed form.
+            w_uk, w_uv = self._up_weights()
+            q_latent = torch.einsum("bhtn,hnr->bhtr", q_nope, w_uk)  # (B, nh, T, r)
+            mixed = cache.attend(torch.cat([q_latent, q_rope], dim=-1), latents, k_rope,
+                                 scale=self.scale)  # (B, nh, T, r)
+            context = torch.einsum("bhtr,hvr->bhtv", mixed, w_uv)  # (B, nh, T, v)
+            return self.out_proj(context.transpose(1, 2).reshape(b, t, self.n_heads
+                                                                  * self.v_dim))
         visible = None
         if cache is not None:
             latents, k_rope = cache.store(latents, k_rope)  # (B, S, r), (B, S, rope)

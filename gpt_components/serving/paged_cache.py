@@ -240,9 +240,15 @@ class PagedLayerCache(LayerCache):
 
     @property
     def attends(self) -> bool:
-        """Whether an attention may hand this cache its queries (``attend``): a cache of plain
-        keys and values (not latents), read row by row (``gather="rows"``)."""
-        return self.gather == "rows" and self._layout[0] != "LatentKVCache"
+        """Whether an attention may hand this cache its queries (``attend``): when it reads
+        row by row (``gather="rows"``)."""
+        return self.gather == "rows"
+
+    @property
+    def latent(self) -> bool:
+        """Whether the pages hold MLA's latents and RoPE keys (DeepSeek-V3), not keys and
+        values per head."""
+        return self._layout[0] == "LatentKVCache"
 
     def _put(self, k: torch.Tensor, v: torch.Tensor) -> tuple[_Slots, list[torch.Tensor]]:
         """Write each row's new positions into its pages; the step's slots and the pools."""
@@ -277,16 +283,16 @@ class PagedLayerCache(LayerCache):
         ``sinks`` (n_heads,): a sink logit per head joins each softmax and takes its share
         (GPT-OSS's attention sinks, ``gpt_components.newest.sinks``), computed here as that
         module's textbook does: scores, the sink's column, softmax, the column dropped.
+
+        Pages of MLA's latents (``latent``): ``k`` is the new latents (B, T, r), ``v`` their
+        RoPE keys (B, T, rope), ``q`` the absorbed queries (B, n_heads, T, r + rope); each
+        position's key is its latent and RoPE key side by side, its value the latent, shared
+        by every head, and the output is (B, n_heads, T, r), for the layer to expand.
         """
         if not self.attends:
             raise value_error("gather", f"this paged layer reads its pages with gather="
-                                        f"{self.gather!r} ({self._layout[0]}); attend needs "
-                                        f"gather='rows' and plain keys and values")
-        if q.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] \
-                or q.shape[3] != k.shape[3] or q.shape[1] % k.shape[1]:
-            raise value_error("q", f"q must be (B, n_heads, T, hd) beside k's "
-                                   f"{tuple(k.shape)}, n_heads a multiple of k's heads, got "
-                                   f"{tuple(q.shape)}")
+                                        f"{self.gather!r}; attend needs gather='rows'")
+        self._check_queries(q, k, v)
         self._check_window(window)
         step, (keys, values) = self._put(k, v)
         self.unread, self.attended = False, True
@@ -295,12 +301,11 @@ class PagedLayerCache(LayerCache):
         # buffer the layers share); the other rows' are read where they lie.
         gathered = (None, None) if slots is None else (
             self._read(keys, slots, "keys"), self._read(values, slots, "values"))
-        out = q.new_zeros(q.shape)
-        gqa = q.shape[1] != k.shape[1]
+        out = q.new_zeros(*q.shape[:3], k.shape[-1] if self.latent else v.shape[-1])
         for b, ((in_place, at, n), mask) in enumerate(zip(spans, masks, strict=True)):
             kb, vb = (keys, values) if in_place else gathered
-            kb = kb[at:at + n].movedim(0, 1)[None].to(q.dtype)  # (1, nkv, L, hd)
-            vb = vb[at:at + n].movedim(0, 1)[None].to(q.dtype)
+            kb, vb = self._row(kb[at:at + n].to(q.dtype), vb[at:at + n].to(q.dtype))
+            gqa = q.shape[1] != kb.shape[1]
             row, first = self.step.queries_of(b)  # where its queries sit in q
             count = self.step.counts[b]
             qb = q[row:row + 1, :, first:first + count]
@@ -311,6 +316,27 @@ class PagedLayerCache(LayerCache):
                 context = _with_sinks(qb, kb, vb, mask, scale, sinks)
             out[row:row + 1, :, first:first + count] = context
         return out
+
+    def _check_queries(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        if self.latent:
+            width = k.shape[-1] + v.shape[-1]
+            if q.dim() != 4 or k.dim() != 3 or q.shape[0] != k.shape[0] \
+                    or q.shape[2] != k.shape[1] or q.shape[3] != width:
+                raise value_error("q", f"q must be the absorbed queries (B, n_heads, T, "
+                                       f"{width}) beside latents {tuple(k.shape)}, got "
+                                       f"{tuple(q.shape)}")
+        elif q.dim() != 4 or q.shape[0] != k.shape[0] or q.shape[2] != k.shape[2] \
+                or q.shape[3] != k.shape[3] or q.shape[1] % k.shape[1]:
+            raise value_error("q", f"q must be (B, n_heads, T, hd) beside k's "
+                                   f"{tuple(k.shape)}, n_heads a multiple of k's heads, got "
+                                   f"{tuple(q.shape)}")
+
+    def _row(self, keys: torch.Tensor,
+             values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One row's L positions as SDPA's keys and values, (1, heads, L, .)."""
+        if self.latent:  # a key: the latent and the RoPE key side by side; a value: the latent
+            return torch.cat([keys, values], dim=-1)[None, None], keys[None, None]
+        return keys.movedim(0, 1)[None], values.movedim(0, 1)[None]  # (L, nkv, hd) -> ...
 
     def _read(self, pool: torch.Tensor, slots: torch.Tensor, which: str) -> torch.Tensor:
         """``pool``'s positions at ``slots`` (N, *per_position); into the cache's reusable
