@@ -21,13 +21,16 @@ Exports:
   gathered in position order, padded to the longest row; ``visible(window)`` says which of
   them each query may see. ``gather="textbook"`` walks each block table block by block,
   ``"fast"`` gathers every slot in one indexing; ``"rows"`` (the default) also lets an
-  attention that needs nothing but a softmax over keys hand the cache its queries
-  (``attend``): each row then reads only its own keys (its window's, for a windowed layer),
-  no row padded to the longest; the spec proves all three equal.
+  attention hand the cache its queries (``attend``, with GPT-OSS's sinks or MLA's absorbed
+  queries as well): each row then reads only its own keys (its window's, for a windowed
+  layer), where they lie when its blocks follow one another, gathered when they are
+  scattered, no row padded to the longest; the spec proves all three equal.
 - ``PagedKVCache``: one ``PagedLayerCache`` per layer, made from a model, which the engine
-  points at the rows of each step (``prepare``) before one forward pass over all of them. With
-  ``ring_rows``, windowed layers keep only their window's pages: a ring of blocks per row, in
-  a pool of their own, the rest of a long sequence written over as the window moves on.
+  points at the rows of each step (``prepare``) before one forward pass over all of them
+  (padded to the longest row, or ``packed`` into one when every layer ``attend``s:
+  ``packable``, found by ``probe``). With ``ring_rows``, windowed layers keep only their
+  window's pages: a ring of blocks per row, in a pool of their own, the rest of a long
+  sequence written over as the window moves on.
 - ``PagedStateCache``: a recurrent layer's (Gated DeltaNet's) state and convolution tail, one
   slot per running sequence beside the pages: constant size, nothing to page.
 - ``recurrent_layers(model)``: which of a model's layers keep such a state.
