@@ -145,6 +145,19 @@ class SharedKVAttention(nn.Module):
         return WindowLayerCache(batch_size, self.n_kv_heads, self.head_dim, self.window,
                                 max_tokens, device=device, dtype=dtype)
 
+    def _new_keys_values(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """This layer's keys and values of the tokens of ``x``, (B, nkv, T, hd) each."""
+        b, t, _ = x.shape
+        k = self.W_key(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
+        v = k if self.W_value is None else self.W_value(x).view(b, t, self.n_kv_heads,
+                                                                 self.head_dim)
+        k = self.k_norm(k).transpose(1, 2)  # (B, nkv, T, hd)
+        v = rms_only(v, self.norm_eps).transpose(1, 2)
+        if rope is not None:
+            k = apply_rope(k, *rope)
+        return k, v
+
     def _keys_values(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                      cache: LayerCache | None,
                      shared: dict[int, tuple[torch.Tensor, torch.Tensor]] | None
@@ -156,14 +169,7 @@ class SharedKVAttention(nn.Module):
                                             f"{self.reads_from}'s keys and values, which this "
                                             "pass has not computed (run the layers in order)")
             return shared[self.reads_from]
-        b, t, _ = x.shape
-        k = self.W_key(x).view(b, t, self.n_kv_heads, self.head_dim)  # (B, T, nkv, hd)
-        v = k if self.W_value is None else self.W_value(x).view(b, t, self.n_kv_heads,
-                                                                 self.head_dim)
-        k = self.k_norm(k).transpose(1, 2)  # (B, nkv, T, hd)
-        v = rms_only(v, self.norm_eps).transpose(1, 2)
-        if rope is not None:
-            k = apply_rope(k, *rope)
+        k, v = self._new_keys_values(x, rope)
         if cache is not None:
             k, v = cache.store(k, v)
         if shared is not None:
@@ -189,6 +195,15 @@ class SharedKVAttention(nn.Module):
         q = self.q_norm(self.W_query(x).view(b, t, self.n_heads, self.head_dim)).transpose(1, 2)
         if rope is not None:
             q = apply_rope(q, *rope)  # (B, nh, T, hd)
+        if cache is not None and cache.attends and self.kernel == "sdpa" and not need_weights \
+                and not (self.training and self.dropout):
+            # Serving's paged cache attends each row over its own keys; a sharing layer reads
+            # its source's pages (the same cache, written earlier in this pass), storing none.
+            k, v = (None, None) if self.reads_from is not None else \
+                self._new_keys_values(x, rope)
+            context = cache.attend(q, k, v, scale=1.0, window=self.window)
+            return self.out_proj(context.transpose(1, 2).reshape(b, t, self.n_heads
+                                                                  * self.head_dim))
         k, v = self._keys_values(x, rope, cache, shared)  # (B, nkv, S, hd)
         visible = None if cache is None else cache.visible(self.window)  # rows that differ
         if visible is None:  # the keys are the positions end - S .. end - 1

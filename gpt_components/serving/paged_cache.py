@@ -272,7 +272,7 @@ class PagedLayerCache(LayerCache):
         self.unread = True
         return gathered[0], gathered[1]
 
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *,
+    def attend(self, q: torch.Tensor, k: torch.Tensor | None, v: torch.Tensor | None, *,
                scale: float | None = None, window: int | None = None,
                sinks: torch.Tensor | None = None) -> torch.Tensor:
         """Store ``k``, ``v`` (B, n_kv_heads, T, hd) and return softmax attention's output for
@@ -291,13 +291,26 @@ class PagedLayerCache(LayerCache):
         RoPE keys (B, T, rope), ``q`` the absorbed queries (B, n_heads, T, r + rope); each
         position's key is its latent and RoPE key side by side, its value the latent, shared
         by every head, and the output is (B, n_heads, T, r), for the layer to expand.
+
+        ``k`` and ``v`` None: nothing new to store, the queries read what the pages hold (a
+        layer attending to an earlier layer's keys through the same cache, as Gemma 4's last
+        layers do; that layer has stored this step's positions already).
         """
         if not self.attends:
             raise value_error("gather", f"this paged layer reads its pages with gather="
                                         f"{self.gather!r}; attend needs gather='rows'")
-        self._check_queries(q, k, v)
+        if (k is None) != (v is None):
+            raise value_error("v", "k and v must both be given, or both None (read only)")
+        if k is None:  # the shapes the pages hold stand in for the new keys' and values'
+            keys, values = self.buffers(recurse=False)
+            k, v = (pool.new_zeros(q.shape[0], 0, *pool.shape[1:]).movedim(1, self.token_dim)
+                    for pool in (keys, values))
+            self._check_queries(q[:, :, :0], k, v)
+            step = self.step.rings if self.ring else self.step.pages
+        else:
+            self._check_queries(q, k, v)
+            step, (keys, values) = self._put(k, v)
         self._check_window(window)
-        step, (keys, values) = self._put(k, v)
         self.unread, self.attended = False, True
         slots, spans, masks = step.reads(window)
         # The keys, then values, of rows whose blocks are scattered, gathered once (into a
