@@ -141,12 +141,15 @@ def test_paged_attention_in_chunks_equals_each_sequence_alone(name, batch, gathe
             torch.testing.assert_close(logits, alone, rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize("name", ["gpt_oss", "gemma4_text"])
 @settings(max_examples=4, deadline=None)
 @given(batch=batches(), order=st.none() | st.permutations(range(64)), packed=st.booleans())
-def test_sink_attention_attended_by_the_pages_equals_each_sequence_alone(batch, order, packed):
-    # GPT-OSS hands the paged cache its sink logits: the cache's own softmax takes them in.
+def test_sinks_and_shared_caches_attended_by_the_pages_equal_each_sequence_alone(
+        name, batch, order, packed):
+    # GPT-OSS hands the paged cache its sink logits (the cache's own softmax takes them in);
+    # Gemma 4's last layers read an earlier layer's pages through the same cache.
     lengths, cuts, block_size, seed = batch
-    model = tiny_model("gpt_oss", seed % 1000)
+    model = tiny_model(name, seed % 1000)
     g = generator(seed)
     sequences = [torch.randint(0, 64, (n,), generator=g) for n in lengths]
     paged = run_paged(model, sequences, block_size, cuts, "rows", order, packed)

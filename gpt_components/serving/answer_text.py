@@ -52,7 +52,7 @@ class AnswerText:
     def feed(self, output: RequestOutput, decode: Callable[[list[int]], str]) -> str:
         """The text ``output`` adds (possibly empty); sets ``finish_reason`` once done."""
         ids = list(output.token_ids)
-        self.tokens = len(ids)
+        self.tokens = len(ids) if output.num_generated is None else output.num_generated
         while ids and ids[-1] in self.stop_ids:  # an engine may keep the end id: never text
             ids.pop()
         full = decode(ids)

@@ -106,6 +106,7 @@ class _Sequence:
     arrival: int  # admission order: the youngest (largest) is preempted first
     output: list[int] = field(default_factory=list)  # every token generated so far
     emitted: int = 0  # how many of ``output`` have been reported
+    generated: int = 0  # tokens the model made: ``output``, an end id, what a stop took back
     table: list[int] = field(default_factory=list)  # its blocks, in position order
     computed: int = 0  # positions whose keys and values are in its blocks
     draft_computed: int = 0  # the same, in the draft model's pages
@@ -678,6 +679,7 @@ class Engine:
         ``max_tokens``; a finished sequence leaves the batch and frees its blocks."""
         p = sequence.params
         for token in tokens:
+            sequence.generated += 1
             if token in p.stop_token_ids:
                 sequence.finish_reason = "stop"
                 break
@@ -721,7 +723,7 @@ class Engine:
         if finished:
             del self._requests[sequence.request_id]
         return RequestOutput(sequence.request_id, new, list(sequence.output[:ready]), finished,
-                             sequence.finish_reason)
+                             sequence.finish_reason, sequence.generated)
 
 
 def _share(wanted: list[int], budget: int) -> list[int]:

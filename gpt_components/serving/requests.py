@@ -85,6 +85,9 @@ class RequestOutput:
     token_ids: list[int] = field(default_factory=list)  # every token generated so far
     finished: bool = False
     finish_reason: str | None = None  # "stop" | "length" | "abort" once finished, else None
+    # Tokens the model made so far: ``token_ids`` and any it made past them (the end id that
+    # stopped it, the tokens a stop string took back). None: as many as ``token_ids``.
+    num_generated: int | None = None
 
 
 def _tokens_within(tokens: Sequence[int], chars: int, tokenizer: Any) -> int:

@@ -50,6 +50,7 @@ class _Request:
     params: SamplingParams
     tokens: list[int] = field(default_factory=list)
     stream: Iterator[torch.Tensor] | None = None  # started when the request is served
+    generated: int = 0  # tokens the model made, an end id included
 
 
 def check_engine_request(model: nn.Module, request_id: Any, prompt_token_ids: Any,
@@ -129,7 +130,7 @@ class SequentialEngine:
 
     def step(self) -> list[RequestOutput]:
         """The aborted requests' ends, then one more token of the oldest request."""
-        outputs = [RequestOutput(r.request_id, [], list(r.tokens), True, "abort")
+        outputs = [RequestOutput(r.request_id, [], list(r.tokens), True, "abort", r.generated)
                    for r in self._aborted]
         self._aborted.clear()
         if not self._queue:
@@ -138,6 +139,7 @@ class SequentialEngine:
         if request.stream is None:
             request.stream = self._start(request)
         token = int(next(request.stream)[0, 0])
+        request.generated += 1
         params = request.params
         reason = None
         if token in params.stop_token_ids:
@@ -152,7 +154,7 @@ class SequentialEngine:
         if reason is not None:
             self._queue.popleft()
         return [*outputs, RequestOutput(request.request_id, new, list(request.tokens),
-                                        reason is not None, reason)]
+                                        reason is not None, reason, request.generated)]
 
     def _start(self, request: _Request) -> Iterator[torch.Tensor]:
         params = request.params
