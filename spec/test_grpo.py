@@ -159,7 +159,10 @@ def test_a_group_whose_rewards_are_all_equal_contributes_nothing(data, kl_coef):
     rewards = torch.stack([torch.ones(rows, dtype=torch.float64),
                            torch.arange(rows, dtype=torch.float64)])  # group 0: all equal
     advantages = group_advantages(rewards).flatten()
-    both = (torch.cat([logp, logp]), torch.cat([old, old]), torch.cat([ref, ref]),
+    # Group 1 samples on-policy (old = the policy: ratio 1, never clipped), so its gradient
+    # cannot vanish by clipping: drawn old log-probabilities could clip every one of its rows
+    # (a ratio below 0.8 where the advantage is negative, above 1.2 where it is positive).
+    both = (torch.cat([logp, logp]), torch.cat([old, logp]), torch.cat([ref, ref]),
             torch.cat([mask, mask]))
     leaf = both[0].clone().requires_grad_(True)
     grpo_loss(leaf, both[1], both[2], advantages, both[3], clip_eps=0.2, kl_coef=0.0).backward()

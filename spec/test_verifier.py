@@ -252,6 +252,8 @@ DISAGREEMENT_CLASSES = {
     "a mixed number": lambda gt, pred: bool(re.search(r"\d\s*\\[dt]?frac", gt + pred)),
     "a list without brackets": lambda gt, pred: "," in gt and not gt.lstrip().startswith(
         ("(", "[", r"\left")),
+    "a bracket spaced from \\left": lambda gt, pred: bool(re.search(
+        r"\\(left|right)\s+[(\[)\]]", gt + pred)),
     "LaTeX the sequel leaves unread": lambda gt, pred: bool(re.search(
         r"\\(pi|infty|pm|cup|in|begin|sqrt\d|frac\d|frac \d|\{|circ|\$)", gt + pred)),
 }

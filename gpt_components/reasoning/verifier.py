@@ -126,10 +126,12 @@ def normalize_text(text: str) -> str:
     text = re.sub(r"\^\s*\{\s*\\circ\s*\}", "", text)  # ^{\circ}
     text = re.sub(r"\^\s*\\circ", "", text)  # ^\circ
     text = text.replace("°", "")
+    # Math delimiters first (``\(``, ``\)``, ``\[``, ``\]`` and an unescaped ``$``), so that a
+    # \text{...} they wrap is still the whole string.
+    text = re.sub(r"\\\(|\\\)|\\\[|\\\]|(?<!\\)\$", "", text).strip()
     whole = re.match(r"^\\text\{(?P<x>.+?)\}$", text)
     if whole:
         text = whole.group("x")
-    text = re.sub(r"\\\(|\\\)|\\\[|\\\]", "", text)  # inline and display math delimiters
     for pattern, replacement in LATEX_FIXES:
         text = re.sub(pattern, replacement, text)
     text = text.replace("\\%", "%").replace("$", "").replace("%", "")
