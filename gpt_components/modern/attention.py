@@ -129,22 +129,26 @@ class GroupedQueryAttention(nn.Module):
         if rope is not None:
             cos, sin = rope
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        if cache is not None and self._cache_attends(cache, need_weights):
-            # Serving's paged cache reads each row's own keys and attends them itself.
-            context = cache.attend(q, k, v, scale=self.scale, window=self.window,
-                                   **self._cache_attention())
-            weights = None
-        else:
-            visible = None
-            if cache is not None:
-                k, v = cache.store(k, v)  # what the queries see: (B, nkv, start + T, hd) here
-                visible = cache.visible(self.window)  # a paged cache's rows differ: (B,1,T,S)
-            if need_weights or self.kernel == "textbook":
-                context, weights = self._textbook(q, k, v, start, visible)
-            else:
-                context, weights = self._sdpa(q, k, v, start, visible), None
+        context, weights = self._attend(q, k, v, cache, start, need_weights)
         out = self.out_proj(context.transpose(1, 2).reshape(b, t, self.n_heads * self.head_dim))
         return (out, weights) if need_weights else out
+
+    def _attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                cache: LayerCache | None, start: int,
+                need_weights: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The new keys and values stored in ``cache``, then the context (B, nh, T, hd) of the
+        queries over every key they may see, and the weights when asked for (else None)."""
+        if cache is not None and self._cache_attends(cache, need_weights):
+            # Serving's paged cache reads each row's own keys and attends them itself.
+            return cache.attend(q, k, v, scale=self.scale, window=self.window,
+                                **self._cache_attention()), None
+        visible = None
+        if cache is not None:
+            k, v = cache.store(k, v)  # what the queries see: (B, nkv, start + T, hd) here
+            visible = cache.visible(self.window)  # a paged cache's rows differ: (B, 1, T, S)
+        if need_weights or self.kernel == "textbook":
+            return self._textbook(q, k, v, start, visible)
+        return self._sdpa(q, k, v, start, visible), None
 
     def _cache_attends(self, cache: LayerCache, need_weights: bool) -> bool:
         """Whether ``cache`` may compute this attention itself (``attends``: serving's paged

@@ -79,19 +79,7 @@ class GatedAttention(GroupedQueryAttention):
         if rope is not None:
             cos, sin = rope
             q, k = apply_partial_rope(q, cos, sin), apply_partial_rope(k, cos, sin)
-        if cache is not None and self._cache_attends(cache, need_weights):
-            context = cache.attend(q, k, v, scale=self.scale, window=self.window,
-                                   **self._cache_attention())
-            weights = None
-        else:
-            visible = None
-            if cache is not None:
-                k, v = cache.store(k, v)
-                visible = cache.visible(self.window)  # a paged cache's rows differ (serving)
-            if need_weights or self.kernel == "textbook":
-                context, weights = self._textbook(q, k, v, start, visible)
-            else:
-                context, weights = self._sdpa(q, k, v, start, visible), None
+        context, weights = self._attend(q, k, v, cache, start, need_weights)
         context = context.transpose(1, 2) * torch.sigmoid(gate)  # (B, T, nh, hd), gated
         out = self.out_proj(context.reshape(b, t, self.n_heads * hd))
         return (out, weights) if need_weights else out

@@ -427,14 +427,21 @@ class Engine:
             if sequence in self._running:
                 wanted.append(sequence.pending)
                 continue
-            cached = 0
-            if self.prefix_caching:
-                for key in block_hashes(sequence.tokens[:-1], self.block_size):
-                    if not self.pool.is_cached(key):
-                        break
-                    cached += self.block_size
-            wanted.append(len(sequence.tokens) - cached)
+            wanted.append(len(sequence.tokens) - len(self._cached_prefix(sequence))
+                          * self.block_size)
         return wanted
+
+    def _cached_prefix(self, sequence: _Sequence) -> list[bytes]:
+        """The keys of a waiting sequence's leading blocks found in the prefix cache (none
+        without prefix caching). Never its last token's block: one token at least must be
+        fed, for the logits of the next."""
+        keys = []
+        if self.prefix_caching:
+            for key in block_hashes(sequence.tokens[:-1], self.block_size):
+                if not self.pool.is_cached(key):
+                    break
+                keys.append(key)
+        return keys
 
     def _schedule_prefill(self) -> list[tuple[_Sequence, int]]:
         """Rows of prompt chunks: running sequences mid-prompt first (oldest first), then
@@ -488,14 +495,7 @@ class Engine:
     def _admit(self, sequence: _Sequence, budget: int) -> bool:
         """Give a waiting sequence its cached prefix blocks and blocks for its first chunk,
         if enough are free; False (nothing taken) otherwise."""
-        keys = []
-        if self.prefix_caching:
-            # Reuse cached blocks of the tokens before the last: one token at least must be
-            # fed, for the logits of the next.
-            for key in block_hashes(sequence.tokens[:-1], self.block_size):
-                if not self.pool.is_cached(key):
-                    break
-                keys.append(key)
+        keys = self._cached_prefix(sequence)
         start = len(keys) * self.block_size
         count = min(len(sequence.tokens) - start, budget)
         needed = -(-(start + count) // self.block_size) - len(keys)
